@@ -1,0 +1,210 @@
+//! The `switchboard` binary: parses the command line, starts the logger, and calls the
+//! library. Every behaviour lives in the library, where tests and examples reach it.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+use switchboard::client::{connect, listen};
+use switchboard::net::addr::{AccessList, nonzero, parse_cidr, parse_duration};
+use switchboard::net::listener::ServerConfig;
+use switchboard::net::stats::Stats;
+use switchboard::role::{self, Role};
+use switchboard::roles::{echo, hello, upper};
+use switchboard::{Result, rt, service};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Small network services as actors: echo, upper, hello, and nc-style tools"
+)]
+struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Echo server (RFC 862): every byte comes back exactly, over TCP and UDP.
+    Echo(Transports),
+    /// Upper-cases each line (TCP) or datagram (UDP), Unicode-aware.
+    Upper(Transports),
+    /// Sends a greeting to each TCP client and closes.
+    Hello(HelloArgs),
+    /// Like nc: stdin to the socket and the socket to stdout, at the same time.
+    Connect(ConnectArgs),
+    /// Prints what arrives, from many clients at once, each line tagged with its sender.
+    Listen(ListenArgs),
+}
+
+/// Options every server takes.
+#[derive(Args, Clone)]
+struct ServerArgs {
+    /// Most TCP clients served at once (0 = no limit); over it new clients are closed.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_conns: usize,
+    /// Close a TCP client after this long without input (30s, 5m; 0 = never).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
+    idle_timeout: Duration,
+    /// Accept only clients in this block (repeatable; e.g. 10.0.0.0/8 or ::1).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    allow: Vec<IpNet>,
+    /// Refuse clients in this block (repeatable; wins over --allow).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    deny: Vec<IpNet>,
+}
+
+impl ServerArgs {
+    fn config(&self) -> Arc<ServerConfig> {
+        Arc::new(ServerConfig {
+            max_conns: self.max_conns,
+            idle_timeout: nonzero(self.idle_timeout),
+            access: AccessList::new(self.allow.clone(), self.deny.clone()),
+            full_notice: None,
+        })
+    }
+}
+
+#[derive(Args)]
+struct Transports {
+    /// TCP address to serve (given alone, only TCP is served).
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<String>,
+    /// UDP address to serve (given alone, only UDP is served).
+    #[arg(long, value_name = "ADDR")]
+    udp: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+impl Transports {
+    /// Both on `default` when neither is named, else just the ones named.
+    fn addrs(&self, default: &str) -> (Option<String>, Option<String>) {
+        match (&self.tcp, &self.udp) {
+            (None, None) => (Some(default.into()), Some(default.into())),
+            (tcp, udp) => (tcp.clone(), udp.clone()),
+        }
+    }
+}
+
+#[derive(Args)]
+struct HelloArgs {
+    /// TCP address to serve.
+    #[arg(long, value_name = "ADDR", default_value = hello::DEFAULT_ADDR)]
+    tcp: String,
+    /// The greeting (a newline is added).
+    #[arg(long, default_value = hello::DEFAULT_MESSAGE)]
+    message: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// Where to connect: HOST:PORT.
+    target: String,
+    /// Use UDP: each stdin line is one datagram.
+    #[arg(long)]
+    udp: bool,
+    /// UDP: keep printing replies this long after stdin ends.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    wait: Duration,
+    /// TCP: give up connecting after this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    connect_timeout: Duration,
+}
+
+#[derive(Args)]
+struct ListenArgs {
+    /// Address to listen on, e.g. 127.0.0.1:9000.
+    addr: String,
+    /// Listen for UDP datagrams instead of TCP connections.
+    #[arg(long)]
+    udp: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (name, result) = match cli.command {
+        Command::Connect(args) => {
+            // The client tools keep stdout for data: no logger, errors as one stderr line.
+            let opts = connect::ConnectOptions {
+                target: args.target,
+                udp: args.udp,
+                wait: args.wait,
+                connect_timeout: args.connect_timeout,
+            };
+            ("connect", rt::block_on(connect::run(opts)))
+        }
+        Command::Listen(args) => ("listen", rt::block_on(listen::run(&args.addr, args.udp))),
+        server => {
+            start_logger(cli.verbose, cli.quiet);
+            service::prepare();
+            rt::block_on(run_server(server))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start_logger(verbose: u8, quiet: u8) {
+    use log::LevelFilter::*;
+    let levels = [Off, Error, Warn, Info, Debug, Trace];
+    let index = (3 + verbose as i32 - quiet as i32).clamp(0, 5) as usize;
+    femme::with_level(levels[index]);
+}
+
+async fn run_server(command: Command) -> (&'static str, Result<()>) {
+    match command {
+        Command::Echo(t) => (
+            "echo",
+            serve_role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), &t.server).await,
+        ),
+        Command::Upper(t) => (
+            "upper",
+            serve_role(upper::Upper, t.addrs(upper::DEFAULT_ADDR), &t.server).await,
+        ),
+        Command::Hello(h) => (
+            "hello",
+            serve_role(
+                hello::Hello::new(&h.message),
+                (Some(h.tcp), None),
+                &h.server,
+            )
+            .await,
+        ),
+        Command::Connect(_) | Command::Listen(_) => unreachable!("client commands are run by main"),
+    }
+}
+
+async fn serve_role<R: Role>(
+    role: R,
+    (tcp, udp): (Option<String>, Option<String>),
+    args: &ServerArgs,
+) -> Result<()> {
+    let bound = service::bind(tcp.as_deref(), udp.as_deref()).await?;
+    let stats = Stats::new();
+    let config = args.config();
+    let role = Arc::new(role);
+    let name = role.name();
+    let serve_stats = stats.clone();
+    service::run_until_signal(name, stats, service::DEFAULT_DRAIN, move |shutdown| {
+        role::run(role, bound.tcp, bound.udp, config, serve_stats, shutdown)
+    })
+    .await
+}

@@ -1,0 +1,12 @@
+//! Plumbing every role stands on: addresses and access lists, the accept loop, the
+//! reader/writer pair of a TCP connection, the UDP endpoint, shutdown and counters.
+//!
+//! Nothing here knows about a role; roles are built from these pieces.
+
+pub mod addr;
+pub mod conn;
+pub mod limits;
+pub mod listener;
+pub mod shutdown;
+pub mod stats;
+pub mod udp;

@@ -1,0 +1,201 @@
+//! The two actors of a TCP connection: a [`Reader`] that owns the read side and a writer
+//! task that owns the write side and drains a bounded mailbox.
+//!
+//! ```text
+//!   socket ──read──▶ Reader ──(role's channel)──▶ upstream ──writer_tx──▶ writer ──write──▶ socket
+//! ```
+//!
+//! - The reader holds no buffer while it waits: each read borrows a per-thread scratch
+//!   buffer and copies out exactly the bytes that arrived, so an idle connection costs a
+//!   few hundred bytes of task state, not a read buffer.
+//! - The idle timer is armed once per idle period, not per read: a read only notes the
+//!   time, and when the timer fires it re-arms itself for the time still left.
+//! - The writer batches whatever its mailbox holds into one write, and when every sender
+//!   is gone it flushes and shuts the write half (the peer sees EOF after the last byte).
+//!   A failed write shuts both halves, so the reader wakes and the connection ends.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::Shutdown as Halves;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::io::{AsyncRead, AsyncWriteExt};
+
+use crate::net::stats::Stats;
+use crate::rt::{self, TcpStream};
+
+/// The most one read takes in; also the size of the per-thread scratch buffer.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Chunks a writer's mailbox holds. With chunks of at most [`READ_CHUNK`] bytes this
+/// bounds what one connection has in flight to 1 MiB; a reader that finds it full waits,
+/// which stops it reading, which lets TCP flow control slow the sender.
+pub const WRITER_MAILBOX: usize = 16;
+
+/// The most a writer gathers from its mailbox into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// What one call to [`Reader::next`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Bytes, never empty.
+    Data(Vec<u8>),
+    /// The peer closed its write half.
+    Eof,
+    /// Nothing arrived for the idle timeout.
+    Idle,
+}
+
+/// The read side of a connection, with an optional idle timeout.
+pub struct Reader {
+    stream: TcpStream,
+    idle: Option<Duration>,
+    last_input: Instant,
+    timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Bytes read so far (counted here, added to [`Stats`] once at the end).
+    pub bytes: u64,
+}
+
+impl Reader {
+    /// Reads from `stream` (a clone of the connection; the reader never writes to it).
+    pub fn new(stream: TcpStream, idle: Option<Duration>) -> Self {
+        Reader {
+            stream,
+            idle,
+            last_input: Instant::now(),
+            timer: None,
+            bytes: 0,
+        }
+    }
+
+    /// The next chunk, end of input, or idle timeout.
+    pub async fn next(&mut self) -> io::Result<Input> {
+        futures::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Input>> {
+        loop {
+            match poll_read_scratch(&mut self.stream, cx) {
+                Poll::Ready(Ok(data)) if data.is_empty() => return Poll::Ready(Ok(Input::Eof)),
+                Poll::Ready(Ok(data)) => {
+                    self.bytes += data.len() as u64;
+                    if self.idle.is_some() {
+                        self.last_input = Instant::now();
+                    }
+                    return Poll::Ready(Ok(Input::Data(data)));
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        let Some(limit) = self.idle else {
+            return Poll::Pending;
+        };
+        loop {
+            let last = self.last_input;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(rt::sleep(limit.saturating_sub(last.elapsed()))));
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    self.timer = None;
+                    if self.last_input.elapsed() >= limit {
+                        return Poll::Ready(Ok(Input::Idle));
+                    }
+                    // Input came since the timer was armed: arm it for the time left.
+                }
+            }
+        }
+    }
+}
+
+/// Polls one read into this thread's scratch buffer and copies out what arrived.
+fn poll_read_scratch(stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<Vec<u8>>> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        Pin::new(stream)
+            .poll_read(cx, &mut scratch[..])
+            .map_ok(|n| scratch[..n].to_vec())
+    })
+}
+
+/// Spawns the writer actor for `stream` and returns its mailbox.
+///
+/// The writer ends when every sender is dropped (then it flushes and shuts the write
+/// half) or when a write fails (then it shuts both halves). It adds the bytes it wrote to
+/// `stats.bytes_out` and counts itself in `stats.live_tasks()`.
+pub fn spawn_writer<B>(stream: TcpStream, stats: &Arc<Stats>) -> flume::Sender<B>
+where
+    B: AsRef<[u8]> + Send + 'static,
+{
+    let (writer_tx, writer_rx) = flume::bounded(WRITER_MAILBOX);
+    spawn_writer_with(stream, writer_rx, stats);
+    writer_tx
+}
+
+/// Like [`spawn_writer`] for a mailbox the caller made (a role that needs another capacity).
+pub fn spawn_writer_with<B>(stream: TcpStream, writer_rx: flume::Receiver<B>, stats: &Arc<Stats>)
+where
+    B: AsRef<[u8]> + Send + 'static,
+{
+    let task = stats.task();
+    let stats = stats.clone();
+    rt::spawn(async move {
+        let _task = task;
+        let written = write_loop(&stream, &writer_rx).await;
+        Stats::add(&stats.bytes_out, written.0);
+        match written.1 {
+            Ok(()) => {
+                let _ = stream.shutdown(Halves::Write);
+            }
+            Err(e) => {
+                log::debug!("write failed: {e}");
+                let _ = stream.shutdown(Halves::Both);
+            }
+        }
+    });
+}
+
+async fn write_loop<B: AsRef<[u8]>>(
+    mut stream: &TcpStream,
+    writer_rx: &flume::Receiver<B>,
+) -> (u64, io::Result<()>) {
+    let mut written = 0u64;
+    while let Ok(first) = writer_rx.recv_async().await {
+        let result = match writer_rx.try_recv() {
+            // The common case: one chunk waiting, written straight from its buffer.
+            Err(_) => stream
+                .write_all(first.as_ref())
+                .await
+                .map(|()| first.as_ref().len()),
+            // More waiting: gather them into one write (one syscall, one TCP segment train).
+            Ok(second) => {
+                let mut batch = Vec::with_capacity(WRITE_BATCH.min(first.as_ref().len() * 4));
+                batch.extend_from_slice(first.as_ref());
+                batch.extend_from_slice(second.as_ref());
+                while batch.len() < WRITE_BATCH {
+                    match writer_rx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(more.as_ref()),
+                        Err(_) => break,
+                    }
+                }
+                stream.write_all(&batch).await.map(|()| batch.len())
+            }
+        };
+        match result {
+            Ok(n) => written += n as u64,
+            Err(e) => return (written, Err(e)),
+        }
+    }
+    (written, stream.flush().await)
+}

@@ -1,0 +1,190 @@
+//! The accept loop: access control, `--max-conns`, EMFILE back-off, and shutdown.
+//!
+//! The loop owns the listener and a table of the connections it started. It never awaits
+//! anything of one client: each connection runs in its own task through a helper that
+//! logs the connection's error with its peer, and tells the loop when it is over.
+//!
+//! Shutdown: when the [`Shutdown`] fires the loop drops the listener (no new clients) and
+//! shuts the *read* half of every open connection. Each reader then sees EOF and ends the
+//! way it would for a client that closed, so every writer still flushes what it holds.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Shutdown as Halves, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::io::AsyncWriteExt;
+
+use crate::Result;
+use crate::net::addr::AccessList;
+use crate::net::shutdown::Shutdown;
+use crate::net::stats::Stats;
+use crate::rt::{self, TcpListener, TcpStream};
+
+/// Longest pause after the process runs out of descriptors before accepting again
+/// (a closing connection ends the pause sooner).
+const EMFILE_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long a refused client is given to take the `full_notice` before it is closed.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Mailbox of the accept loop for "connection N is over"; a connection sends one message
+/// in its life, so a small bound only ever delays a finished task, never a live one.
+const CLOSED_MAILBOX: usize = 1024;
+
+/// What every server role takes from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct ServerConfig {
+    /// Connections served at once; 0 means no limit. Over it a new client is closed at once.
+    pub max_conns: usize,
+    /// Close a connection after this long without input; `None` means never.
+    pub idle_timeout: Option<Duration>,
+    /// Which peers may connect.
+    pub access: AccessList,
+    /// Bytes written to a client refused by `max_conns` before closing (chat's
+    /// `! server full`, HTTP's 503); `None` closes silently.
+    pub full_notice: Option<Vec<u8>>,
+}
+
+/// One accepted connection, handed to the role.
+pub struct Conn {
+    /// The socket; clone it for the reader and the writer.
+    pub stream: TcpStream,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The server's counters.
+    pub stats: Arc<Stats>,
+    /// The server's idle timeout.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Accepts on `listener` until `shutdown` fires, running `handler` for each client.
+///
+/// Returns once the listener is closed and every open connection has been told to stop
+/// reading; the caller waits for `stats.live_tasks()` to reach zero if it wants to drain.
+pub async fn serve<H, F>(
+    role: &'static str,
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+    handler: H,
+) where
+    H: Fn(Conn) -> F,
+    F: Future<Output = Result<()>> + Send + 'static,
+{
+    let (closed_tx, closed_rx) = flume::bounded::<u64>(CLOSED_MAILBOX);
+    let mut open: HashMap<u64, TcpStream> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut backoff = Duration::ZERO;
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    log::info!(role = role, addr = local.as_str(); "listening (TCP)");
+
+    loop {
+        if backoff > Duration::ZERO {
+            // Out of descriptors: wait for a connection to close, or for the back-off.
+            futures::select! {
+                id = closed_rx.recv_async() => { if let Ok(id) = id { open.remove(&id); } }
+                _ = rt::sleep(backoff).fuse() => {}
+                _ = shutdown.wait().fuse() => break,
+            }
+        }
+        let accepted = futures::select! {
+            accepted = listener.accept().fuse() => accepted,
+            id = closed_rx.recv_async() => {
+                if let Ok(id) = id { open.remove(&id); }
+                continue;
+            }
+            _ = shutdown.wait().fuse() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::ZERO;
+                pair
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(20), EMFILE_BACKOFF_MAX);
+                log::warn!(role = role, error = e.to_string().as_str(), open = open.len(), pause_ms = backoff.as_millis() as u64;
+                    "out of resources to accept; pausing");
+                continue;
+            }
+            Err(e) => {
+                // Per-connection failures (the client reset before we took it, ...).
+                log::debug!(role = role, error = e.to_string().as_str(); "accept failed");
+                continue;
+            }
+        };
+
+        if !config.access.permits(peer.ip()) {
+            stats
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::info!(role = role, peer = peer.to_string().as_str(); "refused by access list");
+            continue; // dropping the stream closes it
+        }
+        if config.max_conns > 0 && stats.active() >= config.max_conns {
+            stats
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::warn!(role = role, peer = peer.to_string().as_str(), max_conns = config.max_conns;
+                "refused: server full");
+            if let Some(notice) = config.full_notice.clone() {
+                // Written from its own task: the loop never waits on a client.
+                let task = stats.task();
+                rt::spawn(async move {
+                    let _task = task;
+                    let mut s = &stream;
+                    let _ = rt::timeout(NOTICE_TIMEOUT, s.write_all(&notice)).await;
+                    let _ = stream.shutdown(Halves::Both);
+                });
+            }
+            continue;
+        }
+
+        let _ = stream.set_nodelay(true);
+        next_id += 1;
+        let id = next_id;
+        // async-std streams share one socket between clones: this costs no descriptor.
+        open.insert(id, stream.clone());
+        let conn = Conn {
+            stream,
+            peer,
+            stats: stats.clone(),
+            idle_timeout: config.idle_timeout,
+        };
+        let guard = stats.connection();
+        let task = stats.task();
+        let closed_tx = closed_tx.clone();
+        let work = handler(conn);
+        log::debug!(role = role, peer = peer.to_string().as_str(); "accepted");
+        rt::spawn(async move {
+            let _task = task;
+            let started = std::time::Instant::now();
+            if let Err(e) = work.await {
+                log::warn!(role = role, peer = peer.to_string().as_str(), error = e.to_string().as_str(); "connection failed");
+            }
+            log::debug!(role = role, peer = peer.to_string().as_str(), ms = started.elapsed().as_millis() as u64; "reader done");
+            drop(guard);
+            let _ = closed_tx.send_async(id).await;
+        });
+    }
+
+    drop(listener);
+    log::info!(role = role, open = open.len(); "stopped accepting; closing connections");
+    for stream in open.values() {
+        let _ = stream.shutdown(Halves::Read);
+    }
+}
+
+/// Errors that mean "the process or system is out of something", not "this client failed".
+fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

@@ -1,0 +1,178 @@
+//! The public API for byte-transforming roles: implement [`Role`] and [`Session`], and
+//! [`run`] serves it over TCP and UDP with every server option (limits, access lists,
+//! idle timeout, shutdown). `examples/rot13.rs` is a complete role in one small file.
+//!
+//! ```text
+//!   TCP:  socket ─▶ Reader ─▶ Session::data ─writer_tx─▶ writer ─▶ socket
+//!   UDP:  socket ─▶ receive loop ─▶ Role::datagram ─sender_tx─▶ send actor ─▶ socket
+//! ```
+//!
+//! A session is the upstream actor of its connection. For a pure transform it runs
+//! inside the reader's task: a separate task would add one cross-thread wake-up per
+//! message and buy nothing, since the transform has no one else to talk to. Roles that
+//! do talk to others (chat's broker, the proxy's origin) wire their own actors from
+//! [`crate::net::conn`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Result;
+use crate::net::conn::{Input, Reader, spawn_writer};
+use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::shutdown::Shutdown;
+use crate::net::stats::Stats;
+use crate::net::udp;
+use crate::rt::{self, TcpListener, UdpSocket};
+
+/// How long a session that closed by itself waits for the peer to close too, discarding
+/// its input, before it drops the socket. Closing with unread input makes the kernel send
+/// a reset, which can destroy the reply the peer has not read yet.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// What a session wants after speaking first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading and replying.
+    Continue,
+    /// Send what was given, then close (the peer's further input is discarded).
+    Close,
+}
+
+/// One TCP client's state in a role. Runs in the connection's reader task.
+pub trait Session: Send + 'static {
+    /// Called once when the client connects: bytes to send first, and whether to go on.
+    fn open(&mut self) -> (Vec<u8>, Flow) {
+        (Vec::new(), Flow::Continue)
+    }
+
+    /// Called for each chunk the client sends, in order (chunk borders are wherever TCP
+    /// put them). Returns the bytes to send back, possibly none.
+    fn data(&mut self, input: Vec<u8>) -> Vec<u8>;
+
+    /// Called once when the client has finished sending: last bytes to send back.
+    fn end(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+/// A service that answers TCP clients (one [`Session`] each) and, optionally, UDP datagrams.
+pub trait Role: Send + Sync + 'static {
+    /// Per-client state.
+    type Session: Session;
+
+    /// A name for logs.
+    fn name(&self) -> &'static str;
+
+    /// Starts a session for a new TCP client.
+    fn session(&self, peer: SocketAddr) -> Self::Session;
+
+    /// Answers one UDP datagram: `Some` reply (possibly empty) or `None` for no reply.
+    fn datagram(&self, _peer: SocketAddr, _input: Vec<u8>) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// Serves `role` on the sockets given until `shutdown` fires; returns when both loops
+/// have stopped (connections may still be flushing: see [`Stats::live_tasks`]).
+pub async fn run<R: Role>(
+    role: Arc<R>,
+    tcp: Option<TcpListener>,
+    udp: Option<UdpSocket>,
+    config: Arc<ServerConfig>,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+) {
+    let name = role.name();
+    let tcp_loop = {
+        let (role, stats, shutdown) = (role.clone(), stats.clone(), shutdown.clone());
+        async move {
+            if let Some(listener) = tcp {
+                listener::serve(name, listener, config, stats, shutdown, move |conn| {
+                    let session = role.session(conn.peer);
+                    serve_session(conn, session)
+                })
+                .await;
+            }
+        }
+    };
+    let udp_loop = async move {
+        if let Some(socket) = udp {
+            serve_datagrams(role, socket, stats, shutdown).await;
+        }
+    };
+    futures::join!(tcp_loop, udp_loop);
+}
+
+/// Runs one TCP session: the reader loop here, the writer as its own actor.
+pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()> {
+    let Conn {
+        stream,
+        peer,
+        stats,
+        idle_timeout,
+    } = conn;
+    let writer_tx = spawn_writer::<Vec<u8>>(stream.clone(), &stats);
+    let mut reader = Reader::new(stream, idle_timeout);
+    let started = std::time::Instant::now();
+
+    let (greeting, flow) = session.open();
+    let mut reason = "role closed";
+    if !greeting.is_empty() && writer_tx.send_async(greeting).await.is_err() {
+        reason = "write failed";
+    } else if flow == Flow::Continue {
+        reason = loop {
+            let reply = match reader.next().await {
+                Ok(Input::Data(data)) => session.data(data),
+                Ok(Input::Eof) => {
+                    let last = session.end();
+                    if !last.is_empty() {
+                        let _ = writer_tx.send_async(last).await;
+                    }
+                    break "client closed";
+                }
+                Ok(Input::Idle) => break "idle timeout",
+                Err(_) => break "reset",
+            };
+            if !reply.is_empty() && writer_tx.send_async(reply).await.is_err() {
+                break "write failed";
+            }
+        };
+    }
+    // The writer flushes what it holds and half-closes once this last sender is gone.
+    drop(writer_tx);
+    if flow == Flow::Close {
+        linger(&mut reader).await;
+    }
+    Stats::add(&stats.bytes_in, reader.bytes);
+    log::debug!(peer = peer.to_string().as_str(), reason = reason, bytes_in = reader.bytes,
+        ms = started.elapsed().as_millis() as u64; "connection closed");
+    Ok(())
+}
+
+/// Discards input until the peer closes, for at most [`LINGER`].
+async fn linger(reader: &mut Reader) {
+    let drain = async { while let Ok(Input::Data(_)) = reader.next().await {} };
+    let _ = rt::timeout(LINGER, drain).await;
+}
+
+/// Answers datagrams with [`Role::datagram`] until `shutdown` fires.
+pub async fn serve_datagrams<R: Role>(
+    role: Arc<R>,
+    socket: UdpSocket,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+) {
+    let socket = Arc::new(socket);
+    let sender = udp::spawn_sender(socket.clone(), &stats);
+    udp::receive_loop(socket, stats, shutdown, |peer, data| {
+        let reply = role.datagram(peer, data);
+        let sender = sender.clone();
+        async move {
+            if let Some(reply) = reply {
+                sender.send(peer, reply).await;
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,5 @@
+//! The services switchboard runs. Each role is one file; roles never import each other.
+
+pub mod echo;
+pub mod hello;
+pub mod upper;

@@ -1,0 +1,92 @@
+//! Running a server as a process: bind, serve until SIGINT or SIGTERM, drain, summarise.
+//!
+//! Shutdown order: the signal fires the [`Trigger`]; accept loops close their listeners and
+//! shut the read half of every connection; readers end as on a client's EOF and drop
+//! their senders; writers flush and close. The process waits for the connection tasks to
+//! finish for at most the drain time (a second signal cuts it short), logs one summary
+//! line and returns.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+
+use crate::Result;
+use crate::net::shutdown::{self, Shutdown};
+use crate::net::stats::Stats;
+use crate::net::{addr, limits};
+use crate::rt::{self, TcpListener, UdpSocket};
+
+/// Default time given to open connections to finish after a shutdown signal.
+pub const DEFAULT_DRAIN: Duration = Duration::from_millis(1500);
+
+/// How often the drain checks whether the connection tasks are gone.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// The sockets a server was asked to use.
+pub struct Bound {
+    pub tcp: Option<TcpListener>,
+    pub udp: Option<UdpSocket>,
+}
+
+/// Binds the addresses given; the error names the address that failed.
+pub async fn bind(tcp: Option<&str>, udp: Option<&str>) -> Result<Bound> {
+    let tcp = match tcp {
+        Some(a) => Some(addr::bind_tcp(a).await?),
+        None => None,
+    };
+    let udp = match udp {
+        Some(a) => Some(addr::bind_udp(a).await?),
+        None => None,
+    };
+    Ok(Bound { tcp, udp })
+}
+
+/// Prepares the process for serving: raises the open-files limit.
+pub fn prepare() {
+    match limits::raise_nofile_limit() {
+        Ok(n) => log::debug!(open_files = n; "open-files limit"),
+        Err(e) => {
+            log::warn!(error = e.to_string().as_str(); "could not raise the open-files limit")
+        }
+    }
+}
+
+/// Runs `serve` until SIGINT or SIGTERM, then drains for up to `drain` and logs a summary.
+pub async fn run_until_signal<F, Fut>(
+    role: &str,
+    stats: Arc<Stats>,
+    drain: Duration,
+    serve: F,
+) -> Result<()>
+where
+    F: FnOnce(Shutdown) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut signals = rt::Signals::new()?;
+    let (trigger, shutdown) = shutdown::channel();
+    let started = Instant::now();
+    let server = rt::spawn(serve(shutdown));
+    let signal = signals.next().await;
+    log::info!(role = role, signal = signal; "shutting down");
+    trigger.fire();
+    server.await;
+
+    let deadline = Instant::now() + drain;
+    let drained = async {
+        while stats.live_tasks() > 0 && Instant::now() < deadline {
+            rt::sleep(DRAIN_POLL).await;
+        }
+    };
+    futures::select! {
+        _ = drained.fuse() => {}
+        _ = signals.next().fuse() => log::warn!(role = role; "second signal: closing at once"),
+    }
+    let left = stats.live_tasks();
+    if left > 0 {
+        log::warn!(role = role, tasks = left; "closing connections that did not finish in time");
+    }
+    log::info!(role = role, uptime_s = started.elapsed().as_secs(); "stopped: {}", stats.summary());
+    Ok(())
+}
