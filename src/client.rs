@@ -23,6 +23,6 @@ pub async fn resolve_target(target: &str) -> Result<Vec<SocketAddr>> {
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
             Err(format!("{target}: not a valid HOST:PORT ({})", describe(&e)).into())
         }
-        Err(e) => Err(format!("{target}: unknown host ({})", describe(&e)).into()),
+        Err(_) => Err(format!("{target}: unknown host").into()),
     }
 }

@@ -11,8 +11,6 @@ use ipnet::IpNet;
 use switchboard::client::{connect, listen};
 use switchboard::net::addr::{AccessList, nonzero, parse_cidr, parse_duration};
 use switchboard::net::listener::ServerConfig;
-use switchboard::net::stats::Stats;
-use switchboard::role::{self, Role};
 use switchboard::roles::{echo, hello, upper};
 use switchboard::{Result, rt, service};
 
@@ -173,38 +171,26 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
     match command {
         Command::Echo(t) => (
             "echo",
-            serve_role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), &t.server).await,
+            service::serve_role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), t.server.config()).await,
         ),
         Command::Upper(t) => (
             "upper",
-            serve_role(upper::Upper, t.addrs(upper::DEFAULT_ADDR), &t.server).await,
+            service::serve_role(
+                upper::Upper,
+                t.addrs(upper::DEFAULT_ADDR),
+                t.server.config(),
+            )
+            .await,
         ),
         Command::Hello(h) => (
             "hello",
-            serve_role(
+            service::serve_role(
                 hello::Hello::new(&h.message),
                 (Some(h.tcp), None),
-                &h.server,
+                h.server.config(),
             )
             .await,
         ),
         Command::Connect(_) | Command::Listen(_) => unreachable!("client commands are run by main"),
     }
-}
-
-async fn serve_role<R: Role>(
-    role: R,
-    (tcp, udp): (Option<String>, Option<String>),
-    args: &ServerArgs,
-) -> Result<()> {
-    let bound = service::bind(tcp.as_deref(), udp.as_deref()).await?;
-    let stats = Stats::new();
-    let config = args.config();
-    let role = Arc::new(role);
-    let name = role.name();
-    let serve_stats = stats.clone();
-    service::run_until_signal(name, stats, service::DEFAULT_DRAIN, move |shutdown| {
-        role::run(role, bound.tcp, bound.udp, config, serve_stats, shutdown)
-    })
-    .await
 }

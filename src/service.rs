@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 
 use crate::Result;
+use crate::net::listener::ServerConfig;
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
 use crate::net::{addr, limits};
+use crate::role::{self, Role};
 use crate::rt::{self, TcpListener, UdpSocket};
 
 /// Default time given to open connections to finish after a shutdown signal.
@@ -89,4 +91,22 @@ where
     }
     log::info!(role = role, uptime_s = started.elapsed().as_secs(); "stopped: {}", stats.summary());
     Ok(())
+}
+
+/// Binds `tcp` and `udp` (either may be `None`), serves `role` on them until SIGINT or
+/// SIGTERM, drains and logs a summary: a whole server process in one call.
+pub async fn serve_role<R: Role>(
+    role: R,
+    (tcp, udp): (Option<String>, Option<String>),
+    config: Arc<ServerConfig>,
+) -> Result<()> {
+    let bound = bind(tcp.as_deref(), udp.as_deref()).await?;
+    let stats = Stats::new();
+    let role = Arc::new(role);
+    let name = role.name();
+    let serve_stats = stats.clone();
+    run_until_signal(name, stats, DEFAULT_DRAIN, move |shutdown| {
+        role::run(role, bound.tcp, bound.udp, config, serve_stats, shutdown)
+    })
+    .await
 }

@@ -108,9 +108,13 @@ pub async fn serve<H, F>(
                 pair
             }
             Err(e) if is_resource_exhaustion(&e) => {
+                if backoff.is_zero() {
+                    // Once per episode at warn; the retries that follow at debug.
+                    log::warn!(role = role, error = e.to_string().as_str(), open = open.len();
+                        "out of resources to accept; pausing until connections close");
+                }
                 backoff = (backoff * 2).clamp(Duration::from_millis(20), EMFILE_BACKOFF_MAX);
-                log::warn!(role = role, error = e.to_string().as_str(), open = open.len(), pause_ms = backoff.as_millis() as u64;
-                    "out of resources to accept; pausing");
+                log::debug!(role = role, pause_ms = backoff.as_millis() as u64; "accept paused");
                 continue;
             }
             Err(e) => {

@@ -50,10 +50,10 @@ impl DatagramSender {
 /// Spawns the send actor for `socket`; it ends when every [`DatagramSender`] is dropped.
 pub fn spawn_sender(socket: Arc<UdpSocket>, stats: &Arc<Stats>) -> DatagramSender {
     let (sender_tx, sender_rx) = flume::bounded::<(SocketAddr, Vec<u8>)>(SEND_MAILBOX);
-    let task = stats.task();
     let stats = stats.clone();
+    // Not counted in `live_tasks`: that counts connection tasks, and this one lives as
+    // long as the endpoint. It ends once the receive loop (and every holder) lets go.
     rt::spawn(async move {
-        let _task = task;
         let mut sent = 0u64;
         while let Ok((peer, payload)) = sender_rx.recv_async().await {
             match socket.send_to(&payload, peer).await {

@@ -1,0 +1,212 @@
+//! Helpers shared by the integration tests: start a role on 127.0.0.1 port 0, wait on a
+//! condition with a deadline, run the built binary, make reproducible random bytes.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard::net::listener::ServerConfig;
+use switchboard::net::shutdown::{self, Trigger};
+use switchboard::net::stats::Stats;
+use switchboard::role::{self, Role};
+use switchboard::rt::{self, TcpListener, UdpSocket};
+
+/// Generous: tests must pass on a loaded 2-core machine. Only failures wait this long.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A role running in this process.
+pub struct Server {
+    pub tcp: SocketAddr,
+    pub udp: SocketAddr,
+    pub stats: Arc<Stats>,
+    trigger: Option<Trigger>,
+    done: Option<rt::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Fires the shutdown and waits until the accept and receive loops have stopped.
+    pub fn stop(mut self) -> Arc<Stats> {
+        self.trigger.take().unwrap().fire();
+        rt::block_on(self.done.take().unwrap());
+        self.stats.clone()
+    }
+}
+
+/// Starts `role` on TCP and UDP 127.0.0.1 port 0.
+pub fn start_role<R: Role>(role: R, config: ServerConfig) -> Server {
+    let (tcp, udp) = rt::block_on(async {
+        (
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        )
+    });
+    let (tcp_addr, udp_addr) = (tcp.local_addr().unwrap(), udp.local_addr().unwrap());
+    let stats = Stats::new();
+    let (trigger, shutdown) = shutdown::channel();
+    let done = rt::spawn(role::run(
+        Arc::new(role),
+        Some(tcp),
+        Some(udp),
+        Arc::new(config),
+        stats.clone(),
+        shutdown,
+    ));
+    Server {
+        tcp: tcp_addr,
+        udp: udp_addr,
+        stats,
+        trigger: Some(trigger),
+        done: Some(done),
+    }
+}
+
+/// Polls `cond` until it holds, panicking with `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A connected blocking client with a read timeout of [`DEADLINE`].
+pub fn client(addr: SocketAddr) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Reads exactly `n` bytes.
+pub fn read_n(s: &mut impl Read, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    s.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// Reads until the peer closes (panics on a timeout).
+pub fn read_to_end(s: &mut impl Read) -> Vec<u8> {
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    buf
+}
+
+/// Whether the server closed this connection: EOF or reset, within [`DEADLINE`].
+pub fn closed_by_server(s: &mut std::net::TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+    }
+}
+
+/// Reproducible pseudo-random bytes (xorshift64*), so a failure can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// The built `switchboard` binary.
+pub fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_switchboard"))
+}
+
+/// A spawned binary, killed when dropped so a failing test leaves nothing running.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `switchboard ARGS` with piped stdio.
+pub fn spawn(args: &[&str]) -> Proc {
+    Proc(
+        binary()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Reads the child's log (stdout) until a "listening" line names an address; returns it.
+/// A thread keeps draining the log afterwards so the server never blocks on a full pipe.
+pub fn listening_addr(proc: &mut Proc, transport: &str) -> SocketAddr {
+    let stdout = proc.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let transport = transport.to_string();
+    std::thread::spawn(move || {
+        let mut found = false;
+        let mut in_listening = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if found {
+                continue;
+            }
+            if line.contains("listening") {
+                in_listening = line.contains(&transport);
+            }
+            if let Some(addr) = find_addr(&line).filter(|_| in_listening) {
+                found = true;
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    rx.recv_timeout(DEADLINE)
+        .expect("the server never said where it listens")
+}
+
+/// The first `127.0.0.1:PORT` in a line.
+pub fn find_addr(line: &str) -> Option<SocketAddr> {
+    let start = line.find("127.0.0.1:")?;
+    let rest = &line[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Waits for the child to exit, at most [`DEADLINE`]; returns its status.
+pub fn wait_exit(proc: &mut Proc) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = proc.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < DEADLINE, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends a signal to the child.
+pub fn signal(proc: &Proc, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(proc.0.id() as i32, sig);
+    }
+}

@@ -1,0 +1,144 @@
+//! The server as a process: signals, a busy port, running out of descriptors.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn sigterm_stops_the_server_cleanly_with_a_summary() {
+    let mut proc = spawn(&["echo", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    let stdout = proc.0.stdout.take().unwrap();
+    // Read the log on a thread: it gives the address, and later the summary.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(DEADLINE).expect("no listening line");
+        if let Some(addr) = find_addr(&line) {
+            break addr;
+        }
+    };
+    let mut c = client(addr);
+    c.write_all(b"before the end").unwrap();
+    assert_eq!(read_n(&mut c, 14), b"before the end");
+
+    signal(&proc, libc::SIGTERM);
+    let status = wait_exit(&mut proc);
+    assert!(status.success(), "exit status {status}");
+    // The open client was closed, not left hanging.
+    assert!(closed_by_server(&mut c));
+    let log: Vec<String> = rx.try_iter().collect();
+    let summary = log
+        .iter()
+        .find(|l| l.contains("stopped:"))
+        .unwrap_or_else(|| panic!("no summary in {log:?}"));
+    assert!(
+        summary.contains("connections=1")
+            && summary.contains("bytes_in=14")
+            && summary.contains("bytes_out=14"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn a_busy_port_fails_at_once_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = binary()
+        .args(["echo", "--tcp", &addr])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        format!("switchboard echo: cannot listen on {addr} (TCP): address already in use")
+    );
+}
+
+/// CPU time (user + system) the process has used, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[test]
+fn running_out_of_descriptors_neither_stops_nor_spins_the_accept_loop() {
+    let mut cmd = binary();
+    cmd.args(["echo", "--tcp", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut proc = Proc(cmd.spawn().unwrap());
+    let addr = listening_addr(&mut proc, "TCP");
+
+    // More clients than descriptors: the kernel completes their handshakes, the server
+    // can accept only some of them.
+    let mut clients: Vec<_> = (0..60).map(|_| client(addr)).collect();
+    let mut first = clients.remove(0);
+    first.write_all(b"x").unwrap();
+    assert_eq!(read_n(&mut first, 1), b"x");
+
+    let before = cpu_time(proc.0.id());
+    std::thread::sleep(Duration::from_secs(1)); // a window to measure CPU use in
+    let used = cpu_time(proc.0.id()) - before;
+    assert!(
+        used < Duration::from_millis(500),
+        "the accept loop spins: {used:?} of CPU in 1s"
+    );
+
+    // Free the descriptors: every waiting client is served in turn, and new ones too.
+    drop(first);
+    for mut c in clients.drain(..) {
+        c.write_all(b"y").unwrap();
+        assert_eq!(read_n(&mut c, 1), b"y");
+    }
+    let mut late = client(addr);
+    late.write_all(b"recovered").unwrap();
+    assert_eq!(read_n(&mut late, 9), b"recovered");
+    let mut err = String::new();
+    signal(&proc, libc::SIGTERM);
+    wait_exit(&mut proc);
+    proc.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.is_empty() || !err.contains("panicked"), "{err}");
+}

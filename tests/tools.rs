@@ -1,0 +1,142 @@
+//! The nc-style tools driven as the built binary with piped stdin.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::Stdio;
+
+use common::*;
+use switchboard::net::listener::ServerConfig;
+use switchboard::roles::echo::Echo;
+use switchboard::roles::hello::Hello;
+
+/// Runs `switchboard ARGS` with `input` on stdin; returns (exit ok, stdout, stderr).
+fn run(args: &[&str], input: &[u8]) -> (bool, Vec<u8>, String) {
+    let mut child = binary()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut proc = Proc(child);
+    let mut out = Vec::new();
+    proc.0.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let mut err = String::new();
+    proc.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = wait_exit(&mut proc);
+    feeder.join().unwrap();
+    (status.success(), out, err)
+}
+
+#[test]
+fn connect_carries_stdin_to_the_server_and_back_binary_safe() {
+    let server = start_role(Echo, ServerConfig::default());
+    let data = Rng::new(3).bytes(1 << 20);
+    let (ok, out, err) = run(&["connect", &server.tcp.to_string()], &data);
+    assert!(ok, "connect failed: {err}");
+    assert!(out == data, "{} bytes back of {}", out.len(), data.len());
+    server.stop();
+}
+
+#[test]
+fn connect_prints_what_a_server_says_first() {
+    let server = start_role(Hello::new("welcome"), ServerConfig::default());
+    let (ok, out, err) = run(&["connect", &server.tcp.to_string()], b"");
+    assert!(ok, "connect failed: {err}");
+    assert_eq!(out, b"welcome\n");
+    server.stop();
+}
+
+#[test]
+fn connect_udp_sends_a_datagram_per_line_and_prints_replies() {
+    let server = start_role(Echo, ServerConfig::default());
+    let (ok, out, err) = run(
+        &["connect", "--udp", "--wait", "2s", &server.udp.to_string()],
+        b"one\ntwo\nthree\n",
+    );
+    assert!(ok, "connect failed: {err}");
+    assert_eq!(out, b"one\ntwo\nthree\n");
+    assert_eq!(
+        server
+            .stats
+            .datagrams
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    server.stop();
+}
+
+#[test]
+fn connect_reports_refused_and_unknown_hosts_in_one_line() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (ok, out, err) = run(&["connect", &free.to_string()], b"");
+    assert!(!ok && out.is_empty());
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("connection refused"), "{err}");
+
+    let (ok, _, err) = run(&["connect", "no-such-host.invalid:7"], b"");
+    assert!(!ok && err.contains("unknown host"), "{err}");
+
+    let (ok, _, err) = run(&["connect", "missing-port"], b"");
+    assert!(!ok && err.contains("HOST:PORT"), "{err}");
+}
+
+#[test]
+fn listen_prints_lines_from_many_clients_tagged_by_peer() {
+    let mut proc = spawn(&["listen", "127.0.0.1:0"]);
+    let mut stderr = BufReader::new(proc.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = find_addr(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
+    let mut stdout = BufReader::new(proc.0.stdout.take().unwrap());
+
+    let mut a = client(addr);
+    let mut b = client(addr);
+    a.write_all(b"from a\n").unwrap();
+    let mut got = String::new();
+    stdout.read_line(&mut got).unwrap();
+    assert_eq!(got, format!("[{}] from a\n", a.local_addr().unwrap()));
+
+    // A line split across writes prints whole; an unfinished line prints at close.
+    b.write_all(b"from ").unwrap();
+    b.flush().unwrap();
+    b.write_all(b"b\nno newline").unwrap();
+    drop(b.try_clone().unwrap());
+    b.shutdown(std::net::Shutdown::Write).unwrap();
+    let peer_b = b.local_addr().unwrap();
+    let mut first = String::new();
+    let mut second = String::new();
+    stdout.read_line(&mut first).unwrap();
+    stdout.read_line(&mut second).unwrap();
+    assert_eq!(first, format!("[{peer_b}] from b\n"));
+    assert_eq!(second, format!("[{peer_b}] no newline\n"));
+}
+
+#[test]
+fn listen_udp_prints_each_datagram_with_its_sender() {
+    let mut proc = spawn(&["listen", "--udp", "127.0.0.1:0"]);
+    let mut stderr = BufReader::new(proc.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = find_addr(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
+    let mut stdout = BufReader::new(proc.0.stdout.take().unwrap());
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(b"ping", addr).unwrap();
+    let mut got = String::new();
+    stdout.read_line(&mut got).unwrap();
+    assert_eq!(got, format!("[{}] ping\n", sock.local_addr().unwrap()));
+}
