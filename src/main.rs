@@ -11,6 +11,8 @@ use ipnet::IpNet;
 use switchboard::client::{connect, listen};
 use switchboard::net::addr::{AccessList, nonzero, parse_cidr, parse_duration};
 use switchboard::net::listener::ServerConfig;
+use switchboard::net::stats::Stats;
+use switchboard::roles::chat::{self, broker::ChatConfig};
 use switchboard::roles::{echo, hello, upper};
 use switchboard::{Result, rt, service};
 
@@ -33,6 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Multi-client chat: TCP (telnet, nc) and UDP users in the same rooms.
+    Chat(ChatArgs),
     /// Echo server (RFC 862): every byte comes back exactly, over TCP and UDP.
     Echo(Transports),
     /// Upper-cases each line (TCP) or datagram (UDP), Unicode-aware.
@@ -93,6 +97,27 @@ impl Transports {
             (tcp, udp) => (tcp.clone(), udp.clone()),
         }
     }
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    transports: Transports,
+    /// Longest line accepted, in bytes; longer lines are dropped with an error.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    max_line: usize,
+    /// Lines per second each client may send on average (0 = no limit).
+    #[arg(long, value_name = "LINES", default_value_t = 20.0)]
+    rate: f64,
+    /// Lines each client may send at once before --rate applies.
+    #[arg(long, value_name = "LINES", default_value_t = 40)]
+    burst: u32,
+    /// Lines queued for one TCP client before it is disconnected as too slow.
+    #[arg(long, value_name = "LINES", default_value_t = 1024)]
+    sendq: usize,
+    /// Drop a UDP user after this long without a datagram.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    udp_idle: Duration,
 }
 
 #[derive(Args)]
@@ -169,6 +194,7 @@ fn start_logger(verbose: u8, quiet: u8) {
 
 async fn run_server(command: Command) -> (&'static str, Result<()>) {
     match command {
+        Command::Chat(c) => ("chat", serve_chat(c).await),
         Command::Echo(t) => (
             "echo",
             service::serve_role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), t.server.config()).await,
@@ -193,4 +219,28 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
         ),
         Command::Connect(_) | Command::Listen(_) => unreachable!("client commands are run by main"),
     }
+}
+
+async fn serve_chat(args: ChatArgs) -> Result<()> {
+    if args.max_line == 0 || args.sendq == 0 || args.burst == 0 || !(args.rate >= 0.0) {
+        return Err(
+            "--max-line, --sendq and --burst must be at least 1, and --rate 0 or more".into(),
+        );
+    }
+    let (tcp, udp) = args.transports.addrs(chat::DEFAULT_ADDR);
+    let bound = service::bind(tcp.as_deref(), udp.as_deref()).await?;
+    let server = (*args.transports.server.config()).clone();
+    let config = ChatConfig {
+        max_line: args.max_line,
+        rate: args.rate,
+        burst: args.burst,
+        sendq: args.sendq,
+        udp_idle: args.udp_idle.max(Duration::from_millis(100)),
+    };
+    let stats = Stats::new();
+    let serve_stats = stats.clone();
+    service::run_until_signal("chat", stats, service::DEFAULT_DRAIN, move |shutdown| {
+        chat::run(bound.tcp, bound.udp, server, config, serve_stats, shutdown)
+    })
+    .await
 }

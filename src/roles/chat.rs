@@ -1,0 +1,176 @@
+//! Multi-client chat over TCP and UDP in the same rooms, through one broker actor.
+//!
+//! ```text
+//!   TCP client ─▶ reader (telnet filter, line framer) ─broker_tx─▶ Broker ─writer_tx─▶ writer ─▶ TCP client
+//!   UDP peer ──▶ receive loop ─────────────────────────broker_tx─▶ Broker ─sender_tx─▶ send actor ─▶ UDP peer
+//! ```
+//!
+//! The protocol is in [`protocol`], the registry and fan-out in [`broker`]. Each TCP
+//! client's reader only frames input and forwards it; everything a client sees comes
+//! from the broker through the client's own writer.
+//!
+//! Try it: `switchboard chat`, then `telnet 127.0.0.1 7000` in two terminals, or
+//! `nc -u 127.0.0.1 7000` for a UDP user in the same room.
+
+pub mod broker;
+pub mod protocol;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::{BrokerHandle, BrokerMsg, ChatConfig, LocalOnly, Outbox, next_client_id};
+use protocol::{Frame, LineFramer, TelnetFilter};
+
+use crate::Result;
+use crate::net::conn::{Input, Reader, spawn_writer_with};
+use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::shutdown::{self, Shutdown};
+use crate::net::stats::Stats;
+use crate::net::udp;
+use crate::rt::{self, TcpListener, UdpSocket};
+
+/// Default address for TCP and UDP.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7000";
+
+/// What a client over `--max-conns` is told before it is closed.
+pub const FULL_NOTICE: &[u8] = b"! server full\n";
+
+/// How often the broker is reminded to expire silent UDP clients (at most; a short
+/// `--udp-idle` ticks faster).
+const TICK_MAX: Duration = Duration::from_secs(1);
+
+/// Serves chat on the sockets given until `shutdown` fires. Every client is told
+/// `* server shutting down` before its socket closes.
+pub async fn run(
+    tcp: Option<TcpListener>,
+    udp: Option<UdpSocket>,
+    mut server: ServerConfig,
+    chat: ChatConfig,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+) {
+    server
+        .full_notice
+        .get_or_insert_with(|| FULL_NOTICE.to_vec());
+    let server = Arc::new(server);
+    let udp = udp.map(Arc::new);
+    let udp_sender = udp.as_ref().map(|s| udp::spawn_sender(s.clone(), &stats));
+    let tick = (chat.udp_idle / 4).clamp(Duration::from_millis(10), TICK_MAX);
+    let broker = BrokerHandle::spawn(chat.clone(), udp_sender, Box::new(LocalOnly));
+
+    // The accept and receive loops stop only after the broker has said goodbye.
+    let (loops_trigger, loops_shutdown) = shutdown::channel();
+    let ticker = {
+        let broker = broker.clone();
+        async move {
+            loop {
+                rt::sleep(tick).await;
+                if !broker.send(BrokerMsg::Tick).await {
+                    break; // the broker has stopped
+                }
+            }
+        }
+    };
+    let tcp_loop = {
+        let (broker, stats, loops_shutdown) =
+            (broker.clone(), stats.clone(), loops_shutdown.clone());
+        async move {
+            if let Some(listener) = tcp {
+                listener::serve(
+                    "chat",
+                    listener,
+                    server,
+                    stats,
+                    loops_shutdown,
+                    move |conn| serve_client(conn, broker.clone(), chat.clone()),
+                )
+                .await;
+            }
+        }
+    };
+    let udp_loop = {
+        let broker = broker.clone();
+        async move {
+            if let Some(socket) = udp {
+                udp::receive_loop(socket, stats, loops_shutdown, |peer, data| {
+                    let broker = broker.clone();
+                    async move {
+                        broker.send(BrokerMsg::Datagram { peer, data }).await;
+                    }
+                })
+                .await;
+            }
+        }
+    };
+    let stop = async {
+        shutdown.wait().await;
+        broker.shutdown().await;
+        loops_trigger.fire();
+    };
+    rt::spawn(ticker);
+    futures::join!(tcp_loop, udp_loop, stop);
+}
+
+/// One TCP client: the writer is its own actor; this task is the reader.
+async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Result<()> {
+    let Conn {
+        stream,
+        peer,
+        stats,
+        idle_timeout,
+    } = conn;
+    let (writer_tx, writer_rx) = flume::bounded(chat.sendq);
+    spawn_writer_with(stream.clone(), writer_rx, &stats);
+    let id = next_client_id();
+    log::info!(peer = peer.to_string().as_str(), id = id; "chat: TCP client joined");
+    if !broker
+        .send(BrokerMsg::Join {
+            id,
+            outbox: Outbox::Tcp {
+                writer_tx,
+                stream: stream.clone(),
+            },
+        })
+        .await
+    {
+        return Ok(()); // shutting down
+    }
+    let mut reader = Reader::new(stream, idle_timeout);
+    let mut telnet = TelnetFilter::default();
+    let mut framer = LineFramer::new(chat.max_line);
+    let mut clean = Vec::new();
+    let mut frames = Vec::new();
+    let reason = 'read: loop {
+        match reader.next().await {
+            Ok(Input::Data(data)) => {
+                clean.clear();
+                telnet.filter(&data, &mut clean);
+                framer.push(&clean, |frame| {
+                    frames.push(match frame {
+                        Frame::Line(line) => BrokerMsg::Line {
+                            id,
+                            line: line.to_vec(),
+                        },
+                        Frame::TooLong => BrokerMsg::TooLong { id },
+                    })
+                });
+                for msg in frames.drain(..) {
+                    if !broker.send(msg).await {
+                        break 'read "server shutting down";
+                    }
+                }
+            }
+            Ok(Input::Eof) => {
+                if let Some(line) = framer.finish() {
+                    broker.send(BrokerMsg::Line { id, line }).await;
+                }
+                break "connection closed";
+            }
+            Ok(Input::Idle) => break "idle timeout",
+            Err(_) => break "connection reset",
+        }
+    };
+    broker.send(BrokerMsg::Leave { id, reason }).await;
+    Stats::add(&stats.bytes_in, reader.bytes);
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! The chat wire protocol as pure functions: framing, telnet filtering, sanitising and
+//! command parsing. No I/O here, so every piece is tested on its own (with property tests
+//! over arbitrary bytes).
+//!
+//! Lines are UTF-8 ending in `\n` or `\r\n`. Lines the server writes start with `* `
+//! (notice) or `! ` (error to the sender only). Commands: `/nick NAME`, `/msg NAME TEXT`,
+//! `/who`, `/join ROOM`, `/rooms`, `/me TEXT`, `/help`, `/quit [REASON]`; `//text` sends
+//! a line that starts with `/`.
+
+/// The longest nick or room name.
+pub const MAX_NAME: usize = 32;
+
+/// One line as the client meant it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// A plain line for the room.
+    Say(&'a str),
+    /// `/me TEXT`.
+    Me(&'a str),
+    /// `/nick NAME` (not yet validated).
+    Nick(&'a str),
+    /// `/msg NAME TEXT`.
+    Msg { to: &'a str, text: &'a str },
+    /// `/who`.
+    Who,
+    /// `/join ROOM` (not yet validated).
+    Join(&'a str),
+    /// `/rooms`.
+    Rooms,
+    /// `/help`.
+    Help,
+    /// `/quit [REASON]`.
+    Quit(Option<&'a str>),
+    /// A blank line: ignored.
+    Empty,
+    /// A command used wrongly: the usage text to send back.
+    Usage(&'static str),
+    /// `/something` we do not know.
+    Unknown(&'a str),
+}
+
+/// Parses a sanitised line.
+pub fn parse(line: &str) -> Command<'_> {
+    let line = line.trim_end();
+    if line.trim_start().is_empty() {
+        return Command::Empty;
+    }
+    let Some(rest) = line.strip_prefix('/') else {
+        return Command::Say(line);
+    };
+    if rest.starts_with('/') {
+        return Command::Say(rest); // `//text` is the line `/text`
+    }
+    let (verb, args) = match rest.split_once(char::is_whitespace) {
+        Some((verb, args)) => (verb, args.trim()),
+        None => (rest, ""),
+    };
+    match verb.to_ascii_lowercase().as_str() {
+        "nick" if is_one_word(args) => Command::Nick(args),
+        "nick" => Command::Usage("/nick NAME"),
+        "msg" => match args.split_once(char::is_whitespace) {
+            Some((to, text)) if !text.trim().is_empty() => Command::Msg {
+                to,
+                text: text.trim_start(),
+            },
+            _ => Command::Usage("/msg NAME TEXT"),
+        },
+        "who" => Command::Who,
+        "join" if is_one_word(args) => Command::Join(args.strip_prefix('#').unwrap_or(args)),
+        "join" => Command::Usage("/join ROOM"),
+        "rooms" => Command::Rooms,
+        "me" if !args.is_empty() => Command::Me(args),
+        "me" => Command::Usage("/me TEXT"),
+        "help" => Command::Help,
+        "quit" => Command::Quit((!args.is_empty()).then_some(args)),
+        _ => Command::Unknown(verb),
+    }
+}
+
+fn is_one_word(s: &str) -> bool {
+    !s.is_empty() && !s.contains(char::is_whitespace)
+}
+
+/// Whether `name` is a valid nick or room: 1 to 32 ASCII letters, digits, `_` or `-`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Makes a received line safe to show on other people's screens: invalid UTF-8 becomes
+/// U+FFFD, and control characters other than tab are removed (no terminal escapes, no
+/// carriage returns that overwrite a line, no bells). Bidirectional overrides go too, as
+/// they can make a line display as something it does not say.
+pub fn sanitize(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .filter(|&c| {
+            c == '\t'
+                || !(c.is_control()
+                    || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+        })
+        .collect()
+}
+
+/// Removes telnet option negotiation (RFC 854 IAC sequences) from a byte stream, keeping
+/// state across chunk borders. An escaped `IAC IAC` is dropped too: a 0xFF byte is never
+/// valid UTF-8, so it could only become U+FFFD.
+#[derive(Debug, Default)]
+pub struct TelnetFilter {
+    state: Telnet,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Telnet {
+    #[default]
+    Data,
+    Iac,
+    /// After WILL/WONT/DO/DONT: one option byte follows.
+    Option,
+    /// Inside a subnegotiation, until IAC SE.
+    Sub,
+    SubIac,
+}
+
+const IAC: u8 = 255;
+const SB: u8 = 250;
+const SE: u8 = 240;
+
+impl TelnetFilter {
+    /// Appends the data bytes of `input` to `out`.
+    pub fn filter(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        // Fast path: no IAC anywhere and no sequence open.
+        if self.state == Telnet::Data && !input.contains(&IAC) {
+            out.extend_from_slice(input);
+            return;
+        }
+        for &b in input {
+            self.state = match (self.state, b) {
+                (Telnet::Data, IAC) => Telnet::Iac,
+                (Telnet::Data, _) => {
+                    out.push(b);
+                    Telnet::Data
+                }
+                (Telnet::Iac, 251..=254) => Telnet::Option,
+                (Telnet::Iac, SB) => Telnet::Sub,
+                (Telnet::Iac, _) => Telnet::Data, // IAC IAC, NOP, GA, AYT, ...
+                (Telnet::Option, _) => Telnet::Data,
+                (Telnet::Sub, IAC) => Telnet::SubIac,
+                (Telnet::Sub, _) => Telnet::Sub,
+                (Telnet::SubIac, SE) => Telnet::Data,
+                (Telnet::SubIac, _) => Telnet::Sub,
+            };
+        }
+    }
+}
+
+/// What [`LineFramer::push`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A complete line, without its `\n` (a `\r` before it is removed by [`sanitize`]).
+    Line(&'a [u8]),
+    /// A line went over the limit; it is being discarded up to its newline.
+    TooLong,
+}
+
+/// Splits a byte stream into lines of at most `max` bytes. An over-long line is reported
+/// once and dropped whole, and the connection carries on with the next line.
+#[derive(Debug)]
+pub struct LineFramer {
+    pending: Vec<u8>,
+    max: usize,
+    discarding: bool,
+}
+
+impl LineFramer {
+    /// A framer for lines of at most `max` bytes (not counting the line end).
+    pub fn new(max: usize) -> Self {
+        LineFramer {
+            pending: Vec::new(),
+            max,
+            discarding: false,
+        }
+    }
+
+    /// Feeds `input`, calling `on_frame` for each complete line or over-long line.
+    pub fn push(&mut self, mut input: &[u8], mut on_frame: impl FnMut(Frame<'_>)) {
+        while !input.is_empty() {
+            match input.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    let ends_cr = if i > 0 {
+                        input[i - 1] == b'\r'
+                    } else {
+                        self.pending.last() == Some(&b'\r')
+                    };
+                    let length = self.pending.len() + i - usize::from(ends_cr);
+                    if self.discarding {
+                        self.discarding = false;
+                    } else if length > self.max {
+                        on_frame(Frame::TooLong);
+                    } else if self.pending.is_empty() {
+                        on_frame(Frame::Line(&input[..i]));
+                    } else {
+                        self.pending.extend_from_slice(&input[..i]);
+                        on_frame(Frame::Line(&self.pending));
+                    }
+                    self.pending.clear();
+                    input = &input[i + 1..];
+                }
+                None => {
+                    if !self.discarding {
+                        // `max + 1`: the `\r` of a `\r\n` may still be waiting for its `\n`.
+                        if self.pending.len() + input.len() > self.max + 1 {
+                            self.pending = Vec::new();
+                            self.discarding = true;
+                            on_frame(Frame::TooLong);
+                        } else {
+                            self.pending.extend_from_slice(input);
+                        }
+                    }
+                    input = &[];
+                }
+            }
+        }
+        if self.pending.is_empty() && self.pending.capacity() > 4096 {
+            self.pending = Vec::new(); // an idle client keeps no big buffer
+        }
+    }
+
+    /// The unfinished last line at end of input, if any.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        let rest = std::mem::take(&mut self.pending);
+        (!rest.is_empty() && !self.discarding).then_some(rest)
+    }
+}
+
+/// The `/help` text, one notice per line.
+pub const HELP: &[&str] = &[
+    "* commands:",
+    "*   /nick NAME       change your nick (1-32 letters, digits, _ or -)",
+    "*   /msg NAME TEXT   send TEXT to NAME alone",
+    "*   /who             who is in your room",
+    "*   /join ROOM       move to ROOM (created if new)",
+    "*   /rooms           list rooms and how many are in each",
+    "*   /me TEXT         an action: * NICK TEXT",
+    "*   /quit [REASON]   leave",
+    "*   //text           send a line that starts with /",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn commands() {
+        assert_eq!(parse("hello"), Command::Say("hello"));
+        assert_eq!(parse("  "), Command::Empty);
+        assert_eq!(parse("//etc/passwd"), Command::Say("/etc/passwd"));
+        assert_eq!(parse("/nick bob"), Command::Nick("bob"));
+        assert_eq!(parse("/NICK bob "), Command::Nick("bob"));
+        assert_eq!(parse("/nick"), Command::Usage("/nick NAME"));
+        assert_eq!(parse("/nick a b"), Command::Usage("/nick NAME"));
+        assert_eq!(
+            parse("/msg bob hi there"),
+            Command::Msg {
+                to: "bob",
+                text: "hi there"
+            }
+        );
+        assert_eq!(parse("/msg bob"), Command::Usage("/msg NAME TEXT"));
+        assert_eq!(parse("/msg bob   "), Command::Usage("/msg NAME TEXT"));
+        assert_eq!(parse("/who"), Command::Who);
+        assert_eq!(parse("/join #dev"), Command::Join("dev"));
+        assert_eq!(parse("/join"), Command::Usage("/join ROOM"));
+        assert_eq!(parse("/rooms"), Command::Rooms);
+        assert_eq!(parse("/me waves"), Command::Me("waves"));
+        assert_eq!(parse("/me"), Command::Usage("/me TEXT"));
+        assert_eq!(parse("/help"), Command::Help);
+        assert_eq!(parse("/quit"), Command::Quit(None));
+        assert_eq!(
+            parse("/quit gone fishing"),
+            Command::Quit(Some("gone fishing"))
+        );
+        assert_eq!(parse("/frobnicate x"), Command::Unknown("frobnicate"));
+        assert_eq!(parse("/"), Command::Unknown(""));
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("bob") && valid_name("Bob_2-x") && valid_name(&"a".repeat(32)));
+        assert!(
+            !valid_name("")
+                && !valid_name(&"a".repeat(33))
+                && !valid_name("bö")
+                && !valid_name("a b")
+        );
+        assert!(!valid_name("*bob*") && !valid_name("<bob>"));
+    }
+
+    #[test]
+    fn sanitizing() {
+        assert_eq!(sanitize(b"hi\x1b[31mred\x07\r"), "hi[31mred");
+        assert_eq!(sanitize(b"tab\there"), "tab\there");
+        assert_eq!(sanitize(b"bad\xffbyte"), "bad\u{FFFD}byte");
+        assert_eq!(sanitize("c1\u{9b}x \u{202E}evil".as_bytes()), "c1x evil");
+    }
+
+    #[test]
+    fn telnet_negotiation_is_removed_across_chunks() {
+        let input: &[u8] = &[
+            IAC, 251, 1, b'h', IAC, SB, 24, 0, b'x', IAC, SE, b'i', IAC, IAC, IAC, 241, b'\n',
+        ];
+        for split in 0..input.len() {
+            let mut f = TelnetFilter::default();
+            let mut out = Vec::new();
+            f.filter(&input[..split], &mut out);
+            f.filter(&input[split..], &mut out);
+            assert_eq!(out, b"hi\n", "split at {split}");
+        }
+    }
+
+    fn frames(framer: &mut LineFramer, input: &[u8]) -> Vec<Option<Vec<u8>>> {
+        let mut out = Vec::new();
+        framer.push(input, |f| {
+            out.push(match f {
+                Frame::Line(l) => Some(l.to_vec()),
+                Frame::TooLong => None,
+            })
+        });
+        out
+    }
+
+    #[test]
+    fn framing_drops_only_the_long_line() {
+        let mut f = LineFramer::new(5);
+        assert_eq!(frames(&mut f, b"ab\r\ncd"), vec![Some(b"ab\r".to_vec())]);
+        assert_eq!(frames(&mut f, b"efg\n"), vec![Some(b"cdefg".to_vec())]);
+        assert_eq!(frames(&mut f, b"123456789"), vec![None]);
+        assert_eq!(frames(&mut f, b"more of it"), vec![]);
+        assert_eq!(frames(&mut f, b"\nok\n"), vec![Some(b"ok".to_vec())]);
+        assert_eq!(
+            frames(&mut f, b"toolongline\nfine\n"),
+            vec![None, Some(b"fine".to_vec())]
+        );
+        assert_eq!(frames(&mut f, b"last"), vec![]);
+        assert_eq!(f.finish(), Some(b"last".to_vec()));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let line = sanitize(&bytes);
+            let _ = parse(&line);
+        }
+
+        #[test]
+        fn sanitized_text_has_no_control_characters(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let clean = sanitize(&bytes);
+            prop_assert!(clean.chars().all(|c| c == '\t' || !c.is_control()));
+        }
+
+        #[test]
+        fn framing_is_independent_of_chunk_borders(
+            lines in proptest::collection::vec("[a-z]{0,12}", 0..20),
+            cuts in proptest::collection::vec(0usize..300, 0..10),
+        ) {
+            let stream: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect();
+            let mut whole = LineFramer::new(8);
+            let expected = frames(&mut whole, &stream);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(stream.len())).collect();
+            cuts.sort();
+            let mut f = LineFramer::new(8);
+            let mut got = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([stream.len()]) {
+                got.extend(frames(&mut f, &stream[at..c]));
+                at = c;
+            }
+            prop_assert_eq!(got, expected);
+            // Every line of at most 8 bytes arrives; longer ones are reported as such.
+            let want: Vec<Option<Vec<u8>>> = lines.iter().map(|l| (l.len() <= 8).then(|| l.as_bytes().to_vec())).collect();
+            prop_assert_eq!(frames(&mut LineFramer::new(8), &stream), want);
+        }
+
+        #[test]
+        fn telnet_filter_keeps_plain_text(text in "[ -~\n]{0,100}") {
+            let mut out = Vec::new();
+            TelnetFilter::default().filter(text.as_bytes(), &mut out);
+            prop_assert_eq!(out, text.as_bytes());
+        }
+    }
+}
