@@ -20,7 +20,7 @@ use switchboard::{Result, rt, service};
 #[command(
     name = "switchboard",
     version,
-    about = "Small network services as actors: echo, upper, hello, and nc-style tools"
+    about = "Small network services as actors: chat, echo, upper, hello, and nc-style tools"
 )]
 struct Cli {
     /// More log output (-v debug, -vv trace).
@@ -222,7 +222,12 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
 }
 
 async fn serve_chat(args: ChatArgs) -> Result<()> {
-    if args.max_line == 0 || args.sendq == 0 || args.burst == 0 || !(args.rate >= 0.0) {
+    if args.max_line == 0
+        || args.sendq == 0
+        || args.burst == 0
+        || args.rate.is_nan()
+        || args.rate < 0.0
+    {
         return Err(
             "--max-line, --sendq and --burst must be at least 1, and --rate 0 or more".into(),
         );

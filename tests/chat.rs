@@ -1,0 +1,518 @@
+//! Chat over real sockets: TCP and UDP users in one room, every command, abuse handling.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::*;
+use switchboard::net::listener::ServerConfig;
+use switchboard::net::shutdown::{self, Trigger};
+use switchboard::net::stats::Stats;
+use switchboard::roles::chat::{self, broker::ChatConfig};
+use switchboard::rt::{self, TcpListener};
+
+struct Chat {
+    tcp: SocketAddr,
+    udp: SocketAddr,
+    stats: Arc<Stats>,
+    trigger: Option<Trigger>,
+    done: Option<rt::JoinHandle<()>>,
+}
+
+impl Chat {
+    fn stop(mut self) {
+        self.trigger.take().unwrap().fire();
+        rt::block_on(self.done.take().unwrap());
+    }
+}
+
+fn start_chat(server: ServerConfig, config: ChatConfig) -> Chat {
+    let (tcp, udp) = rt::block_on(async {
+        (
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            rt::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        )
+    });
+    let (tcp_addr, udp_addr) = (tcp.local_addr().unwrap(), udp.local_addr().unwrap());
+    let stats = Stats::new();
+    let (trigger, shutdown) = shutdown::channel();
+    let done = rt::spawn(chat::run(
+        Some(tcp),
+        Some(udp),
+        server,
+        config,
+        stats.clone(),
+        shutdown,
+    ));
+    Chat {
+        tcp: tcp_addr,
+        udp: udp_addr,
+        stats,
+        trigger: Some(trigger),
+        done: Some(done),
+    }
+}
+
+fn default_chat() -> Chat {
+    start_chat(ServerConfig::default(), ChatConfig::default())
+}
+
+/// A TCP chat user.
+struct User {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+    nick: String,
+}
+
+impl User {
+    fn join(chat: &Chat) -> User {
+        let s = client(chat.tcp);
+        let mut u = User {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+            nick: String::new(),
+        };
+        let welcome = u.line();
+        let nick = welcome
+            .strip_prefix("* welcome to #lobby, you are ")
+            .and_then(|r| r.split(' ').next());
+        u.nick = nick
+            .unwrap_or_else(|| panic!("unexpected greeting {welcome:?}"))
+            .to_string();
+        assert_eq!(
+            welcome,
+            format!(
+                "* welcome to #lobby, you are {} (type /help for commands)",
+                u.nick
+            )
+        );
+        u
+    }
+    fn say(&mut self, text: &str) {
+        self.w.write_all(format!("{text}\n").as_bytes()).unwrap();
+    }
+    /// The next line, without its `\n`; panics at EOF or after the deadline.
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        assert!(self.r.read_line(&mut l).unwrap() > 0, "unexpected EOF");
+        assert!(l.ends_with('\n'), "line without newline: {l:?}");
+        l.pop();
+        l
+    }
+    /// Skips lines until one equals `want`; returns the ones skipped.
+    fn until(&mut self, want: &str) -> Vec<String> {
+        let mut skipped = Vec::new();
+        loop {
+            let l = self.line();
+            if l == want {
+                return skipped;
+            }
+            skipped.push(l);
+        }
+    }
+    fn nick(&mut self, nick: &str) {
+        let old = self.nick.clone();
+        self.say(&format!("/nick {nick}"));
+        self.until(&format!("* {old} is now {nick}"));
+        self.nick = nick.to_string();
+    }
+}
+
+/// A UDP chat user.
+struct UdpUser {
+    s: UdpSocket,
+    server: SocketAddr,
+}
+
+impl UdpUser {
+    fn new(chat: &Chat) -> UdpUser {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        UdpUser {
+            s,
+            server: chat.udp,
+        }
+    }
+    fn say(&self, text: &str) {
+        self.s
+            .send_to(format!("{text}\n").as_bytes(), self.server)
+            .unwrap();
+    }
+    fn datagram(&self) -> String {
+        let mut buf = vec![0; 70_000];
+        let n = self.s.recv(&mut buf).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+    fn until(&self, want: &str) {
+        while self.datagram() != format!("{want}\n") {}
+    }
+}
+
+#[test]
+fn tcp_and_udp_users_chat_in_one_room_with_every_command() {
+    let chat = default_chat();
+    let mut alice = User::join(&chat);
+    alice.nick("alice");
+    let mut bob = User::join(&chat);
+    assert_eq!(alice.line(), format!("* {} joined", bob.nick));
+    bob.nick("bob");
+    assert_eq!(alice.line(), format!("* {} is now bob", "guest2"));
+
+    // A UDP user joins on its first datagram and is in the same room.
+    let carol = UdpUser::new(&chat);
+    carol.say("/nick carol");
+    let welcome = carol.datagram();
+    assert!(
+        welcome.starts_with("* welcome to #lobby, you are guest"),
+        "{welcome}"
+    );
+    let guest = welcome.split(' ').nth(6).unwrap().to_string();
+    assert_eq!(carol.datagram(), format!("* {guest} is now carol\n"));
+    assert_eq!(alice.line(), format!("* {guest} joined"));
+    assert_eq!(alice.line(), format!("* {guest} is now carol"));
+    bob.until(&format!("* {guest} is now carol"));
+
+    // Plain lines go to everyone else, not back to the sender.
+    alice.say("hello all");
+    assert_eq!(bob.line(), "<alice> hello all");
+    assert_eq!(carol.datagram(), "<alice> hello all\n");
+    carol.say("hi from udp");
+    assert_eq!(alice.line(), "<carol> hi from udp");
+    assert_eq!(bob.line(), "<carol> hi from udp");
+
+    // /me, /msg (to a UDP user and back), unknown nick.
+    bob.say("/me waves");
+    assert_eq!(alice.line(), "* bob waves");
+    assert_eq!(carol.datagram(), "* bob waves\n");
+    alice.say("/msg Carol just for you");
+    assert_eq!(carol.datagram(), "*alice* just for you\n");
+    carol.say("/msg ALICE got it");
+    assert_eq!(alice.line(), "*carol* got it");
+    alice.say("/msg nobody hello?");
+    assert_eq!(alice.line(), "! no such nick: nobody");
+
+    // /who, /rooms, /join with notices in both rooms.
+    alice.say("/who");
+    assert_eq!(alice.line(), "* in #lobby: alice, bob, carol");
+    bob.say("/join #Dev");
+    assert_eq!(alice.line(), "* bob left for #dev");
+    assert_eq!(carol.datagram(), "* bob left for #dev\n");
+    assert_eq!(bob.line(), "* now in #dev");
+    alice.say("/rooms");
+    assert_eq!(alice.line(), "* rooms: #dev (1), #lobby (2)");
+    alice.say("only the lobby hears this");
+    assert_eq!(carol.datagram(), "<alice> only the lobby hears this\n");
+    bob.say("/who");
+    assert_eq!(bob.line(), "* in #dev: bob");
+
+    // Errors go to the sender alone.
+    alice.say("/frob");
+    assert_eq!(alice.line(), "! unknown command: /frob (try /help)");
+    alice.say("/msg bob");
+    assert_eq!(alice.line(), "! usage: /msg NAME TEXT");
+    alice.say("/nick no*stars");
+    assert_eq!(
+        alice.line(),
+        "! invalid nick: use 1-32 letters, digits, _ or -"
+    );
+    alice.say("/join a b");
+    assert_eq!(alice.line(), "! usage: /join ROOM");
+    alice.say("//slash is literal");
+    assert_eq!(carol.datagram(), "<alice> /slash is literal\n");
+    alice.say("/help");
+    assert_eq!(alice.line(), "* commands:");
+    alice.until("*   //text           send a line that starts with /");
+
+    // /quit: the room hears the reason, the quitter gets `* bye` and is closed.
+    alice.say("/quit off to lunch");
+    assert_eq!(alice.line(), "* bye");
+    let mut rest = String::new();
+    assert_eq!(
+        alice.r.read_line(&mut rest).unwrap(),
+        0,
+        "closed after bye, got {rest:?}"
+    );
+    assert_eq!(carol.datagram(), "* alice left (off to lunch)\n");
+    carol.say("/quit");
+    assert_eq!(carol.datagram(), "* bye\n");
+    bob.say("/join lobby");
+    bob.until("* now in #lobby");
+    bob.say("/who");
+    assert_eq!(bob.line(), "* in #lobby: bob");
+    chat.stop();
+}
+
+#[test]
+fn nicks_are_unique_ignoring_case_across_transports() {
+    let chat = default_chat();
+    let mut alice = User::join(&chat);
+    alice.nick("Alice");
+    let udp = UdpUser::new(&chat);
+    udp.say("/nick aLiCe");
+    udp.datagram(); // welcome
+    assert_eq!(udp.datagram(), "! nick taken: aLiCe\n");
+    udp.say("/nick dave");
+    udp.until("* guest2 is now dave");
+    let mut other = User::join(&chat);
+    other.say("/nick DAVE");
+    other.until("! nick taken: DAVE");
+    // A client may change the case of its own nick.
+    alice.say("/nick ALICE");
+    alice.until("* Alice is now ALICE");
+    // A nick is free again once its owner leaves.
+    drop(alice);
+    other.until("* ALICE left (connection closed)");
+    other.nick("alice");
+    chat.stop();
+}
+
+#[test]
+fn two_hundred_clients_each_get_every_other_line_once_in_order() {
+    const CLIENTS: usize = 200;
+    const LINES: usize = 5;
+    let chat = default_chat();
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (barrier, joined) = (barrier.clone(), joined.clone());
+            let addr = chat.tcp;
+            std::thread::spawn(move || {
+                let s = client(addr);
+                let mut u = User {
+                    w: s.try_clone().unwrap(),
+                    r: BufReader::new(s),
+                    nick: String::new(),
+                };
+                let welcome = u.line();
+                u.nick = welcome.split(' ').nth(6).unwrap().to_string();
+                joined.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                barrier.wait();
+                for i in 0..LINES {
+                    u.say(&format!("{} {i}", u.nick));
+                }
+                // Each other client's lines, exactly once and in its order.
+                let mut next: std::collections::HashMap<String, usize> = Default::default();
+                let mut got = 0;
+                while got < (CLIENTS - 1) * LINES {
+                    let l = u.line();
+                    let Some(body) = l.strip_prefix('<') else {
+                        continue;
+                    };
+                    let (from, text) = body.split_once("> ").unwrap();
+                    assert_ne!(from, u.nick, "own line echoed");
+                    let (who, i) = text.split_once(' ').unwrap();
+                    assert_eq!(who, from);
+                    let expected = next.entry(from.to_string()).or_insert(0);
+                    assert_eq!(
+                        i.parse::<usize>().unwrap(),
+                        *expected,
+                        "line from {from} out of order or twice"
+                    );
+                    *expected += 1;
+                    got += 1;
+                }
+                assert_eq!(next.len(), CLIENTS - 1);
+                assert!(next.values().all(|&n| n == LINES));
+                u
+            })
+        })
+        .collect();
+    let users: Vec<User> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(chat.stats.active(), CLIENTS);
+    drop(users);
+    wait_until("every client to leave", || chat.stats.live_tasks() == 0);
+    chat.stop();
+}
+
+#[test]
+fn a_slow_consumer_is_evicted_while_others_keep_receiving() {
+    let config = ChatConfig {
+        sendq: 64,
+        rate: 0.0,
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    let mut slow = User::join(&chat);
+    slow.nick("slow");
+    let mut fast = User::join(&chat);
+    let mut sender = User::join(&chat);
+    fast.nick("fast");
+    sender.nick("sender");
+    fast.until("* guest3 is now sender");
+    // `slow` stops reading. The sender sends far more than every buffer on the way
+    // holds, in batches that `fast` confirms, so only `slow` falls behind.
+    const N: usize = 4000;
+    const BATCH: usize = 10;
+    let text = "x".repeat(3000);
+    let mut w = sender.w.try_clone().unwrap();
+    let (ack_tx, ack_rx) = std::sync::mpsc::channel::<()>();
+    let flood = std::thread::spawn(move || {
+        for i in 0..N {
+            w.write_all(format!("{i} {text}\n").as_bytes()).unwrap();
+            if i % BATCH == BATCH - 1 && ack_rx.recv_timeout(DEADLINE).is_err() {
+                return;
+            }
+        }
+    });
+    let mut evicted = false;
+    for i in 0..N {
+        let mut l = fast.line();
+        if l == "* slow left (send queue exceeded)" {
+            evicted = true;
+            l = fast.line();
+        }
+        assert!(
+            l.starts_with(&format!("<sender> {i} ")),
+            "{}",
+            &l[..20.min(l.len())]
+        );
+        if i % BATCH == BATCH - 1 {
+            let _ = ack_tx.send(());
+        }
+    }
+    flood.join().unwrap();
+    if !evicted {
+        assert_eq!(fast.line(), "* slow left (send queue exceeded)");
+    }
+    // The evicted client's socket was cut off: it reaches EOF (or a reset) after
+    // whatever was already buffered.
+    slow.r.get_mut().set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut slow.r, &mut sink);
+    sender.say("/who");
+    let skipped = sender.until("* in #lobby: fast, sender");
+    assert_eq!(
+        skipped,
+        vec!["* slow left (send queue exceeded)".to_string()]
+    );
+    chat.stop();
+}
+
+#[test]
+fn flooding_is_limited_with_one_warning_per_burst() {
+    let config = ChatConfig {
+        rate: 2.0,
+        burst: 5,
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    let mut flooder = User::join(&chat);
+    let mut listener = User::join(&chat);
+    flooder.until(&format!("* {} joined", listener.nick));
+    let mut burst = String::new();
+    for i in 0..50 {
+        burst.push_str(&format!("flood {i}\n"));
+    }
+    flooder.w.write_all(burst.as_bytes()).unwrap();
+    assert_eq!(flooder.line(), "! slow down (lines are being dropped)");
+    // Ask `/who` until one gets through: its reply means the broker has handled the
+    // whole flood (a client's lines are handled in order). Reading on a thread lets us
+    // wait with a timeout without losing half-read lines.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let mut reader = flooder.r;
+    std::thread::spawn(move || {
+        let mut l = String::new();
+        while reader.read_line(&mut l).map(|n| n > 0).unwrap_or(false) {
+            let _ = lines_tx.send(std::mem::take(&mut l));
+        }
+    });
+    let start = std::time::Instant::now();
+    let mut warnings = 1;
+    'asking: loop {
+        flooder.w.write_all(b"/who\n").unwrap();
+        while let Ok(l) = lines_rx.recv_timeout(Duration::from_millis(300)) {
+            if l.starts_with("* in #lobby") {
+                break 'asking;
+            }
+            warnings += usize::from(l.starts_with("! slow down"));
+        }
+        assert!(start.elapsed() < DEADLINE, "never allowed to speak again");
+    }
+    assert_eq!(warnings, 1, "one warning per burst");
+    // The listener's own /who reply comes after every flood line it was sent.
+    listener.say("/who");
+    let seen = listener.until(&format!("* in #lobby: {}, {}", flooder.nick, listener.nick));
+    let floods: Vec<&String> = seen.iter().filter(|l| l.contains("> flood ")).collect();
+    // The burst of 5, plus what the rate (2/s) refilled while the flood was read.
+    assert!(
+        (5..=7).contains(&floods.len()),
+        "{} flood lines got through: {seen:?}",
+        floods.len()
+    );
+    for (i, l) in floods.iter().enumerate() {
+        assert_eq!(**l, format!("<{}> flood {i}", flooder.nick));
+    }
+    chat.stop();
+}
+
+#[test]
+fn long_lines_control_characters_and_telnet_negotiation_are_handled() {
+    let chat = default_chat();
+    let mut a = User::join(&chat);
+    let mut b = User::join(&chat);
+    a.until(&format!("* {} joined", b.nick));
+    let long = "y".repeat(5000);
+    a.say(&long);
+    assert_eq!(a.line(), "! line too long (the limit is 4096 bytes)");
+    // Telnet negotiation and terminal escapes never reach others; CRLF works.
+    a.w.write_all(b"\xff\xfb\x01\xff\xfa\x18\x00xterm\xff\xf0he\x1b[2Jl\x07lo\r\n")
+        .unwrap();
+    assert_eq!(b.line(), format!("<{}> he[2Jllo", a.nick));
+    a.w.write_all(b"bad \xc3\x28 utf8\n").unwrap();
+    assert_eq!(b.line(), format!("<{}> bad \u{FFFD}( utf8", a.nick));
+    let exact = "z".repeat(4096);
+    a.w.write_all(format!("{exact}\r\n").as_bytes()).unwrap();
+    assert_eq!(b.line(), format!("<{}> {exact}", a.nick));
+    chat.stop();
+}
+
+#[test]
+fn silent_udp_users_time_out() {
+    let config = ChatConfig {
+        udp_idle: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    let mut watcher = User::join(&chat);
+    let udp = UdpUser::new(&chat);
+    udp.say("/nick ghost");
+    watcher.until("* guest2 is now ghost");
+    assert_eq!(watcher.line(), "* ghost left (timeout)");
+    udp.until("* disconnected after 300ms of silence");
+    chat.stop();
+}
+
+#[test]
+fn shutdown_tells_everyone_before_closing() {
+    let chat = default_chat();
+    let mut a = User::join(&chat);
+    let udp = UdpUser::new(&chat);
+    udp.say("hello");
+    a.until("<guest2> hello");
+    let stats = chat.stats.clone();
+    chat.stop();
+    assert_eq!(a.line(), "* server shutting down");
+    let mut rest = String::new();
+    assert_eq!(a.r.read_line(&mut rest).unwrap(), 0);
+    udp.until("* server shutting down");
+    wait_until("connection tasks to end", || stats.live_tasks() == 0);
+}
+
+#[test]
+fn a_full_server_says_so_before_closing() {
+    let chat = start_chat(
+        ServerConfig {
+            max_conns: 1,
+            ..Default::default()
+        },
+        ChatConfig::default(),
+    );
+    let _a = User::join(&chat);
+    let mut b = client(chat.tcp);
+    assert_eq!(read_to_end(&mut b), b"! server full\n");
+    chat.stop();
+}
