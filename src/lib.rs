@@ -11,6 +11,7 @@
 //! - [`client`]: the nc-style tools `connect` and `listen`.
 //! - [`service`]: running a server as a process (signals, drain, summary).
 
+pub mod bench;
 pub mod client;
 pub mod net;
 pub mod role;

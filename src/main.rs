@@ -8,12 +8,13 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
+use switchboard::bench;
 use switchboard::client::{connect, listen};
 use switchboard::net::addr::{AccessList, nonzero, parse_cidr, parse_duration};
 use switchboard::net::listener::ServerConfig;
 use switchboard::net::stats::Stats;
 use switchboard::roles::chat::{self, broker::ChatConfig};
-use switchboard::roles::{echo, hello, upper};
+use switchboard::roles::{discard, echo, hello, upper};
 use switchboard::{Result, rt, service};
 
 #[derive(Parser)]
@@ -43,6 +44,10 @@ enum Command {
     Upper(Transports),
     /// Sends a greeting to each TCP client and closes.
     Hello(HelloArgs),
+    /// Discard (RFC 863): reads everything, answers nothing (a sink for benchmarks).
+    Discard(Transports),
+    /// Load generator: echo, stream, connect, chat or http against a running server.
+    Bench(BenchArgs),
     /// Like nc: stdin to the socket and the socket to stdout, at the same time.
     Connect(ConnectArgs),
     /// Prints what arrives, from many clients at once, each line tagged with its sender.
@@ -147,6 +152,55 @@ struct ConnectArgs {
     connect_timeout: Duration,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchMode {
+    Echo,
+    Stream,
+    Connect,
+    Chat,
+    Http,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    mode: BenchMode,
+    /// The server to load: HOST:PORT (loopback only is the polite choice).
+    target: String,
+    /// Concurrent connections (chat: clients).
+    #[arg(long, default_value_t = 50)]
+    conns: usize,
+    /// Message size in bytes (stream: chunk size; chat: line length).
+    #[arg(long, value_name = "BYTES", default_value_t = 512)]
+    size: usize,
+    /// How long to run.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// echo/http: requests per second per connection (0 = as fast as possible);
+    /// chat: lines per second per sender.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// chat: how many clients send.
+    #[arg(long, default_value_t = 10)]
+    senders: usize,
+    /// echo: use UDP datagrams.
+    #[arg(long)]
+    udp: bool,
+    /// stream: expect every byte back (an echo target).
+    #[arg(long)]
+    duplex: bool,
+    /// stream: send a reproducible random payload and compare every byte that returns.
+    #[arg(long)]
+    verify: bool,
+    /// http: the path to GET.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Args)]
 struct ListenArgs {
     /// Address to listen on, e.g. 127.0.0.1:9000.
@@ -170,6 +224,7 @@ fn main() -> ExitCode {
             ("connect", rt::block_on(connect::run(opts)))
         }
         Command::Listen(args) => ("listen", rt::block_on(listen::run(&args.addr, args.udp))),
+        Command::Bench(args) => ("bench", rt::block_on(run_bench(args))),
         server => {
             start_logger(cli.verbose, cli.quiet);
             service::prepare();
@@ -217,7 +272,18 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
             )
             .await,
         ),
-        Command::Connect(_) | Command::Listen(_) => unreachable!("client commands are run by main"),
+        Command::Discard(t) => (
+            "discard",
+            service::serve_role(
+                discard::Discard,
+                t.addrs(discard::DEFAULT_ADDR),
+                t.server.config(),
+            )
+            .await,
+        ),
+        Command::Connect(_) | Command::Listen(_) | Command::Bench(_) => {
+            unreachable!("client commands are run by main")
+        }
     }
 }
 
@@ -248,4 +314,36 @@ async fn serve_chat(args: ChatArgs) -> Result<()> {
         chat::run(bound.tcp, bound.udp, server, config, serve_stats, shutdown)
     })
     .await
+}
+
+async fn run_bench(args: BenchArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    let target = switchboard::client::resolve_target(&args.target).await?[0];
+    if !target.ip().is_loopback() {
+        eprintln!(
+            "switchboard bench: note: {target} is not a loopback address; load only machines you run"
+        );
+    }
+    let opts = bench::BenchOptions {
+        mode: match args.mode {
+            BenchMode::Echo => bench::Mode::Echo,
+            BenchMode::Stream => bench::Mode::Stream,
+            BenchMode::Connect => bench::Mode::Connect,
+            BenchMode::Chat => bench::Mode::Chat,
+            BenchMode::Http => bench::Mode::Http,
+        },
+        target,
+        conns: args.conns,
+        size: args.size,
+        duration: args.duration,
+        rate: args.rate,
+        udp: args.udp,
+        duplex: args.duplex,
+        verify: args.verify,
+        senders: args.senders,
+        path: args.path,
+        json: args.json,
+        progress: std::io::stderr().is_terminal() && !args.json,
+    };
+    bench::run(opts).await
 }

@@ -1,0 +1,352 @@
+//! `switchboard bench`: a load generator for every role, measuring on the same runtime
+//! the servers use.
+//!
+//! Every mode runs its connections as tasks, stops by itself after `--duration` (plus a
+//! bounded grace period to collect what is in flight), checks what comes back, and prints
+//! a table (or `--json`). A target that refuses or misbehaves is a clear error, not a hang.
+//!
+//! Try it: `switchboard echo & switchboard bench echo 127.0.0.1:7007 --conns 50 --size 512`.
+
+pub mod chat;
+pub mod connect;
+pub mod echo;
+pub mod http;
+pub mod stream;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::Result;
+use crate::rt;
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Echo,
+    Stream,
+    Connect,
+    Chat,
+    Http,
+}
+
+/// The command line of `bench`.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub mode: Mode,
+    pub target: SocketAddr,
+    pub conns: usize,
+    pub size: usize,
+    pub duration: Duration,
+    /// echo/http: requests per second per connection (0 = as fast as possible);
+    /// chat: lines per second per sender.
+    pub rate: f64,
+    pub udp: bool,
+    pub duplex: bool,
+    pub verify: bool,
+    /// chat: how many of the clients send.
+    pub senders: usize,
+    /// http: the path to GET.
+    pub path: String,
+    pub json: bool,
+    /// Print a progress line every second (on a terminal).
+    pub progress: bool,
+}
+
+/// The most any run may take beyond `--duration` to collect what is in flight.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// How long to wait on any one reply before calling the target broken.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Report {
+    pub mode: &'static str,
+    pub conns: usize,
+    pub elapsed: Duration,
+    /// Operations completed (round trips, connections, deliveries, requests).
+    pub ops: u64,
+    pub op_name: &'static str,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Latency in microseconds, where the mode measures one.
+    pub latency: Option<Histogram<u64>>,
+    /// Extra counters: ("lost", n), ("duplicated", n), ("status 200", n), ...
+    pub counts: Vec<(String, u64)>,
+    /// Problems seen (wrong bytes, errors), each once with a count.
+    pub errors: Vec<(String, u64)>,
+}
+
+impl Report {
+    pub fn new(mode: &'static str, op_name: &'static str, conns: usize) -> Self {
+        Report {
+            mode,
+            conns,
+            elapsed: Duration::ZERO,
+            ops: 0,
+            op_name,
+            bytes_sent: 0,
+            bytes_received: 0,
+            latency: None,
+            counts: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Adds `n` to the named counter.
+    pub fn count(&mut self, name: &str, n: u64) {
+        add_to(&mut self.counts, name, n);
+    }
+
+    /// Records a problem.
+    pub fn error(&mut self, what: &str) {
+        add_to(&mut self.errors, what, 1);
+    }
+
+    /// Folds another connection's part of the run into this one.
+    pub fn merge(&mut self, other: Part) {
+        self.ops += other.ops;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        if let Some(h) = other.latency {
+            match &mut self.latency {
+                Some(mine) => mine.add(&h).expect("histograms share bounds"),
+                None => self.latency = Some(h),
+            }
+        }
+        for (k, v) in other.counts {
+            add_to(&mut self.counts, &k, v);
+        }
+        for (k, v) in other.errors {
+            add_to(&mut self.errors, &k, v);
+        }
+    }
+
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The report as a table for people.
+    pub fn table(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "mode        {} ({} connections, {:.2}s)",
+            self.mode, self.conns, secs
+        );
+        let _ = writeln!(
+            out,
+            "{:<11} {} ({:.0}/s)",
+            self.op_name,
+            self.ops,
+            self.rate()
+        );
+        if self.bytes_sent + self.bytes_received > 0 {
+            let _ = writeln!(
+                out,
+                "throughput  sent {:.1} MB/s, received {:.1} MB/s",
+                self.bytes_sent as f64 / secs / 1e6,
+                self.bytes_received as f64 / secs / 1e6
+            );
+        }
+        if let Some(h) = self.latency.as_ref().filter(|h| !h.is_empty()) {
+            let _ = writeln!(
+                out,
+                "latency µs  p50 {}  p99 {}  p99.9 {}  max {}",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            );
+        }
+        for (k, v) in &self.counts {
+            let _ = writeln!(out, "{k:<11} {v}");
+        }
+        for (k, v) in &self.errors {
+            let _ = writeln!(out, "ERROR       {k} (x{v})");
+        }
+        out
+    }
+
+    /// The report as one JSON object, for scripts.
+    pub fn json(&self) -> String {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let mut out = format!(
+            "{{\"mode\":\"{}\",\"conns\":{},\"seconds\":{:.3},\"ops\":{},\"ops_per_sec\":{:.1},\"bytes_sent\":{},\"bytes_received\":{},\"mb_per_sec_sent\":{:.2},\"mb_per_sec_received\":{:.2}",
+            self.mode,
+            self.conns,
+            secs,
+            self.ops,
+            self.rate(),
+            self.bytes_sent,
+            self.bytes_received,
+            self.bytes_sent as f64 / secs / 1e6,
+            self.bytes_received as f64 / secs / 1e6
+        );
+        if let Some(h) = self.latency.as_ref().filter(|h| !h.is_empty()) {
+            let _ = write!(
+                out,
+                ",\"latency_us\":{{\"p50\":{},\"p99\":{},\"p99_9\":{},\"max\":{}}}",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            );
+        }
+        let obj = |pairs: &[(String, u64)]| {
+            let items: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| format!("\"{}\":{v}", k.replace('"', "'")))
+                .collect();
+            format!("{{{}}}", items.join(","))
+        };
+        let _ = write!(
+            out,
+            ",\"counts\":{},\"errors\":{}}}",
+            obj(&self.counts),
+            obj(&self.errors)
+        );
+        out
+    }
+}
+
+fn add_to(list: &mut Vec<(String, u64)>, name: &str, n: u64) {
+    match list.iter_mut().find(|(k, _)| k == name) {
+        Some((_, v)) => *v += n,
+        None => list.push((name.to_string(), n)),
+    }
+}
+
+/// One connection's share of a run, merged into the [`Report`] at the end.
+#[derive(Debug, Default)]
+pub struct Part {
+    pub ops: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub latency: Option<Histogram<u64>>,
+    pub counts: Vec<(String, u64)>,
+    pub errors: Vec<(String, u64)>,
+}
+
+impl Part {
+    /// A part that records latencies.
+    pub fn timed() -> Self {
+        Part {
+            latency: Some(histogram()),
+            ..Default::default()
+        }
+    }
+    pub fn record(&mut self, latency: Duration) {
+        if let Some(h) = &mut self.latency {
+            h.saturating_record(latency.as_micros() as u64);
+        }
+    }
+    pub fn error(&mut self, what: impl Into<String>) {
+        add_to(&mut self.errors, &what.into(), 1);
+    }
+    pub fn count(&mut self, name: &str, n: u64) {
+        add_to(&mut self.counts, name, n);
+    }
+}
+
+/// A latency histogram from 1 µs to 100 s at 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
+}
+
+/// Operations done so far, for the progress line.
+#[derive(Clone, Default)]
+pub struct Progress(Arc<AtomicU64>);
+
+impl Progress {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(opts: BenchOptions) -> Result<()> {
+    if opts.conns == 0 {
+        return Err("--conns must be at least 1".into());
+    }
+    let progress = Progress::default();
+    let ticker = opts.progress.then(|| {
+        let p = progress.clone();
+        let name = format!("{:?}", opts.mode).to_lowercase();
+        rt::spawn(async move {
+            let start = Instant::now();
+            let mut last = 0;
+            loop {
+                rt::sleep(Duration::from_secs(1)).await;
+                let now = p.0.load(Relaxed);
+                eprint!(
+                    "\r{name}: {:>5.0}s  {:>12} ops/s   ",
+                    start.elapsed().as_secs_f64(),
+                    now - last
+                );
+                last = now;
+            }
+        })
+    });
+    let report = match opts.mode {
+        Mode::Echo => echo::run(&opts, &progress).await?,
+        Mode::Stream => stream::run(&opts, &progress).await?,
+        Mode::Connect => connect::run(&opts, &progress).await?,
+        Mode::Chat => chat::run(&opts, &progress).await?,
+        Mode::Http => http::run(&opts, &progress).await?,
+    };
+    if let Some(t) = ticker {
+        t.cancel().await;
+        eprintln!();
+    }
+    if opts.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    if report.ops == 0 {
+        return Err(format!("no {} completed against {}", report.op_name, opts.target).into());
+    }
+    Ok(())
+}
+
+/// Opens `n` TCP connections to `target` (with TCP_NODELAY); a refusal is an error.
+pub async fn open_all(target: SocketAddr, n: usize) -> Result<Vec<rt::TcpStream>> {
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = match rt::timeout(REPLY_TIMEOUT, rt::TcpStream::connect(target)).await {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                return Err(format!("connection {} of {n} to {target}: {e}", i + 1).into());
+            }
+            None => {
+                return Err(format!("connection {} of {n} to {target}: timed out", i + 1).into());
+            }
+        };
+        s.set_nodelay(true)?;
+        conns.push(s);
+    }
+    Ok(conns)
+}
+
+/// Waits for every task and merges their parts.
+pub async fn collect(
+    mut report: Report,
+    tasks: Vec<rt::JoinHandle<Part>>,
+    started: Instant,
+) -> Report {
+    for t in tasks {
+        report.merge(t.await);
+    }
+    if report.elapsed.is_zero() {
+        report.elapsed = started.elapsed();
+    }
+    report
+}
