@@ -14,6 +14,11 @@ use switchboard::net::addr::{AccessList, nonzero, parse_cidr, parse_duration};
 use switchboard::net::listener::ServerConfig;
 use switchboard::net::stats::Stats;
 use switchboard::roles::chat::{self, broker::ChatConfig};
+use switchboard::roles::proxy::{
+    self, ProxyConfig,
+    header::Version,
+    upstreams::{Balance, Upstreams},
+};
 use switchboard::roles::{discard, echo, hello, upper};
 use switchboard::{Result, rt, service};
 
@@ -44,6 +49,8 @@ enum Command {
     Upper(Transports),
     /// Sends a greeting to each TCP client and closes.
     Hello(HelloArgs),
+    /// Transparent TCP proxy (telnet, HTTP, FTP control, ...) with failover and balancing.
+    Proxy(ProxyArgs),
     /// Discard (RFC 863): reads everything, answers nothing (a sink for benchmarks).
     Discard(Transports),
     /// Load generator: echo, stream, connect, chat or http against a running server.
@@ -78,6 +85,7 @@ impl ServerArgs {
             idle_timeout: nonzero(self.idle_timeout),
             access: AccessList::new(self.allow.clone(), self.deny.clone()),
             full_notice: None,
+            keep_open_on_shutdown: false,
         })
     }
 }
@@ -150,6 +158,58 @@ struct ConnectArgs {
     /// TCP: give up connecting after this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     connect_timeout: Duration,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BalanceArg {
+    RoundRobin,
+    LeastConn,
+    First,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProxyVersion {
+    V1,
+    V2,
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// Address to accept clients on.
+    #[arg(long, value_name = "ADDR", default_value = proxy::DEFAULT_ADDR)]
+    listen: String,
+    /// Where to forward: HOST:PORT (repeatable; resolved at every connect).
+    #[arg(long, value_name = "HOST:PORT", required = true)]
+    upstream: Vec<String>,
+    /// How new sessions pick an upstream.
+    #[arg(long, value_enum, default_value = "round-robin")]
+    balance: BalanceArg,
+    /// Give up one connect attempt to an upstream after this long (then try the next).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    connect_timeout: Duration,
+    /// Skip an upstream that failed for this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    backoff: Duration,
+    /// After one side half-closes, close the session if nothing moves for this long (0 = never).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    fin_timeout: Duration,
+    /// Write a PROXY protocol header (v1 text or v2 binary) to the upstream.
+    #[arg(long, value_enum, value_name = "VERSION")]
+    send_proxy: Option<ProxyVersion>,
+    /// Read a PROXY protocol header (v1 or v2) from each client; only behind a balancer you trust.
+    #[arg(long)]
+    accept_proxy: bool,
+    /// With --accept-proxy: close clients that send no header within this time.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    proxy_header_timeout: Duration,
+    /// Log the traffic itself, tagged client->server / server->client (text, or hex).
+    #[arg(long)]
+    tap: bool,
+    /// On Ctrl-C or SIGTERM, let open sessions finish for this long (a second signal closes at once).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    drain: Duration,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -250,6 +310,7 @@ fn start_logger(verbose: u8, quiet: u8) {
 async fn run_server(command: Command) -> (&'static str, Result<()>) {
     match command {
         Command::Chat(c) => ("chat", serve_chat(c).await),
+        Command::Proxy(p) => ("proxy", serve_proxy(p).await),
         Command::Echo(t) => (
             "echo",
             service::serve_role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), t.server.config()).await,
@@ -346,4 +407,34 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         progress: std::io::stderr().is_terminal() && !args.json,
     };
     bench::run(opts).await
+}
+
+async fn serve_proxy(args: ProxyArgs) -> Result<()> {
+    let bound = service::bind(Some(&args.listen), None).await?;
+    let listener = bound.tcp.expect("bound a TCP address");
+    let balance = match args.balance {
+        BalanceArg::RoundRobin => Balance::RoundRobin,
+        BalanceArg::LeastConn => Balance::LeastConn,
+        BalanceArg::First => Balance::First,
+    };
+    let config = ProxyConfig {
+        upstreams: Upstreams::new(args.upstream, balance, args.backoff),
+        connect_timeout: args.connect_timeout.max(Duration::from_millis(1)),
+        fin_timeout: nonzero(args.fin_timeout),
+        send_proxy: args.send_proxy.map(|v| match v {
+            ProxyVersion::V1 => Version::V1,
+            ProxyVersion::V2 => Version::V2,
+        }),
+        accept_proxy: args
+            .accept_proxy
+            .then_some(args.proxy_header_timeout.max(Duration::from_millis(1))),
+        tap: args.tap,
+    };
+    let server = (*args.server.config()).clone();
+    let stats = Stats::new();
+    let serve_stats = stats.clone();
+    service::run_until_signal("proxy", stats, args.drain, move |shutdown| {
+        proxy::run(listener, server, config, serve_stats, shutdown)
+    })
+    .await
 }

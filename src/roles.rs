@@ -4,4 +4,5 @@ pub mod chat;
 pub mod discard;
 pub mod echo;
 pub mod hello;
+pub mod proxy;
 pub mod upper;

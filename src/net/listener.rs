@@ -7,6 +7,8 @@
 //! Shutdown: when the [`Shutdown`] fires the loop drops the listener (no new clients) and
 //! shuts the *read* half of every open connection. Each reader then sees EOF and ends the
 //! way it would for a client that closed, so every writer still flushes what it holds.
+//! (With `keep_open_on_shutdown`, as the proxy's drain wants, open connections are left
+//! to finish by themselves.)
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +48,9 @@ pub struct ServerConfig {
     /// Bytes written to a client refused by `max_conns` before closing (chat's
     /// `! server full`, HTTP's 503); `None` closes silently.
     pub full_notice: Option<Vec<u8>>,
+    /// At shutdown, leave open connections alone to finish by themselves (the proxy's
+    /// `--drain`) instead of shutting their read halves.
+    pub keep_open_on_shutdown: bool,
 }
 
 /// One accepted connection, handed to the role.
@@ -179,6 +184,10 @@ pub async fn serve<H, F>(
     }
 
     drop(listener);
+    if config.keep_open_on_shutdown {
+        log::info!(role = role, open = open.len(); "stopped accepting; letting open connections finish");
+        return;
+    }
     log::info!(role = role, open = open.len(); "stopped accepting; closing connections");
     for stream in open.values() {
         let _ = stream.shutdown(Halves::Read);

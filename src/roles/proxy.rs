@@ -1,0 +1,307 @@
+//! A transparent, full-duplex TCP proxy: telnet, HTTP, FTP control, anything over TCP.
+//!
+//! ```text
+//!   client ─▶ client reader (pump) ──upstream_tx──▶ upstream writer ─▶ origin
+//!   client ◀─ client writer ◀──client_tx── upstream reader (pump) ◀─ origin
+//!                      └──── session task: timeouts, who closed first, the log line
+//! ```
+//!
+//! Each accepted client gets a reader and a writer actor, and so does its connection to
+//! the origin; they are cross-linked by bounded mailboxes, so a fast sender and a slow
+//! receiver hold memory flat. Both directions run at once, the server may speak first,
+//! and a half-close is carried over: when one side shuts its write half, the writer on
+//! the other side flushes and shuts the matching half, and the other direction goes on.
+//!
+//! Try it: `switchboard hello & switchboard proxy --upstream 127.0.0.1:7009`, then
+//! `nc 127.0.0.1 7001`.
+
+pub mod header;
+pub mod upstreams;
+
+use std::net::{Shutdown as Halves, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::io::AsyncReadExt;
+
+use crate::Result;
+use crate::net::addr::AccessList;
+use crate::net::conn::{Input, Reader, spawn_writer};
+use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::shutdown::Shutdown;
+use crate::net::stats::Stats;
+use crate::rt::{self, TcpListener, TcpStream};
+use header::Version;
+use upstreams::Upstreams;
+
+/// Default listening address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7001";
+
+/// The most `--tap` prints of one chunk.
+const TAP_MAX: usize = 1024;
+
+/// Proxy settings beyond the common server ones.
+pub struct ProxyConfig {
+    pub upstreams: Arc<Upstreams>,
+    /// How long one connect attempt to an upstream may take.
+    pub connect_timeout: Duration,
+    /// After one side's FIN, close the session if nothing moves for this long.
+    pub fin_timeout: Option<Duration>,
+    /// Write a PROXY protocol header to the upstream first.
+    pub send_proxy: Option<Version>,
+    /// Read a PROXY protocol header from each client first, within this time.
+    pub accept_proxy: Option<Duration>,
+    /// Log the traffic itself.
+    pub tap: bool,
+}
+
+/// Serves the proxy on `listener` until `shutdown` fires; open sessions are left to
+/// finish (the caller's drain decides how long).
+pub async fn run(
+    listener: TcpListener,
+    mut server: ServerConfig,
+    proxy: ProxyConfig,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+) {
+    server.keep_open_on_shutdown = true;
+    let access = server.access.clone();
+    let server = Arc::new(server);
+    let proxy = Arc::new(proxy);
+    listener::serve("proxy", listener, server, stats, shutdown, move |conn| {
+        session(conn, proxy.clone(), access.clone())
+    })
+    .await;
+}
+
+/// When anything last moved in a session, in either direction.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+    fn touch(&self) {
+        self.last_ms
+            .store(self.base.elapsed().as_millis() as u64, Relaxed);
+    }
+    fn quiet_for(&self) -> Duration {
+        self.base
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Relaxed)))
+    }
+}
+
+/// How one direction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// The reading side shut its write half (or closed).
+    Fin,
+    /// Reading failed: the reading side reset.
+    Reset,
+    /// The writing side's writer is gone: it failed to write (that side reset).
+    WriterGone,
+}
+
+async fn pump(
+    mut reader: Reader,
+    writer_tx: flume::Sender<Vec<u8>>,
+    activity: Arc<Activity>,
+    tap: Option<(&'static str, SocketAddr)>,
+) -> (u64, End) {
+    let end = loop {
+        match reader.next().await {
+            Ok(Input::Data(data)) => {
+                activity.touch();
+                if let Some((direction, peer)) = tap {
+                    log_tap(direction, peer, &data);
+                }
+                if writer_tx.send_async(data).await.is_err() {
+                    break End::WriterGone;
+                }
+            }
+            Ok(Input::Eof) | Ok(Input::Idle) => break End::Fin,
+            Err(_) => break End::Reset,
+        }
+    };
+    // Dropping `writer_tx` here lets the other side's writer flush and half-close.
+    (reader.bytes, end)
+}
+
+/// Reads a PROXY protocol header; returns it and any client data that came with it.
+async fn read_proxy_header(
+    client: &TcpStream,
+    limit: Duration,
+) -> std::result::Result<(header::Header, Vec<u8>), String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    let deadline = Instant::now() + limit;
+    let mut reader = client.clone();
+    loop {
+        match header::parse(&buf) {
+            Ok(h) => return Ok((h, buf.split_off(h.len))),
+            Err(header::ParseError::Invalid(why)) => return Err(why.to_string()),
+            Err(header::ParseError::Incomplete) => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rt::timeout(left, reader.read(&mut chunk)).await {
+            Some(Ok(0)) => return Err("client closed before sending a PROXY header".into()),
+            Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err(format!("no PROXY header within {limit:?}")),
+        }
+    }
+}
+
+/// One client's session, from accept to the log line.
+async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Result<()> {
+    let started = Instant::now();
+    let Conn {
+        stream: client,
+        peer,
+        stats,
+        idle_timeout,
+    } = conn;
+    let local = client.local_addr()?;
+    let (mut src, mut dst, mut early) = (peer, local, Vec::new());
+    if let Some(limit) = cfg.accept_proxy {
+        match read_proxy_header(&client, limit).await {
+            Ok((h, rest)) => {
+                if let Some((s, d)) = h.addrs {
+                    (src, dst) = (s, d);
+                }
+                early = rest;
+            }
+            Err(why) => {
+                log::warn!(peer = peer.to_string().as_str(), error = why.as_str(); "proxy: bad PROXY header; closing");
+                return Ok(());
+            }
+        }
+        if !access.permits(src.ip()) {
+            log::info!(peer = peer.to_string().as_str(), client = src.to_string().as_str(); "proxy: client refused by access list");
+            return Ok(());
+        }
+    }
+    let up = match cfg.upstreams.connect(cfg.connect_timeout).await {
+        Ok(up) => up,
+        Err(why) => {
+            log::warn!(client = src.to_string().as_str(), error = why.as_str(); "proxy: no upstream answered; closing the client");
+            return Ok(());
+        }
+    };
+
+    let upstream_tx = spawn_writer::<Vec<u8>>(up.stream.clone(), &stats);
+    let client_tx = spawn_writer::<Vec<u8>>(client.clone(), &stats);
+    if let Some(version) = cfg.send_proxy {
+        let _ = upstream_tx
+            .send_async(header::encode(version, src, dst))
+            .await;
+    }
+    if !early.is_empty() {
+        let _ = upstream_tx.send_async(early).await;
+    }
+    let activity = Arc::new(Activity::new());
+    let tap = |direction| cfg.tap.then_some((direction, src));
+    let task = stats.task();
+    let up_pump = rt::spawn({
+        let (reader, activity, tap) = (
+            Reader::new(client.clone(), None),
+            activity.clone(),
+            tap("client->server"),
+        );
+        async move {
+            let _task = task;
+            pump(reader, upstream_tx, activity, tap).await
+        }
+    });
+    let task = stats.task();
+    let down_pump = rt::spawn({
+        let (reader, activity, tap) = (
+            Reader::new(up.stream.clone(), None),
+            activity.clone(),
+            tap("server->client"),
+        );
+        async move {
+            let _task = task;
+            pump(reader, client_tx, activity, tap).await
+        }
+    });
+
+    let sockets = [&client, &up.stream];
+    let (mut up_pump, mut down_pump) = (up_pump.fuse(), down_pump.fuse());
+    let (mut sent_up, mut sent_down): (Option<u64>, Option<u64>) = (None, None);
+    let mut closed_first: Option<&'static str> = None;
+    while sent_up.is_none() || sent_down.is_none() {
+        let half_closed = sent_up.is_some() || sent_down.is_some();
+        let limit = match (idle_timeout, cfg.fin_timeout.filter(|_| half_closed)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wait = limit.map_or(Duration::from_secs(3600), |l| {
+            l.saturating_sub(activity.quiet_for())
+        });
+        futures::select! {
+            (bytes, end) = up_pump => {
+                sent_up = Some(bytes);
+                closed_first.get_or_insert(match end { End::Fin => "client FIN", End::Reset => "client reset", End::WriterGone => "server reset" });
+                if end != End::Fin { shut(&sockets); }
+            }
+            (bytes, end) = down_pump => {
+                sent_down = Some(bytes);
+                closed_first.get_or_insert(match end { End::Fin => "server FIN", End::Reset => "server reset", End::WriterGone => "client reset" });
+                if end != End::Fin { shut(&sockets); }
+            }
+            _ = rt::sleep(wait).fuse() => {
+                if limit.is_some_and(|l| activity.quiet_for() >= l) {
+                    closed_first.get_or_insert(if half_closed { "fin timeout" } else { "idle timeout" });
+                    shut(&sockets);
+                }
+            }
+        }
+    }
+    let (up_bytes, down_bytes) = (sent_up.unwrap_or(0), sent_down.unwrap_or(0));
+    Stats::add(&stats.bytes_in, up_bytes + down_bytes);
+    log::info!(client = src.to_string().as_str(), upstream = up.name.as_str(), upstream_addr = up.addr.to_string().as_str(),
+        bytes_up = up_bytes, bytes_down = down_bytes, ms = started.elapsed().as_millis() as u64,
+        closed_first = closed_first.unwrap_or("unknown"); "proxy: session closed");
+    drop(up.guard);
+    Ok(())
+}
+
+fn shut(sockets: &[&TcpStream]) {
+    for s in sockets {
+        let _ = s.shutdown(Halves::Both);
+    }
+}
+
+/// Logs a chunk of traffic as text when it is printable, else as hex.
+fn log_tap(direction: &str, peer: SocketAddr, data: &[u8]) {
+    let shown = &data[..data.len().min(TAP_MAX)];
+    let more = data.len() - shown.len();
+    let text = match std::str::from_utf8(shown) {
+        Ok(t)
+            if t.chars()
+                .all(|c| !c.is_control() || c == '\n' || c == '\r' || c == '\t') =>
+        {
+            format!("{t:?}")
+        }
+        _ => shown
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    if more > 0 {
+        log::info!(direction = direction, peer = peer.to_string().as_str(), bytes = data.len(); "{text} (+{more} bytes)");
+    } else {
+        log::info!(direction = direction, peer = peer.to_string().as_str(), bytes = data.len(); "{text}");
+    }
+}
