@@ -1,0 +1,465 @@
+//! The proxy over real sockets: integrity, half-close, timeouts, failover, balancing,
+//! PROXY protocol, and real protocols through it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener as StdListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use switchboard::net::listener::ServerConfig;
+use switchboard::net::shutdown::{self, Trigger};
+use switchboard::net::stats::Stats;
+use switchboard::roles::echo::Echo;
+use switchboard::roles::hello::Hello;
+use switchboard::roles::proxy::header::{self, Version};
+use switchboard::roles::proxy::upstreams::{Balance, Upstreams};
+use switchboard::roles::proxy::{self, ProxyConfig};
+use switchboard::roles::upper::Upper;
+use switchboard::rt::{self, TcpListener};
+
+struct Proxy {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    _trigger: Trigger,
+}
+
+fn config(upstreams: &[SocketAddr], balance: Balance) -> ProxyConfig {
+    ProxyConfig {
+        upstreams: Upstreams::new(
+            upstreams.iter().map(|a| a.to_string()).collect(),
+            balance,
+            Duration::from_secs(30),
+        ),
+        connect_timeout: Duration::from_secs(5),
+        fin_timeout: Some(Duration::from_secs(60)),
+        send_proxy: None,
+        accept_proxy: None,
+        tap: false,
+    }
+}
+
+fn start_proxy(cfg: ProxyConfig, server: ServerConfig) -> Proxy {
+    let listener = rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = Stats::new();
+    let (trigger, shutdown) = shutdown::channel();
+    rt::spawn(proxy::run(listener, server, cfg, stats.clone(), shutdown));
+    Proxy {
+        addr,
+        stats,
+        _trigger: trigger,
+    }
+}
+
+fn simple_proxy(upstream: SocketAddr) -> Proxy {
+    start_proxy(config(&[upstream], Balance::First), ServerConfig::default())
+}
+
+/// An upstream run by a test thread: `serve` gets each accepted connection.
+fn custom_upstream(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = Arc::new(serve);
+    thread::spawn(move || {
+        for s in listener.incoming().map_while(Result::ok) {
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            let serve = serve.clone();
+            thread::spawn(move || serve(s));
+        }
+    });
+    addr
+}
+
+/// An address nothing listens on.
+fn refused_addr() -> SocketAddr {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn sixteen_clients_carry_eight_mib_each_both_ways_intact() {
+    let echo = start_role(Echo, ServerConfig::default());
+    let proxy = simple_proxy(echo.tcp);
+    let clients: Vec<_> = (0..16u64)
+        .map(|seed| {
+            let addr = proxy.addr;
+            thread::spawn(move || {
+                let data = Rng::new(seed + 100).bytes(8 << 20);
+                let mut s = client(addr);
+                let mut w = s.try_clone().unwrap();
+                let sent = data.clone();
+                let writer = thread::spawn(move || {
+                    for chunk in sent.chunks(100_003) {
+                        w.write_all(chunk).unwrap();
+                    }
+                    w.shutdown(Shutdown::Write).unwrap();
+                });
+                let got = read_to_end(&mut s);
+                writer.join().unwrap();
+                // Compared in full (stronger than comparing digests): any difference fails.
+                assert!(
+                    got.len() == data.len() && got == data,
+                    "client {seed}: {} of {} bytes came back intact",
+                    got.len(),
+                    data.len()
+                );
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    wait_until("sessions to end", || proxy.stats.live_tasks() == 0);
+    echo.stop();
+}
+
+#[test]
+fn a_server_that_speaks_first_is_heard() {
+    let hello = start_role(
+        Hello::new("220 ftp.example.org ready"),
+        ServerConfig::default(),
+    );
+    let proxy = simple_proxy(hello.tcp);
+    let mut s = client(proxy.addr);
+    assert_eq!(read_to_end(&mut s), b"220 ftp.example.org ready\n");
+    hello.stop();
+}
+
+#[test]
+fn both_directions_stream_at_once() {
+    const N: usize = 4 << 20;
+    // The upstream sends N bytes while it reads N bytes, on two threads.
+    let upstream = custom_upstream(|s| {
+        let mut w = s.try_clone().unwrap();
+        let sender = thread::spawn(move || {
+            w.write_all(&Rng::new(1).bytes(N)).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::new();
+        (&s).read_to_end(&mut got).unwrap();
+        sender.join().unwrap();
+        assert!(got == Rng::new(2).bytes(N), "upstream got wrong bytes");
+    });
+    let proxy = simple_proxy(upstream);
+    let mut s = client(proxy.addr);
+    let mut w = s.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        w.write_all(&Rng::new(2).bytes(N)).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let got = read_to_end(&mut s);
+    sender.join().unwrap();
+    assert!(
+        got == Rng::new(1).bytes(N),
+        "client got {} bytes, not the upstream's",
+        got.len()
+    );
+}
+
+#[test]
+fn a_client_half_close_reaches_the_server_and_the_reply_still_arrives() {
+    // Like an HTTP/1.0 client or `nc -N`: send, shut the write half, read the answer.
+    let upstream = custom_upstream(|mut s| {
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).unwrap(); // only ends if the half-close came through
+        let reply = format!("got {} bytes", req.len());
+        s.write_all(reply.as_bytes()).unwrap();
+    });
+    let proxy = simple_proxy(upstream);
+    let mut s = client(proxy.addr);
+    s.write_all(&[7u8; 100_000]).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut s), b"got 100000 bytes");
+}
+
+#[test]
+fn a_server_half_close_reaches_the_client_and_the_client_can_still_send() {
+    let upstream = custom_upstream(|mut s| {
+        s.write_all(b"say something").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"after your FIN");
+    });
+    let proxy = simple_proxy(upstream);
+    let mut s = client(proxy.addr);
+    let mut greeting = [0u8; 13];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"say something");
+    assert_eq!(
+        s.read(&mut [0u8; 8]).unwrap(),
+        0,
+        "the server's FIN came through"
+    );
+    s.write_all(b"after your FIN").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    wait_until("the session to end", || proxy.stats.active() == 0);
+}
+
+#[test]
+fn a_quiet_half_closed_session_ends_after_fin_timeout() {
+    // The upstream never answers and never closes.
+    let upstream = custom_upstream(|s| {
+        let mut buf = [0u8; 64];
+        while (&s).read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+        thread::sleep(DEADLINE); // hold the connection open, silently
+    });
+    let mut cfg = config(&[upstream], Balance::First);
+    cfg.fin_timeout = Some(Duration::from_millis(300));
+    let proxy = start_proxy(cfg, ServerConfig::default());
+    let mut s = client(proxy.addr);
+    s.write_all(b"request").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let start = Instant::now();
+    assert!(closed_by_server(&mut s));
+    assert!(start.elapsed() < DEADLINE);
+    wait_until("the session to end", || proxy.stats.active() == 0);
+}
+
+#[test]
+fn idle_timeout_counts_both_directions() {
+    // The server talks every 100 ms; the client never does. The session stays up.
+    let upstream = custom_upstream(|mut s| {
+        for _ in 0..12 {
+            if s.write_all(b".").is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100)); // pacing the server, not synchronisation
+        }
+    });
+    let proxy = start_proxy(
+        config(&[upstream], Balance::First),
+        ServerConfig {
+            idle_timeout: Some(Duration::from_millis(500)),
+            ..Default::default()
+        },
+    );
+    let mut s = client(proxy.addr);
+    assert_eq!(
+        read_to_end(&mut s),
+        b"............",
+        "cut off while the server was talking"
+    );
+}
+
+#[test]
+fn an_upstream_reset_closes_the_client() {
+    let upstream = custom_upstream(|mut s| {
+        s.write_all(b"partial").unwrap();
+        let mut buf = [0u8; 4];
+        let _ = s.read(&mut buf);
+        // SO_LINGER 0: close with a reset.
+        set_linger_zero(&s);
+    });
+    let proxy = simple_proxy(upstream);
+    let mut s = client(proxy.addr);
+    let mut got = [0u8; 7];
+    s.read_exact(&mut got).unwrap();
+    s.write_all(b"go").unwrap();
+    assert!(closed_by_server(&mut s));
+    wait_until("the session to end", || proxy.stats.active() == 0);
+}
+
+fn set_linger_zero(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
+}
+
+#[test]
+fn a_refused_upstream_fails_over_to_the_next_and_all_down_closes_the_client() {
+    let hello = start_role(Hello::new("second"), ServerConfig::default());
+    let dead = refused_addr();
+    let proxy = start_proxy(
+        config(&[dead, hello.tcp], Balance::First),
+        ServerConfig::default(),
+    );
+    for _ in 0..3 {
+        assert_eq!(read_to_end(&mut client(proxy.addr)), b"second\n");
+    }
+    let all_down = start_proxy(
+        config(&[refused_addr(), refused_addr()], Balance::First),
+        ServerConfig::default(),
+    );
+    let mut s = client(all_down.addr);
+    assert!(closed_by_server(&mut s));
+    hello.stop();
+}
+
+#[test]
+fn balance_modes() {
+    let a = start_role(Hello::new("a"), ServerConfig::default());
+    let b = start_role(Hello::new("b"), ServerConfig::default());
+    let ask = |p: &Proxy| String::from_utf8(read_to_end(&mut client(p.addr))).unwrap();
+
+    let rr = start_proxy(
+        config(&[a.tcp, b.tcp], Balance::RoundRobin),
+        ServerConfig::default(),
+    );
+    let got: Vec<String> = (0..4).map(|_| ask(&rr)).collect();
+    assert_eq!(got, ["a\n", "b\n", "a\n", "b\n"]);
+
+    let first = start_proxy(
+        config(&[a.tcp, b.tcp], Balance::First),
+        ServerConfig::default(),
+    );
+    assert!((0..3).all(|_| ask(&first) == "a\n"));
+
+    // least-conn: hold a session open on the first upstream; the next goes to the other.
+    // The held session is counted once its first byte reaches the upstream (the proxy
+    // counts a session before it starts carrying bytes).
+    let (arrived_tx, arrived_rx) = std::sync::mpsc::channel();
+    let arrived_tx = std::sync::Mutex::new(arrived_tx);
+    let slow = custom_upstream(move |s| {
+        let mut buf = [0u8; 16];
+        let _ = (&s).read(&mut buf);
+        let _ = arrived_tx.lock().unwrap().send(());
+        let _ = (&s).read(&mut buf);
+    });
+    let echo = start_role(Echo, ServerConfig::default());
+    let lc = start_proxy(
+        config(&[slow, echo.tcp], Balance::LeastConn),
+        ServerConfig::default(),
+    );
+    let mut held = client(lc.addr);
+    held.write_all(b"h").unwrap();
+    arrived_rx
+        .recv_timeout(DEADLINE)
+        .expect("the held session reached its upstream");
+    let mut c = client(lc.addr);
+    c.write_all(b"x").unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        c.read(&mut buf).unwrap(),
+        1,
+        "the second session went to the idle upstream (echo)"
+    );
+    drop(held);
+    for s in [a, b, echo] {
+        s.stop();
+    }
+}
+
+#[test]
+fn send_proxy_writes_the_header_first() {
+    for (version, expect_v2) in [(Version::V1, false), (Version::V2, true)] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let upstream = custom_upstream(move |mut s| {
+            let mut got = vec![0u8; 256];
+            let mut have = 0;
+            loop {
+                match header::parse(&got[..have]) {
+                    Ok(h) => {
+                        let _ = tx.send((
+                            h,
+                            got[h.len..have].to_vec(),
+                            got[..have].starts_with(&header::V2_SIGNATURE),
+                        ));
+                        break;
+                    }
+                    Err(header::ParseError::Incomplete) => {
+                        have += s.read(&mut got[have..]).unwrap()
+                    }
+                    Err(e) => panic!("bad header: {e:?}"),
+                }
+            }
+        });
+        let mut cfg = config(&[upstream], Balance::First);
+        cfg.send_proxy = Some(version);
+        let proxy = start_proxy(cfg, ServerConfig::default());
+        let mut s = client(proxy.addr);
+        let local = s.local_addr().unwrap();
+        s.write_all(b"payload").unwrap();
+        let (h, _rest, is_v2) = rx.recv_timeout(DEADLINE).unwrap();
+        assert_eq!(h.addrs, Some((local, proxy.addr)));
+        assert_eq!(is_v2, expect_v2);
+    }
+}
+
+#[test]
+fn accept_proxy_takes_the_real_client_and_refuses_garbage() {
+    let echo = start_role(Echo, ServerConfig::default());
+    let mut cfg = config(&[echo.tcp], Balance::First);
+    cfg.accept_proxy = Some(Duration::from_millis(500));
+    let proxy = start_proxy(cfg, ServerConfig::default());
+
+    // A v1 header with data right behind it: the data is forwarded, the header is not.
+    let mut s = client(proxy.addr);
+    s.write_all(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 80\r\nhello")
+        .unwrap();
+    assert_eq!(read_n(&mut s, 5), b"hello");
+    // v2 too.
+    let mut s2 = client(proxy.addr);
+    let mut h = header::encode(
+        Version::V2,
+        "198.51.100.2:5555".parse().unwrap(),
+        "192.0.2.1:80".parse().unwrap(),
+    );
+    h.extend_from_slice(b"v2 data");
+    s2.write_all(&h).unwrap();
+    assert_eq!(read_n(&mut s2, 7), b"v2 data");
+    // Garbage, or nothing within the header timeout: closed, nothing forwarded.
+    let mut g = client(proxy.addr);
+    g.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(closed_by_server(&mut g));
+    let mut silent = client(proxy.addr);
+    assert!(closed_by_server(&mut silent));
+    echo.stop();
+}
+
+#[test]
+fn accept_proxy_applies_the_access_list_to_the_real_client() {
+    let echo = start_role(Echo, ServerConfig::default());
+    let mut cfg = config(&[echo.tcp], Balance::First);
+    cfg.accept_proxy = Some(Duration::from_secs(5));
+    let deny = switchboard::net::addr::AccessList::new(
+        vec![],
+        vec![switchboard::net::addr::parse_cidr("203.0.113.0/24").unwrap()],
+    );
+    let proxy = start_proxy(
+        cfg,
+        ServerConfig {
+            access: deny,
+            ..Default::default()
+        },
+    );
+    let mut s = client(proxy.addr);
+    s.write_all(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 80\r\nhello")
+        .unwrap();
+    assert!(closed_by_server(&mut s));
+    echo.stop();
+}
+
+#[test]
+fn a_line_based_session_like_telnet_works_through_the_proxy() {
+    let upper = start_role(Upper, ServerConfig::default());
+    let proxy = simple_proxy(upper.tcp);
+    let s = client(proxy.addr);
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    for line in ["login: guest\r\n", "ls -la\r\n", "exit\r\n"] {
+        w.write_all(line.as_bytes()).unwrap();
+        let mut got = String::new();
+        r.read_line(&mut got).unwrap();
+        assert_eq!(got, line.to_uppercase());
+    }
+    upper.stop();
+}
