@@ -19,7 +19,7 @@ use switchboard::roles::proxy::{
     header::Version,
     upstreams::{Balance, Upstreams},
 };
-use switchboard::roles::{discard, echo, hello, upper};
+use switchboard::roles::{discard, echo, hello, http, upper};
 use switchboard::{Result, rt, service};
 
 #[derive(Parser)]
@@ -51,6 +51,8 @@ enum Command {
     Hello(HelloArgs),
     /// Transparent TCP proxy (telnet, HTTP, FTP control, ...) with failover and balancing.
     Proxy(ProxyArgs),
+    /// Static-file HTTP/1.1 server: GET/HEAD, keep-alive, ranges, conditional requests.
+    Http(HttpArgs),
     /// Discard (RFC 863): reads everything, answers nothing (a sink for benchmarks).
     Discard(Transports),
     /// Load generator: echo, stream, connect, chat or http against a running server.
@@ -158,6 +160,21 @@ struct ConnectArgs {
     /// TCP: give up connecting after this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     connect_timeout: Duration,
+}
+
+#[derive(Args)]
+struct HttpArgs {
+    /// Address to serve on.
+    #[arg(long, value_name = "ADDR", default_value = http::DEFAULT_ADDR)]
+    listen: String,
+    /// Directory to serve (nothing outside it is ever served).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    root: std::path::PathBuf,
+    /// Close clients that have not sent a complete request head within this time (408).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    header_timeout: Duration,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -311,6 +328,7 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
     match command {
         Command::Chat(c) => ("chat", serve_chat(c).await),
         Command::Proxy(p) => ("proxy", serve_proxy(p).await),
+        Command::Http(h) => ("http", serve_http(h).await),
         Command::Echo(t) => (
             "echo",
             service::serve_role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), t.server.config()).await,
@@ -435,6 +453,23 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
     let serve_stats = stats.clone();
     service::run_until_signal("proxy", stats, args.drain, move |shutdown| {
         proxy::run(listener, server, config, serve_stats, shutdown)
+    })
+    .await
+}
+
+async fn serve_http(args: HttpArgs) -> Result<()> {
+    let config = http::HttpConfig::new(
+        &args.root,
+        args.header_timeout.max(Duration::from_millis(1)),
+    )?;
+    let bound = service::bind(Some(&args.listen), None).await?;
+    let listener = bound.tcp.expect("bound a TCP address");
+    log::info!(root = config.root.display().to_string().as_str(); "http: serving files");
+    let server = (*args.server.config()).clone();
+    let stats = Stats::new();
+    let serve_stats = stats.clone();
+    service::run_until_signal("http", stats, service::DEFAULT_DRAIN, move |shutdown| {
+        http::run(listener, server, config, serve_stats, shutdown)
     })
     .await
 }

@@ -4,5 +4,6 @@ pub mod chat;
 pub mod discard;
 pub mod echo;
 pub mod hello;
+pub mod http;
 pub mod proxy;
 pub mod upper;

@@ -13,11 +13,14 @@
 //! - The writer batches whatever its mailbox holds into one write, and when every sender
 //!   is gone it flushes and shuts the write half (the peer sees EOF after the last byte).
 //!   A failed write shuts both halves, so the reader wakes and the connection ends.
+//! - A message may carry a [`FileRegion`] after its bytes: the writer hands it to the
+//!   kernel (`sendfile`), so large files never pass through user space.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown as Halves;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -129,25 +132,53 @@ fn poll_read_scratch(stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::R
     })
 }
 
+/// Part of an open file, to be sent as it is.
+#[derive(Clone, Debug)]
+pub struct FileRegion {
+    pub file: Arc<std::fs::File>,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// What a writer's mailbox carries: bytes, then optionally a file region.
+pub trait Outgoing: Send + 'static {
+    /// Bytes to write.
+    fn bytes(&self) -> &[u8];
+    /// A file region to send after the bytes.
+    fn file(&self) -> Option<&FileRegion> {
+        None
+    }
+}
+
+impl Outgoing for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Outgoing for Arc<[u8]> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
 /// Spawns the writer actor for `stream` and returns its mailbox.
 ///
 /// The writer ends when every sender is dropped (then it flushes and shuts the write
 /// half) or when a write fails (then it shuts both halves). It adds the bytes it wrote to
 /// `stats.bytes_out` and counts itself in `stats.live_tasks()`.
-pub fn spawn_writer<B>(stream: TcpStream, stats: &Arc<Stats>) -> flume::Sender<B>
-where
-    B: AsRef<[u8]> + Send + 'static,
-{
+pub fn spawn_writer<B: Outgoing>(stream: TcpStream, stats: &Arc<Stats>) -> flume::Sender<B> {
     let (writer_tx, writer_rx) = flume::bounded(WRITER_MAILBOX);
     spawn_writer_with(stream, writer_rx, stats);
     writer_tx
 }
 
 /// Like [`spawn_writer`] for a mailbox the caller made (a role that needs another capacity).
-pub fn spawn_writer_with<B>(stream: TcpStream, writer_rx: flume::Receiver<B>, stats: &Arc<Stats>)
-where
-    B: AsRef<[u8]> + Send + 'static,
-{
+pub fn spawn_writer_with<B: Outgoing>(
+    stream: TcpStream,
+    writer_rx: flume::Receiver<B>,
+    stats: &Arc<Stats>,
+) {
     let task = stats.task();
     let stats = stats.clone();
     rt::spawn(async move {
@@ -166,36 +197,104 @@ where
     });
 }
 
-async fn write_loop<B: AsRef<[u8]>>(
+async fn write_loop<B: Outgoing>(
     mut stream: &TcpStream,
     writer_rx: &flume::Receiver<B>,
 ) -> (u64, io::Result<()>) {
     let mut written = 0u64;
-    while let Ok(first) = writer_rx.recv_async().await {
-        let result = match writer_rx.try_recv() {
-            // The common case: one chunk waiting, written straight from its buffer.
-            Err(_) => stream
-                .write_all(first.as_ref())
-                .await
-                .map(|()| first.as_ref().len()),
-            // More waiting: gather them into one write (one syscall, one TCP segment train).
-            Ok(second) => {
-                let mut batch = Vec::with_capacity(WRITE_BATCH.min(first.as_ref().len() * 4));
-                batch.extend_from_slice(first.as_ref());
-                batch.extend_from_slice(second.as_ref());
-                while batch.len() < WRITE_BATCH {
-                    match writer_rx.try_recv() {
-                        Ok(more) => batch.extend_from_slice(more.as_ref()),
-                        Err(_) => break,
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(b) => b,
+            None => match writer_rx.recv_async().await {
+                Ok(b) => b,
+                Err(_) => break,
+            },
+        };
+        let mut result = if first.file().is_some() {
+            Ok(0)
+        } else {
+            match writer_rx.try_recv() {
+                // The common case: one message waiting, written straight from its buffer.
+                Err(_) => stream
+                    .write_all(first.bytes())
+                    .await
+                    .map(|()| first.bytes().len()),
+                // More waiting: gather plain byte messages into one write (one syscall).
+                Ok(second) => {
+                    let mut batch = Vec::with_capacity(WRITE_BATCH.min(first.bytes().len() * 4));
+                    batch.extend_from_slice(first.bytes());
+                    let mut more = Some(second);
+                    while let Some(m) = more.take() {
+                        if m.file().is_some() {
+                            next = Some(m); // written on its own, after this batch
+                            break;
+                        }
+                        batch.extend_from_slice(m.bytes());
+                        if batch.len() < WRITE_BATCH {
+                            more = writer_rx.try_recv().ok();
+                        }
                     }
+                    stream.write_all(&batch).await.map(|()| batch.len())
                 }
-                stream.write_all(&batch).await.map(|()| batch.len())
             }
         };
+        if let Some(region) = first.file() {
+            result = match stream.write_all(first.bytes()).await {
+                Ok(()) => send_file(stream, region)
+                    .await
+                    .map(|n| first.bytes().len() + n as usize),
+                Err(e) => Err(e),
+            };
+        }
         match result {
             Ok(n) => written += n as u64,
             Err(e) => return (written, Err(e)),
         }
     }
     (written, stream.flush().await)
+}
+
+/// Sends a file region with `sendfile`. When the socket is full, one ordinary write of
+/// the next few bytes waits for room (the runtime offers no bare "wait until writable").
+/// A file that shrank underneath is an error: the promised length cannot be kept.
+pub async fn send_file(mut stream: &TcpStream, region: &FileRegion) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let (sock, file) = (stream.as_raw_fd(), region.file.as_raw_fd());
+    let end = region.offset + region.len;
+    let mut offset = region.offset as libc::off_t;
+    let mut fallback = [0u8; 4096];
+    while (offset as u64) < end {
+        let want = (end - offset as u64).min(1 << 30) as usize;
+        // SAFETY: both descriptors are open for the duration (we hold the stream and the
+        // file), and `offset` is a valid off_t the kernel advances.
+        let n = unsafe { libc::sendfile(sock, file, &mut offset, want) };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was being sent",
+            ));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => {
+                let chunk = (end - offset as u64).min(fallback.len() as u64) as usize;
+                let got = region.file.read_at(&mut fallback[..chunk], offset as u64)?;
+                if got == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file shrank while it was being sent",
+                    ));
+                }
+                let sent = stream.write(&fallback[..got]).await?;
+                offset += sent as libc::off_t;
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(region.len)
 }

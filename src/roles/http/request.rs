@@ -1,0 +1,318 @@
+//! HTTP/1.x request heads, parsed with `httparse`, and request targets turned into safe
+//! paths under the root. Pure functions, tested on their own.
+
+use std::path::{Component, Path, PathBuf};
+
+/// The longest request line accepted (longer: 414).
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// The largest head accepted, request line and headers (larger: 431).
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// The most header fields accepted (more: 431).
+pub const MAX_HEADERS: usize = 100;
+
+/// One parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// Header names lower-cased, values as sent (trimmed).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Bytes of the head, blank line included.
+    pub head_len: usize,
+}
+
+impl Request {
+    /// The first value of header `name` (lower-case), as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// Whether the connection stays open after this request.
+    pub fn keep_alive(&self) -> bool {
+        let tokens = |v: &str| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        };
+        match self.header("connection").map(tokens) {
+            Some(t) if t.iter().any(|x| x == "close") => false,
+            Some(t) if t.iter().any(|x| x == "keep-alive") => true,
+            _ => self.minor >= 1,
+        }
+    }
+}
+
+/// Why a head was refused, as the status to answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// 400: malformed.
+    Bad(&'static str),
+    /// 414: request line too long.
+    UriTooLong,
+    /// 431: headers too large or too many.
+    HeadersTooLarge,
+    /// 505: not HTTP/1.x.
+    Version,
+}
+
+/// Parses the head at the start of `buf`: `Ok(None)` when more bytes are needed.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Request>, HeadError> {
+    // Limits first, so a client cannot make us buffer without end.
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    if line_end.map_or(buf.len(), |e| e) > MAX_REQUEST_LINE {
+        return Err(HeadError::UriTooLong);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_HEAD {
+                Err(HeadError::HeadersTooLarge)
+            } else {
+                Ok(None)
+            }
+        }
+        Ok(httparse::Status::Complete(head_len)) => {
+            if head_len > MAX_HEAD {
+                return Err(HeadError::HeadersTooLarge);
+            }
+            let headers = req
+                .headers
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), h.value.trim_ascii().to_vec()))
+                .collect();
+            Ok(Some(Request {
+                method: req.method.unwrap_or_default().to_string(),
+                target: req.path.unwrap_or_default().to_string(),
+                minor: req.version.unwrap_or(1),
+                headers,
+                head_len,
+            }))
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::HeadersTooLarge),
+        Err(httparse::Error::Version) => Err(HeadError::Version),
+        Err(_) => Err(HeadError::Bad("malformed request")),
+    }
+}
+
+/// Why a target was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetError {
+    /// 400: not a path we can read (bad escapes, NUL, not origin- or absolute-form).
+    Bad(&'static str),
+    /// 404 (and logged): it tries to leave the root.
+    Escape(&'static str),
+}
+
+/// Decodes a request target into a relative path under the root, refusing anything that
+/// could leave it. Returns the path and whether the target ended with `/`.
+///
+/// - `http://host/a/b` (absolute form) is taken as `/a/b`; the query is dropped.
+/// - `%xx` escapes are decoded exactly once: `%252e` stays the file name `%2e`.
+/// - `..` (plain or decoded), backslashes and NUL are refused, never resolved.
+pub fn target_path(target: &str) -> Result<(PathBuf, bool), TargetError> {
+    let path = if let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        rest.find('/').map_or("/", |i| &rest[i..])
+    } else if target.starts_with('/') {
+        target
+    } else {
+        return Err(TargetError::Bad("the target must start with /"));
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("/");
+    let decoded = percent_decode(path).ok_or(TargetError::Bad("bad percent-escape"))?;
+    if decoded.contains(&0) {
+        return Err(TargetError::Bad("NUL in path"));
+    }
+    if decoded.contains(&b'\\') {
+        return Err(TargetError::Escape("backslash in path"));
+    }
+    let trailing_slash = decoded.ends_with(b"/");
+    let mut out = PathBuf::new();
+    use std::os::unix::ffi::OsStrExt;
+    for segment in decoded.split(|&b| b == b'/') {
+        match segment {
+            b"" | b"." => {}
+            b".." => return Err(TargetError::Escape("dot-dot segment")),
+            s => out.push(std::ffi::OsStr::from_bytes(s)),
+        }
+    }
+    // Belt and braces: what we built has only normal components.
+    if !out.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(TargetError::Escape("unexpected path component"));
+    }
+    Ok((out, trailing_slash))
+}
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Percent-encodes a file name for an `href` (keeps unreserved characters).
+pub fn percent_encode(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for &b in name {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Escapes text for HTML.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `path` (already canonical) lies inside `root` (canonical).
+pub fn inside(root: &Path, path: &Path) -> bool {
+    path.starts_with(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn heads() {
+        let r = parse_head(
+            b"GET /a?b HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, Upgrade\r\n\r\nrest",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.target.as_str(), r.minor, r.head_len),
+            ("GET", "/a?b", 1, 62)
+        );
+        assert_eq!(r.header("host"), Some("x"));
+        assert!(r.keep_alive());
+        let r10 = parse_head(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!r10.keep_alive());
+        let r10ka = parse_head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(r10ka.keep_alive());
+        let close = parse_head(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!close.keep_alive());
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost:"), Ok(None));
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\n\0\r\n\r\n"),
+            Err(HeadError::Bad("malformed request"))
+        );
+        assert_eq!(
+            parse_head(b"GET / HTTP/2.0\r\n\r\n"),
+            Err(HeadError::Version)
+        );
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_REQUEST_LINE));
+        assert_eq!(parse_head(long.as_bytes()), Err(HeadError::UriTooLong));
+        let partial_long = format!("GET /{}", "a".repeat(MAX_REQUEST_LINE));
+        assert_eq!(
+            parse_head(partial_long.as_bytes()),
+            Err(HeadError::UriTooLong)
+        );
+        let big = format!("GET / HTTP/1.1\r\n{}", "X-A: b\r\n".repeat(MAX_HEADERS + 1));
+        assert_eq!(
+            parse_head(format!("{big}\r\n").as_bytes()),
+            Err(HeadError::HeadersTooLarge)
+        );
+        let huge = format!("GET / HTTP/1.1\r\nX: {}", "v".repeat(MAX_HEAD));
+        assert_eq!(parse_head(huge.as_bytes()), Err(HeadError::HeadersTooLarge));
+    }
+
+    #[test]
+    fn targets() {
+        let ok = |t: &str| target_path(t).unwrap();
+        assert_eq!(ok("/"), (PathBuf::new(), true));
+        assert_eq!(ok("/a/b.txt?x=1#f"), (PathBuf::from("a/b.txt"), false));
+        assert_eq!(ok("/dir/"), (PathBuf::from("dir"), true));
+        assert_eq!(ok("/a%20b"), (PathBuf::from("a b"), false));
+        assert_eq!(ok("//a/./b"), (PathBuf::from("a/b"), false));
+        assert_eq!(ok("http://example.org/x/y"), (PathBuf::from("x/y"), false));
+        assert_eq!(ok("http://example.org"), (PathBuf::new(), true));
+        // Double encoding decodes once: `%2e%2e` as a literal name is harmless.
+        assert_eq!(ok("/%252e%252e/x"), (PathBuf::from("%2e%2e/x"), false));
+        for bad in [
+            "/../etc/passwd",
+            "/a/../../b",
+            "/%2e%2e/etc",
+            "/%2E%2E%2Fetc",
+            "/a/%2e%2e",
+            "/..",
+            "/a\\..\\b",
+            "/a%5c..%5cb",
+        ] {
+            assert!(
+                matches!(target_path(bad), Err(TargetError::Escape(_))),
+                "{bad}"
+            );
+        }
+        for bad in ["*", "example.org:80", "/a%00b", "/a%zz", "/a%2"] {
+            assert!(
+                matches!(target_path(bad), Err(TargetError::Bad(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            html_escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(percent_encode(b"a b/<c>.txt"), "a%20b%2F%3Cc%3E.txt");
+    }
+
+    proptest! {
+        #[test]
+        fn no_target_leaves_the_root(t in "/[a-zA-Z0-9./%\\\\]{0,40}") {
+            if let Ok((p, _)) = target_path(&t) {
+                prop_assert!(p.components().all(|c| matches!(c, Component::Normal(_))));
+            }
+        }
+
+        #[test]
+        fn parse_head_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse_head(&bytes);
+        }
+    }
+}
