@@ -114,11 +114,12 @@ pub fn respond(root: &Path, req: &Request) -> Response {
             r.note = None;
             return r;
         }
-        let index = path.join("index.html");
-        if let Ok(index) = fs::canonicalize(&index) {
-            if request::inside(root, &index) && index.is_file() {
-                return serve_file(&index, req);
-            }
+        let index = fs::canonicalize(path.join("index.html"));
+        if let Some(index) = index
+            .ok()
+            .filter(|i| request::inside(root, i) && i.is_file())
+        {
+            return serve_file(&index, req);
         }
         return listing(&path, &req.target);
     }

@@ -219,7 +219,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (r.method.as_str(), r.target.as_str(), r.minor, r.head_len),
-            ("GET", "/a?b", 1, 62)
+            ("GET", "/a?b", 1, 63)
         );
         assert_eq!(r.header("host"), Some("x"));
         assert!(r.keep_alive());
