@@ -3,10 +3,14 @@
 //! is delivered N-1 times. Reports deliveries/s, lost and duplicated deliveries, and
 //! delivery latency (send to receipt, one clock: sender and receivers share the process).
 //!
+//! Each line carries its sender's index, sequence number and send time after the nick
+//! prefix (`<NICK> S SEQ MICROS ...`), so any server that relays `<NICK> text` lines can
+//! be measured: `switchboard chat` and `ncat --chat` alike. Every client waits for the
+//! server's first line (a welcome or announce) before anyone sends.
+//!
 //! The server's flood control must allow the rate (`switchboard chat --rate 0`); a
 //! `! slow down` from the server is reported as an error.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -29,10 +33,9 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     }
     let senders = opts.senders.clamp(1, opts.conns);
     let streams = open_all(opts.target, opts.conns).await?;
-    // Read each welcome to learn the nick; the broker has registered everyone once the
-    // last welcome arrives, so no line is sent before every reader is in the room.
+    // Wait for each client's first line (welcome or announce): once the last one has
+    // arrived, every client is registered and no line can miss a reader.
     let mut readers = Vec::new();
-    let mut nicks = HashMap::new();
     for (i, s) in streams.iter().enumerate() {
         let mut r = BufReader::with_capacity(64 * 1024, s.clone());
         let mut line = String::new();
@@ -40,22 +43,15 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
             Some(Ok(n)) if n > 0 => {}
             _ => {
                 return Err(format!(
-                    "client {} got no welcome from {} (is it a chat server?)",
+                    "client {} got no first line from {} (is it a chat server?)",
                     i + 1,
                     opts.target
                 )
                 .into());
             }
         }
-        let nick = line
-            .split(" you are ")
-            .nth(1)
-            .and_then(|r| r.split(' ').next());
-        let nick = nick.ok_or_else(|| format!("unexpected welcome: {}", line.trim_end()))?;
-        nicks.insert(nick.to_string(), i);
         readers.push(r);
     }
-    let nicks = Arc::new(nicks);
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..senders).map(|_| AtomicU64::new(0)).collect());
     let delivered = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -63,9 +59,9 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
 
     let mut reading = Vec::new();
     for (i, r) in readers.into_iter().enumerate() {
-        let (nicks, delivered, progress) = (nicks.clone(), delivered.clone(), progress.clone());
+        let (delivered, progress) = (delivered.clone(), progress.clone());
         reading.push(rt::spawn(read_deliveries(
-            r, i, senders, nicks, started, delivered, progress,
+            r, i, senders, started, delivered, progress,
         )));
     }
     let mut sending = Vec::new();
@@ -117,13 +113,13 @@ async fn send_lines(
     let mut part = Part::default();
     let mut seq = 0u64;
     let mut batch = Vec::new();
-    let pad = "x".repeat(size.saturating_sub(24));
+    let pad = "x".repeat(size.saturating_sub(28));
     while Instant::now() < end {
         let due = (started.elapsed().as_secs_f64() * rate) as u64;
         batch.clear();
         while seq < due {
             let micros = started.elapsed().as_micros();
-            batch.extend_from_slice(format!("{seq} {micros} {pad}\n").as_bytes());
+            batch.extend_from_slice(format!("{index} {seq} {micros} {pad}\n").as_bytes());
             seq += 1;
         }
         if !batch.is_empty() {
@@ -144,7 +140,6 @@ async fn read_deliveries(
     mut r: BufReader<rt::TcpStream>,
     me: usize,
     senders: usize,
-    nicks: Arc<HashMap<String, usize>>,
     started: Instant,
     delivered: Arc<AtomicU64>,
     progress: Progress,
@@ -171,20 +166,18 @@ async fn read_deliveries(
         let Some(body) = text.strip_prefix('<') else {
             continue;
         };
-        let Some((nick, rest)) = body.split_once("> ") else {
+        let Some((_nick, rest)) = body.split_once("> ") else {
             continue;
         };
-        let Some(&from) = nicks.get(nick) else {
-            continue;
+        let mut fields = rest.split(' ').map(str::parse::<u64>);
+        let Some(Ok(from)) = fields.next() else {
+            continue; // a notice or another client's chatter, not a bench line
         };
-        let mut fields = rest.split(' ');
-        let (Some(Ok(seq)), Some(Ok(micros))) = (
-            fields.next().map(str::parse::<u64>),
-            fields.next().map(str::parse::<u64>),
-        ) else {
+        let (Some(Ok(seq)), Some(Ok(micros))) = (fields.next(), fields.next()) else {
             part.error("a line came back garbled");
             continue;
         };
+        let from = from as usize;
         if from == me || from >= senders {
             part.error("a line came back to its sender");
             continue;
