@@ -15,7 +15,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::Result;
 use crate::net::conn::{Input, Reader, spawn_writer};
@@ -23,12 +22,7 @@ use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::net::udp;
-use crate::rt::{self, TcpListener, UdpSocket};
-
-/// How long a session that closed by itself waits for the peer to close too, discarding
-/// its input, before it drops the socket. Closing with unread input makes the kernel send
-/// a reset, which can destroy the reply the peer has not read yet.
-const LINGER: Duration = Duration::from_secs(2);
+use crate::rt::{TcpListener, UdpSocket};
 
 /// What a session wants after speaking first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,18 +136,12 @@ pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()>
     // The writer flushes what it holds and half-closes once this last sender is gone.
     drop(writer_tx);
     if flow == Flow::Close {
-        linger(&mut reader).await;
+        reader.linger().await;
     }
     Stats::add(&stats.bytes_in, reader.bytes);
     log::debug!(peer = peer.to_string().as_str(), reason = reason, bytes_in = reader.bytes,
         ms = started.elapsed().as_millis() as u64; "connection closed");
     Ok(())
-}
-
-/// Discards input until the peer closes, for at most [`LINGER`].
-async fn linger(reader: &mut Reader) {
-    let drain = async { while let Ok(Input::Data(_)) = reader.next().await {} };
-    let _ = rt::timeout(LINGER, drain).await;
 }
 
 /// Answers datagrams with [`Role::datagram`] until `shutdown` fires.

@@ -122,6 +122,19 @@ impl Reader {
     }
 }
 
+/// How long [`Reader::linger`] waits for the peer to close.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+impl Reader {
+    /// After our side has finished writing: discards the peer's input until it closes,
+    /// for at most [`LINGER`]. Closing a socket with unread input makes the kernel send a
+    /// reset, which can destroy the last reply before the peer has read it.
+    pub async fn linger(&mut self) {
+        let drain = async { while let Ok(Input::Data(_)) = self.next().await {} };
+        let _ = rt::timeout(LINGER, drain).await;
+    }
+}
+
 /// Polls one read into this thread's scratch buffer and copies out what arrived.
 fn poll_read_scratch(stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<Vec<u8>>> {
     SCRATCH.with(|scratch| {

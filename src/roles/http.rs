@@ -130,9 +130,7 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
                         HeadError::HeadersTooLarge => (431, "head over 64 KiB or 100 fields"),
                         HeadError::Version => (505, "not HTTP/1.x"),
                     };
-                    let mut r = Response::text(status, Some(why));
-                    r.note = Some(why);
-                    (r, None, true)
+                    (Response::text(status, Some(why)), None, true)
                 }
             };
             let head_only = req.as_ref().is_some_and(|r| r.method == "HEAD");

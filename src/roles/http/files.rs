@@ -110,9 +110,7 @@ pub fn respond(root: &Path, req: &Request) -> Response {
                 Some(i) => req.target.split_at(i),
                 None => (req.target.as_str(), ""),
             };
-            let mut r = Response::empty(301, vec![("Location", format!("{path_part}/{query}"))]);
-            r.note = None;
-            return r;
+            return Response::empty(301, vec![("Location", format!("{path_part}/{query}"))]);
         }
         let index = fs::canonicalize(path.join("index.html"));
         if let Some(index) = index
