@@ -63,6 +63,19 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// How long to wait on any one reply before calling the target broken.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// From this share of the machine's CPU on, the report warns that the load generator may
+/// be what limits the figure.
+pub const BUSY_LOADGEN: f64 = 0.45;
+
+/// CPU time (user + system) this process has used.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// What a run measured.
 #[derive(Debug)]
 pub struct Report {
@@ -80,6 +93,8 @@ pub struct Report {
     pub counts: Vec<(String, u64)>,
     /// Problems seen (wrong bytes, errors), each once with a count.
     pub errors: Vec<(String, u64)>,
+    /// The share of the machine's CPU the load generator itself used (0 to 1).
+    pub loadgen_cpu: f64,
 }
 
 impl Report {
@@ -95,6 +110,7 @@ impl Report {
             latency: None,
             counts: Vec::new(),
             errors: Vec::new(),
+            loadgen_cpu: 0.0,
         }
     }
 
@@ -169,6 +185,17 @@ impl Report {
         for (k, v) in &self.counts {
             let _ = writeln!(out, "{k:<11} {v}");
         }
+        let _ = writeln!(
+            out,
+            "loadgen cpu {:.0}% of the machine",
+            self.loadgen_cpu * 100.0
+        );
+        if self.loadgen_cpu >= BUSY_LOADGEN {
+            let _ = writeln!(
+                out,
+                "NOTE        the load generator itself used much of the CPU: the figure may be its limit, not the target's"
+            );
+        }
         for (k, v) in &self.errors {
             let _ = writeln!(out, "ERROR       {k} (x{v})");
         }
@@ -209,7 +236,8 @@ impl Report {
         };
         let _ = write!(
             out,
-            ",\"counts\":{},\"errors\":{}}}",
+            ",\"loadgen_cpu_share\":{:.3},\"counts\":{},\"errors\":{}}}",
+            self.loadgen_cpu,
             obj(&self.counts),
             obj(&self.errors)
         );
@@ -295,13 +323,17 @@ pub async fn run(opts: BenchOptions) -> Result<()> {
             }
         })
     });
-    let report = match opts.mode {
+    let (cpu_before, wall_before) = (cpu_time(), Instant::now());
+    let mut report = match opts.mode {
         Mode::Echo => echo::run(&opts, &progress).await?,
         Mode::Stream => stream::run(&opts, &progress).await?,
         Mode::Connect => connect::run(&opts, &progress).await?,
         Mode::Chat => chat::run(&opts, &progress).await?,
         Mode::Http => http::run(&opts, &progress).await?,
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    report.loadgen_cpu = (cpu_time() - cpu_before).as_secs_f64()
+        / (wall_before.elapsed().as_secs_f64() * cores).max(1e-9);
     if let Some(t) = ticker {
         t.cancel().await;
         eprintln!();
@@ -324,7 +356,8 @@ pub async fn open_all(target: SocketAddr, n: usize) -> Result<Vec<rt::TcpStream>
         let s = match rt::timeout(REPLY_TIMEOUT, rt::TcpStream::connect(target)).await {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                return Err(format!("connection {} of {n} to {target}: {e}", i + 1).into());
+                let why = crate::net::addr::describe(&e);
+                return Err(format!("connection {} of {n} to {target}: {why}", i + 1).into());
             }
             None => {
                 return Err(format!("connection {} of {n} to {target}: timed out", i + 1).into());

@@ -122,6 +122,38 @@ impl Reader {
     }
 }
 
+/// Turns on TCP keepalive probes: a peer that vanished without a reset (power loss, a
+/// dropped NAT entry) is noticed after `idle` of silence plus three failed probes 10 s
+/// apart, instead of never.
+pub fn set_keepalive(stream: &TcpStream, idle: Duration) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: setsockopt on an open socket with a correctly sized int.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &value as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        idle.as_secs().clamp(1, 32_767) as libc::c_int,
+    )?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)
+}
+
 /// How long [`Reader::linger`] waits for the peer to close.
 pub const LINGER: Duration = Duration::from_secs(2);
 
@@ -310,4 +342,40 @@ pub async fn send_file(mut stream: &TcpStream, region: &FileRegion) -> io::Resul
         }
     }
     Ok(region.len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(fd: i32, level: i32, name: i32) -> i32 {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on an open socket into a correctly sized int.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                level,
+                name,
+                &mut value as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        value
+    }
+
+    #[test]
+    fn keepalive_is_set_as_asked() {
+        rt::block_on(async {
+            let listener = rt::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let stream = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            set_keepalive(&stream, Duration::from_secs(60)).unwrap();
+            let fd = stream.as_raw_fd();
+            assert_eq!(get(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+            assert_eq!(get(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 60);
+            assert_eq!(get(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 3);
+        });
+    }
 }

@@ -22,7 +22,7 @@ use broker::{BrokerHandle, BrokerMsg, ChatConfig, LocalOnly, Outbox, next_client
 use protocol::{Frame, LineFramer, TelnetFilter};
 
 use crate::Result;
-use crate::net::conn::{Input, Reader, spawn_writer_with};
+use crate::net::conn::{Input, Reader, set_keepalive, spawn_writer_with};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
@@ -34,6 +34,10 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7000";
 
 /// What a client over `--max-conns` is told before it is closed.
 pub const FULL_NOTICE: &[u8] = b"! server full\n";
+
+/// Silence after which the kernel starts probing a TCP chat client (then 3 probes 10 s
+/// apart): a vanished client is removed within about 90 s.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
 /// How often the broker is reminded to expire silent UDP clients (at most; a short
 /// `--udp-idle` ticks faster).
@@ -119,6 +123,8 @@ async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Res
         stats,
         idle_timeout,
     } = conn;
+    // A client that vanished without a reset (half-open) must not stay a ghost nick.
+    let _ = set_keepalive(&stream, KEEPALIVE_IDLE);
     let (writer_tx, writer_rx) = flume::bounded(chat.sendq);
     spawn_writer_with(stream.clone(), writer_rx, &stats);
     let id = next_client_id();
