@@ -104,34 +104,14 @@ fn tasks_return_to_zero_after_clients_leave() {
         if i % 2 == 0 {
             c.shutdown(std::net::Shutdown::Both).unwrap();
         } else {
-            let s2 = socket_with_linger_zero(c);
-            drop(s2);
+            reset_on_close(&c);
+            drop(c);
         }
     }
     wait_until("connection tasks to end", || {
         server.stats.live_tasks() == 0 && server.stats.active() == 0
     });
     server.stop();
-}
-
-/// Makes `drop` send a reset instead of a FIN.
-fn socket_with_linger_zero(s: std::net::TcpStream) -> std::net::TcpStream {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized struct.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as u32,
-        );
-    }
-    s
 }
 
 #[test]

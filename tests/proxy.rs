@@ -255,7 +255,7 @@ fn an_upstream_reset_closes_the_client() {
         let mut buf = [0u8; 4];
         let _ = s.read(&mut buf);
         // SO_LINGER 0: close with a reset.
-        set_linger_zero(&s);
+        reset_on_close(&s);
     });
     let proxy = simple_proxy(upstream);
     let mut s = client(proxy.addr);
@@ -264,24 +264,6 @@ fn an_upstream_reset_closes_the_client() {
     s.write_all(b"go").unwrap();
     assert!(closed_by_server(&mut s));
     wait_until("the session to end", || proxy.stats.active() == 0);
-}
-
-fn set_linger_zero(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized struct.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as u32,
-        );
-    }
 }
 
 #[test]

@@ -210,3 +210,22 @@ pub fn signal(proc: &Proc, sig: i32) {
         libc::kill(proc.0.id() as i32, sig);
     }
 }
+
+/// Makes closing `s` send a reset instead of a FIN (SO_LINGER with a zero timeout).
+pub fn reset_on_close(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket, with a correctly sized struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
+}

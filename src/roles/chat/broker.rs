@@ -196,18 +196,7 @@ impl Broker {
             match msg {
                 BrokerMsg::Join { id, outbox } => self.join(id, outbox),
                 BrokerMsg::Line { id, line } => self.on_line(id, &line),
-                BrokerMsg::TooLong { id } => {
-                    if self.clients.contains_key(&id) {
-                        self.tell(
-                            id,
-                            line(&[
-                                "! line too long (the limit is ",
-                                &self.config.max_line.to_string(),
-                                " bytes)",
-                            ]),
-                        );
-                    }
-                }
+                BrokerMsg::TooLong { id } => self.line_too_long(id),
                 BrokerMsg::Leave { id, reason } => self.remove(id, reason),
                 BrokerMsg::Datagram { peer, data } => self.on_datagram(peer, &data),
                 BrokerMsg::Tick => self.expire_udp(),
@@ -360,17 +349,21 @@ impl Broker {
             }
             let content = raw.strip_suffix(b"\r").unwrap_or(raw);
             if content.len() > self.config.max_line {
-                self.tell(
-                    id,
-                    line(&[
-                        "! line too long (the limit is ",
-                        &self.config.max_line.to_string(),
-                        " bytes)",
-                    ]),
-                );
+                self.line_too_long(id);
             } else {
                 self.on_line(id, raw);
             }
+        }
+    }
+
+    /// Tells a client its line was dropped for being over `--max-line`.
+    fn line_too_long(&mut self, id: ClientId) {
+        if self.clients.contains_key(&id) {
+            let limit = self.config.max_line.to_string();
+            self.tell(
+                id,
+                line(&["! line too long (the limit is ", &limit, " bytes)"]),
+            );
         }
     }
 
