@@ -130,6 +130,9 @@ struct ChatArgs {
     /// Lines queued for one TCP client before it is disconnected as too slow.
     #[arg(long, value_name = "LINES", default_value_t = 1024)]
     sendq: usize,
+    /// The most UDP users at once; more get `! server full`.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_udp_users: usize,
     /// Drop a UDP user after this long without a datagram.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
     udp_idle: Duration,
@@ -386,6 +389,7 @@ async fn serve_chat(args: ChatArgs) -> Result<()> {
         burst: args.burst,
         sendq: args.sendq,
         udp_idle: args.udp_idle.max(Duration::from_millis(100)),
+        max_udp_users: args.max_udp_users,
     };
     let stats = Stats::new();
     let serve_stats = stats.clone();

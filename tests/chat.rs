@@ -516,3 +516,19 @@ fn a_full_server_says_so_before_closing() {
     assert_eq!(read_to_end(&mut b), b"! server full\n");
     chat.stop();
 }
+
+#[test]
+fn udp_users_are_capped() {
+    let config = ChatConfig {
+        max_udp_users: 1,
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    let first = UdpUser::new(&chat);
+    first.say("hi");
+    assert!(first.datagram().starts_with("* welcome to #lobby"));
+    let second = UdpUser::new(&chat);
+    second.say("me too");
+    assert_eq!(second.datagram(), "! server full\n");
+    chat.stop();
+}

@@ -50,6 +50,9 @@ pub struct ChatConfig {
     pub sendq: usize,
     /// Silence after which a UDP client is dropped.
     pub udp_idle: Duration,
+    /// The most UDP users at once (TCP users are bounded by `--max-conns`); UDP sources are
+    /// cheap to invent, so a flood of them must not grow the registry without bound.
+    pub max_udp_users: usize,
 }
 
 impl Default for ChatConfig {
@@ -60,6 +63,7 @@ impl Default for ChatConfig {
             burst: 40,
             sendq: 1024,
             udp_idle: Duration::from_secs(300),
+            max_udp_users: 10_000,
         }
     }
 }
@@ -332,6 +336,13 @@ impl Broker {
     fn on_datagram(&mut self, peer: SocketAddr, data: &[u8]) {
         let id = match self.udp_peers.get(&peer) {
             Some(&id) => id,
+            None if self.udp_peers.len() >= self.config.max_udp_users => {
+                // UDP sources are cheap to invent: a flood of them must not grow the registry.
+                if let Some(udp) = &self.udp {
+                    udp.try_send(peer, b"! server full\n".to_vec());
+                }
+                return;
+            }
             None => {
                 let id = next_client_id();
                 self.udp_peers.insert(peer, id);
@@ -416,9 +427,11 @@ impl Broker {
                 None => self.tell(id, line(&["! no such nick: ", to])),
             },
             Command::Who => {
-                let mut names: Vec<&str> = self.rooms[&room]
+                // (Lookups, not indexing: nothing a client says may panic the broker.)
+                let members = self.rooms.get(&room).map(Vec::as_slice).unwrap_or_default();
+                let mut names: Vec<&str> = members
                     .iter()
-                    .map(|m| self.clients[m].nick.as_str())
+                    .filter_map(|m| self.clients.get(m).map(|c| c.nick.as_str()))
                     .collect();
                 names.sort_by_key(|n| n.to_ascii_lowercase());
                 let who = line(&["* in #", &room, ": ", &names.join(", ")]);
