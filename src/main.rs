@@ -225,6 +225,11 @@ struct ProxyArgs {
     /// Log the traffic itself, tagged client->server / server->client (text, or hex).
     #[arg(long)]
     tap: bool,
+    /// Threads, each with its own listener (SO_REUSEPORT) and executor, so a session's
+    /// actors never hop threads (lower latency); 0 = one shared executor (more throughput
+    /// for a single session, which can then use two cores).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
     /// On Ctrl-C or SIGTERM, let open sessions finish for this long (a second signal closes at once).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     drain: Duration,
@@ -432,8 +437,6 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
 }
 
 async fn serve_proxy(args: ProxyArgs) -> Result<()> {
-    let bound = service::bind(Some(&args.listen), None).await?;
-    let listener = bound.tcp.expect("bound a TCP address");
     let balance = match args.balance {
         BalanceArg::RoundRobin => Balance::RoundRobin,
         BalanceArg::LeastConn => Balance::LeastConn,
@@ -455,8 +458,19 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
     let server = (*args.server.config()).clone();
     let stats = Stats::new();
     let serve_stats = stats.clone();
-    service::run_until_signal("proxy", stats, args.drain, move |shutdown| {
-        proxy::run(listener, server, config, serve_stats, shutdown)
+    if args.threads == 0 {
+        let bound = service::bind(Some(&args.listen), None).await?;
+        let listener = bound.tcp.expect("bound a TCP address");
+        return service::run_until_signal("proxy", stats, args.drain, move |shutdown| {
+            proxy::run(listener, server, config, serve_stats, shutdown)
+        })
+        .await;
+    }
+    let listeners = service::bind_reuseport(&args.listen, args.threads).await?;
+    service::run_until_signal("proxy", stats, args.drain, move |shutdown| async move {
+        if let Err(e) = proxy::run_pinned(listeners, server, config, serve_stats, shutdown).await {
+            log::error!(error = e.to_string().as_str(); "proxy: could not start its threads");
+        }
     })
     .await
 }

@@ -4,10 +4,54 @@
 //! of smol, on whose crates it is built. Everything else in the crate takes its tasks,
 //! timers, sockets and stdio from here, so moving runtime is a change to this one file.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::time::Duration;
 
 pub use async_std::net::{TcpListener, TcpStream, UdpSocket};
 pub use async_std::task::{JoinHandle, block_on, sleep, spawn, spawn_blocking};
+
+thread_local! {
+    /// Whether this thread runs its own executor (see [`spawn_pinned_thread`]).
+    static PINNED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Spawns a connection's task. On a pinned thread it goes on that thread's own executor,
+/// so a connection's actors never hop threads (each hop would be a cross-thread wake-up);
+/// anywhere else it goes on the shared executor, where idle threads steal work.
+pub fn spawn_here<F>(fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if PINNED.with(Cell::get) {
+        async_std::task::spawn_local(fut)
+    } else {
+        spawn(fut)
+    }
+}
+
+/// Starts an OS thread that runs `make()` to completion on its own executor; tasks it
+/// starts with [`spawn_here`] stay on it. (The I/O reactor and timers stay shared.)
+pub fn spawn_pinned_thread<F>(
+    name: String,
+    make: impl FnOnce() -> F + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<F::Output>>
+where
+    F: Future + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::Builder::new().name(name).spawn(move || {
+        PINNED.with(|p| p.set(true));
+        block_on(make())
+    })
+}
+
+/// Wraps a bound, listening std socket (set non-blocking here) for the runtime.
+pub fn listener_from_std(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from(listener))
+}
 
 /// Runs `fut` for at most `limit`; `None` when the time ran out first.
 pub async fn timeout<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {

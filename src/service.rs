@@ -45,6 +45,23 @@ pub async fn bind(tcp: Option<&str>, udp: Option<&str>) -> Result<Bound> {
     Ok(Bound { tcp, udp })
 }
 
+/// Binds `n` listeners on one address with `SO_REUSEPORT` (port 0 picks one port for all).
+pub async fn bind_reuseport(addr: &str, n: usize) -> Result<Vec<std::net::TcpListener>> {
+    let mut target = *rt::resolve(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (TCP): {}", addr::describe(&e)))?
+        .first()
+        .ok_or_else(|| format!("cannot listen on {addr} (TCP): it resolves to no address"))?;
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let l = addr::bind_tcp_reuseport(target)
+            .map_err(|e| format!("cannot listen on {target} (TCP): {}", addr::describe(&e)))?;
+        target = l.local_addr()?; // the port the first bind picked, for the rest
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
 /// Prepares the process for serving: raises the open-files limit.
 pub fn prepare() {
     match limits::raise_nofile_limit() {

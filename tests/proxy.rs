@@ -445,3 +445,43 @@ fn a_line_based_session_like_telnet_works_through_the_proxy() {
     }
     upper.stop();
 }
+
+#[test]
+fn pinned_threads_share_one_address_and_carry_sessions() {
+    let echo = start_role(Echo, ServerConfig::default());
+    let listeners = rt::block_on(switchboard::service::bind_reuseport("127.0.0.1:0", 2)).unwrap();
+    let addr = listeners[0].local_addr().unwrap();
+    assert_eq!(
+        listeners[1].local_addr().unwrap(),
+        addr,
+        "one port for every thread"
+    );
+    let stats = Stats::new();
+    let (trigger, shutdown) = shutdown::channel();
+    let running = rt::spawn(proxy::run_pinned(
+        listeners,
+        ServerConfig::default(),
+        config(&[echo.tcp], Balance::First),
+        stats.clone(),
+        shutdown,
+    ));
+    let clients: Vec<_> = (0..8u8)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut s = client(addr);
+                let msg = vec![i; 100_000];
+                s.write_all(&msg).unwrap();
+                s.shutdown(Shutdown::Write).unwrap();
+                assert!(read_to_end(&mut s) == msg, "client {i}");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    wait_until("sessions to end", || stats.live_tasks() == 0);
+    trigger.fire();
+    rt::block_on(running).unwrap();
+    assert!(TcpStream::connect(addr).is_err(), "every listener closed");
+    echo.stop();
+}

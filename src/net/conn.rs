@@ -226,7 +226,7 @@ pub fn spawn_writer_with<B: Outgoing>(
 ) {
     let task = stats.task();
     let stats = stats.clone();
-    rt::spawn(async move {
+    rt::spawn_here(async move {
         let _task = task;
         let written = write_loop(&stream, &writer_rx).await;
         Stats::add(&stats.bytes_out, written.0);

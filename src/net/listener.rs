@@ -145,7 +145,7 @@ pub async fn serve<H, F>(
             if let Some(notice) = config.full_notice.clone() {
                 // Written from its own task: the loop never waits on a client.
                 let task = stats.task();
-                rt::spawn(async move {
+                rt::spawn_here(async move {
                     let _task = task;
                     let mut s = &stream;
                     let _ = rt::timeout(NOTICE_TIMEOUT, s.write_all(&notice)).await;
@@ -171,7 +171,7 @@ pub async fn serve<H, F>(
         let closed_tx = closed_tx.clone();
         let work = handler(conn);
         log::debug!(role = role, peer = peer.to_string().as_str(); "accepted");
-        rt::spawn(async move {
+        rt::spawn_here(async move {
             let _task = task;
             let started = std::time::Instant::now();
             if let Err(e) = work.await {

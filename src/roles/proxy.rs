@@ -61,18 +61,73 @@ pub struct ProxyConfig {
 /// finish (the caller's drain decides how long).
 pub async fn run(
     listener: TcpListener,
-    mut server: ServerConfig,
+    server: ServerConfig,
     proxy: ProxyConfig,
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
+    serve(listener, Arc::new(server), Arc::new(proxy), stats, shutdown).await;
+}
+
+/// Serves the proxy with one pinned thread per listener (bound with `SO_REUSEPORT` on one
+/// address): the kernel spreads clients across the listeners, and every actor of a
+/// session runs on the thread that accepted it, so no hop wakes another thread.
+/// Returns once every accept loop has stopped; sessions finish on their threads.
+pub async fn run_pinned(
+    listeners: Vec<std::net::TcpListener>,
+    server: ServerConfig,
+    proxy: ProxyConfig,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+) -> Result<()> {
+    let (server, proxy) = (Arc::new(server), Arc::new(proxy));
+    let (done_tx, done_rx) = flume::bounded::<()>(listeners.len());
+    let threads = listeners.len();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (server, proxy, stats, shutdown, done_tx) = (
+            server.clone(),
+            proxy.clone(),
+            stats.clone(),
+            shutdown.clone(),
+            done_tx.clone(),
+        );
+        rt::spawn_pinned_thread(format!("proxy-{i}"), move || async move {
+            match rt::listener_from_std(listener) {
+                Ok(listener) => serve(listener, server, proxy, stats.clone(), shutdown).await,
+                Err(e) => log::error!(error = e.to_string().as_str(); "proxy: listener unusable"),
+            }
+            let _ = done_tx.send_async(()).await;
+            // Keep running this thread's sessions until they end (or the process exits).
+            while stats.live_tasks() > 0 {
+                rt::sleep(Duration::from_millis(20)).await;
+            }
+        })?;
+    }
+    drop(done_tx);
+    for _ in 0..threads {
+        let _ = done_rx.recv_async().await;
+    }
+    Ok(())
+}
+
+async fn serve(
+    listener: TcpListener,
+    server: Arc<ServerConfig>,
+    proxy: Arc<ProxyConfig>,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+) {
+    let mut server = (*server).clone();
     server.keep_open_on_shutdown = true;
     let access = server.access.clone();
-    let server = Arc::new(server);
-    let proxy = Arc::new(proxy);
-    listener::serve("proxy", listener, server, stats, shutdown, move |conn| {
-        session(conn, proxy.clone(), access.clone())
-    })
+    listener::serve(
+        "proxy",
+        listener,
+        Arc::new(server),
+        stats,
+        shutdown,
+        move |conn| session(conn, proxy.clone(), access.clone()),
+    )
     .await;
 }
 
@@ -211,7 +266,7 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     let activity = Arc::new(Activity::new());
     let tap = |direction| cfg.tap.then_some((direction, src));
     let task = stats.task();
-    let up_pump = rt::spawn({
+    let up_pump = rt::spawn_here({
         let (reader, activity, tap) = (
             Reader::new(client.clone(), None),
             activity.clone(),
@@ -223,7 +278,7 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
         }
     });
     let task = stats.task();
-    let down_pump = rt::spawn({
+    let down_pump = rt::spawn_here({
         let (reader, activity, tap) = (
             Reader::new(up.stream.clone(), None),
             activity.clone(),
