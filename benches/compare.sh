@@ -54,6 +54,7 @@ bg $SB -q echo --tcp 127.0.0.1:17101
 bg $SB -q discard --tcp 127.0.0.1:17102
 bg $SB -q proxy --listen 127.0.0.1:17103 --upstream 127.0.0.1:17102
 bg $SB -q proxy --listen 127.0.0.1:17106 --upstream 127.0.0.1:17101
+bg $SB -q proxy --listen 127.0.0.1:17112 --upstream 127.0.0.1:17101 --threads 2
 bg socat TCP-LISTEN:17105,fork,reuseaddr,bind=127.0.0.1 TCP:127.0.0.1:17102
 bg $SB -q chat --tcp 127.0.0.1:17108 --rate 0
 bg ncat --chat --max-conns 1000 -l 127.0.0.1 17109
@@ -120,6 +121,7 @@ for round in $(seq "$ROUNDS"); do
     record lat_direct "$(sbjson 'r["latency_us"]["p50"]' echo 127.0.0.1:17101 --conns 1 --size 512)"
     record lat_sb "$(sbjson 'r["latency_us"]["p50"]' echo 127.0.0.1:17106 --conns 1 --size 512)"
     record lat_haproxy "$(sbjson 'r["latency_us"]["p50"]' echo 127.0.0.1:17107 --conns 1 --size 512)"
+    record lat_sbpin "$(sbjson 'r["latency_us"]["p50"]' echo 127.0.0.1:17112 --conns 1 --size 512)"
     record chat500_sb "$(sbjson 'r["latency_us"]["p99"]' chat 127.0.0.1:17108 --conns 500 --senders 10 --rate 60 --size 32)"
     record chat500_ncat "$(sbjson 'r["latency_us"]["p99"]' chat 127.0.0.1:17109 --conns 500 --senders 10 --rate 60 --size 32)"
     record chat100_sb "$(sbjson 'r["ops_per_sec"]' chat 127.0.0.1:17108 --conns 100 --senders 10 --rate 3030 --size 32)"
@@ -145,6 +147,8 @@ done
 sb_add=$(python3 -c "print(round($(m lat_sb) - $(m lat_direct)))")
 ha_add=$(python3 -c "print(round($(m lat_haproxy) - $(m lat_direct)))")
 row "proxy added p50 latency 512B, µs (vs HAProxy)" "$sb_add" "$ha_add" "$(ratio "$sb_add" "$ha_add")" "<= 1.00"
+pin_add=$(python3 -c "print(round($(m lat_sbpin) - $(m lat_direct)))")
+row "  the same with proxy --threads 2" "$pin_add" "$ha_add" "$(ratio "$pin_add" "$ha_add")" "(option)"
 row "chat 500 clients p99 latency µs (vs ncat)" "$(m chat500_sb)" "$(m chat500_ncat)" "$(ratio "$(m chat500_sb)" "$(m chat500_ncat)")" "<= 0.10"
 row "chat 100 clients deliveries/s (vs ncat)" "$(m chat100_sb)" "$(m chat100_ncat)" "$(ratio "$(m chat100_sb)" "$(m chat100_ncat)")" ">= 1.00"
 row "  chat 100 clients: lost or errors (a 3rd run)" "$(m chat_lost)" "" "" "0"
