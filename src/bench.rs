@@ -50,6 +50,8 @@ pub struct BenchOptions {
     pub verify: bool,
     /// chat: how many of the clients send.
     pub senders: usize,
+    /// chat: senders send at the same instants rather than evenly phased.
+    pub in_step: bool,
     /// http: the path to GET.
     pub path: String,
     pub json: bool,

@@ -269,6 +269,10 @@ struct BenchArgs {
     /// chat: how many clients send.
     #[arg(long, default_value_t = 10)]
     senders: usize,
+    /// chat: all senders send at the same instants (bursts of one line each), instead of
+    /// spreading their lines evenly over each period as independent people do.
+    #[arg(long)]
+    in_step: bool,
     /// echo: use UDP datagrams.
     #[arg(long)]
     udp: bool,
@@ -429,6 +433,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         duplex: args.duplex,
         verify: args.verify,
         senders: args.senders,
+        in_step: args.in_step,
         path: args.path,
         json: args.json,
         progress: std::io::stderr().is_terminal() && !args.json,

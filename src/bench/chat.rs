@@ -8,6 +8,11 @@
 //! be measured: `switchboard chat` and `ncat --chat` alike. Every client waits for the
 //! server's first line (a welcome or announce) before anyone sends.
 //!
+//! Senders are phased evenly: with S senders at R lines/s each, sender `i` sends at
+//! `(k + i/S) / R` seconds, so the server sees one line every `1/(S·R)` s, as from
+//! independent people. `--in-step` makes them all send at `k / R` instead: bursts of S
+//! lines at once, which measures how fast a burst of `S·(N-1)` deliveries drains.
+//!
 //! The server's flood control must allow the rate (`switchboard chat --rate 0`); a
 //! `! slow down` from the server is reported as an error.
 
@@ -66,8 +71,19 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     }
     let mut sending = Vec::new();
     for (i, s) in streams.iter().take(senders).enumerate() {
-        let (s, sent, rate, size) = (s.clone(), sent.clone(), opts.rate, opts.size);
-        sending.push(rt::spawn(send_lines(s, i, sent, rate, size, started, end)));
+        let phase = if opts.in_step {
+            0.0
+        } else {
+            i as f64 / senders as f64
+        };
+        let schedule = Schedule {
+            rate: opts.rate,
+            phase,
+            started,
+            end,
+        };
+        let (s, sent, size) = (s.clone(), sent.clone(), opts.size);
+        sending.push(rt::spawn(send_lines(s, i, sent, schedule, size)));
     }
     let mut report = Report::new("chat", "deliveries", opts.conns);
     for t in sending {
@@ -101,21 +117,37 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     Ok(report)
 }
 
+/// When one sender's lines are due.
+struct Schedule {
+    /// Lines per second.
+    rate: f64,
+    /// The offset of this sender's sends, as a fraction of the period `1/rate`.
+    phase: f64,
+    started: Instant,
+    end: Instant,
+}
+
+impl Schedule {
+    /// How many lines are due by now: line `k` (from 0) is due at `(k + 1 + phase) / rate`.
+    fn due(&self) -> u64 {
+        (self.started.elapsed().as_secs_f64() * self.rate - self.phase).max(0.0) as u64
+    }
+}
+
 async fn send_lines(
     mut s: rt::TcpStream,
     index: usize,
     sent: Arc<Vec<AtomicU64>>,
-    rate: f64,
+    schedule: Schedule,
     size: usize,
-    started: Instant,
-    end: Instant,
 ) -> Part {
     let mut part = Part::default();
     let mut seq = 0u64;
     let mut batch = Vec::new();
     let pad = "x".repeat(size.saturating_sub(28));
-    while Instant::now() < end {
-        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+    let started = schedule.started;
+    while Instant::now() < schedule.end {
+        let due = schedule.due();
         batch.clear();
         while seq < due {
             let micros = started.elapsed().as_micros();
