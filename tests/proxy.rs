@@ -42,7 +42,29 @@ fn config(upstreams: &[SocketAddr], balance: Balance) -> ProxyConfig {
     }
 }
 
+/// The proxy as the binary runs it by default: two pinned threads (`--threads` is one
+/// per core, and the test machine may have any number).
 fn start_proxy(cfg: ProxyConfig, server: ServerConfig) -> Proxy {
+    let listeners = rt::block_on(switchboard::service::bind_reuseport("127.0.0.1:0", 2)).unwrap();
+    let addr = listeners[0].local_addr().unwrap();
+    let stats = Stats::new();
+    let (trigger, shutdown) = shutdown::channel();
+    rt::spawn(proxy::run_pinned(
+        listeners,
+        server,
+        cfg,
+        stats.clone(),
+        shutdown,
+    ));
+    Proxy {
+        addr,
+        stats,
+        _trigger: trigger,
+    }
+}
+
+/// The proxy on the shared executor (`--threads 0`).
+fn start_shared_proxy(cfg: ProxyConfig, server: ServerConfig) -> Proxy {
     let listener = rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = Stats::new();
@@ -85,7 +107,21 @@ fn refused_addr() -> SocketAddr {
 #[test]
 fn sixteen_clients_carry_eight_mib_each_both_ways_intact() {
     let echo = start_role(Echo, ServerConfig::default());
-    let proxy = simple_proxy(echo.tcp);
+    sixteen_clients_through(simple_proxy(echo.tcp));
+    echo.stop();
+}
+
+#[test]
+fn sixteen_clients_intact_on_the_shared_executor() {
+    let echo = start_role(Echo, ServerConfig::default());
+    sixteen_clients_through(start_shared_proxy(
+        config(&[echo.tcp], Balance::First),
+        ServerConfig::default(),
+    ));
+    echo.stop();
+}
+
+fn sixteen_clients_through(proxy: Proxy) {
     let clients: Vec<_> = (0..16u64)
         .map(|seed| {
             let addr = proxy.addr;
@@ -116,7 +152,6 @@ fn sixteen_clients_carry_eight_mib_each_both_ways_intact() {
         c.join().unwrap();
     }
     wait_until("sessions to end", || proxy.stats.live_tasks() == 0);
-    echo.stop();
 }
 
 #[test]

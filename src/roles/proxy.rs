@@ -294,9 +294,14 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     let (mut up_pump, mut down_pump) = (up_pump.fuse(), down_pump.fuse());
     let (mut sent_up, mut sent_down): (Option<u64>, Option<u64>) = (None, None);
     let mut closed_first: Option<&'static str> = None;
+    // Once a timeout has shut both sockets, only the pumps' ends are awaited: the limit
+    // would stay passed, and a ready timer in a loop never yields to them (on a pinned
+    // thread they share this task's thread).
+    let mut timed_out = false;
     while sent_up.is_none() || sent_down.is_none() {
         let half_closed = sent_up.is_some() || sent_down.is_some();
         let limit = match (idle_timeout, cfg.fin_timeout.filter(|_| half_closed)) {
+            _ if timed_out => None,
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -318,6 +323,7 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
                 if limit.is_some_and(|l| activity.quiet_for() >= l) {
                     closed_first.get_or_insert(if half_closed { "fin timeout" } else { "idle timeout" });
                     shut(&sockets);
+                    timed_out = true;
                 }
             }
         }
