@@ -15,6 +15,11 @@
 //!   A failed write shuts both halves, so the reader wakes and the connection ends.
 //! - A message may carry a [`FileRegion`] after its bytes: the writer hands it to the
 //!   kernel (`sendfile`), so large files never pass through user space.
+//! - A writer with exactly one producer can be fed through a [`Handoff`]: while the writer
+//!   has nothing queued or in flight, the producer writes straight to the socket (what
+//!   the socket takes at once) and skips waking the writer task; the rest goes through
+//!   the mailbox as usual. Byte order is kept because the producer writes directly only
+//!   when everything it queued before has been written.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -23,6 +28,7 @@ use std::net::Shutdown as Halves;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -224,11 +230,20 @@ pub fn spawn_writer_with<B: Outgoing>(
     writer_rx: flume::Receiver<B>,
     stats: &Arc<Stats>,
 ) {
+    start_writer(stream, writer_rx, None, stats);
+}
+
+fn start_writer<B: Outgoing>(
+    stream: TcpStream,
+    writer_rx: flume::Receiver<B>,
+    pending: Option<Arc<AtomicUsize>>,
+    stats: &Arc<Stats>,
+) {
     let task = stats.task();
     let stats = stats.clone();
     rt::spawn_here(async move {
         let _task = task;
-        let written = write_loop(&stream, &writer_rx).await;
+        let written = write_loop(&stream, &writer_rx, pending.as_deref()).await;
         Stats::add(&stats.bytes_out, written.0);
         match written.1 {
             Ok(()) => {
@@ -242,9 +257,105 @@ pub fn spawn_writer_with<B: Outgoing>(
     });
 }
 
+/// The one producer's handle to a writer actor: a mailbox plus a direct path to the
+/// socket that is taken while the writer is idle (see the module notes).
+///
+/// Dropping it is dropping the mailbox's only sender: the writer flushes what is queued
+/// and shuts the write half.
+pub struct Handoff {
+    tx: flume::Sender<Vec<u8>>,
+    stream: TcpStream,
+    /// Messages queued and not yet completely written by the writer.
+    pending: Arc<AtomicUsize>,
+    /// Bytes written on the direct path (added to `stats.bytes_out` on drop).
+    direct: u64,
+    stats: Arc<Stats>,
+}
+
+/// The writer failed (its socket reset); nothing more can be written.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WriterGone;
+
+impl Handoff {
+    /// Spawns the writer actor for `stream` with a [`WRITER_MAILBOX`]-chunk mailbox.
+    pub fn spawn(stream: TcpStream, stats: &Arc<Stats>) -> Self {
+        let (tx, rx) = flume::bounded(WRITER_MAILBOX);
+        let pending = Arc::new(AtomicUsize::new(0));
+        start_writer(stream.clone(), rx, Some(pending.clone()), stats);
+        Handoff {
+            tx,
+            stream,
+            pending,
+            direct: 0,
+            stats: stats.clone(),
+        }
+    }
+
+    /// Writes `data` in order after everything sent before: at once, as far as the
+    /// socket takes it while the writer is idle; otherwise through the mailbox, waiting
+    /// while it is full (backpressure).
+    pub async fn send(&mut self, mut data: Vec<u8>) -> Result<(), WriterGone> {
+        // Acquire pairs with the writer's Release after a write: when nothing is pending,
+        // every byte sent before is in the socket, so writing now keeps the order.
+        if self.pending.load(Ordering::Acquire) == 0 {
+            match try_send_now(&self.stream, &data) {
+                Ok(n) if n == data.len() => {
+                    self.direct += n as u64;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    self.direct += n as u64;
+                    data.drain(..n);
+                }
+                Err(e) => {
+                    log::debug!("write failed: {e}");
+                    let _ = self.stream.shutdown(Halves::Both);
+                    return Err(WriterGone);
+                }
+            }
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.tx.send_async(data).await.map_err(|_| WriterGone)
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        Stats::add(&self.stats.bytes_out, self.direct);
+    }
+}
+
+/// One non-blocking `send` of as much of `data` as the socket takes now (0 when full).
+fn try_send_now(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: the descriptor is open (we hold the stream) and `data` is a valid
+        // buffer of `data.len()` bytes. MSG_NOSIGNAL: a reset peer gives EPIPE, not SIGPIPE.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                data.as_ptr() as *const libc::c_void,
+                data.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Writes what arrives until every sender is gone. With `pending` (a [`Handoff`]'s
+/// count), each message is subtracted from it once its bytes are all in the socket.
 async fn write_loop<B: Outgoing>(
     mut stream: &TcpStream,
     writer_rx: &flume::Receiver<B>,
+    pending: Option<&AtomicUsize>,
 ) -> (u64, io::Result<()>) {
     let mut written = 0u64;
     let mut next = None;
@@ -256,6 +367,7 @@ async fn write_loop<B: Outgoing>(
                 Err(_) => break,
             },
         };
+        let mut messages = 1;
         let mut result = if first.file().is_some() {
             Ok(0)
         } else {
@@ -276,6 +388,7 @@ async fn write_loop<B: Outgoing>(
                             break;
                         }
                         batch.extend_from_slice(m.bytes());
+                        messages += 1;
                         if batch.len() < WRITE_BATCH {
                             more = writer_rx.try_recv().ok();
                         }
@@ -295,6 +408,9 @@ async fn write_loop<B: Outgoing>(
         match result {
             Ok(n) => written += n as u64,
             Err(e) => return (written, Err(e)),
+        }
+        if let Some(pending) = pending {
+            pending.fetch_sub(messages, Ordering::Release);
         }
     }
     (written, stream.flush().await)
@@ -376,6 +492,105 @@ mod tests {
             assert_eq!(get(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
             assert_eq!(get(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 60);
             assert_eq!(get(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 3);
+        });
+    }
+
+    /// A connected pair of streams on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = rt::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        (near, far)
+    }
+
+    #[test]
+    fn handoff_keeps_order_across_direct_and_queued_writes() {
+        use futures::io::AsyncReadExt;
+        rt::block_on(async {
+            let (near, mut far) = pair().await;
+            // A small send buffer fills after a few chunks, so the sends below keep
+            // switching between the direct path and the writer's mailbox.
+            let small: libc::c_int = 4096;
+            // SAFETY: setsockopt on an open socket with a correctly sized int.
+            unsafe {
+                libc::setsockopt(
+                    near.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    &small as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+            let stats = Stats::new();
+            let mut handoff = Handoff::spawn(near.clone(), &stats);
+            let expected: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+            let sending = expected.clone();
+            let sender = rt::spawn(async move {
+                let mut at = 0;
+                for n in [1usize, 700, 65_536, 3, 40_000, 9_000].into_iter().cycle() {
+                    if at >= sending.len() {
+                        break;
+                    }
+                    let end = (at + n).min(sending.len());
+                    handoff.send(sending[at..end].to_vec()).await.unwrap();
+                    at = end;
+                }
+                // Dropping the handoff lets the writer flush and shut the write half.
+            });
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.unwrap();
+            sender.await;
+            assert_eq!(got.len(), expected.len());
+            assert!(got == expected, "bytes reordered or changed");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while stats.live_tasks() > 0 && Instant::now() < deadline {
+                rt::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(stats.live_tasks(), 0, "the writer outlived its handoff");
+            assert_eq!(
+                stats.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+                expected.len() as u64
+            );
+        });
+    }
+
+    #[test]
+    fn handoff_reports_a_reset_peer() {
+        rt::block_on(async {
+            let (near, far) = pair().await;
+            let stats = Stats::new();
+            let mut handoff = Handoff::spawn(near, &stats);
+            // Close the far side with unread input so it resets the connection.
+            let mut far_w = far.clone();
+            far_w.write_all(b"x").await.unwrap();
+            drop(far_w);
+            // SAFETY: linger {on, 0} makes close send a reset.
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            unsafe {
+                libc::setsockopt(
+                    far.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &linger as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as u32,
+                )
+            };
+            drop(far);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut gone = false;
+            while Instant::now() < deadline {
+                if handoff.send(vec![b'y'; 1000]).await.is_err() {
+                    gone = true;
+                    break;
+                }
+                rt::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(gone, "writes to a reset peer kept succeeding");
         });
     }
 }

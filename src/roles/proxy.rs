@@ -28,7 +28,7 @@ use futures::io::AsyncReadExt;
 
 use crate::Result;
 use crate::net::addr::AccessList;
-use crate::net::conn::{Input, Reader, spawn_writer};
+use crate::net::conn::{Handoff, Input, Reader};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
@@ -168,7 +168,7 @@ enum End {
 
 async fn pump(
     mut reader: Reader,
-    writer_tx: flume::Sender<Vec<u8>>,
+    mut writer: Handoff,
     activity: Arc<Activity>,
     tap: Option<(&'static str, SocketAddr)>,
 ) -> (u64, End) {
@@ -179,7 +179,7 @@ async fn pump(
                 if let Some((direction, peer)) = tap {
                     log_tap(direction, peer, &data);
                 }
-                if writer_tx.send_async(data).await.is_err() {
+                if writer.send(data).await.is_err() {
                     break End::WriterGone;
                 }
             }
@@ -187,7 +187,7 @@ async fn pump(
             Err(_) => break End::Reset,
         }
     };
-    // Dropping `writer_tx` here lets the other side's writer flush and half-close.
+    // Dropping `writer` here lets the other side's writer flush and half-close.
     (reader.bytes, end)
 }
 
@@ -253,15 +253,15 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
         }
     };
 
-    let upstream_tx = spawn_writer::<Vec<u8>>(up.stream.clone(), &stats);
-    let client_tx = spawn_writer::<Vec<u8>>(client.clone(), &stats);
+    // Each writer has one producer (the other side's pump), so each is fed through a
+    // `Handoff`: a chunk goes straight to the socket while that writer is idle.
+    let mut upstream_tx = Handoff::spawn(up.stream.clone(), &stats);
+    let client_tx = Handoff::spawn(client.clone(), &stats);
     if let Some(version) = cfg.send_proxy {
-        let _ = upstream_tx
-            .send_async(header::encode(version, src, dst))
-            .await;
+        let _ = upstream_tx.send(header::encode(version, src, dst)).await;
     }
     if !early.is_empty() {
-        let _ = upstream_tx.send_async(early).await;
+        let _ = upstream_tx.send(early).await;
     }
     let activity = Arc::new(Activity::new());
     let tap = |direction| cfg.tap.then_some((direction, src));
