@@ -226,10 +226,10 @@ struct ProxyArgs {
     #[arg(long)]
     tap: bool,
     /// Threads, each with its own listener (SO_REUSEPORT) and executor, so a session's
-    /// actors never hop threads (lower latency); 0 = one shared executor (more throughput
-    /// for a single session, which can then use two cores).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    threads: usize,
+    /// actors never hop threads [default: one per core]; 0 = one shared executor, where
+    /// idle threads steal work.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// On Ctrl-C or SIGTERM, let open sessions finish for this long (a second signal closes at once).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     drain: Duration,
@@ -463,7 +463,10 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
     let server = (*args.server.config()).clone();
     let stats = Stats::new();
     let serve_stats = stats.clone();
-    if args.threads == 0 {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 {
         let bound = service::bind(Some(&args.listen), None).await?;
         let listener = bound.tcp.expect("bound a TCP address");
         return service::run_until_signal("proxy", stats, args.drain, move |shutdown| {
@@ -471,7 +474,7 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         })
         .await;
     }
-    let listeners = service::bind_reuseport(&args.listen, args.threads).await?;
+    let listeners = service::bind_reuseport(&args.listen, threads).await?;
     service::run_until_signal("proxy", stats, args.drain, move |shutdown| async move {
         if let Err(e) = proxy::run_pinned(listeners, server, config, serve_stats, shutdown).await {
             log::error!(error = e.to_string().as_str(); "proxy: could not start its threads");

@@ -52,6 +52,13 @@ pub async fn bind_reuseport(addr: &str, n: usize) -> Result<Vec<std::net::TcpLis
         .map_err(|e| format!("cannot listen on {addr} (TCP): {}", addr::describe(&e)))?
         .first()
         .ok_or_else(|| format!("cannot listen on {addr} (TCP): it resolves to no address"))?;
+    // SO_REUSEPORT would let this process join a port another process already listens
+    // on with the option (a second switchboard, say) and split its clients. A plain bind
+    // first fails on any listener, so a busy port is an error here as everywhere.
+    let probe = std::net::TcpListener::bind(target)
+        .map_err(|e| format!("cannot listen on {target} (TCP): {}", addr::describe(&e)))?;
+    target = probe.local_addr()?; // the port picked, when 0 was asked for
+    drop(probe);
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
         let l = addr::bind_tcp_reuseport(target)

@@ -69,6 +69,44 @@ fn a_busy_port_fails_at_once_naming_the_address() {
     );
 }
 
+#[test]
+fn a_second_proxy_on_the_same_port_fails_instead_of_sharing_it() {
+    // The proxy listens with SO_REUSEPORT (one listener per thread); a second one on the
+    // same address must still fail as on any busy port.
+    let mut first = spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "127.0.0.1:9",
+        "--threads",
+        "2",
+    ]);
+    let addr = listening_addr(&mut first, "TCP");
+    let mut second = spawn(&[
+        "proxy",
+        "--listen",
+        &addr.to_string(),
+        "--upstream",
+        "127.0.0.1:9",
+    ]);
+    let status = wait_exit(&mut second);
+    assert!(!status.success());
+    let mut err = String::new();
+    second
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(
+        err.trim(),
+        format!("switchboard proxy: cannot listen on {addr} (TCP): address already in use")
+    );
+    drop(first);
+}
+
 /// CPU time (user + system) the process has used, from /proc.
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
