@@ -43,6 +43,7 @@ export PATH="$PATH:/usr/sbin"
 cargo build --release --quiet
 SB=target/release/switchboard
 cc -O2 -o "$WORK/epoll_echo" benches/epoll_echo.c
+cc -O2 -o "$WORK/epoll_chat" benches/epoll_chat.c
 
 mkdir -p "$WORK/site"
 head -c 1024 /dev/urandom >"$WORK/site/1k.bin"
@@ -50,6 +51,7 @@ head -c 1048576 /dev/urandom >"$WORK/site/1m.bin"
 
 bg() { "$@" >/dev/null 2>&1 & PIDS+=($!); }
 bg "$WORK/epoll_echo" 127.0.0.1 17100
+bg "$WORK/epoll_chat" 127.0.0.1 17114
 bg $SB -q echo --tcp 127.0.0.1:17101
 bg $SB -q discard --tcp 127.0.0.1:17102
 bg $SB -q proxy --listen 127.0.0.1:17103 --upstream 127.0.0.1:17102
@@ -137,6 +139,8 @@ for round in $(seq "$ROUNDS"); do
     record chat500_ncat "$(ncatjson 'r["latency_us"]["p99"]' chat 127.0.0.1:17109 --conns 500 --senders 10 --rate 60 --size 32)"
     record chat500_sb_step "$(sbjson 'r["latency_us"]["p99"]' chat 127.0.0.1:17108 --conns 500 --senders 10 --rate 60 --size 32 --in-step)"
     record chat500_ncat_step "$(ncatjson 'r["latency_us"]["p99"]' chat 127.0.0.1:17109 --conns 500 --senders 10 --rate 60 --size 32 --in-step)"
+    record chat500_c "$(sbjson 'r["latency_us"]["p99"]' chat 127.0.0.1:17114 --conns 500 --senders 10 --rate 60 --size 32)"
+    record chat500_c_rate "$(sbjson 'r["ops_per_sec"]' chat 127.0.0.1:17114 --conns 500 --senders 10 --rate 60 --size 32)"
     record chat500_ncat_rate "$(ncatjson 'r["ops_per_sec"]' chat 127.0.0.1:17109 --conns 500 --senders 10 --rate 60 --size 32)"
     record chat100_sb "$(sbjson 'r["ops_per_sec"]' chat 127.0.0.1:17108 --conns 100 --senders 10 --rate 3030 --size 32)"
     record chat_lost "$(sbjson 'r["counts"].get("lost", 0) + sum(r["errors"].values())' chat 127.0.0.1:17108 --conns 100 --senders 10 --rate 3030 --size 32)"
@@ -167,6 +171,7 @@ row "  the same with proxy --threads 0" "$shared_add" "$ha_add" "$(ratio "$share
 row "chat 500 clients p99 latency µs (vs ncat)" "$(m chat500_sb)" "$(m chat500_ncat)" "$(ratio "$(m chat500_sb)" "$(m chat500_ncat)")" "<= 0.10"
 row "  the same with senders --in-step" "$(m chat500_sb_step)" "$(m chat500_ncat_step)" "$(ratio "$(m chat500_sb_step)" "$(m chat500_ncat_step)")" "(context)"
 row "  ncat's deliveries/s of the 300,000 offered" "" "$(m chat500_ncat_rate)" "" "(context)"
+row "  minimal C epoll relay: p99 µs, deliveries/s" "$(m chat500_c)" "$(m chat500_c_rate)" "" "(context)"
 row "chat 100 clients deliveries/s (vs ncat)" "$(m chat100_sb)" "$(m chat100_ncat)" "$(ratio "$(m chat100_sb)" "$(m chat100_ncat)")" ">= 1.00"
 row "  chat 100 clients: lost or errors (a 3rd run)" "$(m chat_lost)" "" "" "0"
 row "http 1 KiB req/s, 64 conns (vs nginx)" "$(m http1k_sb)" "$(m http1k_nginx)" "$(ratio "$(m http1k_sb)" "$(m http1k_nginx)")" ">= 0.80"
