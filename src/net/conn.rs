@@ -133,31 +133,34 @@ impl Reader {
 /// apart, instead of never.
 pub fn set_keepalive(stream: &TcpStream, idle: Duration) -> io::Result<()> {
     let fd = stream.as_raw_fd();
-    let set = |level, name, value: libc::c_int| {
-        // SAFETY: setsockopt on an open socket with a correctly sized int.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                &value as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
-    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-    set(
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_int_option(
+        fd,
         libc::IPPROTO_TCP,
         libc::TCP_KEEPIDLE,
         idle.as_secs().clamp(1, 32_767) as libc::c_int,
     )?;
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10)?;
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)
+    set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10)?;
+    set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)
+}
+
+/// Sets one integer socket option on `fd`.
+fn set_int_option(fd: i32, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt on an open socket with a correctly sized int.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// How long [`Reader::linger`] waits for the peer to close.
@@ -512,17 +515,7 @@ mod tests {
             let (near, mut far) = pair().await;
             // A small send buffer fills after a few chunks, so the sends below keep
             // switching between the direct path and the writer's mailbox.
-            let small: libc::c_int = 4096;
-            // SAFETY: setsockopt on an open socket with a correctly sized int.
-            unsafe {
-                libc::setsockopt(
-                    near.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_SNDBUF,
-                    &small as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as u32,
-                )
-            };
+            set_int_option(near.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 4096).unwrap();
             let stats = Stats::new();
             let mut handoff = Handoff::spawn(near.clone(), &stats);
             let expected: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
