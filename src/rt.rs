@@ -43,7 +43,11 @@ where
 {
     std::thread::Builder::new().name(name).spawn(move || {
         PINNED.with(|p| p.set(true));
-        block_on(make())
+        // `make()` runs as a task of its own rather than as the future `block_on` drives:
+        // `block_on` re-polls its future whenever any task on this thread wakes, and an
+        // accept loop polled that way retries accept(2) (and re-arms its listener) once
+        // per message of every session on the thread.
+        block_on(async_std::task::spawn_local(make()))
     })
 }
 
