@@ -11,6 +11,7 @@ pub mod chat;
 pub mod connect;
 pub mod echo;
 pub mod http;
+mod many;
 pub mod stream;
 
 use std::fmt::Write as _;

@@ -6,7 +6,12 @@
 //! Each line carries its sender's index, sequence number and send time after the nick
 //! prefix (`<NICK> S SEQ MICROS ...`), so any server that relays `<NICK> text` lines can
 //! be measured: `switchboard chat` and `ncat --chat` alike. Every client waits for the
-//! server's first line (a welcome or announce) before anyone sends.
+//! server's first line (a welcome or announce), and then the run waits until the join
+//! notices have drained (no client received anything for 200 ms) before anyone sends, so
+//! it measures the steady state rather than the O(N²) storm of N joins.
+//!
+//! All clients are read on one thread with epoll (see `many`), so the load generator's
+//! own cost takes as little as it can from the server on a small machine.
 //!
 //! Senders are phased evenly: with S senders at R lines/s each, sender `i` sends at
 //! `(k + i/S) / R` seconds, so the server sees one line every `1/(S·R)` s, as from
@@ -16,18 +21,25 @@
 //! The server's flood control must allow the rate (`switchboard chat --rate 0`); a
 //! `! slow down` from the server is reported as an error.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use futures::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::{BenchOptions, GRACE, Part, Progress, REPLY_TIMEOUT, Report, open_all};
+use super::{BenchOptions, GRACE, Part, Progress, REPLY_TIMEOUT, Report, many, open_all};
 use crate::Result;
 use crate::rt;
 
 /// How often a sender wakes to send the lines that are due (it sends them in one write).
 const SEND_TICK: Duration = Duration::from_millis(1);
+
+/// Sending starts once no client has received anything for this long.
+const QUIET: Duration = Duration::from_millis(200);
+
+/// The longest the join notices may take to drain before the run is called off.
+const SETTLE_MAX: Duration = Duration::from_secs(30);
 
 pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     if opts.conns < 2 {
@@ -59,16 +71,58 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     }
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..senders).map(|_| AtomicU64::new(0)).collect());
     let delivered = Arc::new(AtomicU64::new(0));
+    // The one clock: lines carry their send time as microseconds since `clock`.
+    let clock = Instant::now();
+    let heard = Arc::new(AtomicU64::new(0));
+    let ending = Arc::new(AtomicBool::new(false));
+
+    // Every client's deliveries are read on one thread (see `many`): the observer's own
+    // cost is CPU the server under test does not get on a small machine.
+    let fds: Vec<RawFd> = streams.iter().map(|s| s.as_raw_fd()).collect();
+    let receivers: Vec<Receiver> = readers
+        .iter()
+        .enumerate()
+        .map(|(me, r)| Receiver::new(me, senders, r.buffer().to_vec()))
+        .collect();
+    drop(readers);
+    let reading = {
+        let shared = Shared {
+            clock,
+            heard: heard.clone(),
+            ending: ending.clone(),
+            delivered: delivered.clone(),
+            progress: progress.clone(),
+        };
+        let deadline = clock + SETTLE_MAX + opts.duration + GRACE + REPLY_TIMEOUT;
+        rt::spawn_blocking(move || receive_all(fds, receivers, senders, deadline, shared))
+    };
+    // Let the join notices (N joins, each announced to everyone) drain first, so the run
+    // measures the steady state and not the connection storm.
+    let settle_end = Instant::now() + SETTLE_MAX;
+    loop {
+        let quiet = clock
+            .elapsed()
+            .saturating_sub(Duration::from_micros(heard.load(Relaxed)));
+        if quiet >= QUIET {
+            break;
+        }
+        if Instant::now() >= settle_end {
+            ending.store(true, Relaxed);
+            for s in &streams {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            let _ = reading.await;
+            return Err(format!(
+                "{} kept sending for {}s after every client joined; nothing measured",
+                opts.target,
+                SETTLE_MAX.as_secs()
+            )
+            .into());
+        }
+        rt::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     let end = started + opts.duration;
-
-    let mut reading = Vec::new();
-    for (i, r) in readers.into_iter().enumerate() {
-        let (delivered, progress) = (delivered.clone(), progress.clone());
-        reading.push(rt::spawn(read_deliveries(
-            r, i, senders, started, delivered, progress,
-        )));
-    }
     let mut sending = Vec::new();
     for (i, s) in streams.iter().take(senders).enumerate() {
         let phase = if opts.in_step {
@@ -79,6 +133,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         let schedule = Schedule {
             rate: opts.rate,
             phase,
+            clock,
             started,
             end,
         };
@@ -96,17 +151,12 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         rt::sleep(Duration::from_millis(10)).await;
     }
     let measured = started.elapsed();
+    ending.store(true, Relaxed);
     for s in &streams {
         let _ = s.shutdown(std::net::Shutdown::Both);
     }
-    let mut seen = vec![0u64; senders];
-    for t in reading {
-        let (part, per_sender) = t.await;
-        report.merge(part);
-        for (total, n) in seen.iter_mut().zip(per_sender) {
-            *total += n;
-        }
-    }
+    let (part, seen) = reading.await?;
+    report.merge(part);
     let mut lost = 0;
     for (i, n) in sent.iter().enumerate() {
         lost += (n.load(Relaxed) * (opts.conns as u64 - 1)).saturating_sub(seen[i]);
@@ -123,6 +173,9 @@ struct Schedule {
     rate: f64,
     /// The offset of this sender's sends, as a fraction of the period `1/rate`.
     phase: f64,
+    /// The clock the lines' send times are read from.
+    clock: Instant,
+    /// When sending begins.
     started: Instant,
     end: Instant,
 }
@@ -145,12 +198,12 @@ async fn send_lines(
     let mut seq = 0u64;
     let mut batch = Vec::new();
     let pad = "x".repeat(size.saturating_sub(28));
-    let started = schedule.started;
+    let clock = schedule.clock;
     while Instant::now() < schedule.end {
         let due = schedule.due();
         batch.clear();
         while seq < due {
-            let micros = started.elapsed().as_micros();
+            let micros = clock.elapsed().as_micros();
             batch.extend_from_slice(format!("{index} {seq} {micros} {pad}\n").as_bytes());
             seq += 1;
         }
@@ -167,67 +220,158 @@ async fn send_lines(
     part
 }
 
-/// Reads until the socket is shut; returns the part and deliveries seen per sender.
-async fn read_deliveries(
-    mut r: BufReader<rt::TcpStream>,
+/// One client's side of the deliveries.
+struct Receiver {
     me: usize,
-    senders: usize,
-    started: Instant,
+    /// The sequence number expected next from each sender.
+    next: Vec<u64>,
+    /// Bytes of a line not yet complete.
+    pending: Vec<u8>,
+}
+
+impl Receiver {
+    fn new(me: usize, senders: usize, pending: Vec<u8>) -> Self {
+        Receiver {
+            me,
+            next: vec![0; senders],
+            pending,
+        }
+    }
+}
+
+/// What all clients saw together.
+struct Tally {
+    part: Part,
+    /// Deliveries seen per sender.
+    seen: Vec<u64>,
+}
+
+/// What the receiving thread shares with the run.
+struct Shared {
+    clock: Instant,
+    /// When (µs on `clock`) any client last received anything.
+    heard: Arc<AtomicU64>,
+    /// Set when the run shuts the clients down: failures after it are not errors.
+    ending: Arc<AtomicBool>,
     delivered: Arc<AtomicU64>,
     progress: Progress,
-) -> (Part, Vec<u64>) {
-    let mut part = Part::timed();
-    let mut next = vec![0u64; senders];
-    let mut seen = vec![0u64; senders];
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match r.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => part.bytes_received += n as u64,
+}
+
+/// Reads every client's socket until all are shut (by `run`, after the grace period) and
+/// returns what they saw, with the deliveries seen per sender.
+fn receive_all(
+    fds: Vec<RawFd>,
+    mut receivers: Vec<Receiver>,
+    senders: usize,
+    deadline: Instant,
+    shared: Shared,
+) -> Result<(Part, Vec<u64>)> {
+    let mut tally = Tally {
+        part: Part::timed(),
+        seen: vec![0; senders],
+    };
+    // What the welcome reads buffered beyond the first line.
+    for r in &mut receivers {
+        let buffered = std::mem::take(&mut r.pending);
+        tally.take(r, &buffered, shared.clock.elapsed());
+    }
+    let finished = many::read_until_closed(&fds, deadline, |i, event| match event {
+        many::Event::Data(data) => {
+            let now = shared.clock.elapsed();
+            shared.heard.store(now.as_micros() as u64, Relaxed);
+            let n = tally.take(&mut receivers[i], data, now);
+            if n > 0 {
+                shared.delivered.fetch_add(n, Relaxed);
+                shared.progress.add(n);
+            }
         }
-        let text = String::from_utf8_lossy(&line);
+        many::Event::Closed(end) if !shared.ending.load(Relaxed) => {
+            let why = end.map_or("closed".to_string(), |e| e.kind().to_string());
+            tally
+                .part
+                .error(format!("a client's connection ended during the run: {why}"));
+        }
+        many::Event::Closed(_) => {}
+    })?;
+    if !finished {
+        tally
+            .part
+            .error("a client's socket did not close when the run ended");
+    }
+    Ok((tally.part, tally.seen))
+}
+
+impl Tally {
+    /// Takes bytes that arrived for `r` at `now` (since the start); returns how many
+    /// deliveries they completed.
+    fn take(&mut self, r: &mut Receiver, data: &[u8], now: Duration) -> u64 {
+        let mut delivered = 0;
+        let mut rest = data;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let line = &rest[..=end];
+            rest = &rest[end + 1..];
+            let whole = if r.pending.is_empty() {
+                self.line(r, line, now)
+            } else {
+                let mut joined = std::mem::take(&mut r.pending);
+                joined.extend_from_slice(line);
+                let counted = self.line(r, &joined, now);
+                joined.clear();
+                r.pending = joined;
+                counted
+            };
+            delivered += u64::from(whole);
+        }
+        r.pending.extend_from_slice(rest);
+        self.part.bytes_received += data.len() as u64;
+        delivered
+    }
+
+    /// Checks one line; true when it was a delivery seen for the first time.
+    fn line(&mut self, r: &mut Receiver, line: &[u8], now: Duration) -> bool {
+        let text = String::from_utf8_lossy(line);
         if text.starts_with("! slow down") {
-            part.error("the server's flood control dropped lines: run it with --rate 0");
-            continue;
+            self.part
+                .error("the server's flood control dropped lines: run it with --rate 0");
+            return false;
         }
         if text.contains("left (send queue exceeded)") {
-            part.error("a client was evicted as too slow (the load generator could not keep up)");
-            continue;
+            self.part
+                .error("a client was evicted as too slow (the load generator could not keep up)");
+            return false;
         }
         let Some(body) = text.strip_prefix('<') else {
-            continue;
+            return false;
         };
         let Some((_nick, rest)) = body.split_once("> ") else {
-            continue;
+            return false;
         };
         let mut fields = rest.split(' ').map(str::parse::<u64>);
         let Some(Ok(from)) = fields.next() else {
-            continue; // a notice or another client's chatter, not a bench line
+            return false; // a notice or another client's chatter, not a bench line
         };
         let (Some(Ok(seq)), Some(Ok(micros))) = (fields.next(), fields.next()) else {
-            part.error("a line came back garbled");
-            continue;
+            self.part.error("a line came back garbled");
+            return false;
         };
         let from = from as usize;
-        if from == me || from >= senders {
-            part.error("a line came back to its sender");
-            continue;
+        if from == r.me || from >= self.seen.len() {
+            self.part.error("a line came back to its sender");
+            return false;
         }
-        let now = started.elapsed().as_micros() as u64;
-        part.record(Duration::from_micros(now.saturating_sub(micros)));
-        if seq < next[from] {
-            part.count("duplicated", 1);
-            continue;
+        let now = now.as_micros() as u64;
+        self.part
+            .record(Duration::from_micros(now.saturating_sub(micros)));
+        if seq < r.next[from] {
+            self.part.count("duplicated", 1);
+            return false;
         }
-        if seq > next[from] {
-            part.count("out of order or gap", 1);
+        if seq > r.next[from] {
+            self.part.count("out of order or gap", 1);
         }
-        next[from] = seq + 1;
-        seen[from] += 1;
-        part.ops += 1;
-        delivered.fetch_add(1, Relaxed);
-        progress.add(1);
+        r.next[from] = seq + 1;
+        self.seen[from] += 1;
+        self.part.ops += 1;
+        true
     }
-    (part, seen)
 }
