@@ -107,10 +107,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
             break;
         }
         if Instant::now() >= settle_end {
-            ending.store(true, Relaxed);
-            for s in &streams {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
+            close_all(&streams, &ending);
             let _ = reading.await;
             return Err(format!(
                 "{} kept sending for {}s after every client joined; nothing measured",
@@ -151,10 +148,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         rt::sleep(Duration::from_millis(10)).await;
     }
     let measured = started.elapsed();
-    ending.store(true, Relaxed);
-    for s in &streams {
-        let _ = s.shutdown(std::net::Shutdown::Both);
-    }
+    close_all(&streams, &ending);
     let (part, seen) = reading.await?;
     report.merge(part);
     let mut lost = 0;
@@ -165,6 +159,15 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     report.count("lost", lost);
     report.elapsed = measured;
     Ok(report)
+}
+
+/// Ends the run for every client: marks it ending (so the receiving thread takes the
+/// closes that follow as expected) and shuts each socket, which ends its reads.
+fn close_all(streams: &[rt::TcpStream], ending: &AtomicBool) {
+    ending.store(true, Relaxed);
+    for s in streams {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// When one sender's lines are due.
