@@ -106,9 +106,70 @@ fn chat_mode_counts_every_delivery() {
     assert_clean(ok, &out, &err);
     assert!(out.contains("\"lost\":0"), "{out}");
     // Every line sent reached the 19 other clients.
-    let sent = out.split("\"lines sent\":").nth(1).unwrap();
-    let sent: f64 = sent[..sent.find([',', '}']).unwrap()].parse().unwrap();
-    assert_eq!(field(&out, "ops"), sent * 19.0);
+    assert_eq!(field(&out, "ops"), lines_sent(&out) * 19.0);
+}
+
+/// A relay like `ncat --chat`: it forwards each chunk it reads to every other client,
+/// prefixed once with `<userK> `, so only a chunk's first line carries a nick. The
+/// `deaf`-th client accepted (from 0) gets the welcome and nothing after it.
+fn start_chunk_relay(deaf: Option<usize>) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::Mutex;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clients: Arc<Mutex<Vec<(usize, TcpStream)>>> = Arc::default();
+    std::thread::spawn(move || {
+        for (k, mut s) in listener.incoming().map_while(Result::ok).enumerate() {
+            let _ = s.write_all(b"<announce> welcome\n");
+            if Some(k) != deaf {
+                clients.lock().unwrap().push((k, s.try_clone().unwrap()));
+            }
+            let clients = clients.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    let mut chunk = format!("<user{k}> ").into_bytes();
+                    chunk.extend_from_slice(&buf[..n]);
+                    for (j, w) in clients.lock().unwrap().iter_mut() {
+                        if *j != k {
+                            let _ = w.write_all(&chunk);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The "lines sent" counter of a chat report.
+fn lines_sent(json: &str) -> f64 {
+    let sent = json.split("\"lines sent\":").nth(1).unwrap();
+    sent[..sent.find([',', '}']).unwrap()].parse().unwrap()
+}
+
+#[test]
+fn chat_mode_counts_lines_relayed_in_raw_chunks_and_reports_losses() {
+    // 2,000 lines/s per sender leave two or three lines per write (one write per
+    // millisecond), so most relayed lines arrive without a nick prefix.
+    let args = ["--conns", "6", "--senders", "3", "--rate", "2000"];
+    let relay = start_chunk_relay(None).to_string();
+    let (ok, out, err) = bench(&[&["chat", &relay][..], &args].concat());
+    assert_clean(ok, &out, &err);
+    assert!(out.contains("\"lost\":0"), "{out}");
+    assert_eq!(field(&out, "ops"), lines_sent(&out) * 5.0, "{out}");
+
+    // One client hears nothing: its share is lost, and the run's length is the time to
+    // the last delivery, not that plus the grace period spent waiting for the lost ones.
+    let relay = start_chunk_relay(Some(5)).to_string();
+    let (ok, out, err) = bench(&[&["chat", &relay][..], &args].concat());
+    assert!(ok, "{err} {out}");
+    let sent = lines_sent(&out);
+    assert_eq!(field(&out, "ops"), sent * 4.0, "{out}");
+    assert!(out.contains(&format!("\"lost\":{sent}")), "{out}");
+    let grace = switchboard::bench::GRACE.as_secs_f64();
+    assert!(field(&out, "seconds") < 1.0 + grace, "{out}");
 }
 
 #[test]

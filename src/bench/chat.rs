@@ -5,13 +5,18 @@
 //!
 //! Each line carries its sender's index, sequence number and send time after the nick
 //! prefix (`<NICK> S SEQ MICROS ...`), so any server that relays `<NICK> text` lines can
-//! be measured: `switchboard chat` and `ncat --chat` alike. Every client waits for the
+//! be measured: `switchboard chat` and `ncat --chat` alike. ncat relays raw chunks and
+//! prefixes only a chunk's first line, so a bare `S SEQ MICROS ...` line counts as well. Every client waits for the
 //! server's first line (a welcome or announce), and then the run waits until the join
 //! notices have drained (no client received anything for 200 ms) before anyone sends, so
 //! it measures the steady state rather than the O(N²) storm of N joins.
 //!
-//! All clients are read on one thread with epoll (see `many`), so the load generator's
-//! own cost takes as little as it can from the server on a small machine.
+//! The clients are read with epoll on one thread per core (see `many`), so the load
+//! generator's own cost takes as little as it can from the server on a small machine,
+//! and a line's N-1 copies are taken in parallel.
+//!
+//! Deliveries per second count the time from the first send to the last delivery: a
+//! run that loses lines waits a grace period for them, and that wait is not counted.
 //!
 //! Senders are phased evenly: with S senders at R lines/s each, sender `i` sends at
 //! `(k + i/S) / R` seconds, so the server sees one line every `1/(S·R)` s, as from
@@ -74,10 +79,12 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     // The one clock: lines carry their send time as microseconds since `clock`.
     let clock = Instant::now();
     let heard = Arc::new(AtomicU64::new(0));
+    let last_delivery = Arc::new(AtomicU64::new(0));
     let ending = Arc::new(AtomicBool::new(false));
 
-    // Every client's deliveries are read on one thread (see `many`): the observer's own
-    // cost is CPU the server under test does not get on a small machine.
+    // The deliveries are read with epoll on a few OS threads (see `many`), one per core:
+    // the observer's own cost is CPU the server under test does not get on a small
+    // machine, and a fan-out of N-1 copies is absorbed in parallel.
     let fds: Vec<RawFd> = streams.iter().map(|s| s.as_raw_fd()).collect();
     let receivers: Vec<Receiver> = readers
         .iter()
@@ -85,17 +92,16 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         .map(|(me, r)| Receiver::new(me, senders, r.buffer().to_vec()))
         .collect();
     drop(readers);
-    let reading = {
-        let shared = Shared {
-            clock,
-            heard: heard.clone(),
-            ending: ending.clone(),
-            delivered: delivered.clone(),
-            progress: progress.clone(),
-        };
-        let deadline = clock + SETTLE_MAX + opts.duration + GRACE + REPLY_TIMEOUT;
-        rt::spawn_blocking(move || receive_all(fds, receivers, senders, deadline, shared))
+    let shared = Shared {
+        clock,
+        heard: heard.clone(),
+        last_delivery: last_delivery.clone(),
+        ending: ending.clone(),
+        delivered: delivered.clone(),
+        progress: progress.clone(),
     };
+    let deadline = clock + SETTLE_MAX + opts.duration + GRACE + REPLY_TIMEOUT;
+    let reading = receive_on_threads(fds, receivers, senders, deadline, shared);
     // Let the join notices (N joins, each announced to everyone) drain first, so the run
     // measures the steady state and not the connection storm.
     let settle_end = Instant::now() + SETTLE_MAX;
@@ -147,10 +153,15 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     while delivered.load(Relaxed) < expected && Instant::now() < grace_end {
         rt::sleep(Duration::from_millis(10)).await;
     }
-    let measured = started.elapsed();
+    // The run lasted until its last delivery (or its planned duration): the grace period
+    // spent waiting for deliveries that never came is not part of it.
+    let last = clock + Duration::from_micros(last_delivery.load(Relaxed));
+    let measured = last.saturating_duration_since(started).max(opts.duration);
     close_all(&streams, &ending);
-    let (part, seen) = reading.await?;
-    report.merge(part);
+    let (parts, seen) = reading.await?;
+    for part in parts {
+        report.merge(part);
+    }
     let mut lost = 0;
     for (i, n) in sent.iter().enumerate() {
         lost += (n.load(Relaxed) * (opts.conns as u64 - 1)).saturating_sub(seen[i]);
@@ -249,15 +260,55 @@ struct Tally {
     seen: Vec<u64>,
 }
 
-/// What the receiving thread shares with the run.
+/// What the receiving threads share with the run.
+#[derive(Clone)]
 struct Shared {
     clock: Instant,
     /// When (µs on `clock`) any client last received anything.
     heard: Arc<AtomicU64>,
+    /// When (µs on `clock`) the latest delivery arrived.
+    last_delivery: Arc<AtomicU64>,
     /// Set when the run shuts the clients down: failures after it are not errors.
     ending: Arc<AtomicBool>,
     delivered: Arc<AtomicU64>,
     progress: Progress,
+}
+
+/// The most threads that read deliveries.
+const MAX_RECEIVING_THREADS: usize = 8;
+
+/// Splits the clients over one receiving thread per core (at most
+/// [`MAX_RECEIVING_THREADS`]); the future returns every thread's part and the deliveries
+/// seen per sender, summed.
+fn receive_on_threads(
+    fds: Vec<RawFd>,
+    mut receivers: Vec<Receiver>,
+    senders: usize,
+    deadline: Instant,
+    shared: Shared,
+) -> impl std::future::Future<Output = Result<(Vec<Part>, Vec<u64>)>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.clamp(1, MAX_RECEIVING_THREADS).min(fds.len());
+    let mut handles = Vec::new();
+    for chunk in fds.chunks(fds.len().div_ceil(threads)) {
+        let mine: Vec<Receiver> = receivers.drain(..chunk.len()).collect();
+        let (chunk, shared) = (chunk.to_vec(), shared.clone());
+        handles.push(rt::spawn_blocking(move || {
+            receive_all(chunk, mine, senders, deadline, shared)
+        }));
+    }
+    async move {
+        let mut parts = Vec::new();
+        let mut seen = vec![0; senders];
+        for h in handles {
+            let (part, theirs) = h.await?;
+            parts.push(part);
+            for (total, n) in seen.iter_mut().zip(theirs) {
+                *total += n;
+            }
+        }
+        Ok((parts, seen))
+    }
 }
 
 /// Reads every client's socket until all are shut (by `run`, after the grace period) and
@@ -284,6 +335,9 @@ fn receive_all(
             shared.heard.store(now.as_micros() as u64, Relaxed);
             let n = tally.take(&mut receivers[i], data, now);
             if n > 0 {
+                shared
+                    .last_delivery
+                    .fetch_max(now.as_micros() as u64, Relaxed);
                 shared.delivered.fetch_add(n, Relaxed);
                 shared.progress.add(n);
             }
@@ -343,11 +397,15 @@ impl Tally {
                 .error("a client was evicted as too slow (the load generator could not keep up)");
             return false;
         }
-        let Some(body) = text.strip_prefix('<') else {
-            return false;
-        };
-        let Some((_nick, rest)) = body.split_once("> ") else {
-            return false;
+        // `<NICK> S SEQ MICROS ...`; a relay of raw chunks (`ncat --chat`) prefixes
+        // only a chunk's first line, so a bare `S SEQ MICROS ...` counts too. Notices
+        // (`* `, `! `, `<announce> ...`) do not parse as numbers and are skipped.
+        let rest = match text.strip_prefix('<') {
+            Some(body) => match body.split_once("> ") {
+                Some((_nick, rest)) => rest,
+                None => return false,
+            },
+            None => &text,
         };
         let mut fields = rest.split(' ').map(str::parse::<u64>);
         let Some(Ok(from)) = fields.next() else {
