@@ -2,7 +2,7 @@
 # Runs switchboard and the reference programs side by side on loopback and prints the
 # medians of several rounds, with ratios against the targets in the issues.
 #
-#   benches/compare.sh                 # 3 rounds of 5 s per measurement (about 10 minutes)
+#   benches/compare.sh                 # 3 rounds of 5 s per measurement (about 17 minutes on 2 cores)
 #   ROUNDS=5 DUR=10s benches/compare.sh
 #
 # It installs what it needs with apt-get when run as root (haproxy, nginx, ncat, socat,
