@@ -109,8 +109,9 @@ fn chat_mode_counts_every_delivery() {
     assert_eq!(field(&out, "ops"), lines_sent(&out) * 19.0);
 }
 
-/// A relay like `ncat --chat`: it forwards each chunk it reads to every other client,
-/// prefixed once with `<userK> `, so only a chunk's first line carries a nick. The
+/// A relay like `ncat --chat`: it forwards each chunk of whole lines it reads to every
+/// other client, prefixed once with `<userK> `, so only a chunk's first line carries a
+/// nick. The
 /// `deaf`-th client accepted (from 0) gets the welcome and nothing after it.
 fn start_chunk_relay(deaf: Option<usize>) -> std::net::SocketAddr {
     use std::io::{Read, Write};
@@ -127,10 +128,16 @@ fn start_chunk_relay(deaf: Option<usize>) -> std::net::SocketAddr {
             }
             let clients = clients.clone();
             std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
+                let (mut buf, mut held) = ([0u8; 4096], Vec::new());
                 while let Ok(n @ 1..) = s.read(&mut buf) {
+                    // Whole lines only: a read that ends mid-line keeps the rest for
+                    // the next chunk (ncat would put the prefix mid-line).
+                    held.extend_from_slice(&buf[..n]);
+                    let Some(end) = held.iter().rposition(|&b| b == b'\n') else {
+                        continue;
+                    };
                     let mut chunk = format!("<user{k}> ").into_bytes();
-                    chunk.extend_from_slice(&buf[..n]);
+                    chunk.extend(held.drain(..=end));
                     for (j, w) in clients.lock().unwrap().iter_mut() {
                         if *j != k {
                             let _ = w.write_all(&chunk);

@@ -6,10 +6,12 @@
 //! Each line carries its sender's index, sequence number and send time after the nick
 //! prefix (`<NICK> S SEQ MICROS ...`), so any server that relays `<NICK> text` lines can
 //! be measured: `switchboard chat` and `ncat --chat` alike. ncat relays raw chunks and
-//! prefixes only a chunk's first line, so a bare `S SEQ MICROS ...` line counts as well. Every client waits for the
-//! server's first line (a welcome or announce), and then the run waits until the join
-//! notices have drained (no client received anything for 200 ms) before anyone sends, so
-//! it measures the steady state rather than the O(N²) storm of N joins.
+//! prefixes only a chunk's first line, so a bare `S SEQ MICROS ...` line counts as well.
+//!
+//! Every client waits for the server's first line (a welcome or announce), and then the
+//! run waits until the join notices have drained (no client received anything for
+//! 200 ms) before anyone sends, so it measures the steady state rather than the O(N²)
+//! storm of N joins.
 //!
 //! The clients are read with epoll on one thread per core (see `many`), so the load
 //! generator's own cost takes as little as it can from the server on a small machine,
