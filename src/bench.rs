@@ -300,6 +300,10 @@ impl Progress {
     pub fn add(&self, n: u64) {
         self.0.fetch_add(n, Relaxed);
     }
+    /// Operations done so far in this run.
+    pub fn total(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
 }
 
 /// Runs the benchmark and prints its report.
@@ -316,7 +320,7 @@ pub async fn run(opts: BenchOptions) -> Result<()> {
             let mut last = 0;
             loop {
                 rt::sleep(Duration::from_secs(1)).await;
-                let now = p.0.load(Relaxed);
+                let now = p.total();
                 eprint!(
                     "\r{name}: {:>5.0}s  {:>12} ops/s   ",
                     start.elapsed().as_secs_f64(),

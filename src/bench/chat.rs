@@ -77,7 +77,6 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         readers.push(r);
     }
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..senders).map(|_| AtomicU64::new(0)).collect());
-    let delivered = Arc::new(AtomicU64::new(0));
     // The one clock: lines carry their send time as microseconds since `clock`.
     let clock = Instant::now();
     let heard = Arc::new(AtomicU64::new(0));
@@ -99,7 +98,6 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         heard: heard.clone(),
         last_delivery: last_delivery.clone(),
         ending: ending.clone(),
-        delivered: delivered.clone(),
         progress: progress.clone(),
     };
     let deadline = clock + SETTLE_MAX + opts.duration + GRACE + REPLY_TIMEOUT;
@@ -152,7 +150,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     let total_sent: u64 = sent.iter().map(|n| n.load(Relaxed)).sum();
     let expected = total_sent * (opts.conns as u64 - 1);
     let grace_end = Instant::now() + GRACE;
-    while delivered.load(Relaxed) < expected && Instant::now() < grace_end {
+    while progress.total() < expected && Instant::now() < grace_end {
         rt::sleep(Duration::from_millis(10)).await;
     }
     // The run lasted until its last delivery (or its planned duration): the grace period
@@ -272,7 +270,7 @@ struct Shared {
     last_delivery: Arc<AtomicU64>,
     /// Set when the run shuts the clients down: failures after it are not errors.
     ending: Arc<AtomicBool>,
-    delivered: Arc<AtomicU64>,
+    /// Deliveries counted so far (also the progress line's count).
     progress: Progress,
 }
 
@@ -340,7 +338,6 @@ fn receive_all(
                 shared
                     .last_delivery
                     .fetch_max(now.as_micros() as u64, Relaxed);
-                shared.delivered.fetch_add(n, Relaxed);
                 shared.progress.add(n);
             }
         }
