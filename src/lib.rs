@@ -10,9 +10,11 @@
 //! - [`role`]: the public API for writing a role; [`roles`]: the built-in ones.
 //! - [`client`]: the nc-style tools `connect` and `listen`.
 //! - [`service`]: running a server as a process (signals, drain, summary).
+//! - [`logging`]: the servers' log output, which a stalled or closed stdout cannot stop.
 
 pub mod bench;
 pub mod client;
+pub mod logging;
 pub mod net;
 pub mod role;
 pub mod roles;

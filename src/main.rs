@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use switchboard::bench;
 use switchboard::client::{connect, listen};
+use switchboard::logging;
 use switchboard::net::addr::{AccessList, nonzero, parse_cidr, parse_duration};
 use switchboard::net::listener::ServerConfig;
 use switchboard::net::stats::Stats;
@@ -315,9 +316,11 @@ fn main() -> ExitCode {
         Command::Listen(args) => ("listen", rt::block_on(listen::run(&args.addr, args.udp))),
         Command::Bench(args) => ("bench", rt::block_on(run_bench(args))),
         server => {
-            start_logger(cli.verbose, cli.quiet);
+            let log = start_logger(cli.verbose, cli.quiet);
             service::prepare();
-            rt::block_on(run_server(server))
+            let result = rt::block_on(run_server(server));
+            log.finish();
+            result
         }
     };
     match result {
@@ -329,11 +332,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn start_logger(verbose: u8, quiet: u8) {
+fn start_logger(verbose: u8, quiet: u8) -> logging::LogOutput {
     use log::LevelFilter::*;
     let levels = [Off, Error, Warn, Info, Debug, Trace];
     let index = (3 + verbose as i32 - quiet as i32).clamp(0, 5) as usize;
-    femme::with_level(levels[index]);
+    logging::start(levels[index])
 }
 
 async fn run_server(command: Command) -> (&'static str, Result<()>) {

@@ -180,3 +180,111 @@ fn running_out_of_descriptors_neither_stops_nor_spins_the_accept_loop() {
         .unwrap();
     assert!(err.is_empty() || !err.contains("panicked"), "{err}");
 }
+
+/// Reads one `\n`-terminated line (without it) from a chat client.
+fn chat_line(c: &mut std::io::BufReader<std::net::TcpStream>) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    c.read_line(&mut line).unwrap();
+    assert!(line.ends_with('\n'), "cut short: {line:?}");
+    line.trim_end().to_string()
+}
+
+/// A chat client with a read deadline, and its first line (the welcome).
+fn chat_client(addr: std::net::SocketAddr) -> (std::io::BufReader<std::net::TcpStream>, String) {
+    let s = client(addr);
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let welcome = chat_line(&mut r);
+    (r, welcome)
+}
+
+#[test]
+fn a_closed_stdout_neither_panics_nor_stops_the_chat() {
+    // `switchboard chat | head -1`: whatever read the log has gone. Every log line after
+    // this fails with EPIPE; before the log pipe, the task that logged panicked (a
+    // joining client's reader, or the broker when someone left).
+    let mut proc = spawn(&["chat", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    drop(log);
+
+    let (mut a, welcome) = chat_client(addr);
+    assert_eq!(
+        welcome,
+        "* welcome to #lobby, you are guest1 (type /help for commands)"
+    );
+    let (mut b, welcome) = chat_client(addr);
+    assert!(welcome.contains("you are guest2"), "{welcome}");
+    assert_eq!(chat_line(&mut a), "* guest2 joined");
+    b.get_mut().write_all(b"still here\n").unwrap();
+    assert_eq!(chat_line(&mut a), "<guest2> still here");
+    drop(b);
+    assert_eq!(chat_line(&mut a), "* guest2 left (connection closed)");
+    let (_c, welcome) = chat_client(addr);
+    assert!(welcome.contains("you are guest3"), "{welcome}");
+    assert_eq!(chat_line(&mut a), "* guest3 joined");
+
+    signal(&proc, libc::SIGTERM);
+    assert_eq!(chat_line(&mut a), "* server shutting down");
+    let status = wait_exit(&mut proc);
+    assert!(status.success(), "exit status {status}");
+    let mut err = String::new();
+    proc.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        err.trim(),
+        "switchboard: log output stopped: cannot write to stdout (Broken pipe (os error 32))"
+    );
+}
+
+#[test]
+fn an_unread_stdout_neither_stalls_the_server_nor_hides_what_it_dropped() {
+    // `switchboard chat -v | less`, left unscrolled: nothing reads the log. Before the
+    // log pipe, the server stopped once the 64 KiB pipe was full.
+    let mut proc = spawn(&["chat", "-v", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    // Each join and leave logs four records (accepted, joined, reader done, left), more
+    // than 300 bytes: 4,000 of them overflow the pipe and the 1 MiB queue behind it.
+    for i in 1..=4000 {
+        let (c, welcome) = chat_client(addr);
+        assert!(
+            welcome.starts_with(&format!("* welcome to #lobby, you are guest{i} ")),
+            "{welcome}"
+        );
+        drop(c);
+    }
+    // Reading again: what was queued comes out, then a warning counting what was not.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in log.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = std::time::Instant::now();
+    loop {
+        let line = rx
+            .recv_timeout(DEADLINE.saturating_sub(start.elapsed()))
+            .expect("no warning about dropped log lines");
+        if line.contains("log output fell behind: lines dropped") {
+            break;
+        }
+    }
+    signal(&proc, libc::SIGTERM);
+    let status = wait_exit(&mut proc);
+    assert!(status.success(), "exit status {status}");
+    // The summary is still the last record, written before the process exits.
+    let rest: Vec<String> = rx.iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("stopped: connections=4000")),
+        "no summary in the last lines: {:?}",
+        &rest[rest.len().saturating_sub(5)..]
+    );
+}

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,22 +158,36 @@ pub fn spawn(args: &[&str]) -> Proc {
 /// Reads the child's log (stdout) until a "listening" line names an address; returns it.
 /// A thread keeps draining the log afterwards so the server never blocks on a full pipe.
 pub fn listening_addr(proc: &mut Proc, transport: &str) -> SocketAddr {
+    let (addr, mut log) = listening_addr_and_log(proc, transport);
+    std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+    addr
+}
+
+/// Like [`listening_addr`], but hands back the rest of the log, unread: the caller reads
+/// it, or closes it, or leaves it full.
+pub fn listening_addr_and_log(
+    proc: &mut Proc,
+    transport: &str,
+) -> (SocketAddr, BufReader<ChildStdout>) {
     let stdout = proc.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let transport = transport.to_string();
     std::thread::spawn(move || {
-        let mut found = false;
+        let mut log = BufReader::new(stdout);
         let mut in_listening = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if found {
-                continue;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match log.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
             }
             if line.contains("listening") {
                 in_listening = line.contains(&transport);
             }
             if let Some(addr) = find_addr(&line).filter(|_| in_listening) {
-                found = true;
-                let _ = tx.send(addr);
+                let _ = tx.send((addr, log));
+                return;
             }
         }
     });
