@@ -89,6 +89,7 @@ impl ServerArgs {
             access: AccessList::new(self.allow.clone(), self.deny.clone()),
             full_notice: None,
             keep_open_on_shutdown: false,
+            quiet: false,
         })
     }
 }

@@ -82,7 +82,7 @@ fn a_second_proxy_on_the_same_port_fails_instead_of_sharing_it() {
         "--threads",
         "2",
     ]);
-    let addr = listening_addr(&mut first, "TCP");
+    let (addr, mut first_log) = listening_addr_and_log(&mut first, "TCP");
     let mut second = spawn(&[
         "proxy",
         "--listen",
@@ -92,19 +92,19 @@ fn a_second_proxy_on_the_same_port_fails_instead_of_sharing_it() {
     ]);
     let status = wait_exit(&mut second);
     assert!(!status.success());
-    let mut err = String::new();
-    second
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut second);
     assert_eq!(
         err.trim(),
         format!("switchboard proxy: cannot listen on {addr} (TCP): address already in use")
     );
-    drop(first);
+
+    // The two threads' accept loops are announced once, as one server.
+    signal(&first, libc::SIGTERM);
+    assert!(wait_exit(&mut first).success());
+    let mut rest = String::new();
+    first_log.read_to_string(&mut rest).unwrap();
+    assert!(!rest.contains("listening"), "{rest}");
+    assert_eq!(rest.matches("stopped accepting").count(), 1, "{rest}");
 }
 
 /// CPU time (user + system) the process has used, from /proc.
@@ -169,15 +169,9 @@ fn running_out_of_descriptors_neither_stops_nor_spins_the_accept_loop() {
     let mut late = client(addr);
     late.write_all(b"recovered").unwrap();
     assert_eq!(read_n(&mut late, 9), b"recovered");
-    let mut err = String::new();
     signal(&proc, libc::SIGTERM);
     wait_exit(&mut proc);
-    proc.0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut proc);
     assert!(err.is_empty() || !err.contains("panicked"), "{err}");
 }
 
@@ -228,13 +222,7 @@ fn a_closed_stdout_neither_panics_nor_stops_the_chat() {
     assert_eq!(chat_line(&mut a), "* server shutting down");
     let status = wait_exit(&mut proc);
     assert!(status.success(), "exit status {status}");
-    let mut err = String::new();
-    proc.0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut proc);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(
         err.trim(),

@@ -27,13 +27,7 @@ fn run(args: &[&str], input: &[u8]) -> (bool, Vec<u8>, String) {
     let mut proc = Proc(child);
     let mut out = Vec::new();
     proc.0.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    let mut err = String::new();
-    proc.0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut proc);
     let status = wait_exit(&mut proc);
     feeder.join().unwrap();
     (status.success(), out, err)

@@ -51,6 +51,9 @@ pub struct ServerConfig {
     /// At shutdown, leave open connections alone to finish by themselves (the proxy's
     /// `--drain`) instead of shutting their read halves.
     pub keep_open_on_shutdown: bool,
+    /// Log the accept loop's start and stop at debug rather than info: several loops
+    /// serve one address (the proxy's `--threads`), and their caller says it once.
+    pub quiet: bool,
 }
 
 /// One accepted connection, handed to the role.
@@ -88,7 +91,12 @@ pub async fn serve<H, F>(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    log::info!(role = role, addr = local.as_str(); "listening (TCP)");
+    let announce = if config.quiet {
+        log::Level::Debug
+    } else {
+        log::Level::Info
+    };
+    log::log!(announce, role = role, addr = local.as_str(); "listening (TCP)");
 
     loop {
         if backoff > Duration::ZERO {
@@ -185,10 +193,10 @@ pub async fn serve<H, F>(
 
     drop(listener);
     if config.keep_open_on_shutdown {
-        log::info!(role = role, open = open.len(); "stopped accepting; letting open connections finish");
+        log::log!(announce, role = role, open = open.len(); "stopped accepting; letting open connections finish");
         return;
     }
-    log::info!(role = role, open = open.len(); "stopped accepting; closing connections");
+    log::log!(announce, role = role, open = open.len(); "stopped accepting; closing connections");
     for stream in open.values() {
         let _ = stream.shutdown(Halves::Read);
     }

@@ -80,9 +80,19 @@ pub async fn run_pinned(
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) -> Result<()> {
-    let (server, proxy) = (Arc::new(server), Arc::new(proxy));
-    let (done_tx, done_rx) = flume::bounded::<()>(listeners.len());
     let threads = listeners.len();
+    let addr = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    // Each thread's accept loop logs at debug; the address is announced here, once.
+    let server = ServerConfig {
+        quiet: true,
+        ..server
+    };
+    let (server, proxy) = (Arc::new(server), Arc::new(proxy));
+    let (done_tx, done_rx) = flume::bounded::<()>(threads);
     for (i, listener) in listeners.into_iter().enumerate() {
         let (server, proxy, stats, shutdown, done_tx) = (
             server.clone(),
@@ -104,9 +114,11 @@ pub async fn run_pinned(
         })?;
     }
     drop(done_tx);
+    log::info!(role = "proxy", addr = addr.as_str(), threads = threads; "listening (TCP)");
     for _ in 0..threads {
         let _ = done_rx.recv_async().await;
     }
+    log::info!(role = "proxy", open = stats.active(); "stopped accepting; letting open connections finish");
     Ok(())
 }
 

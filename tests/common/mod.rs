@@ -217,6 +217,18 @@ pub fn wait_exit(proc: &mut Proc) -> std::process::ExitStatus {
     }
 }
 
+/// Everything the child wrote to stderr, to its end (the child has exited or will).
+pub fn stderr_of(proc: &mut Proc) -> String {
+    let mut err = String::new();
+    proc.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
 /// Sends a signal to the child.
 pub fn signal(proc: &Proc, sig: i32) {
     // SAFETY: kill(2) on our own child's pid.
