@@ -25,7 +25,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -76,7 +76,7 @@ impl LogOutput {
         };
         // SAFETY: dup2 onto fd 1 from a descriptor we own; it closes the pipe's last
         // write end, so the drain thread reads to the end of what was logged.
-        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) } < 0 {
+        if unsafe { libc::dup2(null.as_raw_fd(), 1) } < 0 {
             return;
         }
         let deadline = Instant::now() + FINISH_WAIT;
@@ -118,32 +118,21 @@ impl Shared {
 /// Puts a pipe on fd 1 and starts the threads that empty it into the real stdout.
 fn redirect_stdout() -> io::Result<LogOutput> {
     // The real stdout, moved above the standard descriptors; none if it was closed.
-    let real = dup_above_stdio(1).ok();
+    let real = dup_above_stdio(1).ok().map(File::from);
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills both descriptors on success.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // Either end may have landed on fd 0..2 if those were closed: move both up first.
-    let moved = (dup_above_stdio(fds[0]), dup_above_stdio(fds[1]));
-    // SAFETY: closing the descriptors pipe2 just gave us.
-    unsafe {
-        libc::close(fds[0]);
-        libc::close(fds[1]);
-    }
-    let (read_end, write_end) = (moved.0?, moved.1?);
-    // SAFETY: both descriptors are ours; dup2 makes fd 1 the pipe's write end.
-    let rc = unsafe { libc::dup2(write_end, 1) };
-    let err = io::Error::last_os_error();
-    // SAFETY: read_end and real are open descriptors owned from here on by the Files.
-    let pipe = unsafe { File::from_raw_fd(read_end) };
-    let real = real.map(|fd| unsafe { File::from_raw_fd(fd) });
-    // SAFETY: fd 1 now holds the write end (or dup2 failed); this copy is not needed.
-    unsafe { libc::close(write_end) };
-    if rc < 0 {
-        return Err(err);
-    }
+    // SAFETY: pipe2 just opened both; the OwnedFds close them.
+    let fresh = fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    // Either end may have landed on fd 0..2 if those were closed: move both up.
+    let pipe = File::from(dup_above_stdio(fresh[0].as_raw_fd())?);
+    let write_end = dup_above_stdio(fresh[1].as_raw_fd())?;
+    drop(fresh);
 
+    // The threads start before fd 1 changes, so nothing is ever written to a pipe that
+    // nobody drains.
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue {
             broken: real.is_none(),
@@ -165,19 +154,25 @@ fn redirect_stdout() -> io::Result<LogOutput> {
         ),
         None => None,
     };
+    // SAFETY: both descriptors are open; on success fd 1 is the pipe's write end. On
+    // failure dropping `write_end` closes the pipe and the threads end.
+    if unsafe { libc::dup2(write_end.as_raw_fd(), 1) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(LogOutput {
         threads: Some((drain, output)),
     })
 }
 
 /// Duplicates `fd` onto the lowest free descriptor above 2, close-on-exec.
-fn dup_above_stdio(fd: RawFd) -> io::Result<RawFd> {
+fn dup_above_stdio(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: fcntl F_DUPFD_CLOEXEC only creates a descriptor; it fails cleanly on a bad `fd`.
     let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
     if new < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(new)
+        // SAFETY: fcntl just opened `new`, and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(new) })
     }
 }
 
