@@ -224,7 +224,8 @@ struct ProxyArgs {
     /// With --accept-proxy: close clients that send no header within this time.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     proxy_header_timeout: Duration,
-    /// Log the traffic itself, tagged client->server / server->client (text, or hex).
+    /// Log the traffic itself, tagged client->server / server->client (text, or hex; the
+    /// first 1 KiB of each chunk read).
     #[arg(long)]
     tap: bool,
     /// Threads, each with its own listener (SO_REUSEPORT) and executor, so a session's
