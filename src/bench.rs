@@ -321,10 +321,14 @@ pub async fn run(opts: BenchOptions) -> Result<()> {
             loop {
                 rt::sleep(Duration::from_secs(1)).await;
                 let now = p.total();
-                eprint!(
-                    "\r{name}: {:>5.0}s  {:>12} ops/s   ",
-                    start.elapsed().as_secs_f64(),
-                    now - last
+                // (Not `eprint!`: a closed stderr must not panic the run.)
+                let _ = std::io::Write::write_fmt(
+                    &mut std::io::stderr(),
+                    format_args!(
+                        "\r{name}: {:>5.0}s  {:>12} ops/s   ",
+                        start.elapsed().as_secs_f64(),
+                        now - last
+                    ),
                 );
                 last = now;
             }
@@ -343,7 +347,7 @@ pub async fn run(opts: BenchOptions) -> Result<()> {
         / (wall_before.elapsed().as_secs_f64() * cores).max(1e-9);
     if let Some(t) = ticker {
         t.cancel().await;
-        eprintln!();
+        crate::note!();
     }
     if opts.json {
         println!("{}", report.json());

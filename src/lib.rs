@@ -21,6 +21,16 @@ pub mod roles;
 pub mod rt;
 pub mod service;
 
+/// `eprintln!` for notices, except that a stderr that is closed or gone (`2>&-`, a pipe
+/// whose reader left) is ignored instead of panicking: a notice is never worth a crash.
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// The error type for glue code: anything that can be shown to a user.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 

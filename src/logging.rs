@@ -46,10 +46,7 @@ pub fn start(level: log::LevelFilter) -> LogOutput {
     let output = match redirect_stdout() {
         Ok(output) => output,
         Err(e) => {
-            let _ = writeln!(
-                io::stderr(),
-                "switchboard: logging straight to stdout (no log pipe: {e})"
-            );
+            crate::note!("switchboard: logging straight to stdout (no log pipe: {e})");
             LogOutput { threads: None }
         }
     };
@@ -240,10 +237,7 @@ fn output(mut real: File, shared: &Shared) {
             queue.broken = true;
             queue.bytes = Vec::new();
             drop(queue);
-            let _ = writeln!(
-                io::stderr(),
-                "switchboard: log output stopped: cannot write to stdout ({e})"
-            );
+            crate::note!("switchboard: log output stopped: cannot write to stdout ({e})");
             return;
         }
         batch.clear();

@@ -328,7 +328,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("switchboard {name}: {e}");
+            switchboard::note!("switchboard {name}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -417,7 +417,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
     use std::io::IsTerminal;
     let target = switchboard::client::resolve_target(&args.target).await?[0];
     if !target.ip().is_loopback() {
-        eprintln!(
+        switchboard::note!(
             "switchboard bench: note: {target} is not a loopback address; load only machines you run"
         );
     }

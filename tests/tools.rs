@@ -134,3 +134,23 @@ fn listen_udp_prints_each_datagram_with_its_sender() {
     stdout.read_line(&mut got).unwrap();
     assert_eq!(got, format!("[{}] ping\n", sock.local_addr().unwrap()));
 }
+
+#[test]
+fn listen_carries_on_when_its_stderr_goes_away() {
+    // `switchboard listen ADDR 2>&1 | ...` whose reader of stderr left: the notices
+    // ("connected", "closed") fail with EPIPE; before, the first one panicked the tool.
+    let mut proc = spawn(&["listen", "127.0.0.1:0"]);
+    let mut stderr = BufReader::new(proc.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = find_addr(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
+    drop(stderr);
+    let mut stdout = BufReader::new(proc.0.stdout.take().unwrap());
+    for text in ["first", "second"] {
+        let mut c = client(addr);
+        c.write_all(format!("{text}\n").as_bytes()).unwrap();
+        let mut got = String::new();
+        stdout.read_line(&mut got).unwrap();
+        assert_eq!(got, format!("[{}] {text}\n", c.local_addr().unwrap()));
+    }
+}

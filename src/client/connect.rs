@@ -120,7 +120,7 @@ async fn udp(opts: &ConnectOptions, addrs: Vec<SocketAddr>) -> Result<()> {
             match stdin.read_until(b'\n', &mut line).await {
                 Ok(0) | Err(_) => return Ok::<(), crate::Error>(()),
                 Ok(n) if n > MAX_DATAGRAM => {
-                    eprintln!(
+                    crate::note!(
                         "switchboard connect: skipped a {n}-byte line: a datagram holds at most {MAX_DATAGRAM} bytes"
                     );
                 }

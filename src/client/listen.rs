@@ -57,17 +57,17 @@ pub fn tagged(peer: SocketAddr, line: &[u8]) -> Vec<u8> {
 
 async fn listen_tcp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()> {
     let listener = bind_tcp(addr).await?;
-    eprintln!("listening on {} (TCP)", listener.local_addr()?);
+    crate::note!("listening on {} (TCP)", listener.local_addr()?);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
             Err(e) => {
-                eprintln!("accept failed: {e}");
+                crate::note!("accept failed: {e}");
                 rt::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
-        eprintln!("[{peer}] connected");
+        crate::note!("[{peer}] connected");
         let stdout_tx = stdout_tx.clone();
         rt::spawn(async move {
             let mut reader = Reader::new(stream, None);
@@ -98,14 +98,14 @@ async fn listen_tcp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()>
             if !pending.is_empty() {
                 let _ = stdout_tx.send_async(tagged(peer, &pending)).await;
             }
-            eprintln!("[{peer}] {why} ({} bytes)", reader.bytes);
+            crate::note!("[{peer}] {why} ({} bytes)", reader.bytes);
         });
     }
 }
 
 async fn listen_udp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()> {
     let socket = bind_udp(addr).await?;
-    eprintln!("listening on {} (UDP)", socket.local_addr()?);
+    crate::note!("listening on {} (UDP)", socket.local_addr()?);
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
         match socket.recv_from(&mut buf).await {
@@ -113,7 +113,7 @@ async fn listen_udp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()>
                 let _ = stdout_tx.send_async(tagged(peer, &buf[..n])).await;
             }
             Err(e) => {
-                eprintln!("receive failed: {e}");
+                crate::note!("receive failed: {e}");
                 rt::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
