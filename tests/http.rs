@@ -51,6 +51,14 @@ fn site() -> Site {
     std::fs::write(root.join("%2e%2e"), "a file literally named %2e%2e").unwrap();
     std::os::unix::fs::symlink(dir.join("secret"), root.join("link")).unwrap();
     std::os::unix::fs::symlink(&dir, root.join("up")).unwrap();
+    // Links that stay inside: relative (the kernel resolves it beneath the root) and
+    // absolute (refused by that check, so resolved and checked the slow way).
+    std::os::unix::fs::symlink("a.txt", root.join("inner")).unwrap();
+    std::os::unix::fs::symlink(root.join("a.txt"), root.join("abs")).unwrap();
+    let fifo =
+        std::ffi::CString::new(root.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     let big = Rng::new(9).bytes(2 << 20);
     std::fs::write(root.join("big.bin"), &big).unwrap();
     Site { dir, big }
@@ -224,6 +232,26 @@ fn traversal_attempts_never_leave_the_root() {
     for target in ["*", "secret"] {
         assert_eq!(get(server.addr, target, "").status, 400, "{target}");
     }
+}
+
+#[test]
+fn links_inside_the_root_are_followed_and_a_fifo_is_refused_at_once() {
+    let site = site();
+    let server = default_server(&site);
+    for target in ["/inner", "/abs"] {
+        let r = get(server.addr, target, "");
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, b"0123456789abcdef".as_slice()),
+            "{target}"
+        );
+    }
+    // Opening a FIFO for reading waits for a writer: served naively, it would hold a
+    // thread forever. It is not a file, so: 404, at once, and the server carries on.
+    for _ in 0..4 {
+        assert_eq!(get(server.addr, "/fifo", "").status, 404);
+    }
+    assert_eq!(get(server.addr, "/a.txt", "").status, 200);
 }
 
 #[test]

@@ -42,6 +42,8 @@ pub const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: switchboar
 pub struct HttpConfig {
     /// The directory served; canonical (symlinks resolved), so containment checks hold.
     pub root: PathBuf,
+    /// The same directory, open: requests are resolved beneath it by the kernel.
+    pub root_dir: Arc<std::fs::File>,
     /// A request head must arrive complete within this time (slowloris guard).
     pub header_timeout: Duration,
 }
@@ -54,7 +56,10 @@ impl HttpConfig {
         if !root.is_dir() {
             return Err(format!("--root {}: not a directory", root.display()).into());
         }
+        let root_dir =
+            std::fs::File::open(&root).map_err(|e| format!("--root {}: {e}", root.display()))?;
         Ok(HttpConfig {
+            root_dir: Arc::new(root_dir),
             root,
             header_timeout,
         })
@@ -205,7 +210,7 @@ fn answer(cfg: &HttpConfig, req: &Request) -> (Response, bool) {
         close = true;
         Response::text(400, Some("request bodies are not accepted"))
     } else {
-        files::respond(&cfg.root, req)
+        files::respond(&cfg.root, &cfg.root_dir, req)
     };
     if let Some(why) = response.note.filter(|_| response.status == 404) {
         log::warn!(target = req.target.as_str(), why = why; "http: refused a path outside the root");

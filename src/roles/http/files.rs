@@ -8,8 +8,9 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -84,24 +85,17 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Answers `req` (GET or HEAD) from `root`, which must be canonical.
-pub fn respond(root: &Path, req: &Request) -> Response {
+/// Answers `req` (GET or HEAD) from `root`, which must be canonical; `root_dir` is that
+/// directory, open.
+pub fn respond(root: &Path, root_dir: &File, req: &Request) -> Response {
     let (rel, trailing_slash) = match request::target_path(&req.target) {
         Ok(p) => p,
         Err(TargetError::Bad(why)) => return Response::text(400, Some(why)),
         Err(TargetError::Escape(why)) => return Response::text(404, Some(why)),
     };
-    let path = match fs::canonicalize(root.join(&rel)) {
-        Ok(p) => p,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Response::text(403, None),
-        Err(_) => return Response::text(404, None),
-    };
-    if !request::inside(root, &path) {
-        return Response::text(404, Some("a symlink leads out of the root"));
-    }
-    let meta = match fs::metadata(&path) {
-        Ok(m) => m,
-        Err(_) => return Response::text(404, None),
+    let (file, meta, path) = match open_under(root, root_dir, &rel) {
+        Ok(opened) => opened,
+        Err(response) => return response,
     };
     if meta.is_dir() {
         if !trailing_slash {
@@ -112,16 +106,89 @@ pub fn respond(root: &Path, req: &Request) -> Response {
             };
             return Response::empty(301, vec![("Location", format!("{path_part}/{query}"))]);
         }
-        let index = fs::canonicalize(path.join("index.html"));
-        if let Some(index) = index
-            .ok()
-            .filter(|i| request::inside(root, i) && i.is_file())
-        {
-            return serve_file(&index, req);
-        }
-        return listing(&path, &req.target);
+        return match open_under(root, root_dir, &rel.join("index.html")) {
+            Ok((index, meta, index_path)) if meta.is_file() => {
+                serve_file(index, meta, &index_path, req)
+            }
+            _ => listing(&path, &req.target),
+        };
     }
-    serve_file(&path, req)
+    serve_file(file, meta, &path, req)
+}
+
+/// Opens what `rel` (relative, no `..`: see [`request::target_path`]) names under the
+/// root without ever leaving it; returns the file, its metadata and its path (for the
+/// content type and listings), or the response that says why not.
+///
+/// The fast path is one `openat2(RESOLVE_BENEATH)` from the root's descriptor: the kernel
+/// follows symlinks but refuses any resolution that leaves the root. Where it cannot
+/// decide (an absolute symlink, one that leads out, a kernel without openat2) the slow
+/// path resolves every symlink itself and checks where the path ended up.
+fn open_under(
+    root: &Path,
+    root_dir: &File,
+    rel: &Path,
+) -> Result<(File, fs::Metadata, std::path::PathBuf), Response> {
+    let not_opened = |e: io::Error| match e.kind() {
+        io::ErrorKind::PermissionDenied => Response::text(403, None),
+        _ => Response::text(404, None),
+    };
+    let (file, path) = match open_beneath(root_dir, rel) {
+        Some(opened) => (opened.map_err(not_opened)?, root.join(rel)),
+        None => {
+            let path = fs::canonicalize(root.join(rel)).map_err(not_opened)?;
+            if !request::inside(root, &path) {
+                return Err(Response::text(404, Some("a symlink leads out of the root")));
+            }
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .map_err(not_opened)?;
+            (file, path)
+        }
+    };
+    // Metadata of the file we opened, not of a path, so the two cannot differ.
+    let meta = file.metadata().map_err(|_| Response::text(404, None))?;
+    Ok((file, meta, path))
+}
+
+/// `openat2(root_dir, rel, O_RDONLY | O_NONBLOCK, RESOLVE_BENEATH)`. O_NONBLOCK: a FIFO in
+/// the tree must not block the thread in `open` (it is then refused as not a file).
+/// `None` when the kernel could not decide and the caller must resolve the path itself.
+fn open_beneath(root_dir: &File, rel: &Path) -> Option<io::Result<File>> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let c_rel = std::ffi::CString::new(rel.as_os_str().as_bytes()).ok()?;
+    // SAFETY: open_how is plain integers; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid directory descriptor, a NUL-terminated path and a correctly sized
+    // open_how; on success the result is a new descriptor that we own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root_dir.as_raw_fd(),
+            c_rel.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: openat2 just returned this descriptor.
+        return Some(Ok(unsafe { File::from_raw_fd(fd as i32) }));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR | libc::EACCES | libc::ENAMETOOLONG) => Some(Err(e)),
+        // EXDEV (leaves the root, or an absolute symlink), ELOOP, ENOSYS, EPERM (a
+        // seccomp filter), EAGAIN, ...: let the slow path decide.
+        _ => None,
+    }
 }
 
 /// The `ETag` of a file: size and modification time, which change when it does.
@@ -139,17 +206,10 @@ fn etag(meta: &fs::Metadata) -> String {
     )
 }
 
-fn serve_file(path: &Path, req: &Request) -> Response {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Response::text(403, None),
-        Err(_) => return Response::text(404, None),
-    };
-    // Metadata of the file we opened, not of the path, so the two cannot differ.
-    let meta = match file.metadata() {
-        Ok(m) if m.is_file() => m,
-        _ => return Response::text(404, None),
-    };
+fn serve_file(file: File, meta: fs::Metadata, path: &Path, req: &Request) -> Response {
+    if !meta.is_file() {
+        return Response::text(404, None);
+    }
     let len = meta.len();
     let tag = etag(&meta);
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
