@@ -2,8 +2,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::{BufRead, Write};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -60,67 +60,6 @@ fn default_chat() -> Chat {
     start_chat(ServerConfig::default(), ChatConfig::default())
 }
 
-/// A TCP chat user.
-struct User {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-    nick: String,
-}
-
-impl User {
-    fn join(chat: &Chat) -> User {
-        let s = client(chat.tcp);
-        let mut u = User {
-            w: s.try_clone().unwrap(),
-            r: BufReader::new(s),
-            nick: String::new(),
-        };
-        let welcome = u.line();
-        let nick = welcome
-            .strip_prefix("* welcome to #lobby, you are ")
-            .and_then(|r| r.split(' ').next());
-        u.nick = nick
-            .unwrap_or_else(|| panic!("unexpected greeting {welcome:?}"))
-            .to_string();
-        assert_eq!(
-            welcome,
-            format!(
-                "* welcome to #lobby, you are {} (type /help for commands)",
-                u.nick
-            )
-        );
-        u
-    }
-    fn say(&mut self, text: &str) {
-        self.w.write_all(format!("{text}\n").as_bytes()).unwrap();
-    }
-    /// The next line, without its `\n`; panics at EOF or after the deadline.
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        assert!(self.r.read_line(&mut l).unwrap() > 0, "unexpected EOF");
-        assert!(l.ends_with('\n'), "line without newline: {l:?}");
-        l.pop();
-        l
-    }
-    /// Skips lines until one equals `want`; returns the ones skipped.
-    fn until(&mut self, want: &str) -> Vec<String> {
-        let mut skipped = Vec::new();
-        loop {
-            let l = self.line();
-            if l == want {
-                return skipped;
-            }
-            skipped.push(l);
-        }
-    }
-    fn nick(&mut self, nick: &str) {
-        let old = self.nick.clone();
-        self.say(&format!("/nick {nick}"));
-        self.until(&format!("* {old} is now {nick}"));
-        self.nick = nick.to_string();
-    }
-}
-
 /// A UDP chat user.
 struct UdpUser {
     s: UdpSocket,
@@ -154,9 +93,9 @@ impl UdpUser {
 #[test]
 fn tcp_and_udp_users_chat_in_one_room_with_every_command() {
     let chat = default_chat();
-    let mut alice = User::join(&chat);
+    let mut alice = User::join(chat.tcp);
     alice.nick("alice");
-    let mut bob = User::join(&chat);
+    let mut bob = User::join(chat.tcp);
     assert_eq!(alice.line(), format!("* {} joined", bob.nick));
     bob.nick("bob");
     assert_eq!(alice.line(), format!("* {} is now bob", "guest2"));
@@ -248,7 +187,7 @@ fn tcp_and_udp_users_chat_in_one_room_with_every_command() {
 #[test]
 fn nicks_are_unique_ignoring_case_across_transports() {
     let chat = default_chat();
-    let mut alice = User::join(&chat);
+    let mut alice = User::join(chat.tcp);
     alice.nick("Alice");
     let udp = UdpUser::new(&chat);
     udp.say("/nick aLiCe");
@@ -256,7 +195,7 @@ fn nicks_are_unique_ignoring_case_across_transports() {
     assert_eq!(udp.datagram(), "! nick taken: aLiCe\n");
     udp.say("/nick dave");
     udp.until("* guest2 is now dave");
-    let mut other = User::join(&chat);
+    let mut other = User::join(chat.tcp);
     other.say("/nick DAVE");
     other.until("! nick taken: DAVE");
     // A client may change the case of its own nick.
@@ -281,14 +220,7 @@ fn two_hundred_clients_each_get_every_other_line_once_in_order() {
             let (barrier, joined) = (barrier.clone(), joined.clone());
             let addr = chat.tcp;
             std::thread::spawn(move || {
-                let s = client(addr);
-                let mut u = User {
-                    w: s.try_clone().unwrap(),
-                    r: BufReader::new(s),
-                    nick: String::new(),
-                };
-                let welcome = u.line();
-                u.nick = welcome.split(' ').nth(6).unwrap().to_string();
+                let mut u = User::join(addr);
                 joined.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 barrier.wait();
                 for i in 0..LINES {
@@ -336,10 +268,10 @@ fn a_slow_consumer_is_evicted_while_others_keep_receiving() {
         ..Default::default()
     };
     let chat = start_chat(ServerConfig::default(), config);
-    let mut slow = User::join(&chat);
+    let mut slow = User::join(chat.tcp);
     slow.nick("slow");
-    let mut fast = User::join(&chat);
-    let mut sender = User::join(&chat);
+    let mut fast = User::join(chat.tcp);
+    let mut sender = User::join(chat.tcp);
     fast.nick("fast");
     sender.nick("sender");
     fast.until("* guest3 is now sender");
@@ -400,8 +332,8 @@ fn flooding_is_limited_with_one_warning_per_burst() {
         ..Default::default()
     };
     let chat = start_chat(ServerConfig::default(), config);
-    let mut flooder = User::join(&chat);
-    let mut listener = User::join(&chat);
+    let mut flooder = User::join(chat.tcp);
+    let mut listener = User::join(chat.tcp);
     flooder.until(&format!("* {} joined", listener.nick));
     let mut burst = String::new();
     for i in 0..50 {
@@ -452,8 +384,8 @@ fn flooding_is_limited_with_one_warning_per_burst() {
 #[test]
 fn long_lines_control_characters_and_telnet_negotiation_are_handled() {
     let chat = default_chat();
-    let mut a = User::join(&chat);
-    let mut b = User::join(&chat);
+    let mut a = User::join(chat.tcp);
+    let mut b = User::join(chat.tcp);
     a.until(&format!("* {} joined", b.nick));
     let long = "y".repeat(5000);
     a.say(&long);
@@ -477,7 +409,7 @@ fn silent_udp_users_time_out() {
         ..Default::default()
     };
     let chat = start_chat(ServerConfig::default(), config);
-    let mut watcher = User::join(&chat);
+    let mut watcher = User::join(chat.tcp);
     let udp = UdpUser::new(&chat);
     udp.say("/nick ghost");
     watcher.until("* guest2 is now ghost");
@@ -489,7 +421,7 @@ fn silent_udp_users_time_out() {
 #[test]
 fn shutdown_tells_everyone_before_closing() {
     let chat = default_chat();
-    let mut a = User::join(&chat);
+    let mut a = User::join(chat.tcp);
     let udp = UdpUser::new(&chat);
     udp.say("hello");
     a.until("<guest2> hello");
@@ -511,7 +443,7 @@ fn a_full_server_says_so_before_closing() {
         },
         ChatConfig::default(),
     );
-    let _a = User::join(&chat);
+    let _a = User::join(chat.tcp);
     let mut b = client(chat.tcp);
     assert_eq!(read_to_end(&mut b), b"! server full\n");
     chat.stop();

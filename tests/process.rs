@@ -175,24 +175,6 @@ fn running_out_of_descriptors_neither_stops_nor_spins_the_accept_loop() {
     assert!(err.is_empty() || !err.contains("panicked"), "{err}");
 }
 
-/// Reads one `\n`-terminated line (without it) from a chat client.
-fn chat_line(c: &mut std::io::BufReader<std::net::TcpStream>) -> String {
-    use std::io::BufRead;
-    let mut line = String::new();
-    c.read_line(&mut line).unwrap();
-    assert!(line.ends_with('\n'), "cut short: {line:?}");
-    line.trim_end().to_string()
-}
-
-/// A chat client with a read deadline, and its first line (the welcome).
-fn chat_client(addr: std::net::SocketAddr) -> (std::io::BufReader<std::net::TcpStream>, String) {
-    let s = client(addr);
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut r = std::io::BufReader::new(s);
-    let welcome = chat_line(&mut r);
-    (r, welcome)
-}
-
 #[test]
 fn a_closed_stdout_neither_panics_nor_stops_the_chat() {
     // `switchboard chat | head -1`: whatever read the log has gone. Every log line after
@@ -202,24 +184,22 @@ fn a_closed_stdout_neither_panics_nor_stops_the_chat() {
     let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
     drop(log);
 
-    let (mut a, welcome) = chat_client(addr);
-    assert_eq!(
-        welcome,
-        "* welcome to #lobby, you are guest1 (type /help for commands)"
-    );
-    let (mut b, welcome) = chat_client(addr);
-    assert!(welcome.contains("you are guest2"), "{welcome}");
-    assert_eq!(chat_line(&mut a), "* guest2 joined");
-    b.get_mut().write_all(b"still here\n").unwrap();
-    assert_eq!(chat_line(&mut a), "<guest2> still here");
+    // (join checks the whole welcome line.)
+    let mut a = User::join(addr);
+    assert_eq!(a.nick, "guest1");
+    let mut b = User::join(addr);
+    assert_eq!(b.nick, "guest2");
+    assert_eq!(a.line(), "* guest2 joined");
+    b.say("still here");
+    assert_eq!(a.line(), "<guest2> still here");
     drop(b);
-    assert_eq!(chat_line(&mut a), "* guest2 left (connection closed)");
-    let (_c, welcome) = chat_client(addr);
-    assert!(welcome.contains("you are guest3"), "{welcome}");
-    assert_eq!(chat_line(&mut a), "* guest3 joined");
+    assert_eq!(a.line(), "* guest2 left (connection closed)");
+    let c = User::join(addr);
+    assert_eq!(c.nick, "guest3");
+    assert_eq!(a.line(), "* guest3 joined");
 
     signal(&proc, libc::SIGTERM);
-    assert_eq!(chat_line(&mut a), "* server shutting down");
+    assert_eq!(a.line(), "* server shutting down");
     let status = wait_exit(&mut proc);
     assert!(status.success(), "exit status {status}");
     let err = stderr_of(&mut proc);
@@ -239,12 +219,7 @@ fn an_unread_stdout_neither_stalls_the_server_nor_hides_what_it_dropped() {
     // Each join and leave logs four records (accepted, joined, reader done, left), more
     // than 300 bytes: 4,000 of them overflow the pipe and the 1 MiB queue behind it.
     for i in 1..=4000 {
-        let (c, welcome) = chat_client(addr);
-        assert!(
-            welcome.starts_with(&format!("* welcome to #lobby, you are guest{i} ")),
-            "{welcome}"
-        );
-        drop(c);
+        assert_eq!(User::join(addr).nick, format!("guest{i}"));
     }
     // Reading again: what was queued comes out, then a warning counting what was not.
     let (tx, rx) = std::sync::mpsc::channel();

@@ -3,7 +3,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::Stdio;
+use std::net::SocketAddr;
+use std::process::{ChildStderr, ChildStdout, Stdio};
 
 use common::*;
 use switchboard::net::listener::ServerConfig;
@@ -89,14 +90,28 @@ fn connect_reports_refused_and_unknown_hosts_in_one_line() {
     assert!(!ok && err.contains("HOST:PORT"), "{err}");
 }
 
-#[test]
-fn listen_prints_lines_from_many_clients_tagged_by_peer() {
-    let mut proc = spawn(&["listen", "127.0.0.1:0"]);
+/// Starts `switchboard listen ARGS` on port 0; returns it, the address its first stderr
+/// line names, and its stderr and stdout to read on.
+fn start_listen(
+    args: &[&str],
+) -> (
+    Proc,
+    SocketAddr,
+    BufReader<ChildStderr>,
+    BufReader<ChildStdout>,
+) {
+    let mut proc = spawn(&[&["listen"], args].concat());
     let mut stderr = BufReader::new(proc.0.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
     let addr = find_addr(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
-    let mut stdout = BufReader::new(proc.0.stdout.take().unwrap());
+    let stdout = BufReader::new(proc.0.stdout.take().unwrap());
+    (proc, addr, stderr, stdout)
+}
+
+#[test]
+fn listen_prints_lines_from_many_clients_tagged_by_peer() {
+    let (_proc, addr, _stderr, mut stdout) = start_listen(&["127.0.0.1:0"]);
 
     let mut a = client(addr);
     let mut b = client(addr);
@@ -122,12 +137,7 @@ fn listen_prints_lines_from_many_clients_tagged_by_peer() {
 
 #[test]
 fn listen_udp_prints_each_datagram_with_its_sender() {
-    let mut proc = spawn(&["listen", "--udp", "127.0.0.1:0"]);
-    let mut stderr = BufReader::new(proc.0.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = find_addr(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
-    let mut stdout = BufReader::new(proc.0.stdout.take().unwrap());
+    let (_proc, addr, _stderr, mut stdout) = start_listen(&["--udp", "127.0.0.1:0"]);
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.send_to(b"ping", addr).unwrap();
     let mut got = String::new();
@@ -139,13 +149,8 @@ fn listen_udp_prints_each_datagram_with_its_sender() {
 fn listen_carries_on_when_its_stderr_goes_away() {
     // `switchboard listen ADDR 2>&1 | ...` whose reader of stderr left: the notices
     // ("connected", "closed") fail with EPIPE; before, the first one panicked the tool.
-    let mut proc = spawn(&["listen", "127.0.0.1:0"]);
-    let mut stderr = BufReader::new(proc.0.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = find_addr(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (_proc, addr, stderr, mut stdout) = start_listen(&["127.0.0.1:0"]);
     drop(stderr);
-    let mut stdout = BufReader::new(proc.0.stdout.take().unwrap());
     for text in ["first", "second"] {
         let mut c = client(addr);
         c.write_all(format!("{text}\n").as_bytes()).unwrap();

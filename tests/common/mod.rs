@@ -2,7 +2,7 @@
 //! condition with a deadline, run the built binary, make reproducible random bytes.
 #![allow(dead_code)] // each test file uses a different part of this module
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
@@ -253,5 +253,68 @@ pub fn reset_on_close(s: &std::net::TcpStream) {
             &linger as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::linger>() as u32,
         );
+    }
+}
+
+/// A TCP chat user: joins, and reads the server's lines with [`DEADLINE`] as the read
+/// timeout (set by [`client`]).
+pub struct User {
+    pub w: std::net::TcpStream,
+    pub r: BufReader<std::net::TcpStream>,
+    pub nick: String,
+}
+
+impl User {
+    /// Connects to the chat at `addr` and checks the welcome, which names the nick.
+    pub fn join(addr: SocketAddr) -> User {
+        let s = client(addr);
+        let mut u = User {
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+            nick: String::new(),
+        };
+        let welcome = u.line();
+        let nick = welcome
+            .strip_prefix("* welcome to #lobby, you are ")
+            .and_then(|r| r.split(' ').next());
+        u.nick = nick
+            .unwrap_or_else(|| panic!("unexpected greeting {welcome:?}"))
+            .to_string();
+        assert_eq!(
+            welcome,
+            format!(
+                "* welcome to #lobby, you are {} (type /help for commands)",
+                u.nick
+            )
+        );
+        u
+    }
+    pub fn say(&mut self, text: &str) {
+        self.w.write_all(format!("{text}\n").as_bytes()).unwrap();
+    }
+    /// The next line, without its `\n`; panics at EOF or after the deadline.
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        assert!(self.r.read_line(&mut l).unwrap() > 0, "unexpected EOF");
+        assert!(l.ends_with('\n'), "line without newline: {l:?}");
+        l.pop();
+        l
+    }
+    /// Skips lines until one equals `want`; returns the ones skipped.
+    pub fn until(&mut self, want: &str) -> Vec<String> {
+        let mut skipped = Vec::new();
+        loop {
+            let l = self.line();
+            if l == want {
+                return skipped;
+            }
+            skipped.push(l);
+        }
+    }
+    pub fn nick(&mut self, nick: &str) {
+        let old = self.nick.clone();
+        self.say(&format!("/nick {nick}"));
+        self.until(&format!("* {old} is now {nick}"));
+        self.nick = nick.to_string();
     }
 }
