@@ -207,14 +207,12 @@ pub fn find_addr(line: &str) -> Option<SocketAddr> {
 
 /// Waits for the child to exit, at most [`DEADLINE`]; returns its status.
 pub fn wait_exit(proc: &mut Proc) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = proc.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(start.elapsed() < DEADLINE, "the process did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut status = None;
+    wait_until("the process to exit", || {
+        status = proc.0.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
 }
 
 /// Everything the child wrote to stderr, to its end (the child has exited or will).
