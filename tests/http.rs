@@ -958,7 +958,9 @@ impl Child {
         assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     }
 
-    /// The log's records (a line, then its indented key-value lines) that contain `text`.
+    /// The log's records that contain `text`, as key-value maps. (The tests run debug
+    /// builds, where femme prints a record as a line and then one indented `key value`
+    /// line per field.)
     fn records_with(&self, text: &str) -> Vec<HashMap<String, String>> {
         let log = self.log.lock().unwrap().clone();
         let mut records: Vec<Vec<&str>> = Vec::new();
@@ -974,9 +976,9 @@ impl Child {
             .map(|r| {
                 r[1..]
                     .iter()
-                    .filter_map(|l| {
+                    .map(|l| {
                         let (k, v) = l.trim_start().split_once(' ').unwrap_or((l.trim(), ""));
-                        Some((k.to_string(), v.to_string()))
+                        (k.to_string(), v.to_string())
                     })
                     .collect()
             })

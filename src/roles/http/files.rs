@@ -5,6 +5,10 @@
 //! page-cached file that is a few microseconds, far less than handing each call to a
 //! blocking thread. Bodies over [`SMALL_FILE`] are not read at all: the writer is handed
 //! the open file and a region, and the kernel copies it to the socket (`sendfile`).
+//!
+//! Containment: every path is looked up beneath the root's descriptor ([`open_beneath`]:
+//! `openat2(RESOLVE_BENEATH)`, else [`open_walk`]), and everything after that — metadata,
+//! body, listing — uses the descriptor opened, never the path again.
 
 use std::fs::{self, File};
 use std::io;
