@@ -202,6 +202,10 @@ pub trait Outgoing: Send + 'static {
     fn file(&self) -> Option<&FileRegion> {
         None
     }
+    /// Told, once the writer is done with [`Outgoing::file`]'s region, how many of its
+    /// bytes went out and what stopped it short, if anything did (a file that shrank, a
+    /// peer that left): what the role logs is then what was sent.
+    fn file_sent(&self, _sent: u64, _stopped: Option<&io::Error>) {}
 }
 
 impl Outgoing for Vec<u8> {
@@ -227,13 +231,27 @@ pub fn spawn_writer<B: Outgoing>(stream: TcpStream, stats: &Arc<Stats>) -> flume
     writer_tx
 }
 
+/// Like [`spawn_writer_with`], and returns a channel that disconnects when the writer
+/// has ended (it carries no message): a producer that waits for the writer to finish a
+/// message (to release what it holds) waits on this too, so a writer that failed on an
+/// earlier message, leaving that one queued for good, cannot leave it waiting.
+pub fn spawn_writer_watched<B: Outgoing>(
+    stream: TcpStream,
+    writer_rx: flume::Receiver<B>,
+    stats: &Arc<Stats>,
+) -> flume::Receiver<std::convert::Infallible> {
+    let (ended_tx, ended_rx) = flume::bounded(1);
+    start_writer(stream, writer_rx, None, stats, Some(ended_tx));
+    ended_rx
+}
+
 /// Like [`spawn_writer`] for a mailbox the caller made (a role that needs another capacity).
 pub fn spawn_writer_with<B: Outgoing>(
     stream: TcpStream,
     writer_rx: flume::Receiver<B>,
     stats: &Arc<Stats>,
 ) {
-    start_writer(stream, writer_rx, None, stats);
+    start_writer(stream, writer_rx, None, stats, None);
 }
 
 fn start_writer<B: Outgoing>(
@@ -241,11 +259,13 @@ fn start_writer<B: Outgoing>(
     writer_rx: flume::Receiver<B>,
     pending: Option<Arc<AtomicUsize>>,
     stats: &Arc<Stats>,
+    ended_tx: Option<flume::Sender<std::convert::Infallible>>,
 ) {
     let task = stats.task();
     let stats = stats.clone();
     rt::spawn_here(async move {
         let _task = task;
+        let _ended_tx = ended_tx; // dropped when this task ends
         let written = write_loop(&stream, &writer_rx, pending.as_deref()).await;
         Stats::add(&stats.bytes_out, written.0);
         match written.1 {
@@ -284,7 +304,7 @@ impl Handoff {
     pub fn spawn(stream: TcpStream, stats: &Arc<Stats>) -> Self {
         let (tx, rx) = flume::bounded(WRITER_MAILBOX);
         let pending = Arc::new(AtomicUsize::new(0));
-        start_writer(stream.clone(), rx, Some(pending.clone()), stats);
+        start_writer(stream.clone(), rx, Some(pending.clone()), stats, None);
         Handoff {
             tx,
             stream,
@@ -401,12 +421,14 @@ async fn write_loop<B: Outgoing>(
             }
         };
         if let Some(region) = first.file() {
+            let mut sent = 0;
             result = match stream.write_all(first.bytes()).await {
-                Ok(()) => send_file(stream, region)
+                Ok(()) => send_file_counted(stream, region, &mut sent)
                     .await
-                    .map(|n| first.bytes().len() + n as usize),
+                    .map(|()| first.bytes().len() + sent as usize),
                 Err(e) => Err(e),
             };
+            first.file_sent(sent, result.as_ref().err());
         }
         match result {
             Ok(n) => written += n as u64,
@@ -422,13 +444,26 @@ async fn write_loop<B: Outgoing>(
 /// Sends a file region with `sendfile`. When the socket is full, one ordinary write of
 /// the next few bytes waits for room (the runtime offers no bare "wait until writable").
 /// A file that shrank underneath is an error: the promised length cannot be kept.
-pub async fn send_file(mut stream: &TcpStream, region: &FileRegion) -> io::Result<u64> {
+pub async fn send_file(stream: &TcpStream, region: &FileRegion) -> io::Result<u64> {
+    let mut sent = 0;
+    send_file_counted(stream, region, &mut sent).await?;
+    Ok(sent)
+}
+
+/// [`send_file`], counting into `sent` the bytes of the region sent so far, so a caller
+/// knows how far it got when it fails.
+async fn send_file_counted(
+    mut stream: &TcpStream,
+    region: &FileRegion,
+    sent: &mut u64,
+) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let (sock, file) = (stream.as_raw_fd(), region.file.as_raw_fd());
     let end = region.offset + region.len;
     let mut offset = region.offset as libc::off_t;
     let mut fallback = [0u8; 4096];
     while (offset as u64) < end {
+        *sent = offset as u64 - region.offset;
         let want = (end - offset as u64).min(1 << 30) as usize;
         // SAFETY: both descriptors are open for the duration (we hold the stream and the
         // file), and `offset` is a valid off_t the kernel advances.
@@ -454,13 +489,14 @@ pub async fn send_file(mut stream: &TcpStream, region: &FileRegion) -> io::Resul
                         "the file shrank while it was being sent",
                     ));
                 }
-                let sent = stream.write(&fallback[..got]).await?;
-                offset += sent as libc::off_t;
+                let wrote = stream.write(&fallback[..got]).await?;
+                offset += wrote as libc::off_t;
             }
             _ => return Err(e),
         }
     }
-    Ok(region.len)
+    *sent = region.len;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,12 +15,13 @@ pub mod files;
 pub mod request;
 
 use std::cell::RefCell;
+use std::convert::Infallible;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::Result;
-use crate::net::conn::{FileRegion, Input, Outgoing, Reader, spawn_writer};
+use crate::net::conn::{FileRegion, Input, Outgoing, Reader, WRITER_MAILBOX, spawn_writer_watched};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
@@ -42,8 +43,10 @@ pub const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: switchboar
 pub struct HttpConfig {
     /// The directory served; canonical (symlinks resolved), so containment checks hold.
     pub root: PathBuf,
-    /// The same directory, open: requests are resolved beneath it by the kernel.
+    /// The same directory, open: every request is resolved beneath this descriptor.
     pub root_dir: Arc<std::fs::File>,
+    /// How: `openat2` where the kernel has it (the default), or always the walk.
+    pub lookup: files::Lookup,
     /// A request head must arrive complete within this time (slowloris guard).
     pub header_timeout: Duration,
 }
@@ -61,6 +64,7 @@ impl HttpConfig {
         Ok(HttpConfig {
             root_dir: Arc::new(root_dir),
             root,
+            lookup: files::Lookup::Kernel,
             header_timeout,
         })
     }
@@ -91,6 +95,18 @@ pub async fn run(
 struct Out {
     bytes: Vec<u8>,
     file: Option<FileRegion>,
+    /// For a response with a file region: what the writer reports of it, and where that
+    /// goes once the writer has let go of the file (see [`Drop`]).
+    done: Option<(OnceLock<FileOutcome>, flume::Sender<Option<FileOutcome>>)>,
+}
+
+/// How far a file region got, as the writer reported it.
+#[derive(Debug)]
+struct FileOutcome {
+    /// Bytes of the region that went out.
+    sent: u64,
+    /// What stopped it short (a file that shrank, a client that left), if anything did.
+    stopped: Option<String>,
 }
 
 impl Outgoing for Out {
@@ -100,9 +116,51 @@ impl Outgoing for Out {
     fn file(&self) -> Option<&FileRegion> {
         self.file.as_ref()
     }
+    fn file_sent(&self, sent: u64, stopped: Option<&std::io::Error>) {
+        if let Some((outcome, _)) = &self.done {
+            let stopped = stopped.map(|e| e.to_string());
+            let _ = outcome.set(FileOutcome { sent, stopped });
+        }
+    }
+}
+
+impl Drop for Out {
+    /// Closes the file first, then tells the reader (which opens no other file until
+    /// then): so a connection never holds more than one open file.
+    fn drop(&mut self) {
+        self.file = None;
+        if let Some((outcome, done_tx)) = self.done.take() {
+            let _ = done_tx.try_send(outcome.into_inner());
+        }
+    }
+}
+
+/// Waits until the writer has let go of a response's file; `None` if it never sent it
+/// (it failed on an earlier response, or the client left first).
+async fn file_outcome(
+    done_rx: flume::Receiver<Option<FileOutcome>>,
+    writer_ended: &flume::Receiver<Infallible>,
+) -> Option<FileOutcome> {
+    use futures::future::{Either, select};
+    let done = done_rx.recv_async();
+    let ended = writer_ended.recv_async();
+    futures::pin_mut!(done, ended);
+    match select(done, ended).await {
+        Either::Left((outcome, _)) => outcome.ok().flatten(),
+        Either::Right(_) => done_rx.try_recv().ok().flatten(),
+    }
 }
 
 /// One client, from accept to close: the reader loop here, the writer as its own actor.
+///
+/// Requests are answered one at a time, in order. A small answer (head and body in one
+/// buffer) is queued in the writer's mailbox and the next request is answered at once;
+/// an answer that sends from an open file is queued and then waited for, so its file is
+/// opened only when it is next to be written and each connection holds at most one
+/// open file. While the reader waits it reads nothing more, so a client that pipelines
+/// without reading is held back by TCP flow control: what one connection has queued is
+/// at most the [`WRITER_MAILBOX`] answers plus the unread input already buffered (one
+/// read, and at most one head's worth more).
 async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
     let Conn {
         stream,
@@ -110,7 +168,8 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
         stats,
         idle_timeout,
     } = conn;
-    let writer_tx = spawn_writer::<Out>(stream.clone(), &stats);
+    let (writer_tx, writer_rx) = flume::bounded::<Out>(WRITER_MAILBOX);
+    let writer_ended = spawn_writer_watched(stream.clone(), writer_rx, &stats);
     let mut reader = Reader::new(stream, None);
     let peer_text = peer.to_string();
     let keepalive = idle_timeout.unwrap_or(KEEPALIVE_DEFAULT);
@@ -140,22 +199,58 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
             };
             let head_only = req.as_ref().is_some_and(|r| r.method == "HEAD");
             let (status, length, note) = (response.status, response.length, response.note);
-            let out = serialise(response, close, head_only);
-            let sent = writer_tx.send_async(out).await.is_ok();
-            let (method, target) = req
-                .as_ref()
-                .map_or(("-", "-"), |r| (r.method.as_str(), r.target.as_str()));
-            let agent = req
-                .as_ref()
-                .and_then(|r| r.header("user-agent"))
-                .unwrap_or("-");
-            log::info!(peer = peer_text.as_str(), method = method, target = target, status = status,
-                bytes = if head_only { 0 } else { length }, us = started.elapsed().as_micros() as u64,
-                user_agent = agent, note = note.unwrap_or(""); "http");
+            let mut out = serialise(response, close, head_only);
+            let line = AccessLog {
+                peer: &peer_text,
+                req: req.as_ref(),
+                status,
+                started,
+            };
+            let sent = if out.file.is_some() {
+                let (done_tx, done_rx) = flume::bounded(1);
+                out.done = Some((OnceLock::new(), done_tx));
+                if writer_tx.send_async(out).await.is_err() {
+                    line.log(0, "not sent: the connection failed first");
+                    false
+                } else {
+                    match file_outcome(done_rx, &writer_ended).await {
+                        Some(FileOutcome {
+                            sent,
+                            stopped: None,
+                        }) => {
+                            line.log(sent, note.unwrap_or(""));
+                            true
+                        }
+                        Some(FileOutcome {
+                            sent,
+                            stopped: Some(why),
+                        }) => {
+                            line.log(
+                                sent,
+                                &format!("stopped after {sent} of {length} bytes: {why}"),
+                            );
+                            false
+                        }
+                        None => {
+                            line.log(0, "not sent: the connection failed first");
+                            false
+                        }
+                    }
+                }
+            } else {
+                let sent = writer_tx.send_async(out).await.is_ok();
+                line.log(if head_only { 0 } else { length }, note.unwrap_or(""));
+                sent
+            };
             if close || !sent {
                 break 'conn;
             }
             head_started = None;
+        }
+        // Bytes of the next head already here (they came with the last request): its
+        // header timeout runs from now, not the keep-alive idle limit.
+        if !buf.is_empty() {
+            head_started.get_or_insert_with(Instant::now);
         }
 
         // Wait for more: the rest of a head (header timeout), or the next request.
@@ -190,6 +285,27 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
     Ok(())
 }
 
+/// One access-log line, written once what was sent is known.
+struct AccessLog<'a> {
+    peer: &'a str,
+    req: Option<&'a Request>,
+    status: u16,
+    started: Instant,
+}
+
+impl AccessLog<'_> {
+    /// `bytes`: of the body, as sent; `note`: why, when something is worth saying.
+    fn log(&self, bytes: u64, note: &str) {
+        let (method, target) = self
+            .req
+            .map_or(("-", "-"), |r| (r.method.as_str(), r.target.as_str()));
+        let agent = self.req.and_then(|r| r.header("user-agent")).unwrap_or("-");
+        log::info!(peer = self.peer, method = method, target = target, status = self.status,
+            bytes = bytes, us = self.started.elapsed().as_micros() as u64,
+            user_agent = agent, note = note; "http");
+    }
+}
+
 /// Decides the response to one request, and whether to close after it.
 fn answer(cfg: &HttpConfig, req: &Request) -> (Response, bool) {
     let mut close = !req.keep_alive();
@@ -202,15 +318,17 @@ fn answer(cfg: &HttpConfig, req: &Request) -> (Response, bool) {
     } else if req.minor >= 1 && req.header("host").is_none() {
         close = true;
         Response::text(400, Some("HTTP/1.1 request without Host"))
-    } else if req.header("transfer-encoding").is_some()
-        || req
-            .header("content-length")
-            .is_some_and(|v| v.trim() != "0")
-    {
+    } else if req.body_len > 0 {
+        // (Every other form of body framing was refused by the parser.)
         close = true;
         Response::text(400, Some("request bodies are not accepted"))
     } else {
-        files::respond(&cfg.root, &cfg.root_dir, req)
+        let tree = files::Tree {
+            path: &cfg.root,
+            dir: &cfg.root_dir,
+            lookup: cfg.lookup,
+        };
+        files::respond(&tree, req)
     };
     if let Some(why) = response.note.filter(|_| response.status == 404) {
         log::warn!(target = req.target.as_str(), why = why; "http: refused a path outside the root");
@@ -249,7 +367,11 @@ fn serialise(response: Response, close: bool, head_only: bool) -> Out {
             Body::File(region) => file = Some(region),
         }
     }
-    Out { bytes, file }
+    Out {
+        bytes,
+        file,
+        done: None,
+    }
 }
 
 /// The `Date` header value, formatted once a second per thread.

@@ -5,12 +5,16 @@
 //! page-cached file that is a few microseconds, far less than handing each call to a
 //! blocking thread. Bodies over [`SMALL_FILE`] are not read at all: the writer is handed
 //! the open file and a region, and the kernel copies it to the socket (`sendfile`).
+//!
+//! Containment: every path is looked up beneath the root's descriptor ([`open_beneath`]:
+//! `openat2(RESOLVE_BENEATH)`, else [`open_walk`]), and everything after that — metadata,
+//! body, listing — uses the descriptor opened, never the path again.
 
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -85,110 +89,276 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Answers `req` (GET or HEAD) from `root`, which must be canonical; `root_dir` is that
-/// directory, open.
-pub fn respond(root: &Path, root_dir: &File, req: &Request) -> Response {
+/// How a request path is looked up beneath the root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// One `openat2(RESOLVE_BENEATH)` from the root's descriptor; the walk only where the
+    /// kernel cannot decide (an absolute symlink) or has no `openat2`.
+    Kernel,
+    /// Always the walk ([`open_walk`]): what a kernel without `openat2` gets; tests
+    /// choose it to exercise that path on kernels that have it.
+    Walk,
+}
+
+/// The served tree: its canonical path and its directory, open. Every lookup starts at
+/// `dir`; `path` is only compared with the text of absolute symlinks, never opened.
+pub struct Tree<'a> {
+    pub path: &'a Path,
+    pub dir: &'a File,
+    pub lookup: Lookup,
+}
+
+/// Answers `req` (GET or HEAD) from the tree.
+pub fn respond(tree: &Tree<'_>, req: &Request) -> Response {
     let (rel, trailing_slash) = match request::target_path(&req.target) {
         Ok(p) => p,
         Err(TargetError::Bad(why)) => return Response::text(400, Some(why)),
         Err(TargetError::Escape(why)) => return Response::text(404, Some(why)),
     };
-    let (file, meta, path) = match open_under(root, root_dir, &rel) {
+    let (file, meta) = match open_under(tree, &rel) {
         Ok(opened) => opened,
         Err(response) => return response,
     };
     if meta.is_dir() {
         if !trailing_slash {
-            // Relative links in the page only work with the slash: send the client there.
-            let (path_part, query) = match req.target.find('?') {
-                Some(i) => req.target.split_at(i),
-                None => (req.target.as_str(), ""),
-            };
-            return Response::empty(301, vec![("Location", format!("{path_part}/{query}"))]);
+            // Relative links in the page only work with the slash: send the client there,
+            // to a path built from the normalised one (never the target as sent).
+            let location = request::directory_location(&rel, &req.target);
+            return Response::empty(301, vec![("Location", location)]);
         }
-        return match open_under(root, root_dir, &rel.join("index.html")) {
-            Ok((index, meta, index_path)) if meta.is_file() => {
-                serve_file(index, meta, &index_path, req)
+        // index.html is looked up beneath the root like any path (so it too may be a
+        // link within the tree); a listing is read from the directory opened above.
+        return match open_under(tree, &rel.join("index.html")) {
+            Ok((index, meta)) if meta.is_file() => {
+                drop(file);
+                serve_file(index, meta, Path::new("index.html"), req)
             }
-            _ => listing(&path, &req.target),
+            Err(r) if r.status == 503 => r,
+            _ => listing(file, &rel),
         };
     }
-    serve_file(file, meta, &path, req)
+    serve_file(file, meta, &rel, req)
 }
 
-/// Opens what `rel` (relative, no `..`: see [`request::target_path`]) names under the
-/// root without ever leaving it; returns the file, its metadata and its path (for the
-/// content type and listings), or the response that says why not.
-///
-/// The fast path is one `openat2(RESOLVE_BENEATH)` from the root's descriptor: the kernel
-/// follows symlinks but refuses any resolution that leaves the root. Where it cannot
-/// decide (an absolute symlink, one that leads out, a kernel without openat2) the slow
-/// path resolves every symlink itself and checks where the path ended up.
-fn open_under(
-    root: &Path,
-    root_dir: &File,
-    rel: &Path,
-) -> Result<(File, fs::Metadata, std::path::PathBuf), Response> {
-    let not_opened = |e: io::Error| match e.kind() {
-        io::ErrorKind::PermissionDenied => Response::text(403, None),
+/// Opens what `rel` (relative, no `..`: see [`request::target_path`]) names beneath the
+/// root, never leaving it; returns the file and its metadata, or the response that says
+/// why not. The metadata is the opened file's, so the two cannot differ.
+fn open_under(tree: &Tree<'_>, rel: &Path) -> Result<(File, fs::Metadata), Response> {
+    let refused = |e: io::Error| match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => Response::text(403, None),
+        // Out of descriptors (or kernel memory) is our state, not the file's: a 404 would
+        // be false and cacheable.
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
+            let mut r = Response::text(503, Some("out of file descriptors"));
+            r.headers.push(("Retry-After", "1".into()));
+            r.headers.push(("Cache-Control", "no-store".into()));
+            r
+        }
+        Some(libc::EXDEV) => Response::text(404, Some("a symlink leads out of the root")),
         _ => Response::text(404, None),
     };
-    let (file, path) = match open_beneath(root_dir, rel) {
-        Some(opened) => (opened.map_err(not_opened)?, root.join(rel)),
-        None => {
-            let path = fs::canonicalize(root.join(rel)).map_err(not_opened)?;
-            if !request::inside(root, &path) {
-                return Err(Response::text(404, Some("a symlink leads out of the root")));
-            }
-            let file = fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&path)
-                .map_err(not_opened)?;
-            (file, path)
-        }
-    };
-    // Metadata of the file we opened, not of a path, so the two cannot differ.
+    let file = open_beneath(tree, rel).map_err(refused)?;
     let meta = file.metadata().map_err(|_| Response::text(404, None))?;
-    Ok((file, meta, path))
+    Ok((file, meta))
 }
 
-/// `openat2(root_dir, rel, O_RDONLY | O_NONBLOCK, RESOLVE_BENEATH)`. O_NONBLOCK: a FIFO in
-/// the tree must not block the thread in `open` (it is then refused as not a file).
-/// `None` when the kernel could not decide and the caller must resolve the path itself.
-fn open_beneath(root_dir: &File, rel: &Path) -> Option<io::Result<File>> {
+/// Flags of the final open: read-only; `O_NONBLOCK` so a FIFO in the tree cannot block
+/// the thread in `open` (it is then refused as not a file).
+const OPEN_FLAGS: i32 = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
+
+/// Set once `openat2` has been found missing (ENOSYS), so later lookups walk at once.
+static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Opens `rel` beneath the tree's directory. With [`Lookup::Kernel`]: `openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`, so the kernel follows symlinks but refuses
+/// any resolution that leaves the root. When it refuses with EXDEV (an absolute symlink,
+/// or a link that leads out) the walk decides; so it does when the kernel has no
+/// `openat2`, or a seccomp filter forbids it, or a rename elsewhere kept making it retry.
+/// Both stay relative to the root's descriptor: nothing is ever opened by path.
+fn open_beneath(tree: &Tree<'_>, rel: &Path) -> io::Result<File> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if tree.lookup == Lookup::Kernel && !NO_OPENAT2.load(Relaxed) {
+        for _ in 0..3 {
+            match openat2_beneath(tree.dir, rel) {
+                Ok(file) => return Ok(file),
+                Err(e) => match e.raw_os_error() {
+                    // A rename somewhere raced the lookup (RESOLVE_BENEATH): try again.
+                    Some(libc::EAGAIN) => continue,
+                    Some(libc::EXDEV) => break,
+                    Some(libc::ENOSYS) => {
+                        NO_OPENAT2.store(true, Relaxed);
+                        break;
+                    }
+                    Some(libc::EPERM) => break,
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+    open_walk(tree, rel)
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+/// `openat2(dir, rel, OPEN_FLAGS, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`.
+fn openat2_beneath(dir: &File, rel: &Path) -> io::Result<File> {
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
         rel
     };
-    let c_rel = std::ffi::CString::new(rel.as_os_str().as_bytes()).ok()?;
+    let c_rel = cstring(rel.as_os_str().as_bytes())?;
     // SAFETY: open_how is plain integers; all-zero is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.flags = OPEN_FLAGS as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: a valid directory descriptor, a NUL-terminated path and a correctly sized
     // open_how; on success the result is a new descriptor that we own.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            root_dir.as_raw_fd(),
+            dir.as_raw_fd(),
             c_rel.as_ptr(),
             &how as *const libc::open_how,
             std::mem::size_of::<libc::open_how>(),
         )
     };
-    if fd >= 0 {
-        // SAFETY: openat2 just returned this descriptor.
-        return Some(Ok(unsafe { File::from_raw_fd(fd as i32) }));
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENOENT | libc::ENOTDIR | libc::EACCES | libc::ENAMETOOLONG) => Some(Err(e)),
-        // EXDEV (leaves the root, or an absolute symlink), ELOOP, ENOSYS, EPERM (a
-        // seccomp filter), EAGAIN, ...: let the slow path decide.
-        _ => None,
+    // SAFETY: openat2 just returned this descriptor.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
+/// `openat(dir, name, flags)`, retried on EINTR.
+fn openat(dir: RawFd, name: &[u8], flags: i32) -> io::Result<OwnedFd> {
+    let c_name = cstring(name)?;
+    loop {
+        // SAFETY: a directory descriptor we hold and a NUL-terminated name; on success
+        // the result is a new descriptor that we own.
+        let fd = unsafe { libc::openat(dir, c_name.as_ptr(), flags) };
+        if fd >= 0 {
+            // SAFETY: openat just returned this descriptor.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
+}
+
+/// `readlinkat(dir, name)`: the link's text (EINVAL when `name` is not a link).
+fn readlinkat(dir: RawFd, name: &[u8]) -> io::Result<Vec<u8>> {
+    let c_name = cstring(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: a directory descriptor we hold, a NUL-terminated name and a buffer of
+    // buf.len() bytes; readlinkat writes at most that many and returns the count.
+    let n = unsafe {
+        libc::readlinkat(
+            dir,
+            c_name.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// The most symlinks one lookup follows (the kernel's own limit): more is a loop.
+const MAX_LINKS: usize = 40;
+
+/// Opens `rel` beneath the root by walking it one component at a time, each with
+/// `openat(O_NOFOLLOW)` relative to the directory opened before it, starting at the
+/// root's descriptor. A symlink met on the way is read (`readlinkat`, relative to the
+/// same directory) and its text walked in turn: a relative one from the directory that
+/// holds it, an absolute one from the root — but only when its text names a place
+/// inside the root (it begins with the root's canonical path); any other absolute
+/// link, and a `..` that would climb above the root, is refused with EXDEV. A name
+/// swapped for a link between two steps is only ever opened without following it, so
+/// whatever it points at is resolved by this same walk, beneath the root.
+pub fn open_walk(tree: &Tree<'_>, rel: &Path) -> io::Result<File> {
+    let leaves = || io::Error::from_raw_os_error(libc::EXDEV);
+    let too_many = || io::Error::from_raw_os_error(libc::ELOOP);
+    // Directories entered below the root (the root itself is tree.dir).
+    let mut dirs: Vec<OwnedFd> = Vec::new();
+    // Components still to walk, the next one last.
+    let mut todo: Vec<Vec<u8>> = rel.iter().rev().map(|c| c.as_bytes().to_vec()).collect();
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        let here = dirs.last().map_or(tree.dir.as_raw_fd(), |d| d.as_raw_fd());
+        match name.as_slice() {
+            b"" | b"." => continue,
+            b".." => {
+                dirs.pop().ok_or_else(leaves)?;
+                continue;
+            }
+            _ => {}
+        }
+        let last = todo.is_empty();
+        let flags = if last {
+            OPEN_FLAGS | libc::O_NOFOLLOW
+        } else {
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC
+        };
+        let refused = match openat(here, &name, flags) {
+            Ok(fd) if last => return Ok(File::from(fd)),
+            Ok(fd) => {
+                dirs.push(fd);
+                continue;
+            }
+            Err(e) => e,
+        };
+        // A link refuses O_NOFOLLOW with ELOOP (a last component) or ENOTDIR (one that
+        // must be a directory); so does, for ENOTDIR, a plain file.
+        if !matches!(refused.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) {
+            return Err(refused);
+        }
+        let target = match readlinkat(here, &name) {
+            Ok(target) => target,
+            // Not a link (any more): a file where a directory was needed, or a name
+            // swapped back since the open; look again, within the link budget.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                if refused.raw_os_error() == Some(libc::ENOTDIR) {
+                    return Err(refused);
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(too_many());
+                }
+                todo.push(name);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(too_many());
+        }
+        let target = if target.starts_with(b"/") {
+            // Only an absolute link that names a place inside the root is followed, and
+            // then from the root's descriptor: its text is compared, never opened.
+            let root = tree.path.as_os_str().as_bytes();
+            let inside = target
+                .strip_prefix(root)
+                .filter(|rest| rest.is_empty() || rest.starts_with(b"/"))
+                .ok_or_else(leaves)?;
+            dirs.clear();
+            inside.to_vec()
+        } else {
+            target
+        };
+        todo.extend(target.split(|&b| b == b'/').rev().map(<[u8]>::to_vec));
+    }
+    // Everything walked was a directory (or `.`/`..`): open the one we are in.
+    let here = dirs.last().map_or(tree.dir.as_raw_fd(), |d| d.as_raw_fd());
+    openat(here, b".", OPEN_FLAGS).map(File::from)
 }
 
 /// The `ETag` of a file: size and modification time, which change when it does.
@@ -232,6 +402,8 @@ fn serve_file(file: File, meta: fs::Metadata, path: &Path, req: &Request) -> Res
     } else if let Some(since) = req
         .header("if-modified-since")
         .and_then(|v| httpdate::parse_http_date(v).ok())
+        // A date in the future is invalid (RFC 9110 13.1.3): ignore it.
+        .filter(|&since| since <= SystemTime::now())
     {
         let secs = |t: SystemTime| {
             t.duration_since(UNIX_EPOCH)
@@ -245,8 +417,14 @@ fn serve_file(file: File, meta: fs::Metadata, path: &Path, req: &Request) -> Res
 
     let mut status = 200;
     let (mut start, mut count) = (0, len);
-    let range_applies = req.header("if-range").is_none_or(|v| v.trim() == tag);
-    if let Some(range) = req.header("range").filter(|_| range_applies) {
+    // Range and If-Range are singletons: sent twice, the range is ignored (the whole
+    // file is sent), never read as its first copy.
+    let range_applies = match req.header_count("if-range") {
+        0 => true,
+        1 => req.header("if-range").is_some_and(|v| v.trim() == tag),
+        _ => false,
+    };
+    if let Some(range) = req.single_header("range").filter(|_| range_applies) {
         match parse_range(range, len) {
             RangeSpec::Whole => {}
             RangeSpec::Part(s, e) => {
@@ -296,8 +474,9 @@ fn content_type(path: &Path) -> String {
     }
 }
 
+/// What a `Range` header asks of a file (public for the fuzz oracles).
 #[derive(Debug, PartialEq, Eq)]
-enum RangeSpec {
+pub enum RangeSpec {
     /// No usable range: send the whole file (also for several ranges, which RFC 9110 allows).
     Whole,
     /// First and last byte, inclusive.
@@ -305,7 +484,12 @@ enum RangeSpec {
     Unsatisfiable,
 }
 
-fn parse_range(value: &str, len: u64) -> RangeSpec {
+/// Reads a `Range` header value against a file of `len` bytes.
+///
+/// Numbers are digits only; one too large for a `u64` is simply larger than any file
+/// (`bytes=99999999999999999999999-` starts past the end: 416; a suffix that long is
+/// the whole file: 206).
+pub fn parse_range(value: &str, len: u64) -> RangeSpec {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         return RangeSpec::Whole;
     };
@@ -316,8 +500,8 @@ fn parse_range(value: &str, len: u64) -> RangeSpec {
         return RangeSpec::Whole;
     };
     let num = |s: &str| {
-        if s.bytes().all(|c| c.is_ascii_digit()) {
-            s.parse::<u64>().ok()
+        if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) {
+            Some(s.parse::<u64>().unwrap_or(u64::MAX))
         } else {
             None
         }
@@ -349,22 +533,82 @@ fn parse_range(value: &str, len: u64) -> RangeSpec {
     }
 }
 
-/// An HTML listing of a directory, every name escaped.
-fn listing(dir: &Path, target: &str) -> Response {
-    let mut names: Vec<(Vec<u8>, bool)> = match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|e| {
-                (
-                    e.file_name().as_bytes().to_vec(),
-                    e.file_type().map(|t| t.is_dir()).unwrap_or(false),
-                )
-            })
-            .collect(),
+/// The names in an open directory, each with whether it is a directory (a symlink is
+/// not), read from that descriptor (`fdopendir`), so what is listed is what was opened.
+fn read_dir_fd(dir: File) -> io::Result<Vec<(Vec<u8>, bool)>> {
+    let fd = dir.into_raw_fd();
+    // SAFETY: on success fdopendir takes the descriptor over (closedir closes it).
+    let stream = unsafe { libc::fdopendir(fd) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: on failure the descriptor is still ours, and open: close it.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; readdir reports an error only through it.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: a stream from fdopendir that only this function uses.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            let e = io::Error::last_os_error();
+            break if e.raw_os_error() == Some(0) {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        // SAFETY: readdir returned a valid entry, whose name is NUL-terminated; it stays
+        // valid until the next readdir on this stream, and we copy it before then.
+        let (name, kind) = unsafe {
+            let e = &*entry;
+            (
+                std::ffi::CStr::from_ptr(e.d_name.as_ptr())
+                    .to_bytes()
+                    .to_vec(),
+                e.d_type,
+            )
+        };
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let is_dir = match kind {
+            libc::DT_DIR => true,
+            libc::DT_UNKNOWN => {
+                // Some file systems do not say: ask, relative to the same directory.
+                let Ok(c_name) = cstring(&name) else { continue };
+                // SAFETY: an all-zero stat is valid plain data for fstatat to fill.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: the stream's own descriptor, a NUL-terminated name, a stat.
+                let rc = unsafe {
+                    libc::fstatat(
+                        libc::dirfd(stream),
+                        c_name.as_ptr(),
+                        &mut st,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                };
+                rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            }
+            _ => false,
+        };
+        names.push((name, is_dir));
+    };
+    // SAFETY: the stream is open and not used after this.
+    unsafe { libc::closedir(stream) };
+    result.map(|()| names)
+}
+
+/// An HTML listing of an open directory (`rel` is its normalised path), every name
+/// escaped.
+fn listing(dir: File, rel: &Path) -> Response {
+    let mut names = match read_dir_fd(dir) {
+        Ok(names) => names,
         Err(_) => return Response::text(403, None),
     };
     names.sort();
-    let shown_path = target.split('?').next().unwrap_or("/");
+    let shown_path = request::directory_location(rel, "/");
     let title = request::html_escape(&String::from_utf8_lossy(shown_path.as_bytes()));
     let mut html = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n<ul>\n"
@@ -410,5 +654,127 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), Whole);
         assert_eq!(parse_range("bytes=a-b", 100), Whole);
         assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
+        // Numbers too large for a u64 are larger than any file, not garbage.
+        assert_eq!(
+            parse_range("bytes=99999999999999999999999-", 100),
+            Unsatisfiable
+        );
+        assert_eq!(
+            parse_range("bytes=-99999999999999999999999", 100),
+            Part(0, 99)
+        );
+        assert_eq!(
+            parse_range("bytes=5-99999999999999999999999", 100),
+            Part(5, 99)
+        );
+        assert_eq!(parse_range("bytes=-", 100), Whole);
+        assert_eq!(parse_range("bytes=1-2-3", 100), Whole);
+    }
+
+    /// A tree for the lookup tests: `root/` with files, links and a loop; `out/` and
+    /// `secret` beside it.
+    struct TempTree(std::path::PathBuf);
+
+    impl Drop for TempTree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_tree(tag: &str) -> (TempTree, std::path::PathBuf) {
+        use std::os::unix::fs::symlink;
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-files-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let root = dir.join("root");
+        fs::create_dir_all(root.join("d/e")).unwrap();
+        fs::create_dir_all(dir.join("out")).unwrap();
+        fs::write(dir.join("secret"), "SECRET").unwrap();
+        fs::write(dir.join("out/f"), "OUTSIDE").unwrap();
+        fs::write(root.join("a.txt"), "a").unwrap();
+        fs::write(root.join("d/e/f.txt"), "f").unwrap();
+        let root = fs::canonicalize(&root).unwrap();
+        symlink("a.txt", root.join("rel")).unwrap();
+        symlink("d/../a.txt", root.join("reldots")).unwrap();
+        symlink(root.join("d/e/f.txt"), root.join("abs")).unwrap();
+        symlink(root.join("d"), root.join("absdir")).unwrap();
+        symlink(format!("{}/", root.display()), root.join("absroot")).unwrap();
+        symlink("../../a.txt", root.join("d/e/up2")).unwrap();
+        symlink("e/..", root.join("d/dotdot")).unwrap();
+        symlink(dir.join("secret"), root.join("out-abs")).unwrap();
+        symlink("../secret", root.join("out-rel")).unwrap();
+        symlink(dir.join("out"), root.join("out-dir")).unwrap();
+        symlink("../../../secret", root.join("d/e/out-deep")).unwrap();
+        symlink(format!("{}-x/a", root.display()), root.join("prefix-trick")).unwrap();
+        symlink("loop2", root.join("loop1")).unwrap();
+        symlink("loop1", root.join("loop2")).unwrap();
+        symlink("/proc/self/root/etc/passwd", root.join("magic")).unwrap();
+        (TempTree(dir), root)
+    }
+
+    fn read(f: io::Result<File>) -> Result<String, i32> {
+        use std::io::Read;
+        let mut f = f.map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+        if f.metadata().unwrap().is_dir() {
+            return Ok("<dir>".into());
+        }
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        Ok(s)
+    }
+
+    #[test]
+    fn both_lookups_stay_beneath_the_root_and_agree() {
+        let (_guard, root) = temp_tree("lookup");
+        let dir = File::open(&root).unwrap();
+        let cases: &[(&str, Result<&str, i32>)] = &[
+            ("", Ok("<dir>")),
+            ("a.txt", Ok("a")),
+            ("d/e/f.txt", Ok("f")),
+            ("d", Ok("<dir>")),
+            ("rel", Ok("a")),
+            ("reldots", Ok("a")),
+            ("abs", Ok("f")),
+            ("absdir/e/f.txt", Ok("f")),
+            ("absdir", Ok("<dir>")),
+            ("absroot/a.txt", Ok("a")),
+            ("d/e/up2", Ok("a")),
+            ("d/dotdot/e/f.txt", Ok("f")),
+            ("out-abs", Err(libc::EXDEV)),
+            ("out-rel", Err(libc::EXDEV)),
+            ("out-dir/f", Err(libc::EXDEV)),
+            ("d/e/out-deep", Err(libc::EXDEV)),
+            ("prefix-trick", Err(libc::EXDEV)),
+            ("magic", Err(libc::EXDEV)),
+            ("loop1", Err(libc::ELOOP)),
+            ("nope", Err(libc::ENOENT)),
+            ("a.txt/x", Err(libc::ENOTDIR)),
+        ];
+        for lookup in [Lookup::Kernel, Lookup::Walk] {
+            let tree = Tree {
+                path: &root,
+                dir: &dir,
+                lookup,
+            };
+            for (rel, want) in cases {
+                let got = read(open_beneath(&tree, Path::new(rel)));
+                assert_eq!(got.as_deref().map_err(|e| *e), *want, "{lookup:?} {rel}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_listing_is_read_from_the_open_directory() {
+        let (_guard, root) = temp_tree("listing");
+        let d = File::open(root.join("d")).unwrap();
+        // The name now leads elsewhere; the open directory is what is listed.
+        fs::rename(root.join("d"), root.join("moved")).unwrap();
+        std::os::unix::fs::symlink(root.join("../out"), root.join("d")).unwrap();
+        let mut names = read_dir_fd(d).unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![(b"dotdot".to_vec(), false), (b"e".to_vec(), true)]
+        );
     }
 }

@@ -23,6 +23,9 @@ pub struct Request {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Bytes of the head, blank line included.
     pub head_len: usize,
+    /// The body length its one well-formed `Content-Length` announces (0 when it has
+    /// none). Any other body framing is refused by [`parse_head`] itself.
+    pub body_len: u64,
 }
 
 impl Request {
@@ -32,6 +35,22 @@ impl Request {
             .iter()
             .find(|(n, _)| n == name)
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// The value of header `name` (lower-case) when the request has exactly one; `None`
+    /// when it has none, several (a singleton field sent twice is ignored, never read as
+    /// its first copy), or one that is not text.
+    pub fn single_header(&self, name: &str) -> Option<&str> {
+        let mut found = self.headers.iter().filter(|(n, _)| n == name);
+        match (found.next(), found.next()) {
+            (Some((_, v)), None) => std::str::from_utf8(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// How many times header `name` (lower-case) was sent.
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(n, _)| n == name).count()
     }
 
     /// Whether the connection stays open after this request.
@@ -83,6 +102,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Request>, HeadError> {
             if head_len > MAX_HEAD {
                 return Err(HeadError::HeadersTooLarge);
             }
+            let body_len = body_framing(req.headers).map_err(HeadError::Bad)?;
             let headers = req
                 .headers
                 .iter()
@@ -94,12 +114,64 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Request>, HeadError> {
                 minor: req.version.unwrap_or(1),
                 headers,
                 head_len,
+                body_len,
             }))
         }
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::HeadersTooLarge),
-        Err(httparse::Error::Version) => Err(HeadError::Version),
+        // httparse says "version" for anything after the target that is not one it
+        // knows, a space inside the target included: only a well-formed request line
+        // naming another version is 505.
+        Err(httparse::Error::Version) if names_other_version(buf) => Err(HeadError::Version),
         Err(_) => Err(HeadError::Bad("malformed request")),
     }
+}
+
+/// Whether the request line is `METHOD SP TARGET SP HTTP/D.D` (so the only fault is the
+/// version). Anything else, such as a space inside the target, is malformed.
+fn names_other_version(buf: &[u8]) -> bool {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        // Incomplete: judge what there is, as far as it goes.
+        return false;
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    match parts.as_slice() {
+        [method, target, version] if !method.is_empty() && !target.is_empty() => {
+            matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+                if major.is_ascii_digit() && minor.is_ascii_digit())
+        }
+        _ => false,
+    }
+}
+
+/// Checks how the request says its body is framed (RFC 9112 6.3), comparing names and
+/// values as bytes so that nothing hides behind bytes that are not UTF-8. A request
+/// may carry one `Content-Length` of plain digits (its value is returned); every other
+/// form — two of them, a list, a sign, non-ASCII, any `Transfer-Encoding` — is refused,
+/// because a server and the proxy in front of it could frame it differently.
+pub fn body_framing(headers: &[httparse::Header<'_>]) -> Result<u64, &'static str> {
+    let mut length = None;
+    for h in headers {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return Err("Transfer-Encoding is not accepted");
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if length.is_some() {
+                return Err("more than one Content-Length");
+            }
+            let value = h.value.trim_ascii();
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                return Err("malformed Content-Length");
+            }
+            // All digits: an overflow is simply a body far too large.
+            let n = value.iter().fold(0u64, |n, d| {
+                n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+            });
+            length = Some(n);
+        }
+    }
+    Ok(length.unwrap_or(0))
 }
 
 /// Why a target was refused.
@@ -111,6 +183,26 @@ pub enum TargetError {
     Escape(&'static str),
 }
 
+/// Splits a request target into its path (never empty) and its query (with its `?`, or
+/// empty); the fragment, if a client sent one, is dropped. An absolute-form target
+/// (`http://host/a?b`) gives the path and query after its authority: the host named
+/// there is never used.
+fn split_target(target: &str) -> Result<(&str, &str), TargetError> {
+    let rest = if let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        &rest[rest.find(['/', '?', '#']).unwrap_or(rest.len())..]
+    } else if target.starts_with('/') {
+        target
+    } else {
+        return Err(TargetError::Bad("the target must start with /"));
+    };
+    let rest = rest.split('#').next().unwrap_or_default();
+    let (path, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
+    Ok((if path.is_empty() { "/" } else { path }, query))
+}
+
 /// Decodes a request target into a relative path under the root, refusing anything that
 /// could leave it. Returns the path and whether the target ended with `/`.
 ///
@@ -118,17 +210,7 @@ pub enum TargetError {
 /// - `%xx` escapes are decoded exactly once: `%252e` stays the file name `%2e`.
 /// - `..` (plain or decoded), backslashes and NUL are refused, never resolved.
 pub fn target_path(target: &str) -> Result<(PathBuf, bool), TargetError> {
-    let path = if let Some(rest) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
-        rest.find('/').map_or("/", |i| &rest[i..])
-    } else if target.starts_with('/') {
-        target
-    } else {
-        return Err(TargetError::Bad("the target must start with /"));
-    };
-    let path = path.split(['?', '#']).next().unwrap_or("/");
+    let (path, _query) = split_target(target)?;
     let decoded = percent_decode(path).ok_or(TargetError::Bad("bad percent-escape"))?;
     if decoded.contains(&0) {
         return Err(TargetError::Bad("NUL in path"));
@@ -151,6 +233,30 @@ pub fn target_path(target: &str) -> Result<(PathBuf, bool), TargetError> {
         return Err(TargetError::Escape("unexpected path component"));
     }
     Ok((out, trailing_slash))
+}
+
+/// The `Location` for a directory asked for without its trailing slash: the decoded,
+/// normalised path `rel` (from [`target_path`]) with every segment percent-encoded and a
+/// slash added, then the target's query, escaped. It is always a path on this server:
+/// it starts with one `/` and then an encoded segment, so no browser reads it as a host
+/// (`//host`, `/\host`), and the host of an absolute-form target is never echoed.
+pub fn directory_location(rel: &Path, target: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::from("/");
+    for segment in rel.iter() {
+        out.push_str(&percent_encode(segment.as_bytes()));
+        out.push('/');
+    }
+    if let Ok((_, query)) = split_target(target) {
+        for &b in query.as_bytes() {
+            if b.is_ascii_graphic() {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
@@ -302,7 +408,122 @@ mod tests {
         assert_eq!(percent_encode(b"a b/<c>.txt"), "a%20b%2F%3Cc%3E.txt");
     }
 
+    fn head(raw: &[u8]) -> Result<Option<Request>, HeadError> {
+        parse_head(raw)
+    }
+
+    #[test]
+    fn body_framing_is_read_as_bytes_and_only_one_plain_length_passes() {
+        let ok = |extra: &[u8]| {
+            let mut raw = b"GET / HTTP/1.1\r\nHost: t\r\n".to_vec();
+            raw.extend_from_slice(extra);
+            raw.extend_from_slice(b"\r\n");
+            head(&raw).map(|r| r.unwrap().body_len)
+        };
+        assert_eq!(ok(b""), Ok(0));
+        assert_eq!(ok(b"Content-Length: 0\r\n"), Ok(0));
+        assert_eq!(ok(b"content-length:  5 \r\n"), Ok(5));
+        assert_eq!(
+            ok(b"Content-Length: 99999999999999999999999\r\n"),
+            Ok(u64::MAX)
+        );
+        for bad in [
+            &b"Content-Length: 0\r\nContent-Length: 44\r\n"[..],
+            b"Content-Length: 0\r\ncontent-length: 0\r\n",
+            b"Content-Length: 44\xff\r\n",
+            b"Content-Length: 0, 0\r\n",
+            b"Content-Length: +0\r\n",
+            b"Content-Length: -1\r\n",
+            b"Content-Length: 0x0\r\n",
+            b"Content-Length:\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"Transfer-Encoding: \xe9chunked\r\n",
+            b"TRANSFER-ENCODING: identity\r\n",
+            b"Transfer-Encoding:\r\n",
+            b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            assert!(
+                matches!(ok(bad), Err(HeadError::Bad(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_request_line_is_400_and_only_another_version_is_505() {
+        for bad in [
+            &b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+            b"GET /a HTTP/1.1 x\r\nHost: t\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"GET / HTTP/1.1x\r\n\r\n",
+            b"GET / HTTPS/1.1\r\n\r\n",
+            b"GET / http/1.1\r\n\r\n",
+            b"GET /\r\n\r\n",
+            b"GET / HTTP/11\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(bad), Err(HeadError::Bad(_))),
+                "{:?}: {:?}",
+                String::from_utf8_lossy(bad),
+                head(bad)
+            );
+        }
+        for other in [
+            &b"GET / HTTP/2.0\r\n\r\n"[..],
+            b"GET / HTTP/3.0\r\nHost: t\r\n\r\n",
+            b"GET / HTTP/1.2\r\n\r\n",
+            b"GET / HTTP/0.9\r\n\r\n",
+        ] {
+            assert_eq!(head(other), Err(HeadError::Version), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn singleton_headers_sent_twice_are_not_read() {
+        let r = head(b"GET / HTTP/1.1\r\nRange: bytes=0-1\r\nrange: bytes=5-6\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.single_header("range"), None);
+        assert_eq!(r.header_count("range"), 2);
+        assert_eq!(r.single_header("host"), Some("t"));
+        assert_eq!(r.single_header("if-range"), None);
+    }
+
+    #[test]
+    fn directory_redirects_stay_on_this_server() {
+        let location = |t: &str| directory_location(&target_path(t).unwrap().0, t);
+        assert_eq!(location("/docs"), "/docs/");
+        assert_eq!(location("/docs?x=1"), "/docs/?x=1");
+        assert_eq!(location("//evil.example/x"), "/evil.example/x/");
+        assert_eq!(location("///evil.example"), "/evil.example/");
+        assert_eq!(location("/%2F%2Fevil.example"), "/evil.example/");
+        assert_eq!(location("/%2f/evil.example/./x"), "/evil.example/x/");
+        assert_eq!(location("/sub#x"), "/sub/");
+        assert_eq!(location("/sub?a#b"), "/sub/?a");
+        assert_eq!(location("http://evil.example/docs"), "/docs/");
+        assert_eq!(location("https://evil.example//docs?q"), "/docs/?q");
+        assert_eq!(location("/a%20b/%C3%A9"), "/a%20b/%C3%A9/");
+        assert_eq!(location("/a%3Fb"), "/a%3Fb/");
+        assert_eq!(location("/q?\u{e9}"), "/q/?%C3%A9");
+    }
+
     proptest! {
+        #[test]
+        fn a_directory_redirect_is_always_a_local_path(
+            t in "(/|//|http://[a-z.]{0,8}|https://x)[a-zA-Z0-9./%\\\\?#:@]{0,40}"
+        ) {
+            if let Ok((rel, _)) = target_path(&t) {
+                let l = directory_location(&rel, &t);
+                prop_assert!(l.starts_with('/'), "{}", l);
+                prop_assert!(!l.starts_with("//") && !l.starts_with("/\\"), "{}", l);
+                let path = l.split('?').next().unwrap();
+                prop_assert!(path.ends_with('/'), "{}", l);
+                prop_assert!(!path.contains("//") && !path.contains(':') && !path.contains('#'), "{}", l);
+                prop_assert!(l.bytes().all(|b| b.is_ascii_graphic()), "{}", l);
+            }
+        }
+
         #[test]
         fn no_target_leaves_the_root(t in "/[a-zA-Z0-9./%\\\\]{0,40}") {
             if let Ok((p, _)) = target_path(&t) {
