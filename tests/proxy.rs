@@ -520,3 +520,145 @@ fn pinned_threads_share_one_address_and_carry_sessions() {
     assert!(TcpStream::connect(addr).is_err(), "every listener closed");
     echo.stop();
 }
+
+/// An upstream that accepts and never reads; it keeps each connection (so it never
+/// closes one) and hands a clone to the test.
+fn stalled_upstream() -> (SocketAddr, std::sync::mpsc::Receiver<TcpStream>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let addr = custom_upstream(move |s| {
+        let _ = tx.lock().unwrap().send(s);
+    });
+    (addr, rx)
+}
+
+/// Writes `s` full: 64 KiB at a time until a write has made no progress for a while (the
+/// proxy stopped reading). Returns the bytes written. The wait is not an assertion: if
+/// the pipeline was only slow, the test goes on with less in it.
+fn write_until_blocked(s: &mut TcpStream) -> u64 {
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut written = 0u64;
+    loop {
+        match s.write(&chunk) {
+            Ok(n) => written += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return written, // WouldBlock / TimedOut: blocked
+        }
+    }
+}
+
+/// Reads until EOF or a reset; returns how many bytes came.
+fn count_to_end(s: &mut TcpStream) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("reading to the end: {e}"),
+        }
+    }
+}
+
+fn bytes(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn a_client_reset_ends_a_session_whose_upstream_never_reads() {
+    // The client→server pump fills the upstream writer's mailbox and waits for room that
+    // never comes; it must still notice the client's reset.
+    let (upstream, held) = stalled_upstream();
+    let proxy = simple_proxy(upstream);
+    let mut s = client(proxy.addr);
+    let written = write_until_blocked(&mut s);
+    let mut up = held.recv_timeout(DEADLINE).expect("the upstream was reached");
+    // Counted as they move: what the proxy read is already in the summary.
+    let read_so_far = bytes(&proxy.stats.bytes_in);
+    assert!(read_so_far > 0 && read_so_far <= written);
+    reset_on_close(&s);
+    drop(s);
+    wait_until("the session to end after the client's reset", || {
+        proxy.stats.active() == 0 && proxy.stats.live_tasks() == 0
+    });
+    // The upstream sees the proxy close, after exactly the bytes the proxy says it wrote.
+    up.set_read_timeout(Some(DEADLINE)).unwrap();
+    let got = count_to_end(&mut up);
+    assert_eq!(got, bytes(&proxy.stats.bytes_out));
+    assert!(got > 0 && got <= bytes(&proxy.stats.bytes_in));
+    assert!(bytes(&proxy.stats.bytes_in) <= written);
+}
+
+#[test]
+fn an_upstream_reset_ends_a_session_whose_client_never_reads() {
+    // The mirror image: the server→client pump waits on the client writer's mailbox.
+    let (upstream, held) = stalled_upstream();
+    let proxy = simple_proxy(upstream);
+    let mut s = client(proxy.addr);
+    s.write_all(b"go").unwrap(); // the session exists once the upstream has accepted
+    let mut up = held.recv_timeout(DEADLINE).expect("the upstream was reached");
+    let written = write_until_blocked(&mut up);
+    assert!(bytes(&proxy.stats.bytes_in) > 0);
+    reset_on_close(&up);
+    drop(up);
+    wait_until("the session to end after the upstream's reset", || {
+        proxy.stats.active() == 0 && proxy.stats.live_tasks() == 0
+    });
+    let got = count_to_end(&mut s);
+    assert_eq!(got, bytes(&proxy.stats.bytes_out) - 2);
+    assert!(got > 0 && bytes(&proxy.stats.bytes_in) <= written + 2);
+}
+
+#[test]
+fn a_client_fin_seen_while_the_upstream_stalls_starts_the_fin_timeout() {
+    // The client sends until the proxy stops reading, shuts its write half, and the
+    // upstream takes a little so the FIN gets into the proxy's socket behind unread
+    // bytes. The session is half-closed from then: after --fin-timeout it ends.
+    let (upstream, held) = stalled_upstream();
+    let mut cfg = config(&[upstream], Balance::First);
+    cfg.fin_timeout = Some(Duration::from_millis(300));
+    let proxy = start_proxy(cfg, ServerConfig::default());
+    let mut s = client(proxy.addr);
+    // A small send buffer: at most 64 KiB wait in the client when it blocks.
+    set_send_buffer(&s, 64 * 1024);
+    write_until_blocked(&mut s);
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut up = held.recv_timeout(DEADLINE).expect("the upstream was reached");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut taken = 0;
+    while unacked(&s) > 0 {
+        // Reading makes room all along the pipeline until the client's FIN is in.
+        assert!(taken < 64 << 20, "the FIN never got through");
+        taken += up.read(&mut buf).unwrap();
+    }
+    assert!(closed_by_server(&mut s), "the session ended");
+    wait_until("the session to end", || proxy.stats.active() == 0);
+}
+
+/// Sets SO_SNDBUF on a test socket.
+fn set_send_buffer(s: &TcpStream, bytes: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on an open socket with a correctly sized int.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &bytes as *const _ as *const libc::c_void,
+            std::mem::size_of::<i32>() as u32,
+        );
+    }
+}
+
+/// Bytes (and FIN) sent on `s` that the peer has not acknowledged yet (SIOCOUTQ).
+fn unacked(s: &TcpStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
+    unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    n
+}

@@ -23,12 +23,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use futures::io::AsyncReadExt;
 
 use crate::Result;
 use crate::net::addr::AccessList;
-use crate::net::conn::{Handoff, Input, Reader};
+use crate::net::conn::{Handoff, Hangup, Input, Reader};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
@@ -178,21 +178,39 @@ enum End {
     WriterGone,
 }
 
+/// What a pump tells its session while it runs: the side it reads half-closed while the
+/// pump could not read (waiting for the other writer's mailbox). At most one per pump.
+type FinNotice = &'static str;
+
+/// One direction of a session: reads one socket, feeds the other side's writer. Bytes
+/// are counted into `stats.bytes_in` as they are read, so the summary is right while
+/// the session is open.
 async fn pump(
     mut reader: Reader,
     mut writer: Handoff,
     activity: Arc<Activity>,
+    stats: Arc<Stats>,
+    fin: (FinNotice, flume::Sender<FinNotice>),
     tap: Option<(&'static str, SocketAddr)>,
 ) -> (u64, End) {
     let end = loop {
         match reader.next().await {
             Ok(Input::Data(data)) => {
                 activity.touch();
+                Stats::add(&stats.bytes_in, data.len() as u64);
                 if let Some((direction, peer)) = tap {
                     log_tap(direction, peer, &data);
                 }
-                if writer.send(data).await.is_err() {
-                    break End::WriterGone;
+                // While the other writer's mailbox is full this pump reads nothing, so it
+                // would never see its peer leave: the wait watches the socket meanwhile.
+                let (label, notes_tx) = (fin.0, &fin.1);
+                let on_fin = move || {
+                    let _ = notes_tx.try_send(label);
+                };
+                match reader.watch(writer.send(data), on_fin).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break End::WriterGone,
+                    Err(Hangup::Reset | Hangup::Fin) => break End::Reset,
                 }
             }
             Ok(Input::Eof) | Ok(Input::Idle) => break End::Fin,
@@ -277,41 +295,51 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     }
     let activity = Arc::new(Activity::new());
     let tap = |direction| cfg.tap.then_some((direction, src));
+    // One notice per pump at most, so two places: `try_send` never fails for room.
+    let (notes_tx, notes_rx) = flume::bounded::<FinNotice>(2);
     let task = stats.task();
     let up_pump = rt::spawn_here({
-        let (reader, activity, tap) = (
+        let (reader, activity, stats, fin, tap) = (
             Reader::new(client.clone(), None),
             activity.clone(),
+            stats.clone(),
+            ("client FIN", notes_tx.clone()),
             tap("client->server"),
         );
         async move {
             let _task = task;
-            pump(reader, upstream_tx, activity, tap).await
+            pump(reader, upstream_tx, activity, stats, fin, tap).await
         }
     });
     let task = stats.task();
     let down_pump = rt::spawn_here({
-        let (reader, activity, tap) = (
+        let (reader, activity, stats, fin, tap) = (
             Reader::new(up.stream.clone(), None),
             activity.clone(),
+            stats.clone(),
+            ("server FIN", notes_tx),
             tap("server->client"),
         );
         async move {
             let _task = task;
-            pump(reader, client_tx, activity, tap).await
+            pump(reader, client_tx, activity, stats, fin, tap).await
         }
     });
 
     let sockets = [&client, &up.stream];
     let (mut up_pump, mut down_pump) = (up_pump.fuse(), down_pump.fuse());
+    let mut notes = notes_rx.into_stream().fuse();
     let (mut sent_up, mut sent_down): (Option<u64>, Option<u64>) = (None, None);
     let mut closed_first: Option<&'static str> = None;
+    // A side half-closed while its pump was waiting for mailbox room (it ends later,
+    // once the bytes before the FIN have moved): the fin timeout applies from now.
+    let mut fin_noticed = false;
     // Once a timeout has shut both sockets, only the pumps' ends are awaited: the limit
     // would stay passed, and a ready timer in a loop never yields to them (on a pinned
     // thread they share this task's thread).
     let mut timed_out = false;
     while sent_up.is_none() || sent_down.is_none() {
-        let half_closed = sent_up.is_some() || sent_down.is_some();
+        let half_closed = fin_noticed || sent_up.is_some() || sent_down.is_some();
         let limit = match (idle_timeout, cfg.fin_timeout.filter(|_| half_closed)) {
             _ if timed_out => None,
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -331,6 +359,13 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
                 closed_first.get_or_insert(match end { End::Fin => "server FIN", End::Reset => "server reset", End::WriterGone => "client reset" });
                 if end != End::Fin { shut(&sockets); }
             }
+            note = notes.next() => {
+                // `None` (both pumps gone) fuses the stream; the arms above see the ends.
+                if let Some(label) = note {
+                    fin_noticed = true;
+                    closed_first.get_or_insert(label);
+                }
+            }
             _ = rt::sleep(wait).fuse() => {
                 if limit.is_some_and(|l| activity.quiet_for() >= l) {
                     closed_first.get_or_insert(if half_closed { "fin timeout" } else { "idle timeout" });
@@ -341,7 +376,6 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
         }
     }
     let (up_bytes, down_bytes) = (sent_up.unwrap_or(0), sent_down.unwrap_or(0));
-    Stats::add(&stats.bytes_in, up_bytes + down_bytes);
     log::info!(client = src.to_string().as_str(), upstream = up.name.as_str(), upstream_addr = up.addr.to_string().as_str(),
         bytes_up = up_bytes, bytes_down = down_bytes, ms = started.elapsed().as_millis() as u64,
         closed_first = closed_first.unwrap_or("unknown"); "proxy: session closed");
