@@ -464,6 +464,7 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
             .accept_proxy
             .then_some(args.proxy_header_timeout.max(Duration::from_millis(1))),
         tap: args.tap,
+        close_now: None,
     };
     let server = (*args.server.config()).clone();
     let stats = Stats::new();
@@ -474,17 +475,36 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
     if threads == 0 {
         let bound = service::bind(Some(&args.listen), None).await?;
         let listener = bound.tcp.expect("bound a TCP address");
-        return service::run_until_signal("proxy", stats, args.drain, move |shutdown| {
-            proxy::run(listener, server, config, serve_stats, shutdown)
-        })
+        return service::run_until_signal_closing(
+            "proxy",
+            stats,
+            args.drain,
+            move |shutdown, close| {
+                let config = ProxyConfig {
+                    close_now: Some(close),
+                    ..config
+                };
+                proxy::run(listener, server, config, serve_stats, shutdown)
+            },
+        )
         .await;
     }
     let listeners = service::bind_reuseport(&args.listen, threads).await?;
-    service::run_until_signal("proxy", stats, args.drain, move |shutdown| async move {
-        if let Err(e) = proxy::run_pinned(listeners, server, config, serve_stats, shutdown).await {
-            log::error!(error = e.to_string().as_str(); "proxy: could not start its threads");
-        }
-    })
+    service::run_until_signal_closing(
+        "proxy",
+        stats,
+        args.drain,
+        move |shutdown, close| async move {
+            let config = ProxyConfig {
+                close_now: Some(close),
+                ..config
+            };
+            if let Err(e) = proxy::run_pinned(listeners, server, config, serve_stats, shutdown).await
+            {
+                log::error!(error = e.to_string().as_str(); "proxy: could not start its threads");
+            }
+        },
+    )
     .await
 }
 

@@ -251,3 +251,84 @@ fn an_unread_stdout_neither_stalls_the_server_nor_hides_what_it_dropped() {
         &rest[rest.len().saturating_sub(5)..]
     );
 }
+
+#[test]
+fn a_proxy_session_still_open_at_shutdown_is_counted_and_logged() {
+    // An echo upstream on a test thread; the session stays open past the drain.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &s, &mut &s);
+            });
+        }
+    });
+    let mut proc = spawn(&[
+        "proxy", "--listen", "127.0.0.1:0", "--upstream", &up_addr, "--drain", "300ms",
+    ]);
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    let lines = log_lines(log);
+    let mut c = client(addr);
+    c.write_all(&[7u8; 1000]).unwrap();
+    assert_eq!(read_n(&mut c, 1000), vec![7u8; 1000]);
+
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    assert!(closed_by_server(&mut c), "the open session was closed at the end");
+    let log: Vec<String> = lines.try_iter().collect();
+    let session = record(&log, "session closed");
+    assert!(
+        session.contains("bytes_up 1000") && session.contains("bytes_down 1000"),
+        "{session}"
+    );
+    assert!(session.contains("closed_first shutdown"), "{session}");
+    let summary = record(&log, "stopped:");
+    assert!(
+        summary.contains("bytes_in=2000") && summary.contains("bytes_out=2000"),
+        "{summary}"
+    );
+}
+
+/// The log record whose message contains `what`, with its key-value lines (femme's
+/// development format puts each on an indented line of its own) and without colours.
+fn record(log: &[String], what: &str) -> String {
+    let start = log
+        .iter()
+        .position(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no {what:?} in {log:?}"));
+    let mut text = log[start].clone();
+    for l in log[start + 1..].iter().take_while(|l| l.starts_with(' ')) {
+        text.push('\n');
+        text.push_str(l);
+    }
+    // Strip ANSI colour sequences (ESC [ ... m).
+    let mut plain = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// The rest of a child's log, line by line, read on a thread until it ends.
+fn log_lines(
+    log: std::io::BufReader<std::process::ChildStdout>,
+) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in log.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}

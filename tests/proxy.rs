@@ -39,6 +39,7 @@ fn config(upstreams: &[SocketAddr], balance: Balance) -> ProxyConfig {
         send_proxy: None,
         accept_proxy: None,
         tap: false,
+        close_now: None,
     }
 }
 
@@ -615,43 +616,35 @@ fn an_upstream_reset_ends_a_session_whose_client_never_reads() {
 
 #[test]
 fn a_client_fin_seen_while_the_upstream_stalls_starts_the_fin_timeout() {
-    // The client sends until the proxy stops reading, shuts its write half, and the
-    // upstream takes a little so the FIN gets into the proxy's socket behind unread
-    // bytes. The session is half-closed from then: after --fin-timeout it ends.
-    let (upstream, held) = stalled_upstream();
+    // The client sends in small steps until the proxy stops reading (the pump waits for
+    // mailbox room), then shuts its write half: the FIN gets into the proxy's socket
+    // behind a few unread bytes. The session is half-closed from then, so after
+    // --fin-timeout with nothing moving it ends.
+    let (upstream, _held) = stalled_upstream();
     let mut cfg = config(&[upstream], Balance::First);
     cfg.fin_timeout = Some(Duration::from_millis(300));
     let proxy = start_proxy(cfg, ServerConfig::default());
     let mut s = client(proxy.addr);
-    // A small send buffer: at most 64 KiB wait in the client when it blocks.
-    set_send_buffer(&s, 64 * 1024);
-    write_until_blocked(&mut s);
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut up = held.recv_timeout(DEADLINE).expect("the upstream was reached");
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut taken = 0;
-    while unacked(&s) > 0 {
-        // Reading makes room all along the pipeline until the client's FIN is in.
-        assert!(taken < 64 << 20, "the FIN never got through");
-        taken += up.read(&mut buf).unwrap();
+    let step = vec![b'x'; 16 * 1024];
+    let mut written = 0u64;
+    loop {
+        s.write_all(&step).unwrap();
+        written += step.len() as u64;
+        assert!(written < 256 << 20, "the proxy never stopped reading");
+        // Not an assertion: a pump that is only slow makes this test weaker, never fail.
+        let start = Instant::now();
+        while bytes(&proxy.stats.bytes_in) < written && start.elapsed() < Duration::from_secs(1) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if bytes(&proxy.stats.bytes_in) < written {
+            break; // stalled, with at most one step unread
+        }
     }
+    s.shutdown(Shutdown::Write).unwrap();
+    wait_until("the proxy to take the client's FIN", || unacked(&s) == 0);
     assert!(closed_by_server(&mut s), "the session ended");
     wait_until("the session to end", || proxy.stats.active() == 0);
-}
-
-/// Sets SO_SNDBUF on a test socket.
-fn set_send_buffer(s: &TcpStream, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt on an open socket with a correctly sized int.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            &bytes as *const _ as *const libc::c_void,
-            std::mem::size_of::<i32>() as u32,
-        );
-    }
+    assert!(bytes(&proxy.stats.bytes_in) < written, "the unread step was never read");
 }
 
 /// Bytes (and FIN) sent on `s` that the peer has not acknowledged yet (SIOCOUTQ).

@@ -459,10 +459,7 @@ async fn write_loop<B: Outgoing>(
         } else {
             match writer_rx.try_recv() {
                 // The common case: one message waiting, written straight from its buffer.
-                Err(_) => stream
-                    .write_all(first.bytes())
-                    .await
-                    .map(|()| first.bytes().len()),
+                Err(_) => write_all_counted(stream, first.bytes(), stats).await,
                 // More waiting: gather plain byte messages into one write (one syscall).
                 Ok(second) => {
                     let mut batch = Vec::with_capacity(WRITE_BATCH.min(first.bytes().len() * 4));
@@ -479,7 +476,7 @@ async fn write_loop<B: Outgoing>(
                             more = writer_rx.try_recv().ok();
                         }
                     }
-                    stream.write_all(&batch).await.map(|()| batch.len())
+                    write_all_counted(stream, &batch, stats).await
                 }
             }
         };
@@ -500,6 +497,28 @@ async fn write_loop<B: Outgoing>(
         }
     }
     stream.flush().await
+}
+
+/// `write_all` that returns the length written; when it fails part-way, the bytes that
+/// did go out are added to `stats.bytes_out` here (the caller adds the rest on success),
+/// so a peer that resets in the middle of a batch leaves the count right.
+async fn write_all_counted(mut stream: &TcpStream, buf: &[u8], stats: &Stats) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match stream.write(&buf[done..]).await {
+            Ok(0) => {
+                Stats::add(&stats.bytes_out, done as u64);
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                Stats::add(&stats.bytes_out, done as u64);
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// Sends a file region with `sendfile`. When the socket is full, one ordinary write of
@@ -629,6 +648,54 @@ mod tests {
                 stats.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
                 expected.len() as u64
             );
+        });
+    }
+
+    #[test]
+    fn watch_sees_a_fin_behind_unread_bytes_and_then_a_reset_without_reading() {
+        rt::block_on(async {
+            let (near, mut far) = pair().await;
+            far.write_all(b"unread").await.unwrap();
+            far.shutdown(Halves::Write).unwrap();
+            let mut reader = Reader::new(near.clone(), None);
+            // The work ends when the FIN is reported: the wait itself reads nothing.
+            let (fin_tx, fin_rx) = flume::bounded::<()>(1);
+            let out = reader
+                .watch(fin_rx.recv_async(), move || {
+                    let _ = fin_tx.try_send(());
+                })
+                .await;
+            assert_eq!(out, Ok(Ok(())));
+            assert_eq!(reader.next().await.unwrap(), Input::Data(b"unread".to_vec()));
+            assert_eq!(reader.next().await.unwrap(), Input::Eof);
+
+            // A reset, with bytes still unread, ends a wait that would never end.
+            let (near, mut far) = pair().await;
+            far.write_all(b"unread").await.unwrap();
+            let mut near_w = near.clone();
+            near_w.write_all(b"to be refused").await.unwrap();
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt on an open socket; linger {on, 0} makes close reset.
+            unsafe {
+                libc::setsockopt(
+                    far.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &linger as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as u32,
+                )
+            };
+            drop(far);
+            let mut reader = Reader::new(near, None);
+            let out = rt::timeout(
+                Duration::from_secs(20),
+                reader.watch(futures::future::pending::<()>(), || {}),
+            )
+            .await;
+            assert_eq!(out, Some(Err(Hangup::Reset)));
         });
     }
 

@@ -11,6 +11,8 @@
 //! receiver hold memory flat. Both directions run at once, the server may speak first,
 //! and a half-close is carried over: when one side shuts its write half, the writer on
 //! the other side flushes and shuts the matching half, and the other direction goes on.
+//! A pump that waits for mailbox room still notices its peer's reset or FIN
+//! ([`Reader::watch`]), and bytes are counted as they move.
 //!
 //! Try it: `switchboard hello & switchboard proxy --upstream 127.0.0.1:7009`, then
 //! `nc 127.0.0.1 7001`.
@@ -55,6 +57,9 @@ pub struct ProxyConfig {
     pub accept_proxy: Option<Duration>,
     /// Log the traffic itself.
     pub tap: bool,
+    /// Fires when the process stops waiting for open sessions (the end of `--drain`):
+    /// each session still open is closed then, so it logs its line before the exit.
+    pub close_now: Option<Shutdown>,
 }
 
 /// Serves the proxy on `listener` until `shutdown` fires; open sessions are left to
@@ -329,6 +334,16 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     let sockets = [&client, &up.stream];
     let (mut up_pump, mut down_pump) = (up_pump.fuse(), down_pump.fuse());
     let mut notes = notes_rx.into_stream().fuse();
+    let close_now = cfg.close_now.clone();
+    let mut close_now = std::pin::pin!(
+        async move {
+            match close_now {
+                Some(c) => c.wait().await,
+                None => futures::future::pending().await,
+            }
+        }
+        .fuse()
+    );
     let (mut sent_up, mut sent_down): (Option<u64>, Option<u64>) = (None, None);
     let mut closed_first: Option<&'static str> = None;
     // A side half-closed while its pump was waiting for mailbox room (it ends later,
@@ -365,6 +380,11 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
                     fin_noticed = true;
                     closed_first.get_or_insert(label);
                 }
+            }
+            () = close_now => {
+                closed_first.get_or_insert("shutdown");
+                shut(&sockets);
+                timed_out = true;
             }
             _ = rt::sleep(wait).fuse() => {
                 if limit.is_some_and(|l| activity.quiet_for() >= l) {
