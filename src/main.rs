@@ -221,6 +221,10 @@ struct ProxyArgs {
     /// Read a PROXY protocol header (v1 or v2) from each client; only behind a balancer you trust.
     #[arg(long)]
     accept_proxy: bool,
+    /// With --accept-proxy: only these peers may send headers (repeatable CIDR; default:
+    /// anyone). --allow/--deny then judge the client each header names.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr, requires = "accept_proxy")]
+    proxy_from: Vec<IpNet>,
     /// With --accept-proxy: close clients that send no header within this time.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     proxy_header_timeout: Duration,
@@ -463,6 +467,7 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         accept_proxy: args
             .accept_proxy
             .then_some(args.proxy_header_timeout.max(Duration::from_millis(1))),
+        proxy_from: AccessList::new(args.proxy_from, vec![]),
         tap: args.tap,
         close_now: None,
     };

@@ -38,6 +38,7 @@ fn config(upstreams: &[SocketAddr], balance: Balance) -> ProxyConfig {
         fin_timeout: Some(Duration::from_secs(60)),
         send_proxy: None,
         accept_proxy: None,
+        proxy_from: Default::default(),
         tap: false,
         close_now: None,
     }
@@ -654,4 +655,56 @@ fn unacked(s: &TcpStream) -> i32 {
     // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
     unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
     n
+}
+
+#[test]
+fn accept_proxy_judges_the_header_address_and_proxy_from_judges_the_sender() {
+    use switchboard::net::addr::{AccessList, parse_cidr};
+    let echo = start_role(Echo, ServerConfig::default());
+    let ten = || vec![parse_cidr("10.0.0.0/8").unwrap()];
+    let start = |allow, deny, from: &str| {
+        let mut cfg = config(&[echo.tcp], Balance::First);
+        cfg.accept_proxy = Some(Duration::from_secs(5));
+        if !from.is_empty() {
+            cfg.proxy_from = AccessList::new(vec![parse_cidr(from).unwrap()], vec![]);
+        }
+        start_proxy(
+            cfg,
+            ServerConfig {
+                access: AccessList::new(allow, deny),
+                ..Default::default()
+            },
+        )
+    };
+    const FROM_TEN: &[u8] = b"PROXY TCP4 10.1.2.3 192.0.2.1 40000 80\r\nhello";
+    let echoed = |p: &Proxy, header: &[u8]| -> Vec<u8> {
+        let mut s = client(p.addr);
+        // A refused client may be reset before or while it writes.
+        let _ = s.write_all(header);
+        let _ = s.shutdown(Shutdown::Write);
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got); // EOF, or a reset when refused
+        got
+    };
+
+    // From 127.0.0.1, naming 10.1.2.3: --allow 10.0.0.0/8 admits it ...
+    let allowed = start(ten(), vec![], "");
+    assert_eq!(echoed(&allowed, FROM_TEN), b"hello");
+    // ... and a LOCAL/UNKNOWN header is judged by the peer (127.0.0.1: not allowed).
+    assert_eq!(echoed(&allowed, b"PROXY UNKNOWN\r\nhello"), b"");
+    // --deny 10.0.0.0/8 refuses it, though the balancer itself is not denied.
+    let denied = start(vec![], ten(), "");
+    assert_eq!(echoed(&denied, FROM_TEN), b"");
+    assert_eq!(echoed(&denied, b"PROXY UNKNOWN\r\nhello"), b"hello");
+    // --proxy-from without 127.0.0.1: no header is taken from it at all.
+    let untrusted = start(ten(), vec![], "192.0.2.0/24");
+    assert_eq!(echoed(&untrusted, FROM_TEN), b"");
+    let trusted = start(ten(), vec![], "127.0.0.0/8");
+    assert_eq!(echoed(&trusted, FROM_TEN), b"hello");
+    wait_until("the refusals to be counted", || {
+        bytes(&allowed.stats.refused) == 1
+            && bytes(&denied.stats.refused) == 1
+            && bytes(&untrusted.stats.refused) == 1
+    });
+    echo.stop();
 }

@@ -53,8 +53,13 @@ pub struct ProxyConfig {
     pub fin_timeout: Option<Duration>,
     /// Write a PROXY protocol header to the upstream first.
     pub send_proxy: Option<Version>,
-    /// Read a PROXY protocol header from each client first, within this time.
+    /// Read a PROXY protocol header from each client first, within this time. The
+    /// server's `--allow`/`--deny` then judge the client the header names (the peer
+    /// itself for `LOCAL`/`UNKNOWN`), not the balancer that connected.
     pub accept_proxy: Option<Duration>,
+    /// With `accept_proxy`: which peers may send headers at all (`--proxy-from`; empty
+    /// allows anyone). Checked at accept, before a byte is read.
+    pub proxy_from: AccessList,
     /// Log the traffic itself.
     pub tap: bool,
     /// Fires when the process stops waiting for open sessions (the end of `--drain`):
@@ -137,6 +142,11 @@ async fn serve(
     let mut server = (*server).clone();
     server.keep_open_on_shutdown = true;
     let access = server.access.clone();
+    if proxy.accept_proxy.is_some() {
+        // The peer is a balancer: the accept loop judges whether it may send headers,
+        // and the session judges the client its header names against --allow/--deny.
+        server.access = proxy.proxy_from.clone();
+    }
     listener::serve(
         "proxy",
         listener,
@@ -276,6 +286,7 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
             }
         }
         if !access.permits(src.ip()) {
+            Stats::add(&stats.refused, 1);
             log::info!(peer = peer.to_string().as_str(), client = src.to_string().as_str(); "proxy: client refused by access list");
             return Ok(());
         }
