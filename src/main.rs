@@ -90,6 +90,7 @@ impl ServerArgs {
             full_notice: None,
             keep_open_on_shutdown: false,
             quiet: false,
+            hold_accepts: None,
         })
     }
 }

@@ -332,3 +332,85 @@ fn log_lines(
     });
     rx
 }
+
+#[test]
+fn a_proxy_out_of_descriptors_waits_for_one_and_blames_no_upstream() {
+    // An echo upstream on test threads.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &s, &mut &s);
+            });
+        }
+    });
+    // The proxy with a few dozen descriptors: room for a handful of sessions (two each).
+    let mut cmd = binary();
+    cmd.args([
+        "proxy", "--listen", "127.0.0.1:0", "--upstream", &up_addr, "--threads", "1",
+        "--connect-timeout", "60s", "--backoff", "60s",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 40,
+                rlim_max: 40,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut proc = Proc(cmd.spawn().unwrap());
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    let lines = log_lines(log);
+
+    // Sessions that hold their descriptors until the test lets them go.
+    let mut held = Vec::new();
+    for i in 0..4u8 {
+        let mut c = client(addr);
+        c.write_all(&[i]).unwrap();
+        assert_eq!(read_n(&mut c, 1), [i]);
+        held.push(c);
+    }
+    // A burst of clients, more than the descriptors left: the accept loop takes what it
+    // can, and sessions find no descriptor for their upstream connect.
+    let burst: Vec<_> = (0..24u8)
+        .map(|i| {
+            let mut c = client(addr);
+            c.write_all(&[100 + i]).unwrap();
+            std::thread::spawn(move || {
+                // Served once a descriptor frees up, then gone, freeing its own.
+                let got = read_n(&mut c, 1);
+                assert_eq!(got, [100 + i], "client {i}");
+            })
+        })
+        .collect();
+    let mut log = Vec::new();
+    wait_until("the proxy to say it is out of descriptors", || {
+        log.extend(lines.try_iter());
+        log.iter().any(|l| l.contains("out of descriptors here"))
+    });
+    // The sessions held end: every waiting client is served, none is dropped.
+    drop(held);
+    for b in burst {
+        b.join().unwrap();
+    }
+    // And the upstream was never blamed.
+    let mut late = client(addr);
+    late.write_all(b"after").unwrap();
+    assert_eq!(read_n(&mut late, 5), b"after");
+    drop(late);
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    log.extend(lines.iter()); // to the end of the log: the process has exited
+    let text = log.join("\n");
+    assert!(!text.contains("skipping it"), "{text}");
+    assert!(!text.contains("closing the client"), "{text}");
+}

@@ -36,7 +36,7 @@ use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::rt::{self, TcpListener, TcpStream};
 use header::Version;
-use upstreams::Upstreams;
+use upstreams::{ConnectError, Upstreams};
 
 /// Default listening address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7001";
@@ -142,6 +142,8 @@ async fn serve(
     let mut server = (*server).clone();
     server.keep_open_on_shutdown = true;
     let access = server.access.clone();
+    // Sessions waiting for a descriptor get the ones that free up before new clients do.
+    server.hold_accepts = Some(proxy.upstreams.descriptor_waiters());
     if proxy.accept_proxy.is_some() {
         // The peer is a balancer: the accept loop judges whether it may send headers,
         // and the session judges the client its header names against --allow/--deny.
@@ -293,8 +295,12 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     }
     let up = match cfg.upstreams.connect(cfg.connect_timeout).await {
         Ok(up) => up,
-        Err(why) => {
+        Err(ConnectError::Upstreams(why)) => {
             log::warn!(client = src.to_string().as_str(), error = why.as_str(); "proxy: no upstream answered; closing the client");
+            return Ok(());
+        }
+        Err(ConnectError::Local(why)) => {
+            log::warn!(client = src.to_string().as_str(), error = why.as_str(); "proxy: out of descriptors here (local); closing the client");
             return Ok(());
         }
     };
