@@ -414,3 +414,44 @@ fn a_proxy_out_of_descriptors_waits_for_one_and_blames_no_upstream() {
     assert!(!text.contains("skipping it"), "{text}");
     assert!(!text.contains("closing the client"), "{text}");
 }
+
+#[test]
+fn a_stalled_stdout_at_shutdown_sends_the_last_lines_to_stderr() {
+    // `switchboard proxy --tap | less`, left unscrolled: the pipe and the 1 MiB queue are
+    // full when SIGTERM comes, so "shutting down", the summary and the dropped-lines
+    // warning cannot go to stdout. They must reach stderr.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &s, &mut &s);
+            });
+        }
+    });
+    let mut proc = spawn(&[
+        "proxy", "--listen", "127.0.0.1:0", "--upstream", &up_addr, "--tap", "--drain", "0",
+    ]);
+    // The log is never read again; it stays open, full.
+    let (addr, _unread_log) = listening_addr_and_log(&mut proc, "TCP");
+    // 1 KiB ping-pongs: two tap lines of more than 1 KiB each per round trip, 3,000 of
+    // them in all, well past what the pipes and the queue hold.
+    let mut c = client(addr);
+    let ping = vec![b'p'; 1024];
+    for _ in 0..1500 {
+        c.write_all(&ping).unwrap();
+        assert_eq!(read_n(&mut c, ping.len()), ping);
+    }
+    drop(c);
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    let err = stderr_of(&mut proc);
+    assert!(err.contains("lines dropped"), "{err}");
+    assert!(err.contains("shutting down"), "{err}");
+    assert!(
+        err.contains("stopped: connections=1")
+            && err.contains("bytes_in=3072000")
+            && err.contains("bytes_out=3072000"),
+        "{err}"
+    );
+}
