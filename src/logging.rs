@@ -277,7 +277,9 @@ fn admit(queue: &mut Queue, data: &[u8], mut at_line_start: bool, keeping: &mut 
             queue.dropped += 1;
         }
         let room = RECENT_LINE_MAX.saturating_sub(queue.current.len());
-        queue.current.extend_from_slice(&piece[..piece.len().min(room)]);
+        queue
+            .current
+            .extend_from_slice(&piece[..piece.len().min(room)]);
         if complete {
             queue.seq += 1;
             if *keeping {

@@ -91,6 +91,8 @@ impl ServerArgs {
             keep_open_on_shutdown: false,
             quiet: false,
             hold_accepts: None,
+            close_now: None,
+            proxy_from: AccessList::default(),
         })
     }
 }
@@ -468,11 +470,12 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         accept_proxy: args
             .accept_proxy
             .then_some(args.proxy_header_timeout.max(Duration::from_millis(1))),
-        proxy_from: AccessList::new(args.proxy_from, vec![]),
         tap: args.tap,
-        close_now: None,
     };
-    let server = (*args.server.config()).clone();
+    let server = ServerConfig {
+        proxy_from: AccessList::new(args.proxy_from, vec![]),
+        ..(*args.server.config()).clone()
+    };
     let stats = Stats::new();
     let serve_stats = stats.clone();
     let threads = args
@@ -486,9 +489,9 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
             stats,
             args.drain,
             move |shutdown, close| {
-                let config = ProxyConfig {
+                let server = ServerConfig {
                     close_now: Some(close),
-                    ..config
+                    ..server
                 };
                 proxy::run(listener, server, config, serve_stats, shutdown)
             },
@@ -501,11 +504,12 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         stats,
         args.drain,
         move |shutdown, close| async move {
-            let config = ProxyConfig {
+            let server = ServerConfig {
                 close_now: Some(close),
-                ..config
+                ..server
             };
-            if let Err(e) = proxy::run_pinned(listeners, server, config, serve_stats, shutdown).await
+            if let Err(e) =
+                proxy::run_pinned(listeners, server, config, serve_stats, shutdown).await
             {
                 log::error!(error = e.to_string().as_str(); "proxy: could not start its threads");
             }

@@ -265,7 +265,13 @@ fn a_proxy_session_still_open_at_shutdown_is_counted_and_logged() {
         }
     });
     let mut proc = spawn(&[
-        "proxy", "--listen", "127.0.0.1:0", "--upstream", &up_addr, "--drain", "300ms",
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up_addr,
+        "--drain",
+        "300ms",
     ]);
     let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
     let lines = log_lines(log);
@@ -275,7 +281,10 @@ fn a_proxy_session_still_open_at_shutdown_is_counted_and_logged() {
 
     signal(&proc, libc::SIGTERM);
     assert!(wait_exit(&mut proc).success());
-    assert!(closed_by_server(&mut c), "the open session was closed at the end");
+    assert!(
+        closed_by_server(&mut c),
+        "the open session was closed at the end"
+    );
     let log: Vec<String> = lines.try_iter().collect();
     let session = record(&log, "session closed");
     assert!(
@@ -348,8 +357,17 @@ fn a_proxy_out_of_descriptors_waits_for_one_and_blames_no_upstream() {
     // The proxy with a few dozen descriptors: room for a handful of sessions (two each).
     let mut cmd = binary();
     cmd.args([
-        "proxy", "--listen", "127.0.0.1:0", "--upstream", &up_addr, "--threads", "1",
-        "--connect-timeout", "60s", "--backoff", "60s",
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up_addr,
+        "--threads",
+        "1",
+        "--connect-timeout",
+        "60s",
+        "--backoff",
+        "60s",
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
@@ -430,7 +448,14 @@ fn a_stalled_stdout_at_shutdown_sends_the_last_lines_to_stderr() {
         }
     });
     let mut proc = spawn(&[
-        "proxy", "--listen", "127.0.0.1:0", "--upstream", &up_addr, "--tap", "--drain", "0",
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up_addr,
+        "--tap",
+        "--drain",
+        "0",
     ]);
     // The log is never read again; it stays open, full.
     let (addr, _unread_log) = listening_addr_and_log(&mut proc, "TCP");

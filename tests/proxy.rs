@@ -38,9 +38,7 @@ fn config(upstreams: &[SocketAddr], balance: Balance) -> ProxyConfig {
         fin_timeout: Some(Duration::from_secs(60)),
         send_proxy: None,
         accept_proxy: None,
-        proxy_from: Default::default(),
         tap: false,
-        close_now: None,
     }
 }
 
@@ -578,7 +576,9 @@ fn a_client_reset_ends_a_session_whose_upstream_never_reads() {
     let proxy = simple_proxy(upstream);
     let mut s = client(proxy.addr);
     let written = write_until_blocked(&mut s);
-    let mut up = held.recv_timeout(DEADLINE).expect("the upstream was reached");
+    let mut up = held
+        .recv_timeout(DEADLINE)
+        .expect("the upstream was reached");
     // Counted as they move: what the proxy read is already in the summary.
     let read_so_far = bytes(&proxy.stats.bytes_in);
     assert!(read_so_far > 0 && read_so_far <= written);
@@ -602,7 +602,9 @@ fn an_upstream_reset_ends_a_session_whose_client_never_reads() {
     let proxy = simple_proxy(upstream);
     let mut s = client(proxy.addr);
     s.write_all(b"go").unwrap(); // the session exists once the upstream has accepted
-    let mut up = held.recv_timeout(DEADLINE).expect("the upstream was reached");
+    let mut up = held
+        .recv_timeout(DEADLINE)
+        .expect("the upstream was reached");
     let written = write_until_blocked(&mut up);
     assert!(bytes(&proxy.stats.bytes_in) > 0);
     reset_on_close(&up);
@@ -645,7 +647,10 @@ fn a_client_fin_seen_while_the_upstream_stalls_starts_the_fin_timeout() {
     wait_until("the proxy to take the client's FIN", || unacked(&s) == 0);
     assert!(closed_by_server(&mut s), "the session ended");
     wait_until("the session to end", || proxy.stats.active() == 0);
-    assert!(bytes(&proxy.stats.bytes_in) < written, "the unread step was never read");
+    assert!(
+        bytes(&proxy.stats.bytes_in) < written,
+        "the unread step was never read"
+    );
 }
 
 /// Bytes (and FIN) sent on `s` that the peer has not acknowledged yet (SIOCOUTQ).
@@ -665,13 +670,16 @@ fn accept_proxy_judges_the_header_address_and_proxy_from_judges_the_sender() {
     let start = |allow, deny, from: &str| {
         let mut cfg = config(&[echo.tcp], Balance::First);
         cfg.accept_proxy = Some(Duration::from_secs(5));
-        if !from.is_empty() {
-            cfg.proxy_from = AccessList::new(vec![parse_cidr(from).unwrap()], vec![]);
-        }
+        let from = if from.is_empty() {
+            vec![]
+        } else {
+            vec![parse_cidr(from).unwrap()]
+        };
         start_proxy(
             cfg,
             ServerConfig {
                 access: AccessList::new(allow, deny),
+                proxy_from: AccessList::new(from, vec![]),
                 ..Default::default()
             },
         )

@@ -666,7 +666,10 @@ mod tests {
                 })
                 .await;
             assert_eq!(out, Ok(Ok(())));
-            assert_eq!(reader.next().await.unwrap(), Input::Data(b"unread".to_vec()));
+            assert_eq!(
+                reader.next().await.unwrap(),
+                Input::Data(b"unread".to_vec())
+            );
             assert_eq!(reader.next().await.unwrap(), Input::Eof);
 
             // A reset, with bytes still unread, ends a wait that would never end.

@@ -64,6 +64,14 @@ pub struct ServerConfig {
     /// a descriptor (the proxy's sessions whose upstream connect met EMFILE), and a new
     /// client would take the descriptor one of them is waiting for.
     pub hold_accepts: Option<Arc<AtomicUsize>>,
+    /// With `keep_open_on_shutdown`: fires when the process stops waiting for open
+    /// connections (the end of the drain). A role that keeps connections open closes
+    /// them then, so each still ends (and logs) before the exit.
+    pub close_now: Option<Shutdown>,
+    /// For a role that reads the client's address from a PROXY protocol header (the
+    /// proxy's `--accept-proxy`): which peers may send one at all (`--proxy-from`;
+    /// empty allows anyone). `access` then judges the address in the header.
+    pub proxy_from: AccessList,
 }
 
 /// One accepted connection, handed to the role.

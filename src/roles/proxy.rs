@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
 use futures::io::AsyncReadExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::Result;
 use crate::net::addr::AccessList;
@@ -55,16 +55,11 @@ pub struct ProxyConfig {
     pub send_proxy: Option<Version>,
     /// Read a PROXY protocol header from each client first, within this time. The
     /// server's `--allow`/`--deny` then judge the client the header names (the peer
-    /// itself for `LOCAL`/`UNKNOWN`), not the balancer that connected.
+    /// itself for `LOCAL`/`UNKNOWN`), not the balancer that connected, and the server's
+    /// `proxy_from` judges who may send headers at all (at accept, before a byte is read).
     pub accept_proxy: Option<Duration>,
-    /// With `accept_proxy`: which peers may send headers at all (`--proxy-from`; empty
-    /// allows anyone). Checked at accept, before a byte is read.
-    pub proxy_from: AccessList,
     /// Log the traffic itself.
     pub tap: bool,
-    /// Fires when the process stops waiting for open sessions (the end of `--drain`):
-    /// each session still open is closed then, so it logs its line before the exit.
-    pub close_now: Option<Shutdown>,
 }
 
 /// Serves the proxy on `listener` until `shutdown` fires; open sessions are left to
@@ -147,15 +142,17 @@ async fn serve(
     if proxy.accept_proxy.is_some() {
         // The peer is a balancer: the accept loop judges whether it may send headers,
         // and the session judges the client its header names against --allow/--deny.
-        server.access = proxy.proxy_from.clone();
+        server.access = server.proxy_from.clone();
     }
+    // At the end of the drain each open session closes itself (and logs its line).
+    let close_now = server.close_now.clone();
     listener::serve(
         "proxy",
         listener,
         Arc::new(server),
         stats,
         shutdown,
-        move |conn| session(conn, proxy.clone(), access.clone()),
+        move |conn| session(conn, proxy.clone(), access.clone(), close_now.clone()),
     )
     .await;
 }
@@ -264,7 +261,12 @@ async fn read_proxy_header(
 }
 
 /// One client's session, from accept to the log line.
-async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Result<()> {
+async fn session(
+    conn: Conn,
+    cfg: Arc<ProxyConfig>,
+    access: AccessList,
+    close_now: Option<Shutdown>,
+) -> Result<()> {
     let started = Instant::now();
     let Conn {
         stream: client,
@@ -351,7 +353,6 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     let sockets = [&client, &up.stream];
     let (mut up_pump, mut down_pump) = (up_pump.fuse(), down_pump.fuse());
     let mut notes = notes_rx.into_stream().fuse();
-    let close_now = cfg.close_now.clone();
     let mut close_now = std::pin::pin!(
         async move {
             match close_now {
