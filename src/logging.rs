@@ -19,7 +19,10 @@
 //! - When the real stdout fails (closed pipe, full disk), output stops for good, one line
 //!   on stderr says why, and the pipe is still drained, into nothing.
 //! - [`LogOutput::finish`] at exit writes what is queued (the shutdown summary is the
-//!   last line), waiting at most [`FINISH_WAIT`].
+//!   last line), waiting at most [`FINISH_WAIT`]. If stdout is stalled and does not take
+//!   it in that time, the last lines it did not get ("shutting down", the summary; at
+//!   most [`RECENT_LINES`]) and the count of dropped lines go to stderr instead, so an
+//!   unread stdout never hides how the process ended.
 //!
 //! Try it: `switchboard chat | head -1`, then `telnet 127.0.0.1 7000`: the chat goes on.
 
@@ -40,6 +43,13 @@ pub const FINISH_WAIT: Duration = Duration::from_secs(2);
 /// The drain thread's read size (the pipe holds 64 KiB).
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The most recent lines kept aside (whether queued or dropped) for stderr, in case
+/// stdout is stalled at exit.
+pub const RECENT_LINES: usize = 64;
+
+/// The most of one line kept aside for stderr; a longer one is cut and marked.
+const RECENT_LINE_MAX: usize = 2048;
+
 /// Starts femme at `level`, writing through the pipe described above. If the pipe cannot
 /// be set up, femme writes to stdout directly and stderr says why.
 pub fn start(level: log::LevelFilter) -> LogOutput {
@@ -47,7 +57,10 @@ pub fn start(level: log::LevelFilter) -> LogOutput {
         Ok(output) => output,
         Err(e) => {
             crate::note!("switchboard: logging straight to stdout (no log pipe: {e})");
-            LogOutput { threads: None }
+            LogOutput {
+                threads: None,
+                shared: Arc::new(Shared::default()),
+            }
         }
     };
     femme::with_level(level);
@@ -58,13 +71,15 @@ pub fn start(level: log::LevelFilter) -> LogOutput {
 pub struct LogOutput {
     /// The drain and output threads (`None` when logging goes straight to stdout).
     threads: Option<(JoinHandle<()>, Option<JoinHandle<()>>)>,
+    /// The queue they share (its recent lines are what stderr gets if stdout stalls).
+    shared: Arc<Shared>,
 }
 
 impl LogOutput {
     /// Closes the pipe (fd 1 becomes /dev/null, so later log calls cost nothing) and
     /// waits, at most [`FINISH_WAIT`], until every line logged before is written.
     pub fn finish(self) {
-        let Some((drain, output)) = self.threads else {
+        let (Some((drain, output)), shared) = (self.threads, self.shared) else {
             return;
         };
         let _ = io::stdout().flush();
@@ -77,15 +92,51 @@ impl LogOutput {
             return;
         }
         let deadline = Instant::now() + FINISH_WAIT;
+        let mut all_out = true;
         for thread in std::iter::once(drain).chain(output) {
             while !thread.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
             if thread.is_finished() {
                 let _ = thread.join();
+            } else {
+                all_out = false;
             }
         }
+        if !all_out {
+            unwritten_to_stderr(&shared.lock());
+        }
     }
+}
+
+/// Stdout did not take the end of the log in time: the recent lines it did not get, and
+/// how many were dropped, go to stderr.
+fn unwritten_to_stderr(queue: &Queue) {
+    if queue.broken {
+        return; // stdout failed, and stderr already said so
+    }
+    let unwritten: Vec<&(u64, Vec<u8>)> = queue
+        .recent
+        .iter()
+        .filter(|(seq, _)| *seq > queue.written_seq)
+        .collect();
+    let not_shown = (queue.seq - queue.written_seq).saturating_sub(unwritten.len() as u64);
+    let mut note = String::from("switchboard: stdout did not take the end of the log");
+    if queue.dropped > 0 {
+        note += &format!(" (log output fell behind: {} lines dropped)", queue.dropped);
+    }
+    note += &format!("; its last {} lines follow", unwritten.len());
+    if not_shown > 0 {
+        note += &format!(" ({not_shown} before them not shown)");
+    }
+    crate::note!("{note}");
+    let mut err = io::stderr().lock();
+    for (_, line) in unwritten {
+        if err.write_all(line).is_err() {
+            return;
+        }
+    }
+    let _ = err.flush();
 }
 
 /// What the drain thread hands the output thread.
@@ -94,12 +145,24 @@ struct Queue {
     bytes: Vec<u8>,
     /// Whole lines dropped because `bytes` was full, not yet reported.
     dropped: u64,
+    /// Complete lines seen so far, queued or dropped; each line's number.
+    seq: u64,
+    /// The number of the last complete line put in `bytes`.
+    queued_seq: u64,
+    /// The number of the last line the real stdout has taken.
+    written_seq: u64,
+    /// The last [`RECENT_LINES`] lines with their numbers (each cut at
+    /// [`RECENT_LINE_MAX`]), queued or dropped.
+    recent: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// The start of the line now arriving, for `recent`.
+    current: Vec<u8>,
     /// The pipe reached its end: nothing more will come.
     closed: bool,
     /// The real stdout failed: everything is discarded from now on.
     broken: bool,
 }
 
+#[derive(Default)]
 struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
@@ -144,11 +207,12 @@ fn redirect_stdout() -> io::Result<LogOutput> {
             .spawn(move || drain(pipe, &shared))?
     };
     let output = match real {
-        Some(real) => Some(
+        Some(real) => Some({
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("log-output".into())
-                .spawn(move || output(real, &shared))?,
-        ),
+                .spawn(move || output(real, &shared))?
+        }),
         None => None,
     };
     // SAFETY: both descriptors are open; on success fd 1 is the pipe's write end. On
@@ -158,6 +222,7 @@ fn redirect_stdout() -> io::Result<LogOutput> {
     }
     Ok(LogOutput {
         threads: Some((drain, output)),
+        shared,
     })
 }
 
@@ -211,6 +276,25 @@ fn admit(queue: &mut Queue, data: &[u8], mut at_line_start: bool, keeping: &mut 
         } else if complete {
             queue.dropped += 1;
         }
+        let room = RECENT_LINE_MAX.saturating_sub(queue.current.len());
+        queue
+            .current
+            .extend_from_slice(&piece[..piece.len().min(room)]);
+        if complete {
+            queue.seq += 1;
+            if *keeping {
+                queue.queued_seq = queue.seq;
+            }
+            let mut line = std::mem::take(&mut queue.current);
+            if line.last() != Some(&b'\n') {
+                line.extend_from_slice(" [cut]\n".as_bytes());
+            }
+            if queue.recent.len() == RECENT_LINES {
+                queue.recent.pop_front();
+            }
+            let seq = queue.seq;
+            queue.recent.push_back((seq, line));
+        }
         at_line_start = complete;
     }
     at_line_start
@@ -221,7 +305,7 @@ fn admit(queue: &mut Queue, data: &[u8], mut at_line_start: bool, keeping: &mut 
 fn output(mut real: File, shared: &Shared) {
     let mut batch = Vec::new();
     loop {
-        let dropped = {
+        let batch_seq = {
             let mut queue = shared.lock();
             while queue.bytes.is_empty() && !queue.closed {
                 queue = shared.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
@@ -230,9 +314,19 @@ fn output(mut real: File, shared: &Shared) {
                 return; // closed, and everything written
             }
             std::mem::swap(&mut batch, &mut queue.bytes);
+            queue.queued_seq
+        };
+        let written = real.write_all(&batch);
+        // The dropped count is taken once stdout has moved: if it never does, it is
+        // still there for `finish` to report on stderr.
+        let dropped = {
+            let mut queue = shared.lock();
+            if written.is_ok() {
+                queue.written_seq = batch_seq;
+            }
             std::mem::take(&mut queue.dropped)
         };
-        if let Err(e) = real.write_all(&batch) {
+        if let Err(e) = written {
             let mut queue = shared.lock();
             queue.broken = true;
             queue.bytes = Vec::new();
@@ -265,6 +359,23 @@ mod tests {
         admit_all(&mut q, &[b"one\ntw", b"o\nthr", b"ee\n"]);
         assert_eq!(q.bytes, b"one\ntwo\nthree\n");
         assert_eq!(q.dropped, 0);
+    }
+
+    #[test]
+    fn the_last_lines_are_kept_aside_numbered_whether_queued_or_dropped() {
+        let mut q = Queue {
+            bytes: vec![b'x'; QUEUE_MAX - 1],
+            ..Queue::default()
+        };
+        admit_all(&mut q, &[b"kept\nlo", b"st\n"]);
+        assert_eq!((q.seq, q.queued_seq, q.dropped), (2, 1, 1));
+        let recent: Vec<_> = q.recent.iter().cloned().collect();
+        assert_eq!(recent, [(1, b"kept\n".to_vec()), (2, b"lost\n".to_vec())]);
+        for i in 0..RECENT_LINES {
+            admit_all(&mut q, &[format!("{i}\n").as_bytes()]);
+        }
+        assert_eq!(q.recent.len(), RECENT_LINES);
+        assert_eq!(q.recent.back().unwrap().0, 2 + RECENT_LINES as u64);
     }
 
     #[test]

@@ -90,6 +90,9 @@ impl ServerArgs {
             full_notice: None,
             keep_open_on_shutdown: false,
             quiet: false,
+            hold_accepts: None,
+            close_now: None,
+            proxy_from: AccessList::default(),
         })
     }
 }
@@ -221,6 +224,10 @@ struct ProxyArgs {
     /// Read a PROXY protocol header (v1 or v2) from each client; only behind a balancer you trust.
     #[arg(long)]
     accept_proxy: bool,
+    /// With --accept-proxy: only these peers may send headers (repeatable CIDR; default:
+    /// anyone). --allow/--deny then judge the client each header names.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr, requires = "accept_proxy")]
+    proxy_from: Vec<IpNet>,
     /// With --accept-proxy: close clients that send no header within this time.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     proxy_header_timeout: Duration,
@@ -465,7 +472,10 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
             .then_some(args.proxy_header_timeout.max(Duration::from_millis(1))),
         tap: args.tap,
     };
-    let server = (*args.server.config()).clone();
+    let server = ServerConfig {
+        proxy_from: AccessList::new(args.proxy_from, vec![]),
+        ..(*args.server.config()).clone()
+    };
     let stats = Stats::new();
     let serve_stats = stats.clone();
     let threads = args
@@ -474,17 +484,37 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
     if threads == 0 {
         let bound = service::bind(Some(&args.listen), None).await?;
         let listener = bound.tcp.expect("bound a TCP address");
-        return service::run_until_signal("proxy", stats, args.drain, move |shutdown| {
-            proxy::run(listener, server, config, serve_stats, shutdown)
-        })
+        return service::run_until_signal_closing(
+            "proxy",
+            stats,
+            args.drain,
+            move |shutdown, close| {
+                let server = ServerConfig {
+                    close_now: Some(close),
+                    ..server
+                };
+                proxy::run(listener, server, config, serve_stats, shutdown)
+            },
+        )
         .await;
     }
     let listeners = service::bind_reuseport(&args.listen, threads).await?;
-    service::run_until_signal("proxy", stats, args.drain, move |shutdown| async move {
-        if let Err(e) = proxy::run_pinned(listeners, server, config, serve_stats, shutdown).await {
-            log::error!(error = e.to_string().as_str(); "proxy: could not start its threads");
-        }
-    })
+    service::run_until_signal_closing(
+        "proxy",
+        stats,
+        args.drain,
+        move |shutdown, close| async move {
+            let server = ServerConfig {
+                close_now: Some(close),
+                ..server
+            };
+            if let Err(e) =
+                proxy::run_pinned(listeners, server, config, serve_stats, shutdown).await
+            {
+                log::error!(error = e.to_string().as_str(); "proxy: could not start its threads");
+            }
+        },
+    )
     .await
 }
 

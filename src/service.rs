@@ -3,8 +3,10 @@
 //! Shutdown order: the signal fires the [`Trigger`]; accept loops close their listeners and
 //! shut the read half of every connection; readers end as on a client's EOF and drop
 //! their senders; writers flush and close. The process waits for the connection tasks to
-//! finish for at most the drain time (a second signal cuts it short), logs one summary
-//! line and returns.
+//! finish for at most the drain time (a second signal cuts it short). A server that
+//! leaves connections open at shutdown (the proxy) is then told to close what is left
+//! ([`run_until_signal_closing`]), so each connection still logs its own line; the
+//! process logs one summary line and returns.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +27,9 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_millis(1500);
 
 /// How often the drain checks whether the connection tasks are gone.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// After the drain, how long connections told to close are given to end and log.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
 /// The sockets a server was asked to use.
 pub struct Bound {
@@ -90,10 +95,28 @@ where
     F: FnOnce(Shutdown) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    run_until_signal_closing(role, stats, drain, move |shutdown, _close| serve(shutdown)).await
+}
+
+/// Like [`run_until_signal`], for a server that leaves its connections open at shutdown:
+/// `serve` also gets a second [`Shutdown`] that fires when the drain is over (or a second
+/// signal came). The server closes what is still open then, and the process waits up to
+/// [`CLOSE_WAIT`] for those connections to end (and log) before the summary.
+pub async fn run_until_signal_closing<F, Fut>(
+    role: &str,
+    stats: Arc<Stats>,
+    drain: Duration,
+    serve: F,
+) -> Result<()>
+where
+    F: FnOnce(Shutdown, Shutdown) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let mut signals = rt::Signals::new()?;
     let (trigger, shutdown) = shutdown::channel();
+    let (close_trigger, close) = shutdown::channel();
     let started = Instant::now();
-    let server = rt::spawn(serve(shutdown));
+    let server = rt::spawn(serve(shutdown, close));
     let signal = signals.next().await;
     log::info!(role = role, signal = signal; "shutting down");
     trigger.fire();
@@ -112,6 +135,13 @@ where
     let left = stats.live_tasks();
     if left > 0 {
         log::warn!(role = role, tasks = left; "closing connections that did not finish in time");
+    }
+    close_trigger.fire();
+    if left > 0 {
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while stats.live_tasks() > 0 && Instant::now() < deadline {
+            rt::sleep(DRAIN_POLL).await;
+        }
     }
     log::info!(role = role, uptime_s = started.elapsed().as_secs(); "stopped: {}", stats.summary());
     Ok(())

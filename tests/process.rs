@@ -251,3 +251,232 @@ fn an_unread_stdout_neither_stalls_the_server_nor_hides_what_it_dropped() {
         &rest[rest.len().saturating_sub(5)..]
     );
 }
+
+#[test]
+fn a_proxy_session_still_open_at_shutdown_is_counted_and_logged() {
+    // An echo upstream on a test thread; the session stays open past the drain.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &s, &mut &s);
+            });
+        }
+    });
+    let mut proc = spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up_addr,
+        "--drain",
+        "300ms",
+    ]);
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    let lines = log_lines(log);
+    let mut c = client(addr);
+    c.write_all(&[7u8; 1000]).unwrap();
+    assert_eq!(read_n(&mut c, 1000), vec![7u8; 1000]);
+
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    assert!(
+        closed_by_server(&mut c),
+        "the open session was closed at the end"
+    );
+    let log: Vec<String> = lines.try_iter().collect();
+    let session = record(&log, "session closed");
+    assert!(
+        session.contains("bytes_up 1000") && session.contains("bytes_down 1000"),
+        "{session}"
+    );
+    assert!(session.contains("closed_first shutdown"), "{session}");
+    let summary = record(&log, "stopped:");
+    assert!(
+        summary.contains("bytes_in=2000") && summary.contains("bytes_out=2000"),
+        "{summary}"
+    );
+}
+
+/// The log record whose message contains `what`, with its key-value lines (femme's
+/// development format puts each on an indented line of its own) and without colours.
+fn record(log: &[String], what: &str) -> String {
+    let start = log
+        .iter()
+        .position(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no {what:?} in {log:?}"));
+    let mut text = log[start].clone();
+    for l in log[start + 1..].iter().take_while(|l| l.starts_with(' ')) {
+        text.push('\n');
+        text.push_str(l);
+    }
+    // Strip ANSI colour sequences (ESC [ ... m).
+    let mut plain = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// The rest of a child's log, line by line, read on a thread until it ends.
+fn log_lines(
+    log: std::io::BufReader<std::process::ChildStdout>,
+) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in log.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+#[test]
+fn a_proxy_out_of_descriptors_waits_for_one_and_blames_no_upstream() {
+    // An echo upstream on test threads.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &s, &mut &s);
+            });
+        }
+    });
+    // The proxy with a few dozen descriptors: room for a handful of sessions (two each).
+    let mut cmd = binary();
+    cmd.args([
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up_addr,
+        "--threads",
+        "1",
+        "--connect-timeout",
+        "60s",
+        "--backoff",
+        "60s",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 40,
+                rlim_max: 40,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut proc = Proc(cmd.spawn().unwrap());
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    let lines = log_lines(log);
+
+    // Sessions that hold their descriptors until the test lets them go.
+    let mut held = Vec::new();
+    for i in 0..4u8 {
+        let mut c = client(addr);
+        c.write_all(&[i]).unwrap();
+        assert_eq!(read_n(&mut c, 1), [i]);
+        held.push(c);
+    }
+    // A burst of clients, more than the descriptors left: the accept loop takes what it
+    // can, and sessions find no descriptor for their upstream connect.
+    let burst: Vec<_> = (0..24u8)
+        .map(|i| {
+            let mut c = client(addr);
+            c.write_all(&[100 + i]).unwrap();
+            std::thread::spawn(move || {
+                // Served once a descriptor frees up, then gone, freeing its own.
+                let got = read_n(&mut c, 1);
+                assert_eq!(got, [100 + i], "client {i}");
+            })
+        })
+        .collect();
+    let mut log = Vec::new();
+    wait_until("the proxy to say it is out of descriptors", || {
+        log.extend(lines.try_iter());
+        log.iter().any(|l| l.contains("out of descriptors here"))
+    });
+    // The sessions held end: every waiting client is served, none is dropped.
+    drop(held);
+    for b in burst {
+        b.join().unwrap();
+    }
+    // And the upstream was never blamed.
+    let mut late = client(addr);
+    late.write_all(b"after").unwrap();
+    assert_eq!(read_n(&mut late, 5), b"after");
+    drop(late);
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    log.extend(lines.iter()); // to the end of the log: the process has exited
+    let text = log.join("\n");
+    assert!(!text.contains("skipping it"), "{text}");
+    assert!(!text.contains("closing the client"), "{text}");
+}
+
+#[test]
+fn a_stalled_stdout_at_shutdown_sends_the_last_lines_to_stderr() {
+    // `switchboard proxy --tap | less`, left unscrolled: the pipe and the 1 MiB queue are
+    // full when SIGTERM comes, so "shutting down", the summary and the dropped-lines
+    // warning cannot go to stdout. They must reach stderr.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &s, &mut &s);
+            });
+        }
+    });
+    let mut proc = spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up_addr,
+        "--tap",
+        "--drain",
+        "0",
+    ]);
+    // The log is never read again; it stays open, full.
+    let (addr, _unread_log) = listening_addr_and_log(&mut proc, "TCP");
+    // 1 KiB ping-pongs: two tap lines of more than 1 KiB each per round trip, 3,000 of
+    // them in all, well past what the pipes and the queue hold.
+    let mut c = client(addr);
+    let ping = vec![b'p'; 1024];
+    for _ in 0..1500 {
+        c.write_all(&ping).unwrap();
+        assert_eq!(read_n(&mut c, ping.len()), ping);
+    }
+    drop(c);
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    let err = stderr_of(&mut proc);
+    assert!(err.contains("lines dropped"), "{err}");
+    assert!(err.contains("shutting down"), "{err}");
+    assert!(
+        err.contains("stopped: connections=1")
+            && err.contains("bytes_in=3072000")
+            && err.contains("bytes_out=3072000"),
+        "{err}"
+    );
+}

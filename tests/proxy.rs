@@ -520,3 +520,199 @@ fn pinned_threads_share_one_address_and_carry_sessions() {
     assert!(TcpStream::connect(addr).is_err(), "every listener closed");
     echo.stop();
 }
+
+/// An upstream that accepts and never reads; it keeps each connection (so it never
+/// closes one) and hands a clone to the test.
+fn stalled_upstream() -> (SocketAddr, std::sync::mpsc::Receiver<TcpStream>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let addr = custom_upstream(move |s| {
+        let _ = tx.lock().unwrap().send(s);
+    });
+    (addr, rx)
+}
+
+/// Writes `s` full: 64 KiB at a time until a write has made no progress for a while (the
+/// proxy stopped reading). Returns the bytes written. The wait is not an assertion: if
+/// the pipeline was only slow, the test goes on with less in it.
+fn write_until_blocked(s: &mut TcpStream) -> u64 {
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut written = 0u64;
+    loop {
+        match s.write(&chunk) {
+            Ok(n) => written += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return written, // WouldBlock / TimedOut: blocked
+        }
+    }
+}
+
+/// Reads until EOF or a reset; returns how many bytes came.
+fn count_to_end(s: &mut TcpStream) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("reading to the end: {e}"),
+        }
+    }
+}
+
+fn bytes(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn a_client_reset_ends_a_session_whose_upstream_never_reads() {
+    // The client→server pump fills the upstream writer's mailbox and waits for room that
+    // never comes; it must still notice the client's reset.
+    let (upstream, held) = stalled_upstream();
+    let proxy = simple_proxy(upstream);
+    let mut s = client(proxy.addr);
+    let written = write_until_blocked(&mut s);
+    let mut up = held
+        .recv_timeout(DEADLINE)
+        .expect("the upstream was reached");
+    // Counted as they move: what the proxy read is already in the summary.
+    let read_so_far = bytes(&proxy.stats.bytes_in);
+    assert!(read_so_far > 0 && read_so_far <= written);
+    reset_on_close(&s);
+    drop(s);
+    wait_until("the session to end after the client's reset", || {
+        proxy.stats.active() == 0 && proxy.stats.live_tasks() == 0
+    });
+    // The upstream sees the proxy close, after exactly the bytes the proxy says it wrote.
+    up.set_read_timeout(Some(DEADLINE)).unwrap();
+    let got = count_to_end(&mut up);
+    assert_eq!(got, bytes(&proxy.stats.bytes_out));
+    assert!(got > 0 && got <= bytes(&proxy.stats.bytes_in));
+    assert!(bytes(&proxy.stats.bytes_in) <= written);
+}
+
+#[test]
+fn an_upstream_reset_ends_a_session_whose_client_never_reads() {
+    // The mirror image: the server→client pump waits on the client writer's mailbox.
+    let (upstream, held) = stalled_upstream();
+    let proxy = simple_proxy(upstream);
+    let mut s = client(proxy.addr);
+    s.write_all(b"go").unwrap(); // the session exists once the upstream has accepted
+    let mut up = held
+        .recv_timeout(DEADLINE)
+        .expect("the upstream was reached");
+    let written = write_until_blocked(&mut up);
+    assert!(bytes(&proxy.stats.bytes_in) > 0);
+    reset_on_close(&up);
+    drop(up);
+    wait_until("the session to end after the upstream's reset", || {
+        proxy.stats.active() == 0 && proxy.stats.live_tasks() == 0
+    });
+    let got = count_to_end(&mut s);
+    assert_eq!(got, bytes(&proxy.stats.bytes_out) - 2);
+    assert!(got > 0 && bytes(&proxy.stats.bytes_in) <= written + 2);
+}
+
+#[test]
+fn a_client_fin_seen_while_the_upstream_stalls_starts_the_fin_timeout() {
+    // The client sends in small steps until the proxy stops reading (the pump waits for
+    // mailbox room), then shuts its write half: the FIN gets into the proxy's socket
+    // behind a few unread bytes. The session is half-closed from then, so after
+    // --fin-timeout with nothing moving it ends.
+    let (upstream, _held) = stalled_upstream();
+    let mut cfg = config(&[upstream], Balance::First);
+    cfg.fin_timeout = Some(Duration::from_millis(300));
+    let proxy = start_proxy(cfg, ServerConfig::default());
+    let mut s = client(proxy.addr);
+    let step = vec![b'x'; 16 * 1024];
+    let mut written = 0u64;
+    loop {
+        s.write_all(&step).unwrap();
+        written += step.len() as u64;
+        assert!(written < 256 << 20, "the proxy never stopped reading");
+        // Not an assertion: a pump that is only slow makes this test weaker, never fail.
+        let start = Instant::now();
+        while bytes(&proxy.stats.bytes_in) < written && start.elapsed() < Duration::from_secs(1) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if bytes(&proxy.stats.bytes_in) < written {
+            break; // stalled, with at most one step unread
+        }
+    }
+    s.shutdown(Shutdown::Write).unwrap();
+    wait_until("the proxy to take the client's FIN", || unacked(&s) == 0);
+    assert!(closed_by_server(&mut s), "the session ended");
+    wait_until("the session to end", || proxy.stats.active() == 0);
+    assert!(
+        bytes(&proxy.stats.bytes_in) < written,
+        "the unread step was never read"
+    );
+}
+
+/// Bytes (and FIN) sent on `s` that the peer has not acknowledged yet (SIOCOUTQ).
+fn unacked(s: &TcpStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
+    unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    n
+}
+
+#[test]
+fn accept_proxy_judges_the_header_address_and_proxy_from_judges_the_sender() {
+    use switchboard::net::addr::{AccessList, parse_cidr};
+    let echo = start_role(Echo, ServerConfig::default());
+    let ten = || vec![parse_cidr("10.0.0.0/8").unwrap()];
+    let start = |allow, deny, from: &str| {
+        let mut cfg = config(&[echo.tcp], Balance::First);
+        cfg.accept_proxy = Some(Duration::from_secs(5));
+        let from = if from.is_empty() {
+            vec![]
+        } else {
+            vec![parse_cidr(from).unwrap()]
+        };
+        start_proxy(
+            cfg,
+            ServerConfig {
+                access: AccessList::new(allow, deny),
+                proxy_from: AccessList::new(from, vec![]),
+                ..Default::default()
+            },
+        )
+    };
+    const FROM_TEN: &[u8] = b"PROXY TCP4 10.1.2.3 192.0.2.1 40000 80\r\nhello";
+    let echoed = |p: &Proxy, header: &[u8]| -> Vec<u8> {
+        let mut s = client(p.addr);
+        // A refused client may be reset before or while it writes.
+        let _ = s.write_all(header);
+        let _ = s.shutdown(Shutdown::Write);
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got); // EOF, or a reset when refused
+        got
+    };
+
+    // From 127.0.0.1, naming 10.1.2.3: --allow 10.0.0.0/8 admits it ...
+    let allowed = start(ten(), vec![], "");
+    assert_eq!(echoed(&allowed, FROM_TEN), b"hello");
+    // ... and a LOCAL/UNKNOWN header is judged by the peer (127.0.0.1: not allowed).
+    assert_eq!(echoed(&allowed, b"PROXY UNKNOWN\r\nhello"), b"");
+    // --deny 10.0.0.0/8 refuses it, though the balancer itself is not denied.
+    let denied = start(vec![], ten(), "");
+    assert_eq!(echoed(&denied, FROM_TEN), b"");
+    assert_eq!(echoed(&denied, b"PROXY UNKNOWN\r\nhello"), b"hello");
+    // --proxy-from without 127.0.0.1: no header is taken from it at all.
+    let untrusted = start(ten(), vec![], "192.0.2.0/24");
+    assert_eq!(echoed(&untrusted, FROM_TEN), b"");
+    let trusted = start(ten(), vec![], "127.0.0.0/8");
+    assert_eq!(echoed(&trusted, FROM_TEN), b"hello");
+    wait_until("the refusals to be counted", || {
+        bytes(&allowed.stats.refused) == 1
+            && bytes(&denied.stats.refused) == 1
+            && bytes(&untrusted.stats.refused) == 1
+    });
+    echo.stop();
+}

@@ -146,6 +146,32 @@ fn listen_udp_prints_each_datagram_with_its_sender() {
 }
 
 #[test]
+fn listen_udp_tags_every_line_of_a_datagram_with_its_sender() {
+    // A sender that puts a newline and another peer's tag in its datagram must not get a
+    // line printed as that peer's.
+    let (_proc, addr, _stderr, mut stdout) = start_listen(&["--udp", "127.0.0.1:0"]);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = sock.local_addr().unwrap();
+    sock.send_to(b"hello\n[10.0.0.1:4242] forged\n\nlast", addr)
+        .unwrap();
+    let mut lines = Vec::new();
+    for _ in 0..4 {
+        let mut l = String::new();
+        stdout.read_line(&mut l).unwrap();
+        lines.push(l);
+    }
+    assert_eq!(
+        lines,
+        [
+            format!("[{me}] hello\n"),
+            format!("[{me}] [10.0.0.1:4242] forged\n"),
+            format!("[{me}] \n"),
+            format!("[{me}] last\n"),
+        ]
+    );
+}
+
+#[test]
 fn listen_carries_on_when_its_stderr_goes_away() {
     // `switchboard listen ADDR 2>&1 | ...` whose reader of stderr left: the notices
     // ("connected", "closed") fail with EPIPE; before, the first one panicked the tool.

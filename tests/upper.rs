@@ -58,6 +58,22 @@ fn upper_over_udp_answers_each_datagram() {
 }
 
 #[test]
+fn upper_over_udp_cuts_a_grown_reply_at_a_character_boundary() {
+    // 'ŉ' is 2 bytes and upper-cases to "ʼN", 3: 30,000 of them (60,000 bytes, a valid
+    // datagram) grow to 90,000, more than a datagram holds. The reply is cut, not lost.
+    let server = start_role(Upper, ServerConfig::default());
+    let input = "ŉ".repeat(30_000);
+    let got = udp_round_trip(server.udp, input.as_bytes());
+    // "ʼN" is U+02BC (2 bytes) and 'N': 21,835 of them and one more U+02BC fill 65,507.
+    assert_eq!(got.len(), 65_507, "cut after the last character that fits");
+    assert!(
+        String::from_utf8(got).unwrap() == "ʼN".repeat(21_835) + "ʼ",
+        "not the start of the upper-cased text"
+    );
+    server.stop();
+}
+
+#[test]
 fn hello_greets_and_closes() {
     let server = start_role(Hello::new("Good morning"), ServerConfig::default());
     let mut s = client(server.tcp);

@@ -1,7 +1,8 @@
 //! `switchboard listen [--udp] ADDR`: print what arrives.
 //!
 //! TCP: many clients at once, each line printed as `[PEER] LINE`; an unfinished last line
-//! is printed when its client closes. UDP: each datagram printed as `[PEER] PAYLOAD`.
+//! is printed when its client closes. UDP: each line of each datagram printed as
+//! `[PEER] LINE`, so a datagram's sender cannot make a line look like another peer's.
 //! Bytes are printed as they came (this is a debugging tool: nothing is re-encoded);
 //! a newline is added where a line or datagram lacked one. Clients arriving and leaving
 //! are reported on stderr, so stdout carries only data.
@@ -51,6 +52,19 @@ pub fn tagged(peer: SocketAddr, line: &[u8]) -> Vec<u8> {
     out.extend_from_slice(line);
     if line.last() != Some(&b'\n') {
         out.push(b'\n');
+    }
+    out
+}
+
+/// Every line of `payload` tagged with `peer` (one line, `[peer] `, for an empty one):
+/// a datagram carrying `\n[other] ...` must not print as a line from `other`.
+pub fn tagged_lines(peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    if payload.is_empty() {
+        return tagged(peer, payload);
+    }
+    let mut out = Vec::with_capacity(payload.len() + 32);
+    for line in payload.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(&tagged(peer, line));
     }
     out
 }
@@ -110,7 +124,8 @@ async fn listen_udp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()>
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, peer)) => {
-                let _ = stdout_tx.send_async(tagged(peer, &buf[..n])).await;
+                // One message: a datagram's lines stay together on stdout.
+                let _ = stdout_tx.send_async(tagged_lines(peer, &buf[..n])).await;
             }
             Err(e) => {
                 crate::note!("receive failed: {e}");

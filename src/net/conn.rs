@@ -20,6 +20,12 @@
 //!   the socket takes at once) and skips waking the writer task; the rest goes through
 //!   the mailbox as usual. Byte order is kept because the producer writes directly only
 //!   when everything it queued before has been written.
+//! - A reader that cannot read because what it read last is still waiting for mailbox
+//!   room can [`Reader::watch`] that wait: the socket is checked for the peer's FIN or
+//!   reset (`poll(POLLRDHUP)`, which consumes nothing) every [`STALL_CHECK`], so a peer
+//!   that leaves is noticed even while nothing can be read.
+//! - Writers add to `Stats::bytes_out` after every write, so the counters are right while
+//!   connections are still open.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -48,6 +54,12 @@ pub const WRITER_MAILBOX: usize = 16;
 /// The most a writer gathers from its mailbox into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// How often [`Reader::watch`] looks at a socket it cannot read for the peer's FIN or
+/// reset. One `poll(2)` per stalled reader per period, and only while it is stalled; a
+/// peer that leaves is noticed within this time (a stall ending sooner costs nothing:
+/// the timer is kept and reused).
+pub const STALL_CHECK: Duration = Duration::from_millis(250);
+
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
@@ -69,8 +81,42 @@ pub struct Reader {
     idle: Option<Duration>,
     last_input: Instant,
     timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    /// Bytes read so far (counted here, added to [`Stats`] once at the end).
+    /// The next look at the socket while [`Reader::watch`] waits (kept across stalls).
+    stall_timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// [`Reader::watch`] has seen the peer's FIN (reported once).
+    fin_noticed: bool,
+    /// Bytes read so far.
     pub bytes: u64,
+}
+
+/// How a peer left, seen without reading its socket ([`hangup`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hangup {
+    /// It shut its write half (or closed): a FIN is waiting behind any unread bytes.
+    Fin,
+    /// The connection failed (a reset): nothing more can be read or written.
+    Reset,
+}
+
+/// Whether the peer of `stream` has sent a FIN or reset, without reading anything:
+/// `poll(2)` with `POLLRDHUP` and a zero timeout. Unread data is left where it is.
+pub fn hangup(stream: &TcpStream) -> Option<Hangup> {
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for an open descriptor (we hold the stream); zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n <= 0 {
+        None
+    } else if pfd.revents & libc::POLLERR != 0 {
+        Some(Hangup::Reset)
+    } else if pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0 {
+        Some(Hangup::Fin)
+    } else {
+        None
+    }
 }
 
 impl Reader {
@@ -81,6 +127,8 @@ impl Reader {
             idle,
             last_input: Instant::now(),
             timer: None,
+            stall_timer: None,
+            fin_noticed: false,
             bytes: 0,
         }
     }
@@ -125,6 +173,49 @@ impl Reader {
                 }
             }
         }
+    }
+}
+
+impl Reader {
+    /// Runs `work` — a wait that keeps this reader from reading, such as a send into a
+    /// full mailbox — while watching the socket for the peer leaving. Returns
+    /// `Ok(output)` when `work` completes, or `Err(Hangup::Reset)` as soon as a reset is
+    /// seen (within about [`STALL_CHECK`]); `work` is then dropped. A FIN seen meanwhile
+    /// calls `on_fin` (once per reader) and the wait goes on: the bytes before the FIN
+    /// are still to be read and forwarded.
+    pub async fn watch<F: Future>(
+        &mut self,
+        work: F,
+        on_fin: impl FnOnce(),
+    ) -> Result<F::Output, Hangup> {
+        let mut work = std::pin::pin!(work);
+        let mut on_fin = Some(on_fin);
+        futures::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            loop {
+                let timer = self
+                    .stall_timer
+                    .get_or_insert_with(|| Box::pin(rt::sleep(STALL_CHECK)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.stall_timer = None;
+                match hangup(&self.stream) {
+                    Some(Hangup::Reset) => return Poll::Ready(Err(Hangup::Reset)),
+                    Some(Hangup::Fin) if !self.fin_noticed => {
+                        self.fin_noticed = true;
+                        if let Some(f) = on_fin.take() {
+                            f();
+                        }
+                    }
+                    _ => {}
+                }
+                // Arm the next look (polled at once, so it holds this task's waker).
+            }
+        })
+        .await
     }
 }
 
@@ -223,8 +314,8 @@ impl Outgoing for Arc<[u8]> {
 /// Spawns the writer actor for `stream` and returns its mailbox.
 ///
 /// The writer ends when every sender is dropped (then it flushes and shuts the write
-/// half) or when a write fails (then it shuts both halves). It adds the bytes it wrote to
-/// `stats.bytes_out` and counts itself in `stats.live_tasks()`.
+/// half) or when a write fails (then it shuts both halves). It adds the bytes it writes to
+/// `stats.bytes_out` as it writes them and counts itself in `stats.live_tasks()`.
 pub fn spawn_writer<B: Outgoing>(stream: TcpStream, stats: &Arc<Stats>) -> flume::Sender<B> {
     let (writer_tx, writer_rx) = flume::bounded(WRITER_MAILBOX);
     spawn_writer_with(stream, writer_rx, stats);
@@ -266,9 +357,8 @@ fn start_writer<B: Outgoing>(
     rt::spawn_here(async move {
         let _task = task;
         let _ended_tx = ended_tx; // dropped when this task ends
-        let written = write_loop(&stream, &writer_rx, pending.as_deref()).await;
-        Stats::add(&stats.bytes_out, written.0);
-        match written.1 {
+        let written = write_loop(&stream, &writer_rx, pending.as_deref(), &stats).await;
+        match written {
             Ok(()) => {
                 let _ = stream.shutdown(Halves::Write);
             }
@@ -290,8 +380,7 @@ pub struct Handoff {
     stream: TcpStream,
     /// Messages queued and not yet completely written by the writer.
     pending: Arc<AtomicUsize>,
-    /// Bytes written on the direct path (added to `stats.bytes_out` on drop).
-    direct: u64,
+    /// Where bytes written on the direct path are counted, as they are written.
     stats: Arc<Stats>,
 }
 
@@ -309,7 +398,6 @@ impl Handoff {
             tx,
             stream,
             pending,
-            direct: 0,
             stats: stats.clone(),
         }
     }
@@ -323,11 +411,11 @@ impl Handoff {
         if self.pending.load(Ordering::Acquire) == 0 {
             match try_send_now(&self.stream, &data) {
                 Ok(n) if n == data.len() => {
-                    self.direct += n as u64;
+                    Stats::add(&self.stats.bytes_out, n as u64);
                     return Ok(());
                 }
                 Ok(n) => {
-                    self.direct += n as u64;
+                    Stats::add(&self.stats.bytes_out, n as u64);
                     data.drain(..n);
                 }
                 Err(e) => {
@@ -339,12 +427,6 @@ impl Handoff {
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
         self.tx.send_async(data).await.map_err(|_| WriterGone)
-    }
-}
-
-impl Drop for Handoff {
-    fn drop(&mut self) {
-        Stats::add(&self.stats.bytes_out, self.direct);
     }
 }
 
@@ -373,14 +455,15 @@ fn try_send_now(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// Writes what arrives until every sender is gone. With `pending` (a [`Handoff`]'s
-/// count), each message is subtracted from it once its bytes are all in the socket.
+/// Writes what arrives until every sender is gone, adding each write to
+/// `stats.bytes_out`. With `pending` (a [`Handoff`]'s count), each message is subtracted
+/// from it once its bytes are all in the socket.
 async fn write_loop<B: Outgoing>(
     mut stream: &TcpStream,
     writer_rx: &flume::Receiver<B>,
     pending: Option<&AtomicUsize>,
-) -> (u64, io::Result<()>) {
-    let mut written = 0u64;
+    stats: &Stats,
+) -> io::Result<()> {
     let mut next = None;
     loop {
         let first = match next.take() {
@@ -396,10 +479,7 @@ async fn write_loop<B: Outgoing>(
         } else {
             match writer_rx.try_recv() {
                 // The common case: one message waiting, written straight from its buffer.
-                Err(_) => stream
-                    .write_all(first.bytes())
-                    .await
-                    .map(|()| first.bytes().len()),
+                Err(_) => write_all_counted(stream, first.bytes(), stats).await,
                 // More waiting: gather plain byte messages into one write (one syscall).
                 Ok(second) => {
                     let mut batch = Vec::with_capacity(WRITE_BATCH.min(first.bytes().len() * 4));
@@ -416,29 +496,56 @@ async fn write_loop<B: Outgoing>(
                             more = writer_rx.try_recv().ok();
                         }
                     }
-                    stream.write_all(&batch).await.map(|()| batch.len())
+                    write_all_counted(stream, &batch, stats).await
                 }
             }
         };
         if let Some(region) = first.file() {
             let mut sent = 0;
-            result = match stream.write_all(first.bytes()).await {
-                Ok(()) => send_file_counted(stream, region, &mut sent)
-                    .await
-                    .map(|()| first.bytes().len() + sent as usize),
+            result = match write_all_counted(stream, first.bytes(), stats).await {
+                Ok(head) => match send_file_counted(stream, region, &mut sent).await {
+                    Ok(()) => Ok(head + sent as usize),
+                    Err(e) => {
+                        // Counted here, as write_all_counted counts a failed write.
+                        Stats::add(&stats.bytes_out, head as u64 + sent);
+                        Err(e)
+                    }
+                },
                 Err(e) => Err(e),
             };
             first.file_sent(sent, result.as_ref().err());
         }
         match result {
-            Ok(n) => written += n as u64,
-            Err(e) => return (written, Err(e)),
+            Ok(n) => Stats::add(&stats.bytes_out, n as u64),
+            Err(e) => return Err(e),
         }
         if let Some(pending) = pending {
             pending.fetch_sub(messages, Ordering::Release);
         }
     }
-    (written, stream.flush().await)
+    stream.flush().await
+}
+
+/// `write_all` that returns the length written; when it fails part-way, the bytes that
+/// did go out are added to `stats.bytes_out` here (the caller adds the rest on success),
+/// so a peer that resets in the middle of a batch leaves the count right.
+async fn write_all_counted(mut stream: &TcpStream, buf: &[u8], stats: &Stats) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match stream.write(&buf[done..]).await {
+            Ok(0) => {
+                Stats::add(&stats.bytes_out, done as u64);
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                Stats::add(&stats.bytes_out, done as u64);
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// Sends a file region with `sendfile`. When the socket is full, one ordinary write of
@@ -582,6 +689,57 @@ mod tests {
                 stats.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
                 expected.len() as u64
             );
+        });
+    }
+
+    #[test]
+    fn watch_sees_a_fin_behind_unread_bytes_and_then_a_reset_without_reading() {
+        rt::block_on(async {
+            let (near, mut far) = pair().await;
+            far.write_all(b"unread").await.unwrap();
+            far.shutdown(Halves::Write).unwrap();
+            let mut reader = Reader::new(near.clone(), None);
+            // The work ends when the FIN is reported: the wait itself reads nothing.
+            let (fin_tx, fin_rx) = flume::bounded::<()>(1);
+            let out = reader
+                .watch(fin_rx.recv_async(), move || {
+                    let _ = fin_tx.try_send(());
+                })
+                .await;
+            assert_eq!(out, Ok(Ok(())));
+            assert_eq!(
+                reader.next().await.unwrap(),
+                Input::Data(b"unread".to_vec())
+            );
+            assert_eq!(reader.next().await.unwrap(), Input::Eof);
+
+            // A reset, with bytes still unread, ends a wait that would never end.
+            let (near, mut far) = pair().await;
+            far.write_all(b"unread").await.unwrap();
+            let mut near_w = near.clone();
+            near_w.write_all(b"to be refused").await.unwrap();
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt on an open socket; linger {on, 0} makes close reset.
+            unsafe {
+                libc::setsockopt(
+                    far.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &linger as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as u32,
+                )
+            };
+            drop(far);
+            let mut reader = Reader::new(near, None);
+            let out = rt::timeout(
+                Duration::from_secs(20),
+                reader.watch(futures::future::pending::<()>(), || {}),
+            )
+            .await;
+            assert_eq!(out, Some(Err(Hangup::Reset)));
         });
     }
 

@@ -27,3 +27,13 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
     }
     Ok(lim.rlim_cur)
 }
+
+/// Errors that mean "this process or the system is out of something" (descriptors,
+/// buffers, memory), not "that peer failed": the caller waits and retries, and blames
+/// no client or upstream.
+pub fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Shutdown as Halves, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -21,6 +22,7 @@ use futures::io::AsyncWriteExt;
 
 use crate::Result;
 use crate::net::addr::AccessList;
+use crate::net::limits::is_resource_exhaustion;
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::rt::{self, TcpListener, TcpStream};
@@ -31,6 +33,10 @@ const EMFILE_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How long a refused client is given to take the `full_notice` before it is closed.
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// While accepts are held ([`ServerConfig::hold_accepts`]), how often the loop looks
+/// again (it also looks when a connection closes). Only runs in that fault state.
+const HOLD_CHECK: Duration = Duration::from_millis(10);
 
 /// Mailbox of the accept loop for "connection N is over"; a connection sends one message
 /// in its life, so a small bound only ever delays a finished task, never a live one.
@@ -54,6 +60,18 @@ pub struct ServerConfig {
     /// Log the accept loop's start and stop at debug rather than info: several loops
     /// serve one address (the proxy's `--threads`), and their caller says it once.
     pub quiet: bool,
+    /// While this count is above zero, accept no one: it counts connections waiting for
+    /// a descriptor (the proxy's sessions whose upstream connect met EMFILE), and a new
+    /// client would take the descriptor one of them is waiting for.
+    pub hold_accepts: Option<Arc<AtomicUsize>>,
+    /// With `keep_open_on_shutdown`: fires when the process stops waiting for open
+    /// connections (the end of the drain). A role that keeps connections open closes
+    /// them then, so each still ends (and logs) before the exit.
+    pub close_now: Option<Shutdown>,
+    /// For a role that reads the client's address from a PROXY protocol header (the
+    /// proxy's `--accept-proxy`): which peers may send one at all (`--proxy-from`;
+    /// empty allows anyone). `access` then judges the address in the header.
+    pub proxy_from: AccessList,
 }
 
 /// One accepted connection, handed to the role.
@@ -107,6 +125,16 @@ pub async fn serve<H, F>(
                 _ = shutdown.wait().fuse() => break,
             }
         }
+        if let Some(waiting) = &config.hold_accepts
+            && waiting.load(Ordering::Relaxed) > 0
+        {
+            futures::select! {
+                id = closed_rx.recv_async() => { if let Ok(id) = id { open.remove(&id); } }
+                _ = rt::sleep(HOLD_CHECK).fuse() => {}
+                _ = shutdown.wait().fuse() => break,
+            }
+            continue;
+        }
         let accepted = futures::select! {
             accepted = listener.accept().fuse() => accepted,
             id = closed_rx.recv_async() => {
@@ -138,16 +166,12 @@ pub async fn serve<H, F>(
         };
 
         if !config.access.permits(peer.ip()) {
-            stats
-                .refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats.refused.fetch_add(1, Ordering::Relaxed);
             log::info!(role = role, peer = peer.to_string().as_str(); "refused by access list");
             continue; // dropping the stream closes it
         }
         if config.max_conns > 0 && stats.active() >= config.max_conns {
-            stats
-                .refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats.refused.fetch_add(1, Ordering::Relaxed);
             log::warn!(role = role, peer = peer.to_string().as_str(), max_conns = config.max_conns;
                 "refused: server full");
             if let Some(notice) = config.full_notice.clone() {
@@ -200,12 +224,4 @@ pub async fn serve<H, F>(
     for stream in open.values() {
         let _ = stream.shutdown(Halves::Read);
     }
-}
-
-/// Errors that mean "the process or system is out of something", not "this client failed".
-fn is_resource_exhaustion(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }

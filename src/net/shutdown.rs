@@ -7,6 +7,7 @@
 //! shuts their read halves, so no per-message path polls a shared channel.
 
 /// A channel whose only meaning is being dropped.
+#[derive(Debug)]
 enum Void {}
 
 /// Fires the shutdown when [`Trigger::fire`] is called or the trigger is dropped.
@@ -20,7 +21,7 @@ impl Trigger {
 }
 
 /// The waiting side: cheap to clone, one per long-lived loop.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Shutdown {
     rx: flume::Receiver<Void>,
 }

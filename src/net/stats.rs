@@ -1,7 +1,8 @@
 //! Counters a server keeps for its summary line and for tests.
 //!
-//! Connections add their byte counts once, when they end, so the hot path touches no
-//! shared cache line per message.
+//! Readers of the plain roles add their byte counts once, when they end; writers add
+//! after each write (one atomic add per system call) and the proxy's pumps after each
+//! chunk, so the summary is right for connections still open at shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};

@@ -11,6 +11,8 @@
 //! receiver hold memory flat. Both directions run at once, the server may speak first,
 //! and a half-close is carried over: when one side shuts its write half, the writer on
 //! the other side flushes and shuts the matching half, and the other direction goes on.
+//! A pump that waits for mailbox room still notices its peer's reset or FIN
+//! ([`Reader::watch`]), and bytes are counted as they move.
 //!
 //! Try it: `switchboard hello & switchboard proxy --upstream 127.0.0.1:7009`, then
 //! `nc 127.0.0.1 7001`.
@@ -23,18 +25,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use futures::io::AsyncReadExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::Result;
 use crate::net::addr::AccessList;
-use crate::net::conn::{Handoff, Input, Reader};
+use crate::net::conn::{Handoff, Hangup, Input, Reader};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::rt::{self, TcpListener, TcpStream};
 use header::Version;
-use upstreams::Upstreams;
+use upstreams::{ConnectError, Upstreams};
 
 /// Default listening address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7001";
@@ -51,7 +53,10 @@ pub struct ProxyConfig {
     pub fin_timeout: Option<Duration>,
     /// Write a PROXY protocol header to the upstream first.
     pub send_proxy: Option<Version>,
-    /// Read a PROXY protocol header from each client first, within this time.
+    /// Read a PROXY protocol header from each client first, within this time. The
+    /// server's `--allow`/`--deny` then judge the client the header names (the peer
+    /// itself for `LOCAL`/`UNKNOWN`), not the balancer that connected, and the server's
+    /// `proxy_from` judges who may send headers at all (at accept, before a byte is read).
     pub accept_proxy: Option<Duration>,
     /// Log the traffic itself.
     pub tap: bool,
@@ -132,13 +137,22 @@ async fn serve(
     let mut server = (*server).clone();
     server.keep_open_on_shutdown = true;
     let access = server.access.clone();
+    // Sessions waiting for a descriptor get the ones that free up before new clients do.
+    server.hold_accepts = Some(proxy.upstreams.descriptor_waiters());
+    if proxy.accept_proxy.is_some() {
+        // The peer is a balancer: the accept loop judges whether it may send headers,
+        // and the session judges the client its header names against --allow/--deny.
+        server.access = server.proxy_from.clone();
+    }
+    // At the end of the drain each open session closes itself (and logs its line).
+    let close_now = server.close_now.clone();
     listener::serve(
         "proxy",
         listener,
         Arc::new(server),
         stats,
         shutdown,
-        move |conn| session(conn, proxy.clone(), access.clone()),
+        move |conn| session(conn, proxy.clone(), access.clone(), close_now.clone()),
     )
     .await;
 }
@@ -178,21 +192,39 @@ enum End {
     WriterGone,
 }
 
+/// What a pump tells its session while it runs: the side it reads half-closed while the
+/// pump could not read (waiting for the other writer's mailbox). At most one per pump.
+type FinNotice = &'static str;
+
+/// One direction of a session: reads one socket, feeds the other side's writer. Bytes
+/// are counted into `stats.bytes_in` as they are read, so the summary is right while
+/// the session is open.
 async fn pump(
     mut reader: Reader,
     mut writer: Handoff,
     activity: Arc<Activity>,
+    stats: Arc<Stats>,
+    fin: (FinNotice, flume::Sender<FinNotice>),
     tap: Option<(&'static str, SocketAddr)>,
 ) -> (u64, End) {
     let end = loop {
         match reader.next().await {
             Ok(Input::Data(data)) => {
                 activity.touch();
+                Stats::add(&stats.bytes_in, data.len() as u64);
                 if let Some((direction, peer)) = tap {
                     log_tap(direction, peer, &data);
                 }
-                if writer.send(data).await.is_err() {
-                    break End::WriterGone;
+                // While the other writer's mailbox is full this pump reads nothing, so it
+                // would never see its peer leave: the wait watches the socket meanwhile.
+                let (label, notes_tx) = (fin.0, &fin.1);
+                let on_fin = move || {
+                    let _ = notes_tx.try_send(label);
+                };
+                match reader.watch(writer.send(data), on_fin).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break End::WriterGone,
+                    Err(Hangup::Reset | Hangup::Fin) => break End::Reset,
                 }
             }
             Ok(Input::Eof) | Ok(Input::Idle) => break End::Fin,
@@ -229,7 +261,12 @@ async fn read_proxy_header(
 }
 
 /// One client's session, from accept to the log line.
-async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Result<()> {
+async fn session(
+    conn: Conn,
+    cfg: Arc<ProxyConfig>,
+    access: AccessList,
+    close_now: Option<Shutdown>,
+) -> Result<()> {
     let started = Instant::now();
     let Conn {
         stream: client,
@@ -253,14 +290,19 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
             }
         }
         if !access.permits(src.ip()) {
+            Stats::add(&stats.refused, 1);
             log::info!(peer = peer.to_string().as_str(), client = src.to_string().as_str(); "proxy: client refused by access list");
             return Ok(());
         }
     }
     let up = match cfg.upstreams.connect(cfg.connect_timeout).await {
         Ok(up) => up,
-        Err(why) => {
+        Err(ConnectError::Upstreams(why)) => {
             log::warn!(client = src.to_string().as_str(), error = why.as_str(); "proxy: no upstream answered; closing the client");
+            return Ok(());
+        }
+        Err(ConnectError::Local(why)) => {
+            log::warn!(client = src.to_string().as_str(), error = why.as_str(); "proxy: out of descriptors here (local); closing the client");
             return Ok(());
         }
     };
@@ -277,41 +319,60 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     }
     let activity = Arc::new(Activity::new());
     let tap = |direction| cfg.tap.then_some((direction, src));
+    // One notice per pump at most, so two places: `try_send` never fails for room.
+    let (notes_tx, notes_rx) = flume::bounded::<FinNotice>(2);
     let task = stats.task();
     let up_pump = rt::spawn_here({
-        let (reader, activity, tap) = (
+        let (reader, activity, stats, fin, tap) = (
             Reader::new(client.clone(), None),
             activity.clone(),
+            stats.clone(),
+            ("client FIN", notes_tx.clone()),
             tap("client->server"),
         );
         async move {
             let _task = task;
-            pump(reader, upstream_tx, activity, tap).await
+            pump(reader, upstream_tx, activity, stats, fin, tap).await
         }
     });
     let task = stats.task();
     let down_pump = rt::spawn_here({
-        let (reader, activity, tap) = (
+        let (reader, activity, stats, fin, tap) = (
             Reader::new(up.stream.clone(), None),
             activity.clone(),
+            stats.clone(),
+            ("server FIN", notes_tx),
             tap("server->client"),
         );
         async move {
             let _task = task;
-            pump(reader, client_tx, activity, tap).await
+            pump(reader, client_tx, activity, stats, fin, tap).await
         }
     });
 
     let sockets = [&client, &up.stream];
     let (mut up_pump, mut down_pump) = (up_pump.fuse(), down_pump.fuse());
+    let mut notes = notes_rx.into_stream().fuse();
+    let mut close_now = std::pin::pin!(
+        async move {
+            match close_now {
+                Some(c) => c.wait().await,
+                None => futures::future::pending().await,
+            }
+        }
+        .fuse()
+    );
     let (mut sent_up, mut sent_down): (Option<u64>, Option<u64>) = (None, None);
     let mut closed_first: Option<&'static str> = None;
+    // A side half-closed while its pump was waiting for mailbox room (it ends later,
+    // once the bytes before the FIN have moved): the fin timeout applies from now.
+    let mut fin_noticed = false;
     // Once a timeout has shut both sockets, only the pumps' ends are awaited: the limit
     // would stay passed, and a ready timer in a loop never yields to them (on a pinned
     // thread they share this task's thread).
     let mut timed_out = false;
     while sent_up.is_none() || sent_down.is_none() {
-        let half_closed = sent_up.is_some() || sent_down.is_some();
+        let half_closed = fin_noticed || sent_up.is_some() || sent_down.is_some();
         let limit = match (idle_timeout, cfg.fin_timeout.filter(|_| half_closed)) {
             _ if timed_out => None,
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -331,6 +392,18 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
                 closed_first.get_or_insert(match end { End::Fin => "server FIN", End::Reset => "server reset", End::WriterGone => "client reset" });
                 if end != End::Fin { shut(&sockets); }
             }
+            note = notes.next() => {
+                // `None` (both pumps gone) fuses the stream; the arms above see the ends.
+                if let Some(label) = note {
+                    fin_noticed = true;
+                    closed_first.get_or_insert(label);
+                }
+            }
+            () = close_now => {
+                closed_first.get_or_insert("shutdown");
+                shut(&sockets);
+                timed_out = true;
+            }
             _ = rt::sleep(wait).fuse() => {
                 if limit.is_some_and(|l| activity.quiet_for() >= l) {
                     closed_first.get_or_insert(if half_closed { "fin timeout" } else { "idle timeout" });
@@ -341,7 +414,6 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
         }
     }
     let (up_bytes, down_bytes) = (sent_up.unwrap_or(0), sent_down.unwrap_or(0));
-    Stats::add(&stats.bytes_in, up_bytes + down_bytes);
     log::info!(client = src.to_string().as_str(), upstream = up.name.as_str(), upstream_addr = up.addr.to_string().as_str(),
         bytes_up = up_bytes, bytes_down = down_bytes, ms = started.elapsed().as_millis() as u64,
         closed_first = closed_first.unwrap_or("unknown"); "proxy: session closed");

@@ -6,10 +6,15 @@
 //! A line longer than [`MAX_PENDING`] is not held whole: what has arrived is sent on,
 //! cut at a character boundary, so a client without newlines cannot grow memory.
 //!
+//! Upper-casing can lengthen text (`ß` → `SS`, `ŉ` → `ʼN`): a UDP reply that grows past
+//! the largest datagram ([`MAX_DATAGRAM`], 65,507 bytes) is cut at the last character
+//! boundary that fits, instead of being lost.
+//!
 //! Try it: `switchboard upper`, then `nc 127.0.0.1 7008`.
 
 use std::net::SocketAddr;
 
+use crate::net::udp::MAX_DATAGRAM;
 use crate::role::{Role, Session};
 
 /// Default address for TCP and UDP.
@@ -34,8 +39,15 @@ impl Role for Upper {
     }
 
     fn datagram(&self, _peer: SocketAddr, input: Vec<u8>) -> Option<Vec<u8>> {
-        Some(upper(&input))
+        Some(upper_datagram(&input))
     }
+}
+
+/// [`upper`] for one datagram: cut at a character boundary to fit [`MAX_DATAGRAM`].
+pub fn upper_datagram(bytes: &[u8]) -> Vec<u8> {
+    let mut out = String::from_utf8_lossy(bytes).to_uppercase();
+    out.truncate(out.floor_char_boundary(MAX_DATAGRAM));
+    out.into_bytes()
 }
 
 /// Upper-cases bytes as UTF-8, replacing invalid sequences.
@@ -141,6 +153,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_datagram_that_grows_is_cut_at_a_character_boundary() {
+        // 'ß' (2 bytes) becomes "SS" (2); 'ŉ' (2) becomes "ʼN" (3): 32,000 of them grow
+        // to 96,000 bytes, cut after the last character that fits: 21,835 "ʼN" and a
+        // 'ʼ' (2 bytes) make exactly 65,507.
+        let input = "ŉ".repeat(32_000);
+        let out = String::from_utf8(upper_datagram(input.as_bytes())).unwrap();
+        assert_eq!(out.len(), MAX_DATAGRAM);
+        assert!(out == "ʼN".repeat(21_835) + "ʼ");
+        // A cut inside a multi-byte character steps back to its start.
+        let mut odd = "x".repeat(MAX_DATAGRAM - 1);
+        odd.push('é');
+        let out = upper_datagram(odd.as_bytes());
+        assert_eq!(out.len(), MAX_DATAGRAM - 1);
+        assert!(out.iter().all(|&b| b == b'X'));
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! `least-conn`, a "down until" time for back-off, a round-robin cursor): choosing an
 //! upstream is on the connect path of every session, so it is a handful of loads rather
 //! than a round trip to an actor.
+//!
+//! Running out of descriptors (EMFILE, ENFILE; or buffers, memory) while connecting is
+//! this process's condition, not the upstream's: no upstream is put in back-off, the
+//! session retries with a short back-off for up to the connect timeout, and meanwhile
+//! the accept loop takes no new client ([`Upstreams::descriptor_waiters`]), so the
+//! descriptors that closing sessions free go to the clients already waiting.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +17,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::net::addr::describe;
+use crate::net::limits::is_resource_exhaustion;
 use crate::rt::{self, TcpStream};
+
+/// First pause before a connect that met a local shortage is tried again; it doubles.
+const LOCAL_RETRY_MIN: Duration = Duration::from_millis(5);
+
+/// Longest pause between those tries: a freed descriptor is taken within this.
+const LOCAL_RETRY_MAX: Duration = Duration::from_millis(100);
 
 /// How new sessions pick an upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -41,6 +54,35 @@ pub struct Upstreams {
     /// How long a failed upstream is skipped.
     backoff: Duration,
     base: Instant,
+    /// Sessions waiting for a descriptor to connect with (see the module notes).
+    descriptor_waiters: Arc<AtomicUsize>,
+}
+
+/// Why no upstream could be reached.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Every upstream failed; why, for each.
+    Upstreams(String),
+    /// This process had no descriptor (or buffer) to connect with for the whole connect
+    /// timeout; no upstream was blamed.
+    Local(String),
+}
+
+/// Counts a session in [`Upstreams::descriptor_waiters`] while it waits.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Why one connect failed.
+enum Failure {
+    /// Out of descriptors or buffers here.
+    Local(std::io::Error),
+    /// The upstream refused, timed out or did not resolve.
+    Remote(String),
 }
 
 /// Keeps a session counted against its upstream (for `least-conn`).
@@ -78,6 +120,7 @@ impl Upstreams {
             cursor: AtomicUsize::new(0),
             backoff,
             base: Instant::now(),
+            descriptor_waiters: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -106,40 +149,76 @@ impl Upstreams {
         order
     }
 
+    /// How many sessions wait for a descriptor right now; the proxy's accept loop holds
+    /// new clients while it is above zero.
+    pub fn descriptor_waiters(&self) -> Arc<AtomicUsize> {
+        self.descriptor_waiters.clone()
+    }
+
     /// Connects to the first upstream that answers, in [`Upstreams::order`]; the error
-    /// says why each one failed.
-    pub async fn connect(self: &Arc<Self>, timeout: Duration) -> Result<Connected, String> {
+    /// says why each one failed. A local shortage of descriptors is waited out (up to
+    /// `timeout`) instead of being held against the upstream.
+    pub async fn connect(self: &Arc<Self>, timeout: Duration) -> Result<Connected, ConnectError> {
         let mut failures = Vec::new();
         for i in self.order() {
             let up = &self.list[i];
-            match connect_one(&up.target, timeout).await {
-                Ok((stream, addr)) => {
-                    up.down_until.store(0, Relaxed);
-                    up.active.fetch_add(1, Relaxed);
-                    return Ok(Connected {
-                        stream,
-                        name: up.target.clone(),
-                        addr,
-                        guard: ActiveGuard(self.clone(), i),
-                    });
-                }
-                Err(why) => {
-                    log::warn!(upstream = up.target.as_str(), error = why.as_str(), backoff_ms = self.backoff.as_millis() as u64;
-                        "proxy: upstream failed; skipping it for a while");
-                    up.down_until
-                        .store(self.now_ms() + self.backoff.as_millis() as u64, Relaxed);
-                    failures.push(format!("{}: {why}", up.target));
+            let mut waiting: Option<(Waiting, Instant)> = None;
+            let mut pause = LOCAL_RETRY_MIN;
+            loop {
+                match connect_one(&up.target, timeout).await {
+                    Ok((stream, addr)) => {
+                        up.down_until.store(0, Relaxed);
+                        up.active.fetch_add(1, Relaxed);
+                        return Ok(Connected {
+                            stream,
+                            name: up.target.clone(),
+                            addr,
+                            guard: ActiveGuard(self.clone(), i),
+                        });
+                    }
+                    Err(Failure::Local(e)) => {
+                        let since = match &waiting {
+                            Some((_, since)) => *since,
+                            None => {
+                                log::warn!(upstream = up.target.as_str(), error = e.to_string().as_str(), wait_ms = timeout.as_millis() as u64;
+                                    "proxy: out of descriptors here (a local limit, not the upstream's fault); the client waits for one");
+                                self.descriptor_waiters.fetch_add(1, Relaxed);
+                                let w = Waiting(self.descriptor_waiters.clone());
+                                waiting.insert((w, Instant::now())).1
+                            }
+                        };
+                        let left = timeout.saturating_sub(since.elapsed());
+                        if left.is_zero() {
+                            return Err(ConnectError::Local(format!(
+                                "{e}: no descriptor to connect with for {timeout:?} (a local limit; see ulimit -n)"
+                            )));
+                        }
+                        rt::sleep(pause.min(left)).await;
+                        pause = (pause * 2).min(LOCAL_RETRY_MAX);
+                    }
+                    Err(Failure::Remote(why)) => {
+                        log::warn!(upstream = up.target.as_str(), error = why.as_str(), backoff_ms = self.backoff.as_millis() as u64;
+                            "proxy: upstream failed; skipping it for a while");
+                        up.down_until
+                            .store(self.now_ms() + self.backoff.as_millis() as u64, Relaxed);
+                        failures.push(format!("{}: {why}", up.target));
+                        break;
+                    }
                 }
             }
         }
-        Err(failures.join("; "))
+        Err(ConnectError::Upstreams(failures.join("; ")))
     }
 }
 
-async fn connect_one(target: &str, timeout: Duration) -> Result<(TcpStream, SocketAddr), String> {
-    let addrs = rt::resolve(target)
-        .await
-        .map_err(|e| format!("cannot resolve: {}", describe(&e)))?;
+async fn connect_one(target: &str, timeout: Duration) -> Result<(TcpStream, SocketAddr), Failure> {
+    let addrs = rt::resolve(target).await.map_err(|e| {
+        if is_resource_exhaustion(&e) {
+            Failure::Local(e)
+        } else {
+            Failure::Remote(format!("cannot resolve: {}", describe(&e)))
+        }
+    })?;
     let mut last = String::from("resolves to no address");
     for addr in addrs {
         match rt::timeout(timeout, TcpStream::connect(addr)).await {
@@ -147,11 +226,12 @@ async fn connect_one(target: &str, timeout: Duration) -> Result<(TcpStream, Sock
                 let _ = s.set_nodelay(true);
                 return Ok((s, addr));
             }
+            Some(Err(e)) if is_resource_exhaustion(&e) => return Err(Failure::Local(e)),
             Some(Err(e)) => last = describe(&e),
             None => last = format!("connect timed out after {timeout:?}"),
         }
     }
-    Err(last)
+    Err(Failure::Remote(last))
 }
 
 #[cfg(test)]
