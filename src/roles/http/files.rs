@@ -296,8 +296,9 @@ fn content_type(path: &Path) -> String {
     }
 }
 
+/// What a `Range` header asks of a file (public for the fuzz oracles).
 #[derive(Debug, PartialEq, Eq)]
-enum RangeSpec {
+pub enum RangeSpec {
     /// No usable range: send the whole file (also for several ranges, which RFC 9110 allows).
     Whole,
     /// First and last byte, inclusive.
@@ -305,7 +306,8 @@ enum RangeSpec {
     Unsatisfiable,
 }
 
-fn parse_range(value: &str, len: u64) -> RangeSpec {
+/// Reads a `Range` header value against a file of `len` bytes.
+pub fn parse_range(value: &str, len: u64) -> RangeSpec {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         return RangeSpec::Whole;
     };
