@@ -24,8 +24,11 @@ pub struct Violation {
     pub detail: String,
 }
 
+/// An oracle: every property the input broke (empty when all hold).
+pub type Oracle = fn(&[u8]) -> Vec<Violation>;
+
 /// Every target by name, as the directories under `fuzz/corpus/` are named.
-pub const TARGETS: &[(&str, fn(&[u8]) -> Vec<Violation>)] = &[
+pub const TARGETS: &[(&str, Oracle)] = &[
     ("chat_line", chat_line),
     ("telnet", telnet),
     ("http_request", http_request),

@@ -74,7 +74,7 @@ for t in "${targets[@]}"; do
         [[ -n $minimized && -f $minimized ]] || minimized=$artifact
         dest="fuzz/regressions/$t/$oracle-$(sha1sum "$minimized" | cut -c1-8)"
         cp "$minimized" "$dest"
-        echo "   kept $dest: $(head -c 120 "$dest" | od -An -c | tr -s ' \n' ' ')"
+        echo "   kept $dest ($(wc -c <"$dest") bytes): $(head -c 100 "$dest" | od -An -c | tr -s ' \n' ' ')"
         found+=("$oracle")
         case $oracle in
         panic | timeout | oom) break ;; # nothing to step over
@@ -87,8 +87,8 @@ for t in "${targets[@]}"; do
     SWITCHBOARD_FUZZ_ALLOW= cargo +nightly fuzz cmin "$t" -- -max_len=1024 \
         >"fuzz/logs/$t.cmin.log" 2>&1 || echo "   cmin failed: see fuzz/logs/$t.cmin.log"
     files=$(find "fuzz/corpus/$t" -type f | wc -l)
-    size=$(du -sh "fuzz/corpus/$t" | cut -f1)
-    summary+=("$(printf '%-13s %6ss %12s execs %9s/s  corpus %4s files %6s  found: %s' \
+    size=$(find "fuzz/corpus/$t" -type f -exec cat {} + | wc -c)
+    summary+=("$(printf '%-13s %6ss %12s execs %9s/s  corpus %4s files %7s B  found: %s' \
         "$t" "$secs" "$execs" "$((execs / (secs > 0 ? secs : 1)))" "$files" "$size" \
         "${found[*]:-nothing}")")
 done

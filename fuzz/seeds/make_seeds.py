@@ -44,6 +44,9 @@ telnet = {
     "sb-with-iac-iac": bytes([IAC, SB, 31, IAC, IAC, 0, 80, IAC, SE]) + b"after\n",
     "trailing-iac": b"text" + bytes([IAC]),
     "ayt-ga": bytes([IAC, 246, ord("x"), IAC, 249, ord("y")]),
+    # Long inputs to mutate: a terminated 300-byte subnegotiation, and 300 bytes of text.
+    "long-subneg": bytes([IAC, SB, 24]) + b"s" * 300 + bytes([IAC, SE]) + b"after\n",
+    "long-text": b"t" * 299 + b"\n" + bytes([IAC, NOP]) + b"z",
 }
 for n, d in telnet.items():
     put("corpus", "telnet", n, d)
