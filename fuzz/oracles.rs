@@ -561,11 +561,10 @@ fn round_trip(
     }
 }
 
-/// Where the replay test finds a target's files, relative to the repository root.
-pub fn corpus_dirs(root: &Path, target: &str) -> (PathBuf, PathBuf) {
+/// Where a target's inputs live, relative to the repository root: the fuzzer's corpus
+/// (minimised by `fuzz/run.sh`), the hand-written seeds (`fuzz/seeds/make_seeds.py`),
+/// and the minimised failures kept as regressions.
+pub fn input_dirs(root: &Path, target: &str) -> [PathBuf; 3] {
     let fuzz = root.join("fuzz");
-    (
-        fuzz.join("corpus").join(target),
-        fuzz.join("regressions").join(target),
-    )
+    ["corpus", "seeds", "regressions"].map(|kind| fuzz.join(kind).join(target))
 }

@@ -13,6 +13,8 @@
 # (no oracle to step over) ends that target's run. Start with
 # SWITCHBOARD_FUZZ_ALLOW=oracle,... to step over known defects from the first second.
 #
+# The fuzzer reads fuzz/corpus/<target>/ and fuzz/seeds/<target>/ and adds new inputs to
+# the first; the seeds (fuzz/seeds/make_seeds.py) are never minimised away.
 # The corpus is minimised with no oracle allowed, so it keeps only inputs that pass every
 # oracle: the replay test holds the corpus to all of them. Logs: fuzz/logs/.
 set -euo pipefail
@@ -33,7 +35,7 @@ flags=(-max_len=1024 -timeout=10 -print_final_stats=1)
 summary=()
 
 for t in "${targets[@]}"; do
-    mkdir -p "fuzz/corpus/$t" "fuzz/regressions/$t" "fuzz/artifacts/$t"
+    mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t" "fuzz/regressions/$t" "fuzz/artifacts/$t"
     allow=${SWITCHBOARD_FUZZ_ALLOW:-}
     deadline=$((SECONDS + minutes * 60))
     start=$SECONDS
@@ -45,7 +47,7 @@ for t in "${targets[@]}"; do
         log="fuzz/logs/$t.$round.log"
         echo "== $t: round $round, ${left}s left, allowed: ${allow:-none}"
         status=0
-        SWITCHBOARD_FUZZ_ALLOW=$allow cargo +nightly fuzz run "$t" -- \
+        SWITCHBOARD_FUZZ_ALLOW=$allow cargo +nightly fuzz run "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
             -max_total_time="$left" "${flags[@]}" >"$log" 2>&1 || status=$?
         # Final stats on a clean exit; after a crash, the last status line (an undercount).
         n=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}')

@@ -1,5 +1,5 @@
-//! Replays the fuzz corpus on stable: every file under `fuzz/corpus/<target>/` and
-//! `fuzz/regressions/<target>/` goes through the same oracle the fuzz target checks
+//! Replays the fuzz corpus on stable: every file under `fuzz/corpus/<target>/`,
+//! `fuzz/seeds/<target>/` and `fuzz/regressions/<target>/` goes through the same oracle the fuzz target checks
 //! (`fuzz/oracles.rs`), so what a campaign found stays found. A missing or empty corpus
 //! fails: a replay of zero files would pass while testing nothing.
 //!
@@ -64,7 +64,7 @@ fn replay(target: &str) {
         .find(|(name, _)| *name == target)
         .map(|(_, f)| *f)
         .expect("a target named in oracles::TARGETS");
-    let (corpus, regressions) = oracles::corpus_dirs(root(), target);
+    let [corpus, seeds, regressions] = oracles::input_dirs(root(), target);
     assert!(
         corpus.is_dir(),
         "{} is missing: the fuzz corpus must be committed (seed it, or run fuzz/run.sh)",
@@ -76,17 +76,22 @@ fn replay(target: &str) {
         "{} is empty: a replay of zero files tests nothing",
         corpus.display()
     );
-    let regression_files = if regressions.is_dir() {
-        files_in(&regressions)
-    } else {
-        Vec::new()
+    let optional = |dir: &Path| {
+        if dir.is_dir() {
+            files_in(dir)
+        } else {
+            Vec::new()
+        }
     };
+    let seed_files = optional(&seeds);
+    let regression_files = optional(&regressions);
 
     let known = known_defects();
     let mut failures = Vec::new();
     let mut still_known = 0;
     for (path, is_regression) in corpus_files
         .iter()
+        .chain(&seed_files)
         .map(|p| (p, false))
         .chain(regression_files.iter().map(|p| (p, true)))
     {
@@ -140,8 +145,9 @@ fn replay(target: &str) {
         }
     }
     eprintln!(
-        "{target}: replayed {} corpus and {} regression files ({still_known} known defects still open)",
+        "{target}: replayed {} corpus, {} seed and {} regression files ({still_known} known defects still open)",
         corpus_files.len(),
+        seed_files.len(),
         regression_files.len()
     );
     assert!(

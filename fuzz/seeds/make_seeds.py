@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Writes the hand-made seed inputs into fuzz/corpus/<target>/ (and the ones that trip a
+"""Writes the hand-made seed inputs into fuzz/seeds/<target>/ (and the ones that trip a
 known issue-13 defect into fuzz/regressions/<target>/). Run from anywhere; re-running
-rewrites the same files. The fuzzer's own finds live beside them, named by hash."""
+rewrites the same files. Seeds are never minimised away: fuzz/run.sh gives them to the
+fuzzer beside fuzz/corpus/<target>/ (the fuzzer's own finds, named by hash), and
+tests/fuzz_corpus.rs replays both."""
 import os, struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,7 +33,7 @@ chat = {
     "no-newline": "unfinished",
 }
 for n, d in chat.items():
-    put("corpus", "chat_line", n, d)
+    put("seeds", "chat_line", n, d)
 # Known defect (issue 13, sanitiser): zero-width and bidi marks pass through.
 put("regressions", "chat_line", "known-zero-width", "a\u200bd\u200dm\u2060i\ufeffn\u200e\u200f\u061c\u2028\n".encode())
 
@@ -49,7 +51,7 @@ telnet = {
     "long-text": b"t" * 299 + b"\n" + bytes([IAC, NOP]) + b"z",
 }
 for n, d in telnet.items():
-    put("corpus", "telnet", n, d)
+    put("seeds", "telnet", n, d)
 # Known defects (issue 13, telnet filter): a lone 0xFF eats the next byte; an
 # unterminated IAC SB swallows all later input.
 put("regressions", "telnet", "known-lone-ff", b"5\xff\n/who\n")
@@ -80,7 +82,7 @@ http = {
     "obs-fold": "GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
 }
 for n, d in http.items():
-    put("corpus", "http_request", n, d)
+    put("seeds", "http_request", n, d)
 
 # http_range: first byte < 0x80 is the file length, else 8 little-endian bytes follow.
 def rng(length, value):
@@ -103,7 +105,7 @@ ranges = {
     "max": rng(2**64 - 1, "bytes=18446744073709551614-18446744073709551615"),
 }
 for n, d in ranges.items():
-    put("corpus", "http_range", n, d)
+    put("seeds", "http_range", n, d)
 # Known defect (issue 13): numbers past u64 make the range "whole file".
 put("regressions", "http_range", "known-huge-first", rng(100, "bytes=99999999999999999999999-"))
 put("regressions", "http_range", "known-huge-suffix", rng(100, "bytes=-99999999999999999999999"))
@@ -132,4 +134,4 @@ proxy = {
     "v2-unix": SIG + bytes([0x21, 0x31, 0, 216]) + bytes(216),
 }
 for n, d in proxy.items():
-    put("corpus", "proxy_header", n, d)
+    put("seeds", "proxy_header", n, d)
