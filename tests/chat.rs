@@ -464,3 +464,42 @@ fn udp_users_are_capped() {
     assert_eq!(second.datagram(), "! server full\n");
     chat.stop();
 }
+
+#[test]
+fn a_raw_0xff_from_a_latin1_client_eats_nothing() {
+    let chat = default_chat();
+    let mut a = User::join(chat.tcp);
+    let mut b = User::join(chat.tcp);
+    a.until(&format!("* {} joined", b.nick));
+    // A Latin-1 client's `5ÿ`, then a command on the next line: the 0xFF is not telnet.
+    a.w.write_all(b"5\xff\n/who\n").unwrap();
+    assert_eq!(b.line(), format!("<{}> 5\u{FFFD}", a.nick));
+    assert_eq!(a.line(), format!("* in #lobby: {}, {}", a.nick, b.nick));
+    chat.stop();
+}
+
+#[test]
+fn an_unclosed_telnet_subnegotiation_does_not_swallow_the_connection() {
+    let chat = default_chat();
+    let mut a = User::join(chat.tcp);
+    let mut b = User::join(chat.tcp);
+    a.until(&format!("* {} joined", b.nick));
+    // `IAC SB` never closed: after the cap, what follows is data again.
+    let mut bytes = vec![0xff, 0xfa, 24];
+    bytes.extend(std::iter::repeat_n(0u8, 300));
+    bytes.extend_from_slice(b"\nstill heard\n");
+    a.w.write_all(&bytes).unwrap();
+    assert_eq!(b.line(), format!("<{}> still heard", a.nick));
+    chat.stop();
+}
+
+#[test]
+fn invisible_and_bidi_characters_never_reach_others() {
+    let chat = default_chat();
+    let mut a = User::join(chat.tcp);
+    let mut b = User::join(chat.tcp);
+    a.until(&format!("* {} joined", b.nick));
+    a.say("a\u{200B}d\u{200D}m\u{2060}i\u{FEFF}n\u{200E} \u{200F}o\u{061C}k\u{2028}a\u{2029}y\u{E0041}\u{E007F}!");
+    assert_eq!(b.line(), format!("<{}> admin okay!", a.nick));
+    chat.stop();
+}

@@ -14,6 +14,7 @@
 
 pub mod broker;
 pub mod protocol;
+pub mod unicode_table;
 
 use std::sync::Arc;
 use std::time::Duration;
