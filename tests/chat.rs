@@ -503,3 +503,24 @@ fn invisible_and_bidi_characters_never_reach_others() {
     assert_eq!(b.line(), format!("<{}> admin okay!", a.nick));
     chat.stop();
 }
+
+#[test]
+fn udp_bytes_are_in_bytes_out_while_running_and_after_shutdown() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let chat = default_chat();
+    let udp = UdpUser::new(&chat);
+    udp.say("hello");
+    let mut received = udp.datagram().len() as u64; // the welcome
+    let stats = chat.stats.clone();
+    wait_until("the welcome to be counted", || {
+        stats.bytes_out.load(Relaxed) == received
+    });
+    chat.stop();
+    let bye = udp.datagram();
+    assert_eq!(bye, "* server shutting down\n");
+    received += bye.len() as u64;
+    // Once every task has ended (what the process waits for before its summary), every
+    // byte sent is counted.
+    wait_until("every task to end", || stats.live_tasks() == 0);
+    assert_eq!(stats.bytes_out.load(Relaxed), received);
+}

@@ -51,19 +51,22 @@ impl DatagramSender {
 pub fn spawn_sender(socket: Arc<UdpSocket>, stats: &Arc<Stats>) -> DatagramSender {
     let (sender_tx, sender_rx) = flume::bounded::<(SocketAddr, Vec<u8>)>(SEND_MAILBOX);
     let stats = stats.clone();
-    // Not counted in `live_tasks`: that counts connection tasks, and this one lives as
-    // long as the endpoint. It ends once the receive loop (and every holder) lets go.
+    // Counted in `live_tasks` (from here, not from its first poll), so a drain waits for
+    // what is still queued (a chat's `* server shutting down`) to be sent and counted. It
+    // ends once the receive loop (and every holder) lets go.
+    let task = stats.task();
     rt::spawn(async move {
-        let mut sent = 0u64;
+        let _task = task;
         while let Ok((peer, payload)) = sender_rx.recv_async().await {
             match socket.send_to(&payload, peer).await {
-                Ok(n) => sent += n as u64,
+                // Counted as sent, not at the end: the count is right whenever it is read
+                // (one uncontended atomic add beside a system call).
+                Ok(n) => Stats::add(&stats.bytes_out, n as u64),
                 Err(e) => {
                     log::debug!(peer = peer.to_string().as_str(), error = e.to_string().as_str(); "UDP send failed")
                 }
             }
         }
-        Stats::add(&stats.bytes_out, sent);
     });
     DatagramSender { sender_tx }
 }
