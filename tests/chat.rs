@@ -519,8 +519,260 @@ fn udp_bytes_are_in_bytes_out_while_running_and_after_shutdown() {
     let bye = udp.datagram();
     assert_eq!(bye, "* server shutting down\n");
     received += bye.len() as u64;
-    // Once every task has ended (what the process waits for before its summary), every
-    // byte sent is counted.
+    // Once the server has stopped and its tasks have ended (what the process waits for
+    // before its summary), every byte sent is counted.
     wait_until("every task to end", || stats.live_tasks() == 0);
     assert_eq!(stats.bytes_out.load(Relaxed), received);
+}
+
+/// A chat client that reads only when told to: it connects with a receive buffer of
+/// 4 KiB (asked for before connecting, so the kernel never grows it), so once it stops
+/// reading, it stalls after a few lines.
+struct Stalled {
+    s: std::net::TcpStream,
+    /// The last bytes read, to find a marker line in.
+    tail: Vec<u8>,
+}
+
+impl Stalled {
+    fn connect(addr: SocketAddr) -> Stalled {
+        use std::os::fd::FromRawFd;
+        let SocketAddr::V4(v4) = addr else {
+            panic!("IPv4 only")
+        };
+        // SAFETY: a fresh socket we own; setsockopt and connect get correctly sized
+        // structs; from_raw_fd takes sole ownership of the descriptor.
+        let s = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let s = std::net::TcpStream::from_raw_fd(fd);
+            // A small receive buffer, and segments to match (loopback's 64 KiB segments
+            // would not fit, and the window would reopen only on the persist timer).
+            for (level, option, value) in [
+                (libc::SOL_SOCKET, libc::SO_RCVBUF, 16 * 1024),
+                (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 1400),
+            ] {
+                let value: libc::c_int = value;
+                libc::setsockopt(
+                    fd,
+                    level,
+                    option,
+                    &value as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as u32,
+                );
+            }
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let rc = libc::connect(
+                fd,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+            s
+        };
+        s.set_nonblocking(true).unwrap();
+        Stalled {
+            s,
+            tail: Vec::new(),
+        }
+    }
+
+    /// Reads what is there; whether the last line read is one of `markers`.
+    fn read_to(&mut self, markers: &[String], buf: &mut [u8]) -> bool {
+        loop {
+            match std::io::Read::read(&mut self.s, buf) {
+                Ok(0) => panic!(
+                    "a stalled client was closed while it was being read: {:?}",
+                    String::from_utf8_lossy(&self.tail)
+                ),
+                Ok(n) => {
+                    self.tail.extend_from_slice(&buf[..n]);
+                    let keep = self.tail.len().saturating_sub(256);
+                    self.tail.drain(..keep);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("stalled client: {e}"),
+            }
+        }
+        markers.iter().any(|m| self.tail.ends_with(m.as_bytes()))
+    }
+}
+
+/// Reads every client until the last line each has read is one of `markers`.
+fn read_all_to(clients: &mut [Stalled], markers: &[String]) {
+    use std::os::fd::AsRawFd;
+    let start = std::time::Instant::now();
+    let mut buf = vec![0u8; 65536];
+    let mut waiting: Vec<&mut Stalled> = clients.iter_mut().collect();
+    while !waiting.is_empty() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{} clients never got {markers:?}",
+            waiting.len()
+        );
+        let mut fds: Vec<libc::pollfd> = waiting
+            .iter()
+            .map(|c| libc::pollfd {
+                fd: c.s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: poll on a correctly sized array of pollfd for open descriptors.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        let mut i = 0;
+        while i < waiting.len() {
+            if fds[i].revents != 0 && waiting[i].read_to(markers, &mut buf) {
+                waiting.swap_remove(i);
+                fds.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_mass_eviction_of_5000_stalled_clients_spares_every_healthy_one() {
+    const STALLED: usize = 5000;
+    const HEALTHY: usize = 5;
+    // Stalled clients join in batches; between batches all are read up to the last join
+    // notice, so no queue holds more than a batch.
+    const BATCH: usize = 500;
+    const SENDQ: usize = BATCH + 100;
+    // Each client is two descriptors in this process (ours and the server's).
+    let limit = switchboard::net::limits::raise_nofile_limit().unwrap_or(0);
+    let needed = (2 * (STALLED + HEALTHY) + 500) as u64;
+    if limit < needed {
+        eprintln!(
+            "SKIPPED a_mass_eviction_of_5000_stalled_clients_spares_every_healthy_one: \
+             it needs {needed} open files and the hard limit allows {limit}"
+        );
+        return;
+    }
+    let config = ChatConfig {
+        sendq: SENDQ,
+        rate: 0.0,
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+
+    let mut stalled: Vec<Stalled> = Vec::with_capacity(STALLED);
+    while stalled.len() < STALLED {
+        for _ in 0..BATCH {
+            stalled.push(Stalled::connect(chat.tcp));
+        }
+        // Once the n-th join is done, everyone has its notice last, but the n-th client
+        // itself (whichever that is: joins are numbered as the broker takes them), which
+        // has its welcome last.
+        let n = stalled.len();
+        let markers = [
+            format!("* guest{n} joined\n"),
+            format!("* welcome to #lobby, you are guest{n} (type /help for commands)\n"),
+        ];
+        read_all_to(&mut stalled, &markers);
+    }
+    // The healthy clients join last, and read everything from here on.
+    let mut healthy: Vec<User> = (0..HEALTHY).map(|_| User::join(chat.tcp)).collect();
+    for (i, u) in healthy.iter_mut().enumerate() {
+        u.nick(&format!("h{i}"));
+    }
+    for u in &mut healthy[..HEALTHY - 1] {
+        u.until(&format!(
+            "* guest{} is now h{}",
+            STALLED + HEALTHY,
+            HEALTHY - 1
+        ));
+    }
+    healthy[0].say("ready");
+    for u in &mut healthy[1..] {
+        assert_eq!(u.line(), "<h0> ready");
+    }
+    // Every stalled client's queue is empty now; from here on none of them reads.
+    read_all_to(&mut stalled, &["<h0> ready\n".to_string()]);
+    assert_eq!(chat.stats.active(), STALLED + HEALTHY);
+
+    // Each healthy client's lines go to a channel, read by a thread of its own.
+    let mut writers = Vec::new();
+    let mut inboxes = Vec::new();
+    for u in healthy {
+        writers.push(u.w);
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let mut r = u.r;
+        std::thread::spawn(move || {
+            let mut l = String::new();
+            while r.read_line(&mut l).map(|n| n > 0).unwrap_or(false) {
+                if tx.send(std::mem::take(&mut l)).is_err() {
+                    return;
+                }
+            }
+        });
+        inboxes.push(rx);
+    }
+    // The healthy clients take turns to speak, in lock step: each line is read by all the
+    // others before the next is sent. The stalled clients' sockets and queues fill at the
+    // same line, and they are evicted together. Every healthy client must get every line,
+    // exactly once and in order, and nothing else but departure notices, which must
+    // count every stalled client once, in a few lines.
+    let text = "x".repeat(1000);
+    let mut departed = vec![0usize; HEALTHY];
+    let mut notices = vec![0usize; HEALTHY];
+    let mut i = 0;
+    while departed.iter().any(|&d| d < STALLED) {
+        assert!(
+            i < 5 * SENDQ,
+            "{i} lines sent and only {departed:?} stalled clients gone"
+        );
+        let from = i % HEALTHY;
+        writers[from]
+            .write_all(format!("{i} {text}\n").as_bytes())
+            .unwrap();
+        let want = format!("<h{from}> {i} {text}\n");
+        for (to, inbox) in inboxes.iter().enumerate() {
+            if to == from {
+                continue;
+            }
+            loop {
+                let l = inbox
+                    .recv_timeout(DEADLINE)
+                    .unwrap_or_else(|_| panic!("h{to} got no line {i} (or was closed)"));
+                if l == want {
+                    break;
+                }
+                departed[to] += departures(&l)
+                    .unwrap_or_else(|| panic!("h{to} got {:?}", &l[..l.len().min(80)]));
+                notices[to] += 1;
+            }
+        }
+        i += 1;
+    }
+    assert!(departed.iter().all(|&d| d == STALLED), "{departed:?}");
+    assert!(notices.iter().all(|&n| n < 100), "{notices:?} notices");
+    writers[0].write_all(b"/who\n").unwrap();
+    let who = inboxes[0].recv_timeout(DEADLINE).unwrap();
+    assert_eq!(who, "* in #lobby: h0, h1, h2, h3, h4\n");
+    wait_until("the evicted clients' connections to end", || {
+        chat.stats.active() == HEALTHY
+    });
+    drop(stalled);
+    chat.stop();
+}
+
+/// How many departures a notice line announces: `* NICK left (send queue exceeded)` or
+/// `* N users left (send queue exceeded)`; `None` for anything else.
+fn departures(line: &str) -> Option<usize> {
+    let rest = line
+        .strip_prefix("* ")?
+        .strip_suffix(" left (send queue exceeded)\n")?;
+    match rest.strip_suffix(" users").or(rest.strip_suffix(" user")) {
+        Some(n) => n.parse().ok(),
+        None => rest.starts_with("guest").then_some(1),
+    }
 }

@@ -33,6 +33,8 @@ const ERROR_PAUSE: Duration = Duration::from_millis(10);
 #[derive(Clone)]
 pub struct DatagramSender {
     sender_tx: flume::Sender<(SocketAddr, Vec<u8>)>,
+    /// Disconnected when the send actor ends (it carries nothing): see [`Self::finish`].
+    ended_rx: flume::Receiver<std::convert::Infallible>,
 }
 
 impl DatagramSender {
@@ -45,18 +47,35 @@ impl DatagramSender {
     pub fn try_send(&self, peer: SocketAddr, payload: Vec<u8>) -> bool {
         self.sender_tx.try_send((peer, payload)).is_ok()
     }
+
+    /// Datagrams queued and not yet sent.
+    pub fn queued(&self) -> usize {
+        self.sender_tx.len()
+    }
+
+    /// Lets go of this handle and waits until the send actor has ended: every other handle
+    /// is gone and every queued datagram sent (and counted in `bytes_out`). A role calls it
+    /// before returning, so a summary taken after it is complete.
+    pub async fn finish(self) {
+        let DatagramSender {
+            sender_tx,
+            ended_rx,
+        } = self;
+        drop(sender_tx);
+        let _ = ended_rx.recv_async().await;
+    }
 }
 
 /// Spawns the send actor for `socket`; it ends when every [`DatagramSender`] is dropped.
 pub fn spawn_sender(socket: Arc<UdpSocket>, stats: &Arc<Stats>) -> DatagramSender {
     let (sender_tx, sender_rx) = flume::bounded::<(SocketAddr, Vec<u8>)>(SEND_MAILBOX);
+    let (ended_tx, ended_rx) = flume::bounded(0);
     let stats = stats.clone();
-    // Counted in `live_tasks` (from here, not from its first poll), so a drain waits for
-    // what is still queued (a chat's `* server shutting down`) to be sent and counted. It
-    // ends once the receive loop (and every holder) lets go.
-    let task = stats.task();
+    // Not counted in `live_tasks`: that counts connection tasks, and this one lives as
+    // long as the endpoint. It ends once the receive loop (and every holder) lets go;
+    // [`DatagramSender::finish`] waits for that.
     rt::spawn(async move {
-        let _task = task;
+        let _ended_tx: flume::Sender<std::convert::Infallible> = ended_tx;
         while let Ok((peer, payload)) = sender_rx.recv_async().await {
             match socket.send_to(&payload, peer).await {
                 // Counted as sent, not at the end: the count is right whenever it is read
@@ -68,7 +87,10 @@ pub fn spawn_sender(socket: Arc<UdpSocket>, stats: &Arc<Stats>) -> DatagramSende
             }
         }
     });
-    DatagramSender { sender_tx }
+    DatagramSender {
+        sender_tx,
+        ended_rx,
+    }
 }
 
 /// Receives datagrams until `shutdown` fires, calling `on_datagram` for each.

@@ -12,6 +12,14 @@
 //! mailbox (`--sendq` lines) is full is too slow to keep up; it is disconnected and
 //! announced, as IRC servers do. Every line is formatted once into an `Arc<[u8]>` that all
 //! recipients share. The registry is plain maps owned by this task; nobody else sees it.
+//!
+//! Departures are settled once per message, in a loop and never by recursion: a client
+//! whose queue overflowed is only marked during the turn; at its end the marked are
+//! removed, and each room hears of its departures — by name up to
+//! [`NAMED_DEPARTURES`], beyond that as one line per reason (`* 1500 users left (send
+//! queue exceeded)`). Members with no room left in their queues for those notices leave
+//! in the same count, so a notice never overflows anyone and a mass eviction never turns
+//! into a flood of notices that takes healthy clients with it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +44,11 @@ pub const BROKER_MAILBOX: usize = 4096;
 
 /// The room everyone starts in.
 pub const LOBBY: &str = "lobby";
+
+/// Departures from one room in one broker turn that are announced by name; more are
+/// counted in one line per reason. Kept small so that no burst of departures can fill
+/// the queue of a client that is keeping up.
+pub const NAMED_DEPARTURES: usize = 3;
 
 /// Chat settings (the command line's `--max-line`, `--rate`, `--burst`, `--sendq`, `--udp-idle`).
 #[derive(Clone, Debug)]
@@ -89,7 +102,7 @@ pub enum BrokerMsg {
     /// A TCP client sent a line over the limit (already discarded).
     TooLong { id: ClientId },
     /// A TCP client's reader ended.
-    Leave { id: ClientId, reason: &'static str },
+    Leave { id: ClientId, reason: LeaveReason },
     /// A UDP datagram (one or more lines).
     Datagram { peer: SocketAddr, data: Vec<u8> },
     /// Time passes: expire silent UDP clients.
@@ -104,6 +117,48 @@ pub enum BrokerMsg {
 pub trait RoomBus: Send + 'static {
     /// `line` was published to `room` on this process.
     fn published(&mut self, room: &str, line: &Line);
+}
+
+/// Why a client left: what its room is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// The client closed its connection.
+    Closed,
+    /// The connection failed (a reset).
+    Reset,
+    /// `--idle-timeout` passed without input.
+    Idle,
+    /// The server is stopping (a reader saw the broker gone).
+    ShuttingDown,
+    /// Its queue (`--sendq`) overflowed: it cannot keep up.
+    SendQueue,
+    /// A UDP user silent for `--udp-idle`.
+    UdpTimeout,
+    /// `/quit [REASON]`.
+    Quit(Option<String>),
+}
+
+impl LeaveReason {
+    /// The words in `* NICK left (...)`.
+    pub fn text(&self) -> &str {
+        match self {
+            LeaveReason::Closed => "connection closed",
+            LeaveReason::Reset => "connection reset",
+            LeaveReason::Idle => "idle timeout",
+            LeaveReason::ShuttingDown => "server shutting down",
+            LeaveReason::SendQueue => "send queue exceeded",
+            LeaveReason::UdpTimeout => "timeout",
+            LeaveReason::Quit(reason) => reason.as_deref().unwrap_or("quit"),
+        }
+    }
+
+    /// The words in `* N users left (...)`: a quit's own reason is not repeated there.
+    fn kind(&self) -> &str {
+        match self {
+            LeaveReason::Quit(_) => "quit",
+            other => other.text(),
+        }
+    }
 }
 
 /// The single-process bus: nothing beyond this process.
@@ -133,6 +188,8 @@ impl BrokerHandle {
             udp,
             bus,
             next_guest: 1,
+            overflowed: Vec::new(),
+            departed: Vec::new(),
         };
         rt::spawn(broker.run(broker_rx));
         BrokerHandle { broker_tx }
@@ -168,6 +225,15 @@ struct Client {
     warned: bool,
     /// UDP: last datagram, for `--udp-idle`.
     last_seen: Instant,
+    /// Its queue overflowed this turn: it is leaving, and gets nothing more.
+    overflowed: bool,
+}
+
+/// A client that left this turn, not yet announced.
+struct Departure {
+    nick: String,
+    room: String,
+    reason: LeaveReason,
 }
 
 struct Broker {
@@ -181,6 +247,10 @@ struct Broker {
     udp: Option<DatagramSender>,
     bus: Box<dyn RoomBus>,
     next_guest: u64,
+    /// Clients whose queue overflowed this turn, to remove when it ends.
+    overflowed: Vec<ClientId>,
+    /// Clients removed this turn, to announce when it ends.
+    departed: Vec<Departure>,
 }
 
 /// Builds a `\n`-terminated line once, for every recipient.
@@ -192,6 +262,18 @@ fn line(parts: &[&str]) -> Line {
     }
     bytes.push(b'\n');
     Line::from(bytes)
+}
+
+/// How many lines [`Broker::announce`] sends for these departures.
+fn notice_lines(departed: &[Departure]) -> usize {
+    if departed.len() <= NAMED_DEPARTURES {
+        departed.len()
+    } else {
+        let mut kinds: Vec<&str> = departed.iter().map(|d| d.reason.kind()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        kinds.len()
+    }
 }
 
 impl Broker {
@@ -216,6 +298,7 @@ impl Broker {
                     break;
                 }
             }
+            self.settle();
         }
         log::debug!("chat broker stopped");
     }
@@ -232,6 +315,7 @@ impl Broker {
             bucket,
             warned: false,
             last_seen: Instant::now(),
+            overflowed: false,
         };
         self.clients.insert(id, client);
         self.tell(
@@ -255,9 +339,10 @@ impl Broker {
         }
     }
 
-    /// Sends to one client; `false` means its queue is full (it cannot keep up).
+    /// Sends to one client; `false` means its queue is full (it cannot keep up). A client
+    /// already leaving gets nothing.
     fn deliver(&self, id: ClientId, line: &Line) -> bool {
-        let Some(client) = self.clients.get(&id) else {
+        let Some(client) = self.clients.get(&id).filter(|c| !c.overflowed) else {
             return true;
         };
         match &client.outbox {
@@ -275,10 +360,19 @@ impl Broker {
         }
     }
 
-    /// Sends to one client, disconnecting it if it cannot keep up.
+    /// Sends to one client; one that cannot keep up leaves when this turn ends.
     fn tell(&mut self, id: ClientId, line: Line) {
         if !self.deliver(id, &line) {
-            self.remove(id, "send queue exceeded");
+            self.overflow(id);
+        }
+    }
+
+    /// Marks a client whose queue overflowed: it gets nothing more and is removed when
+    /// this turn ends ([`Broker::settle`]).
+    fn overflow(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.get_mut(&id).filter(|c| !c.overflowed) {
+            c.overflowed = true;
+            self.overflowed.push(id);
         }
     }
 
@@ -294,12 +388,12 @@ impl Broker {
         }
         self.bus.published(room, &line);
         for id in too_slow {
-            self.remove(id, "send queue exceeded");
+            self.overflow(id);
         }
     }
 
-    /// Takes a client out of the registry and tells its room why.
-    fn remove(&mut self, id: ClientId, reason: &str) {
+    /// Takes a client out of the registry now; its room hears of it when this turn ends.
+    fn remove(&mut self, id: ClientId, reason: LeaveReason) {
         let Some(client) = self.clients.remove(&id) else {
             return;
         };
@@ -307,7 +401,7 @@ impl Broker {
         self.leave_room(id, &client.room);
         match &client.outbox {
             Outbox::Tcp { stream, .. } => {
-                if reason == "send queue exceeded" {
+                if reason == LeaveReason::SendQueue {
                     // Its writer may be stuck on a full socket: cut it off.
                     let _ = stream.shutdown(std::net::Shutdown::Both);
                 }
@@ -316,12 +410,97 @@ impl Broker {
                 self.udp_peers.remove(peer);
             }
         }
-        log::info!(nick = client.nick.as_str(), reason = reason; "chat: left");
-        self.publish(
-            &client.room,
-            None,
-            line(&["* ", &client.nick, " left (", reason, ")"]),
-        );
+        log::info!(nick = client.nick.as_str(), reason = reason.text(); "chat: left");
+        self.departed.push(Departure {
+            nick: client.nick,
+            room: client.room,
+            reason,
+        });
+    }
+
+    /// Ends a turn: removes the clients that could not keep up and tells each room who
+    /// left. A loop, never a recursion: notices cannot overflow anyone (see
+    /// [`Broker::announce`]), and if one somehow did, the next pass would settle it.
+    fn settle(&mut self) {
+        loop {
+            for id in std::mem::take(&mut self.overflowed) {
+                self.remove(id, LeaveReason::SendQueue);
+            }
+            if self.departed.is_empty() {
+                return;
+            }
+            let departed = std::mem::take(&mut self.departed);
+            let mut rooms: Vec<(String, Vec<Departure>)> = Vec::new();
+            for d in departed {
+                match rooms.iter_mut().find(|(room, _)| *room == d.room) {
+                    Some((_, list)) => list.push(d),
+                    None => rooms.push((d.room.clone(), vec![d])),
+                }
+            }
+            for (room, list) in rooms {
+                self.announce(&room, list);
+            }
+        }
+    }
+
+    /// Tells `room` who left: by name up to [`NAMED_DEPARTURES`], else one line per
+    /// reason. First, members whose queues have no room for those lines leave too (they
+    /// are counted in them), so the notices themselves overflow no one.
+    fn announce(&mut self, room: &str, mut departed: Vec<Departure>) {
+        loop {
+            let needed = notice_lines(&departed);
+            let full: Vec<ClientId> = self
+                .rooms
+                .get(room)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .copied()
+                .filter(|id| self.free_slots(*id) < needed)
+                .collect();
+            if full.is_empty() {
+                break;
+            }
+            for id in full {
+                self.remove(id, LeaveReason::SendQueue);
+            }
+            departed.append(&mut self.departed);
+        }
+        if departed.len() <= NAMED_DEPARTURES {
+            for d in &departed {
+                let notice = line(&["* ", &d.nick, " left (", d.reason.text(), ")"]);
+                self.publish(room, None, notice);
+            }
+        } else {
+            let mut counts: Vec<(&str, usize)> = Vec::new();
+            for d in &departed {
+                match counts.iter_mut().find(|(kind, _)| *kind == d.reason.kind()) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((d.reason.kind(), 1)),
+                }
+            }
+            for (kind, n) in counts {
+                let users = if n == 1 {
+                    " user left ("
+                } else {
+                    " users left ("
+                };
+                let notice = line(&["* ", &n.to_string(), users, kind, ")"]);
+                self.publish(room, None, notice);
+            }
+        }
+    }
+
+    /// How many more lines a client's queue takes now (UDP: unlimited; a full UDP queue
+    /// drops datagrams, which UDP allows).
+    fn free_slots(&self, id: ClientId) -> usize {
+        match self.clients.get(&id).map(|c| &c.outbox) {
+            Some(Outbox::Tcp { writer_tx, .. }) => writer_tx
+                .capacity()
+                .unwrap_or(usize::MAX)
+                .saturating_sub(writer_tx.len()),
+            _ => usize::MAX,
+        }
     }
 
     fn leave_room(&mut self, id: ClientId, room: &str) {
@@ -397,7 +576,7 @@ impl Broker {
                     " of silence",
                 ]),
             );
-            self.remove(id, "timeout");
+            self.remove(id, LeaveReason::UdpTimeout);
         }
     }
 
@@ -454,13 +633,13 @@ impl Broker {
             }
             Command::Quit(reason) => {
                 self.tell(id, line(&["* bye"]));
-                let reason = reason.unwrap_or("quit").to_string();
+                let reason = LeaveReason::Quit(reason.map(str::to_string));
                 if let Some(Outbox::Tcp { stream, .. }) = self.clients.get(&id).map(|c| &c.outbox) {
                     // The writer flushes `* bye` and closes once we drop its sender below;
                     // the reader stops here, whatever the client does.
                     let _ = stream.shutdown(std::net::Shutdown::Read);
                 }
-                self.remove(id, &reason);
+                self.remove(id, reason);
             }
             Command::Usage(usage) => self.tell(id, line(&["! usage: ", usage])),
             Command::Unknown(verb) => {
