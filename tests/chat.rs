@@ -88,6 +88,15 @@ impl UdpUser {
     fn until(&self, want: &str) {
         while self.datagram() != format!("{want}\n") {}
     }
+    /// Joins (the `/hello` handshake); returns the welcome.
+    fn join(&self) -> String {
+        let welcome = udp_chat_hello(&self.s, self.server);
+        assert!(
+            welcome.starts_with("* welcome to #lobby, you are guest"),
+            "{welcome:?}"
+        );
+        welcome
+    }
 }
 
 #[test]
@@ -100,14 +109,14 @@ fn tcp_and_udp_users_chat_in_one_room_with_every_command() {
     bob.nick("bob");
     assert_eq!(alice.line(), format!("* {} is now bob", "guest2"));
 
-    // A UDP user joins on its first datagram and is in the same room.
+    // A UDP user joins with the /hello handshake and is in the same room.
     let carol = UdpUser::new(&chat);
-    carol.say("/nick carol");
-    let welcome = carol.datagram();
+    let welcome = carol.join();
     assert!(
         welcome.starts_with("* welcome to #lobby, you are guest"),
         "{welcome}"
     );
+    carol.say("/nick carol");
     let guest = welcome.split(' ').nth(6).unwrap().to_string();
     assert_eq!(carol.datagram(), format!("* {guest} is now carol\n"));
     assert_eq!(alice.line(), format!("* {guest} joined"));
@@ -190,8 +199,8 @@ fn nicks_are_unique_ignoring_case_across_transports() {
     let mut alice = User::join(chat.tcp);
     alice.nick("Alice");
     let udp = UdpUser::new(&chat);
+    udp.join();
     udp.say("/nick aLiCe");
-    udp.datagram(); // welcome
     assert_eq!(udp.datagram(), "! nick taken: aLiCe\n");
     udp.say("/nick dave");
     udp.until("* guest2 is now dave");
@@ -411,6 +420,7 @@ fn silent_udp_users_time_out() {
     let chat = start_chat(ServerConfig::default(), config);
     let mut watcher = User::join(chat.tcp);
     let udp = UdpUser::new(&chat);
+    udp.join();
     udp.say("/nick ghost");
     watcher.until("* guest2 is now ghost");
     assert_eq!(watcher.line(), "* ghost left (timeout)");
@@ -423,6 +433,7 @@ fn shutdown_tells_everyone_before_closing() {
     let chat = default_chat();
     let mut a = User::join(chat.tcp);
     let udp = UdpUser::new(&chat);
+    udp.join();
     udp.say("hello");
     a.until("<guest2> hello");
     let stats = chat.stats.clone();
@@ -457,11 +468,9 @@ fn udp_users_are_capped() {
     };
     let chat = start_chat(ServerConfig::default(), config);
     let first = UdpUser::new(&chat);
-    first.say("hi");
-    assert!(first.datagram().starts_with("* welcome to #lobby"));
+    assert!(first.join().starts_with("* welcome to #lobby"));
     let second = UdpUser::new(&chat);
-    second.say("me too");
-    assert_eq!(second.datagram(), "! server full\n");
+    assert_eq!(udp_chat_hello(&second.s, chat.udp), "! server full\n");
     chat.stop();
 }
 
@@ -510,9 +519,12 @@ fn udp_bytes_are_in_bytes_out_while_running_and_after_shutdown() {
     let chat = default_chat();
     let udp = UdpUser::new(&chat);
     udp.say("hello");
-    let mut received = udp.datagram().len() as u64; // the welcome
+    let challenge = udp.datagram();
+    let token = udp_chat_token(&challenge);
+    udp.say(&format!("/hello {token}"));
+    let mut received = (challenge.len() + udp.datagram().len()) as u64; // and the welcome
     let stats = chat.stats.clone();
-    wait_until("the welcome to be counted", || {
+    wait_until("the challenge and the welcome to be counted", || {
         stats.bytes_out.load(Relaxed) == received
     });
     chat.stop();
@@ -775,4 +787,107 @@ fn departures(line: &str) -> Option<usize> {
         Some(n) => n.parse().ok(),
         None => rest.starts_with("guest").then_some(1),
     }
+}
+
+#[test]
+fn an_unknown_udp_address_gets_only_a_short_challenge_and_joins_with_its_token() {
+    let chat = default_chat();
+    let mut watcher = User::join(chat.tcp);
+    let alice = UdpUser::new(&chat);
+    // Whatever an unknown address sends, it gets the challenge and nothing else, and
+    // nobody hears of it.
+    alice.say("hi");
+    let challenge = alice.datagram();
+    let token = udp_chat_token(&challenge);
+    assert_eq!(challenge, format!("* to join, send: /hello {token}\n"));
+    alice.s.send_to(b"", chat.udp).unwrap();
+    assert_eq!(alice.datagram(), challenge, "same address, same window");
+    // Another address cannot use that token, nor a wrong one: it is challenged in turn.
+    let mallory = UdpUser::new(&chat);
+    mallory.say(&format!("/hello {token}"));
+    let other = udp_chat_token(&mallory.datagram());
+    assert_ne!(other, token);
+    mallory.say("/hello 0123456789abcdef");
+    assert_eq!(
+        mallory.datagram(),
+        format!("* to join, send: /hello {other}\n")
+    );
+    watcher.say("/who");
+    assert_eq!(watcher.line(), format!("* in #lobby: {}", watcher.nick));
+    // The token joins; the rest of its datagram is the user's first line.
+    alice.say(&format!("/hello {token}\nfirst words"));
+    assert_eq!(
+        alice.datagram(),
+        "* welcome to #lobby, you are guest2 (type /help for commands)\n"
+    );
+    assert_eq!(watcher.line(), "* guest2 joined");
+    assert_eq!(watcher.line(), "<guest2> first words");
+    // Once joined, a /hello is just a reminder.
+    alice.say(&format!("/hello {token}"));
+    assert_eq!(alice.datagram(), "* already joined as guest2\n");
+    chat.stop();
+}
+
+#[test]
+fn udp_challenges_are_rate_limited_globally() {
+    let config = ChatConfig {
+        udp_challenge_rate: 2.0,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let chat = start_chat(ServerConfig::default(), config);
+    let control = UdpUser::new(&chat);
+    control.join();
+    // 300 fresh addresses (as a spoofer would forge) each send an empty datagram.
+    let sources: Vec<UdpSocket> = (0..300)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.send_to(b"", chat.udp).unwrap();
+            s
+        })
+        .collect();
+    // The server handles datagrams in order and sends in order: once the control user's
+    // answer is here, every reply to the sources has been sent (and, on loopback, is in
+    // their sockets).
+    control.say("/who");
+    assert_eq!(control.datagram(), "* in #lobby: guest1\n");
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut replies = 0;
+    let mut buf = [0u8; 100];
+    for s in &sources {
+        s.set_nonblocking(true).unwrap();
+        while let Ok(n) = s.recv(&mut buf) {
+            udp_chat_token(std::str::from_utf8(&buf[..n]).unwrap());
+            replies += 1;
+        }
+    }
+    // At most the burst (2) and the rate (2/s) since the server started, less the
+    // control user's own challenge; nobody joined.
+    let bound = 2.0 + 2.0 * elapsed;
+    assert!(
+        replies >= 1 && f64::from(replies) <= bound,
+        "{replies} challenges in {elapsed:.2} s"
+    );
+    chat.stop();
+}
+
+#[test]
+fn udp_joins_are_rate_limited_globally() {
+    let config = ChatConfig {
+        udp_join_rate: 0.001, // one join now, the next in 1,000 s
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    let mut watcher = User::join(chat.tcp);
+    let first = UdpUser::new(&chat);
+    first.join();
+    watcher.until("* guest2 joined");
+    let second = UdpUser::new(&chat);
+    assert_eq!(
+        udp_chat_hello(&second.s, chat.udp),
+        "! too many joins, try again shortly\n"
+    );
+    watcher.say("/who");
+    assert_eq!(watcher.line(), "* in #lobby: guest1, guest2");
+    chat.stop();
 }

@@ -13,6 +13,7 @@
 //! `nc -u 127.0.0.1 7000` for a UDP user in the same room.
 
 pub mod broker;
+pub mod cookie;
 pub mod protocol;
 pub mod unicode_table;
 

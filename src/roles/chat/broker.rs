@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
+use super::cookie::Cookies;
 use super::protocol::{self, Command, HELP};
 use crate::net::udp::DatagramSender;
 use crate::rt::{self, TcpStream};
@@ -50,7 +51,8 @@ pub const LOBBY: &str = "lobby";
 /// the queue of a client that is keeping up.
 pub const NAMED_DEPARTURES: usize = 3;
 
-/// Chat settings (the command line's `--max-line`, `--rate`, `--burst`, `--sendq`, `--udp-idle`).
+/// Chat settings (the command line's `--max-line`, `--rate`, `--burst`, `--sendq`,
+/// `--udp-idle`, `--max-udp-users`, `--udp-join-rate`).
 #[derive(Clone, Debug)]
 pub struct ChatConfig {
     /// Longest line accepted, in bytes; longer ones are dropped with `! line too long`.
@@ -66,6 +68,15 @@ pub struct ChatConfig {
     /// The most UDP users at once (TCP users are bounded by `--max-conns`); UDP sources are
     /// cheap to invent, so a flood of them must not grow the registry without bound.
     pub max_udp_users: usize,
+    /// UDP joins a second, for the whole server (the burst is one second's worth): a join
+    /// costs a notice to every room member, so a flood of joins must not become
+    /// O(users²) work. 0 turns the limit off (the command line does not allow that).
+    pub udp_join_rate: f64,
+    /// Datagrams a second to UDP addresses that have not joined — challenges and refusals
+    /// — for the whole server (burst: one second's worth). This bounds what anyone can
+    /// make the server send toward a spoofed address, whoever's address it is. 0 turns
+    /// the limit off (tests only).
+    pub udp_challenge_rate: f64,
 }
 
 impl Default for ChatConfig {
@@ -77,6 +88,8 @@ impl Default for ChatConfig {
             sendq: 1024,
             udp_idle: Duration::from_secs(300),
             max_udp_users: 10_000,
+            udp_join_rate: 50.0,
+            udp_challenge_rate: 100.0,
         }
     }
 }
@@ -179,6 +192,8 @@ impl BrokerHandle {
     /// if chat serves UDP.
     pub fn spawn(config: ChatConfig, udp: Option<DatagramSender>, bus: Box<dyn RoomBus>) -> Self {
         let (broker_tx, broker_rx) = flume::bounded(BROKER_MAILBOX);
+        let joins = TokenBucket::new(per_second_burst(config.udp_join_rate));
+        let challenges = TokenBucket::new(per_second_burst(config.udp_challenge_rate));
         let broker = Broker {
             config,
             clients: HashMap::new(),
@@ -190,6 +205,9 @@ impl BrokerHandle {
             next_guest: 1,
             overflowed: Vec::new(),
             departed: Vec::new(),
+            cookies: Cookies::new(),
+            joins,
+            challenges,
         };
         rt::spawn(broker.run(broker_rx));
         BrokerHandle { broker_tx }
@@ -251,6 +269,17 @@ struct Broker {
     overflowed: Vec<ClientId>,
     /// Clients removed this turn, to announce when it ends.
     departed: Vec<Departure>,
+    /// Issues and checks the tokens UDP addresses join with.
+    cookies: Cookies,
+    /// `--udp-join-rate`, for the whole server.
+    joins: TokenBucket,
+    /// Replies to UDP addresses that have not joined, for the whole server.
+    challenges: TokenBucket,
+}
+
+/// The burst of a per-second rate: one second's worth, at least 1.
+fn per_second_burst(rate: f64) -> u32 {
+    rate.ceil().clamp(1.0, f64::from(u32::MAX)) as u32
 }
 
 /// Builds a `\n`-terminated line once, for every recipient.
@@ -513,27 +542,46 @@ impl Broker {
     }
 
     fn on_datagram(&mut self, peer: SocketAddr, data: &[u8]) {
+        let data = data.strip_suffix(b"\n").unwrap_or(data);
+        let mut lines = data.split(|&b| b == b'\n');
         let id = match self.udp_peers.get(&peer) {
             Some(&id) => id,
-            None if self.udp_peers.len() >= self.config.max_udp_users => {
-                // UDP sources are cheap to invent: a flood of them must not grow the registry.
-                if let Some(udp) = &self.udp {
-                    udp.try_send(peer, b"! server full\n".to_vec());
-                }
-                return;
-            }
             None => {
+                // An address that has not joined must show that it receives what is sent
+                // to it: its first line must be `/hello TOKEN`. Until then nothing about
+                // it is stored, and all it gets is a short, globally rate-limited reply.
+                let first = lines.next().unwrap_or_default();
+                let text = protocol::sanitize(first.strip_suffix(b"\r").unwrap_or(first));
+                let now = Instant::now();
+                match protocol::parse(&text) {
+                    Command::Hello(token) if self.cookies.check(peer, token, now) => {}
+                    _ => {
+                        let token = self.cookies.token(peer, now);
+                        return self.reply_unjoined(peer, &["* to join, send: /hello ", &token]);
+                    }
+                }
+                if self.udp_peers.len() >= self.config.max_udp_users {
+                    // UDP sources are cheap to invent: they must not grow the registry.
+                    return self.reply_unjoined(peer, &["! server full"]);
+                }
+                if !self.joins.take(
+                    self.config.udp_join_rate,
+                    per_second_burst(self.config.udp_join_rate),
+                    now,
+                ) {
+                    return self.reply_unjoined(peer, &["! too many joins, try again shortly"]);
+                }
                 let id = next_client_id();
                 self.udp_peers.insert(peer, id);
                 self.join(id, Outbox::Udp { peer });
+                log::info!(peer = peer.to_string().as_str(), id = id; "chat: UDP user joined");
                 id
             }
         };
         if let Some(c) = self.clients.get_mut(&id) {
             c.last_seen = Instant::now();
         }
-        let data = data.strip_suffix(b"\n").unwrap_or(data);
-        for raw in data.split(|&b| b == b'\n') {
+        for raw in lines {
             if !self.clients.contains_key(&id) {
                 break; // a /quit earlier in the datagram
             }
@@ -543,6 +591,19 @@ impl Broker {
             } else {
                 self.on_line(id, raw);
             }
+        }
+    }
+
+    /// Sends one line to a UDP address that has not joined, if the global budget for such
+    /// replies allows: whoever's address a datagram bears, the server sends toward it at
+    /// most `udp_challenge_rate` short datagrams a second (in all, not per address).
+    fn reply_unjoined(&mut self, peer: SocketAddr, parts: &[&str]) {
+        let rate = self.config.udp_challenge_rate;
+        let burst = per_second_burst(rate);
+        if let Some(udp) = &self.udp
+            && self.challenges.take(rate, burst, Instant::now())
+        {
+            udp.try_send(peer, line(parts).to_vec());
         }
     }
 
@@ -642,6 +703,7 @@ impl Broker {
                 self.remove(id, reason);
             }
             Command::Usage(usage) => self.tell(id, line(&["! usage: ", usage])),
+            Command::Hello(_) => self.tell(id, line(&["* already joined as ", &nick])),
             Command::Unknown(verb) => {
                 self.tell(id, line(&["! unknown command: /", verb, " (try /help)"]))
             }

@@ -5,7 +5,8 @@
 //! Lines are UTF-8 ending in `\n` or `\r\n`. Lines the server writes start with `* `
 //! (notice) or `! ` (error to the sender only). Commands: `/nick NAME`, `/msg NAME TEXT`,
 //! `/who`, `/join ROOM`, `/rooms`, `/me TEXT`, `/help`, `/quit [REASON]`; `//text` sends
-//! a line that starts with `/`.
+//! a line that starts with `/`. A UDP address joins with `/hello TOKEN`, the token the
+//! server sent it ([`super::cookie`]).
 
 use super::unicode_table::INVISIBLE;
 
@@ -33,6 +34,8 @@ pub enum Command<'a> {
     Help,
     /// `/quit [REASON]`.
     Quit(Option<&'a str>),
+    /// `/hello TOKEN`: a UDP address answering its challenge (not yet checked).
+    Hello(&'a str),
     /// A blank line: ignored.
     Empty,
     /// A command used wrongly: the usage text to send back.
@@ -75,6 +78,8 @@ pub fn parse(line: &str) -> Command<'_> {
         "me" => Command::Usage("/me TEXT"),
         "help" => Command::Help,
         "quit" => Command::Quit((!args.is_empty()).then_some(args)),
+        "hello" if is_one_word(args) => Command::Hello(args),
+        "hello" => Command::Usage("/hello TOKEN"),
         _ => Command::Unknown(verb),
     }
 }
@@ -332,6 +337,10 @@ mod tests {
             Command::Quit(Some("gone fishing"))
         );
         assert_eq!(parse("/frobnicate x"), Command::Unknown("frobnicate"));
+        assert_eq!(parse("/hello 0123abcd"), Command::Hello("0123abcd"));
+        assert_eq!(parse("/HELLO  0123abcd "), Command::Hello("0123abcd"));
+        assert_eq!(parse("/hello"), Command::Usage("/hello TOKEN"));
+        assert_eq!(parse("/hello a b"), Command::Usage("/hello TOKEN"));
         assert_eq!(parse("/"), Command::Unknown(""));
     }
 
