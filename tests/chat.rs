@@ -891,3 +891,81 @@ fn udp_joins_are_rate_limited_globally() {
     assert_eq!(watcher.line(), "* in #lobby: guest1, guest2");
     chat.stop();
 }
+
+#[test]
+fn a_validated_udp_users_welcome_is_never_dropped() {
+    use std::os::fd::AsRawFd;
+    const SOURCES: usize = 800;
+    let config = ChatConfig {
+        udp_join_rate: 0.0, // no limits: as many joins at once as possible
+        udp_challenge_rate: 0.0,
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    let socks: Vec<UdpSocket> = (0..SOURCES)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    // Each gets its challenge (nobody has joined, so nothing else is queued).
+    let mut buf = vec![0u8; 70_000];
+    let tokens: Vec<String> = socks
+        .iter()
+        .map(|s| {
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            s.send_to(b"hi\n", chat.udp).unwrap();
+            let n = s.recv(&mut buf).unwrap();
+            udp_chat_token(std::str::from_utf8(&buf[..n]).unwrap())
+        })
+        .collect();
+    // All answer at once. Each join is a notice to every user already in: far more than
+    // the send queue holds, so most notices are dropped — but no welcome may be. A source
+    // the server could not take yet hears nothing and asks again, as a UDP client would.
+    let hello = |i: usize| {
+        socks[i]
+            .send_to(format!("/hello {}\n", tokens[i]).as_bytes(), chat.udp)
+            .unwrap();
+    };
+    (0..SOURCES).for_each(hello);
+    let mut pending: Vec<usize> = (0..SOURCES).collect();
+    let mut nicks = std::collections::HashSet::new();
+    let start = std::time::Instant::now();
+    let mut asked = std::time::Instant::now();
+    for s in &socks {
+        s.set_nonblocking(true).unwrap();
+    }
+    while !pending.is_empty() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{} sources never got a welcome",
+            pending.len()
+        );
+        if asked.elapsed() > Duration::from_millis(500) {
+            pending.iter().for_each(|&i| hello(i));
+            asked = std::time::Instant::now();
+        }
+        let mut fds: Vec<libc::pollfd> = pending
+            .iter()
+            .map(|&i| libc::pollfd {
+                fd: socks[i].as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: poll on a correctly sized array of pollfd for open descriptors.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        pending.retain(|&i| {
+            let Ok(n) = socks[i].recv(&mut buf) else {
+                return true;
+            };
+            // The first datagram after the challenge is the welcome.
+            let d = std::str::from_utf8(&buf[..n]).unwrap();
+            let nick = d
+                .strip_prefix("* welcome to #lobby, you are ")
+                .and_then(|r| r.strip_suffix(" (type /help for commands)\n"))
+                .unwrap_or_else(|| panic!("source {i} got {d:?} before a welcome"));
+            assert!(nicks.insert(nick.to_string()), "{nick} welcomed twice");
+            false
+        });
+    }
+    assert_eq!(nicks.len(), SOURCES);
+    chat.stop();
+}

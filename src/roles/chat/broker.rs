@@ -30,7 +30,7 @@ use futures::channel::oneshot;
 
 use super::cookie::Cookies;
 use super::protocol::{self, Command, HELP};
-use crate::net::udp::DatagramSender;
+use crate::net::udp::{self, DatagramSender};
 use crate::rt::{self, TcpStream};
 
 /// Identifies one client for the broker's life.
@@ -45,6 +45,15 @@ pub const BROKER_MAILBOX: usize = 4096;
 
 /// The room everyone starts in.
 pub const LOBBY: &str = "lobby";
+
+/// Places in the UDP send queue (`udp::SEND_MAILBOX`) only welcomes may take. Room
+/// traffic to UDP users is dropped when the queue is full, as UDP allows, but a welcome
+/// must not be: a user in the room who was never told its nick is lost. The broker is the
+/// queue's only producer, so what it sees free stays free until it sends. Joins are
+/// limited (`--udp-join-rate`, 50 a second by default) and the send actor empties the
+/// queue in milliseconds, so this many welcomes at once is far more than happens; a join
+/// that finds even these taken is not made (the user's next `/hello` tries again).
+pub const WELCOME_RESERVE: usize = 64;
 
 /// Departures from one room in one broker turn that are announced by name; more are
 /// counted in one line per reason. Kept small so that no burst of departures can fill
@@ -309,7 +318,9 @@ impl Broker {
     async fn run(mut self, broker_rx: flume::Receiver<BrokerMsg>) {
         while let Ok(msg) = broker_rx.recv_async().await {
             match msg {
-                BrokerMsg::Join { id, outbox } => self.join(id, outbox),
+                BrokerMsg::Join { id, outbox } => {
+                    self.join(id, outbox);
+                }
                 BrokerMsg::Line { id, line } => self.on_line(id, &line),
                 BrokerMsg::TooLong { id } => self.line_too_long(id),
                 BrokerMsg::Leave { id, reason } => self.remove(id, reason),
@@ -332,8 +343,27 @@ impl Broker {
         log::debug!("chat broker stopped");
     }
 
-    fn join(&mut self, id: ClientId, outbox: Outbox) {
+    /// Registers a client and welcomes it. A UDP client is registered only if its welcome
+    /// could be queued (`false` otherwise: nothing was stored, and it may ask again), so
+    /// no UDP user is ever in the room without having been welcomed.
+    fn join(&mut self, id: ClientId, outbox: Outbox) -> bool {
         let nick = self.guest_nick();
+        let welcome = line(&[
+            "* welcome to #lobby, you are ",
+            &nick,
+            " (type /help for commands)",
+        ]);
+        if let Outbox::Udp { peer } = &outbox {
+            // The welcome may use the whole queue, ordinary datagrams only the part
+            // outside `WELCOME_RESERVE`.
+            let queued = self
+                .udp
+                .as_ref()
+                .map(|udp| udp.try_send(*peer, welcome.to_vec()));
+            if queued == Some(false) {
+                return false;
+            }
+        }
         self.nicks.insert(nick.to_ascii_lowercase(), id);
         self.rooms.entry(LOBBY.to_string()).or_default().push(id);
         let bucket = TokenBucket::new(self.config.burst);
@@ -346,16 +376,13 @@ impl Broker {
             last_seen: Instant::now(),
             overflowed: false,
         };
+        let tcp = matches!(client.outbox, Outbox::Tcp { .. });
         self.clients.insert(id, client);
-        self.tell(
-            id,
-            line(&[
-                "* welcome to #lobby, you are ",
-                &nick,
-                " (type /help for commands)",
-            ]),
-        );
+        if tcp {
+            self.tell(id, welcome);
+        }
         self.publish(LOBBY, Some(id), line(&["* ", &nick, " joined"]));
+        true
     }
 
     fn guest_nick(&mut self) -> String {
@@ -380,10 +407,8 @@ impl Broker {
                 Err(flume::TrySendError::Full(_))
             ),
             Outbox::Udp { peer } => {
-                if let Some(udp) = &self.udp {
-                    // A full UDP queue drops the datagram: UDP promises no more.
-                    udp.try_send(*peer, line.to_vec());
-                }
+                // A full UDP queue drops the datagram: UDP promises no more.
+                self.udp_send(*peer, line);
                 true
             }
         }
@@ -572,8 +597,12 @@ impl Broker {
                     return self.reply_unjoined(peer, &["! too many joins, try again shortly"]);
                 }
                 let id = next_client_id();
+                if !self.join(id, Outbox::Udp { peer }) {
+                    // No room even for the welcome: as if the datagram were lost.
+                    log::debug!(peer = peer.to_string().as_str(); "chat: UDP join deferred (send queue full)");
+                    return;
+                }
                 self.udp_peers.insert(peer, id);
-                self.join(id, Outbox::Udp { peer });
                 log::info!(peer = peer.to_string().as_str(), id = id; "chat: UDP user joined");
                 id
             }
@@ -600,10 +629,18 @@ impl Broker {
     fn reply_unjoined(&mut self, peer: SocketAddr, parts: &[&str]) {
         let rate = self.config.udp_challenge_rate;
         let burst = per_second_burst(rate);
+        if self.udp.is_some() && self.challenges.take(rate, burst, Instant::now()) {
+            self.udp_send(peer, &line(parts));
+        }
+    }
+
+    /// Queues an ordinary datagram (anything but a welcome) if the UDP send queue has room
+    /// outside [`WELCOME_RESERVE`]; drops it otherwise, as UDP may.
+    fn udp_send(&self, peer: SocketAddr, line: &Line) {
         if let Some(udp) = &self.udp
-            && self.challenges.take(rate, burst, Instant::now())
+            && udp.queued() < udp::SEND_MAILBOX - WELCOME_RESERVE
         {
-            udp.try_send(peer, line(parts).to_vec());
+            udp.try_send(peer, line.to_vec());
         }
     }
 
