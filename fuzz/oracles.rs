@@ -155,7 +155,7 @@ fn sanitize_and_parse(bytes: &[u8], v: &mut Vec<Violation>) {
             !t.is_empty()
                 && (trimmed == t || trimmed.strip_prefix('/') == Some(t) && t.starts_with('/'))
         }
-        Command::Nick(n) => word(n),
+        Command::Nick(n) | Command::Hello(n) => word(n),
         // `/join #` is `Join("")`: names are validated later, only the shape is checked.
         Command::Join(n) => !n.contains(char::is_whitespace),
         Command::Msg { to, text } => word(to) && !text.trim().is_empty(),
