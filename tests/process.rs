@@ -344,9 +344,23 @@ fn log_lines(
 
 #[test]
 fn a_proxy_out_of_descriptors_waits_for_one_and_blames_no_upstream() {
+    proxy_out_of_descriptors("127.0.0.1");
+}
+
+#[test]
+fn a_proxy_out_of_descriptors_blames_no_upstream_named_by_host_name() {
+    // Resolving a name needs descriptors too (getaddrinfo opens /etc/hosts, sockets):
+    // when it fails for want of one, that is as local as a failed connect. Before, the
+    // runtime's wrapping hid the errno and the upstream was put in back-off.
+    proxy_out_of_descriptors("localhost");
+}
+
+/// A proxy with 40 descriptors and an upstream named `host:PORT`: a burst of clients
+/// larger than the descriptors left waits for them, and no upstream is blamed.
+fn proxy_out_of_descriptors(host: &str) {
     // An echo upstream on test threads.
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_addr = upstream.local_addr().unwrap().to_string();
+    let up_addr = format!("{host}:{}", upstream.local_addr().unwrap().port());
     std::thread::spawn(move || {
         for s in upstream.incoming().map_while(Result::ok) {
             std::thread::spawn(move || {
