@@ -61,6 +61,11 @@ enum Command {
     /// Like nc: stdin to the socket and the socket to stdout, at the same time.
     Connect(ConnectArgs),
     /// Prints what arrives, from many clients at once, each line tagged with its sender.
+    ///
+    /// Each line is printed as `[PEER] LINE`. So that no sender can make a line look like
+    /// another peer's on a terminal, control characters (but tab) and invalid UTF-8 are
+    /// printed escaped: bytes as `\xNN` (CR is `\x0d`, ESC `\x1b`, DEL `\x7f`), C1
+    /// controls and U+2028/U+2029 as `\u{85}`, `\u{2028}`; a backslash is printed as `\\`.
     Listen(ListenArgs),
 }
 

@@ -344,9 +344,23 @@ fn log_lines(
 
 #[test]
 fn a_proxy_out_of_descriptors_waits_for_one_and_blames_no_upstream() {
+    proxy_out_of_descriptors("127.0.0.1");
+}
+
+#[test]
+fn a_proxy_out_of_descriptors_blames_no_upstream_named_by_host_name() {
+    // Resolving a name needs descriptors too (getaddrinfo opens /etc/hosts, sockets):
+    // when it fails for want of one, that is as local as a failed connect. Before, the
+    // runtime's wrapping hid the errno and the upstream was put in back-off.
+    proxy_out_of_descriptors("localhost");
+}
+
+/// A proxy with 40 descriptors and an upstream named `host:PORT`: a burst of clients
+/// larger than the descriptors left waits for them, and no upstream is blamed.
+fn proxy_out_of_descriptors(host: &str) {
     // An echo upstream on test threads.
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_addr = upstream.local_addr().unwrap().to_string();
+    let up_addr = format!("{host}:{}", upstream.local_addr().unwrap().port());
     std::thread::spawn(move || {
         for s in upstream.incoming().map_while(Result::ok) {
             std::thread::spawn(move || {
@@ -479,4 +493,93 @@ fn a_stalled_stdout_at_shutdown_sends_the_last_lines_to_stderr() {
             && err.contains("bytes_out=3072000"),
         "{err}"
     );
+}
+
+/// The number after `key ` in a log record (femme's development format).
+fn field(record: &str, key: &str) -> Option<u64> {
+    record.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some(key))
+            .then(|| words.next()?.parse().ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn a_proxy_session_line_counts_bytes_delivered_not_bytes_read() {
+    // A client pushes into an upstream that does not read, then resets: what the proxy
+    // read and had queued for the upstream is never delivered. The session line must
+    // say what the upstream got (and how much was dropped), not what was read.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((s, _)) = upstream.accept() {
+            let _ = held_tx.send(s); // kept unread by the test
+        }
+    });
+    let mut proc = spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up_addr,
+        "--threads",
+        "1",
+    ]);
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    let lines = log_lines(log);
+    let mut c = client(addr);
+    let mut up = held_rx
+        .recv_timeout(DEADLINE)
+        .expect("the upstream was reached");
+    // Write until a write makes no progress for 500 ms twice in a row: the proxy has
+    // stopped reading, its mailbox to the upstream full.
+    c.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut quiet_rounds = 0;
+    while quiet_rounds < 2 {
+        match c.write(&chunk) {
+            Ok(_) => quiet_rounds = 0,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => quiet_rounds += 1,
+        }
+    }
+    reset_on_close(&c);
+    drop(c);
+    let mut log = Vec::new();
+    wait_until("the session line", || {
+        log.extend(lines.try_iter());
+        log.iter().any(|l| l.contains("session closed"))
+    });
+    let session = record(&log, "session closed");
+    // What the upstream gets, to the proxy's close.
+    up.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match up.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading what the proxy delivered: {e}"),
+        }
+    }
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    log.extend(lines.iter());
+    let summary = record(&log, "stopped:");
+    let read: u64 = summary
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bytes_in=")?.parse().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(session.contains("closed_first client reset"), "{session}");
+    assert_eq!(field(&session, "bytes_up"), Some(got), "{session}");
+    assert_eq!(field(&session, "bytes_down"), Some(0), "{session}");
+    // The rest of what was read was dropped, and the line says so.
+    let dropped = field(&session, "dropped_up").unwrap_or_else(|| panic!("{session}"));
+    assert!(dropped > 0, "{session}");
+    assert_eq!(got + dropped, read, "{session}\n{summary}");
+    assert_eq!(field(&session, "dropped_down"), Some(0), "{session}");
 }

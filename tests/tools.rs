@@ -185,3 +185,92 @@ fn listen_carries_on_when_its_stderr_goes_away() {
         assert_eq!(got, format!("[{}] {text}\n", c.local_addr().unwrap()));
     }
 }
+
+#[test]
+fn listen_escapes_control_characters_so_no_sender_can_forge_a_tag() {
+    // A carriage return, an escape sequence, a vertical tab, a form feed, NEL (C1), a
+    // line separator, DEL, NUL and invalid UTF-8 could each move a terminal's cursor to
+    // the start of a line (or render as a break) and make the rest look like another
+    // peer's line. In tagged output each is printed as a visible escape; a backslash is
+    // doubled so an escape is never ambiguous; a tab and valid text stay as they are.
+    let (_proc, addr, _stderr, mut stdout) = start_listen(&["--udp", "127.0.0.1:0"]);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = sock.local_addr().unwrap();
+    let datagrams: [&[u8]; 6] = [
+        b"x\r[10.9.9.9:1] forged via CR",
+        b"\x1b[2K\r[10.9.9.9:3] ansi\x7f",
+        b"x\x0b[10.9.9.9:4] vt\x0c[10.9.9.9:5] ff\x00",
+        "x\u{85}[10.9.9.9:7] NEL\u{2028}LS\u{2029}PS".as_bytes(),
+        b"bad \xff\xfe utf-8 \xe2\x82 cut\r\n",
+        "tab\there, caf\u{e9} \\x0d stays text".as_bytes(),
+    ];
+    for d in datagrams {
+        sock.send_to(d, addr).unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..datagrams.len() {
+        let mut line = Vec::new();
+        stdout.read_until(b'\n', &mut line).unwrap();
+        got.push(line);
+    }
+    let expected: Vec<Vec<u8>> = [
+        r"x\x0d[10.9.9.9:1] forged via CR",
+        r"\x1b[2K\x0d[10.9.9.9:3] ansi\x7f",
+        r"x\x0b[10.9.9.9:4] vt\x0c[10.9.9.9:5] ff\x00",
+        r"x\u{85}[10.9.9.9:7] NEL\u{2028}LS\u{2029}PS",
+        r"bad \xff\xfe utf-8 \xe2\x82 cut\x0d",
+        "tab\there, caf\u{e9} \\\\x0d stays text",
+    ]
+    .iter()
+    .map(|l| format!("[{me}] {l}\n").into_bytes())
+    .collect();
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(String::from_utf8_lossy(g), String::from_utf8_lossy(e));
+    }
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn listen_escapes_control_characters_on_tcp_too() {
+    let (_proc, addr, _stderr, mut stdout) = start_listen(&["127.0.0.1:0"]);
+    let mut c = client(addr);
+    c.write_all(b"x\r[10.9.9.9:1] forged\r\nnext\n").unwrap();
+    let me = c.local_addr().unwrap();
+    let mut first = String::new();
+    let mut second = String::new();
+    stdout.read_line(&mut first).unwrap();
+    stdout.read_line(&mut second).unwrap();
+    assert_eq!(first, format!("[{me}] x\\x0d[10.9.9.9:1] forged\\x0d\n"));
+    assert_eq!(second, format!("[{me}] next\n"));
+}
+
+#[test]
+fn listen_udp_prints_a_65520_byte_ipv6_datagram_whole() {
+    // An IPv6 UDP payload can be 65,527 bytes; the buffer held 65,508 and cut the rest.
+    let sock = match std::net::UdpSocket::bind("[::1]:0") {
+        Ok(s) => s,
+        Err(e) => {
+            println!("SKIPPED: ::1 is unavailable here ({e}); the IPv6 datagram test did not run");
+            return;
+        }
+    };
+    let mut proc = spawn(&["listen", "--udp", "[::1]:0"]);
+    let mut stderr = BufReader::new(proc.0.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    // "listening on [::1]:PORT (UDP)"
+    let addr: SocketAddr = first
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    let mut stdout = BufReader::new(proc.0.stdout.take().unwrap());
+    let payload: Vec<u8> = (0..65_520u32).map(|i| b'a' + (i % 26) as u8).collect();
+    sock.send_to(&payload, addr).unwrap();
+    let mut line = Vec::new();
+    stdout.read_until(b'\n', &mut line).unwrap();
+    let mut expected = format!("[{}] ", sock.local_addr().unwrap()).into_bytes();
+    expected.extend_from_slice(&payload);
+    expected.push(b'\n');
+    assert_eq!(line.len(), expected.len(), "the datagram was cut");
+    assert!(line == expected, "bytes changed");
+}

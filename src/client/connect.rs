@@ -21,7 +21,7 @@ use crate::client::resolve_target;
 use crate::net::addr::describe;
 use crate::net::conn::{Input, READ_CHUNK, Reader, spawn_writer};
 use crate::net::stats::Stats;
-use crate::net::udp::MAX_DATAGRAM;
+use crate::net::udp::{MAX_DATAGRAM, RECV_BUFFER};
 use crate::rt::{self, TcpStream, UdpSocket};
 
 /// What `connect` was asked to do.
@@ -134,7 +134,7 @@ async fn udp(opts: &ConnectOptions, addrs: Vec<SocketAddr>) -> Result<()> {
         }
     };
     let receiving = async {
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut buf = vec![0u8; RECV_BUFFER];
         let mut stdout = rt::stdout();
         loop {
             match socket.recv(&mut buf).await {

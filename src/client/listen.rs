@@ -3,9 +3,15 @@
 //! TCP: many clients at once, each line printed as `[PEER] LINE`; an unfinished last line
 //! is printed when its client closes. UDP: each line of each datagram printed as
 //! `[PEER] LINE`, so a datagram's sender cannot make a line look like another peer's.
-//! Bytes are printed as they came (this is a debugging tool: nothing is re-encoded);
-//! a newline is added where a line or datagram lacked one. Clients arriving and leaving
+//! A newline is added where a line or datagram lacked one. Clients arriving and leaving
 //! are reported on stderr, so stdout carries only data.
+//!
+//! A line is printed as it came except for what could move a terminal's cursor or end
+//! the line early, and so make the rest look like another peer's line (`x\r[10.9.9.9:1]
+//! forged`): control characters (C0 but tab, DEL, C1) and invalid UTF-8 bytes are
+//! printed as `\xNN` (CR is `\x0d`, ESC `\x1b`), the C1 characters and U+2028/U+2029
+//! as `\u{85}`, `\u{2028}`, and a backslash as `\\`, so an escape is never ambiguous.
+//! Every byte can still be read back from the output.
 //!
 //! Every client has its own reader task; they all hand finished lines to one stdout
 //! writer actor, so lines from different clients never interleave mid-line.
@@ -19,7 +25,7 @@ use futures::io::AsyncWriteExt;
 use crate::Result;
 use crate::net::addr::{bind_tcp, bind_udp};
 use crate::net::conn::{Input, Reader};
-use crate::net::udp::MAX_DATAGRAM;
+use crate::net::udp::RECV_BUFFER;
 use crate::rt;
 
 /// Lines queued for stdout; a full queue holds the readers back (and so the clients).
@@ -46,14 +52,42 @@ pub async fn run(addr: &str, udp: bool) -> Result<()> {
     }
 }
 
-/// `[peer] ` + `line` + a newline if it lacks one.
+/// `[peer] ` + `line` escaped ([`escape_into`]) + a newline (its own, or one added).
 pub fn tagged(peer: SocketAddr, line: &[u8]) -> Vec<u8> {
     let mut out = format!("[{peer}] ").into_bytes();
-    out.extend_from_slice(line);
-    if line.last() != Some(&b'\n') {
-        out.push(b'\n');
-    }
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    escape_into(body, &mut out);
+    out.push(b'\n');
     out
+}
+
+/// Appends `text` to `out` with every byte or character that could move a terminal's
+/// cursor, start a new line or garble the output shown as a visible escape (see the
+/// module notes): `\xNN` for C0 controls other than tab, DEL and invalid UTF-8 bytes;
+/// `\u{NN}` for C1 controls and U+2028/U+2029; `\\` for a backslash.
+pub fn escape_into(text: &[u8], out: &mut Vec<u8>) {
+    use std::io::Write;
+    for chunk in text.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\t' => out.push(b'\t'),
+                '\\' => out.extend_from_slice(b"\\\\"),
+                '\0'..='\x1f' | '\x7f' => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
+                '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}' => {
+                    let _ = write!(out, "\\u{{{:x}}}", c as u32);
+                }
+                _ => {
+                    let mut utf8 = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                }
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
 }
 
 /// Every line of `payload` tagged with `peer` (one line, `[peer] `, for an empty one):
@@ -67,6 +101,15 @@ pub fn tagged_lines(peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&tagged(peer, line));
     }
     out
+}
+
+/// Where to cut `piece` so a UTF-8 character it ends inside is left for the next piece:
+/// its length, less the bytes of an unfinished character at its end (never all of it).
+fn char_start(piece: &[u8]) -> usize {
+    match std::str::from_utf8(piece) {
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+        _ => piece.len(),
+    }
 }
 
 async fn listen_tcp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()> {
@@ -98,10 +141,12 @@ async fn listen_tcp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()>
                             start += i + 1;
                         }
                         while pending.len() - start >= MAX_LINE {
+                            // Not inside a character, which would print as escapes.
+                            let cut = start + char_start(&pending[start..start + MAX_LINE]);
                             let _ = stdout_tx
-                                .send_async(tagged(peer, &pending[start..start + MAX_LINE]))
+                                .send_async(tagged(peer, &pending[start..cut]))
                                 .await;
-                            start += MAX_LINE;
+                            start = cut;
                         }
                         pending.drain(..start);
                     }
@@ -120,7 +165,8 @@ async fn listen_tcp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()>
 async fn listen_udp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()> {
     let socket = bind_udp(addr).await?;
     crate::note!("listening on {} (UDP)", socket.local_addr()?);
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    // Any datagram fits whole (IPv6 payloads run to 65,527 bytes).
+    let mut buf = vec![0u8; RECV_BUFFER];
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, peer)) => {
@@ -132,5 +178,42 @@ async fn listen_udp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()>
                 rt::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(text: &[u8]) -> String {
+        let mut out = Vec::new();
+        escape_into(text, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn controls_and_invalid_bytes_are_escaped_and_text_is_not() {
+        assert_eq!(
+            escaped(b"a\rb\x1b[2K\x0b\x0c\x00\x7f"),
+            r"a\x0db\x1b[2K\x0b\x0c\x00\x7f"
+        );
+        assert_eq!(
+            escaped("\u{85}\u{9f}\u{2028}\u{2029}".as_bytes()),
+            r"\u{85}\u{9f}\u{2028}\u{2029}"
+        );
+        assert_eq!(escaped(b"\xff\xe2\x82 x"), r"\xff\xe2\x82 x");
+        assert_eq!(escaped(br"C:\dir \x0d"), r"C:\\dir \\x0d");
+        assert_eq!(escaped("tab\tcafé ΐ €".as_bytes()), "tab\tcafé ΐ €");
+        let peer: SocketAddr = "10.0.0.1:9".parse().unwrap();
+        assert_eq!(tagged(peer, b"x\r\n"), b"[10.0.0.1:9] x\\x0d\n");
+        assert_eq!(tagged(peer, b""), b"[10.0.0.1:9] \n");
+    }
+
+    #[test]
+    fn a_long_line_is_cut_before_an_unfinished_character() {
+        assert_eq!(char_start("ab€".as_bytes()), 5);
+        assert_eq!(char_start(&"ab€".as_bytes()[..4]), 2);
+        assert_eq!(char_start(&"€".as_bytes()[..2]), 2); // nothing before it: cut anyway
+        assert_eq!(char_start(b"a\xff"), 2);
     }
 }

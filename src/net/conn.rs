@@ -19,7 +19,9 @@
 //!   has nothing queued or in flight, the producer writes straight to the socket (what
 //!   the socket takes at once) and skips waking the writer task; the rest goes through
 //!   the mailbox as usual. Byte order is kept because the producer writes directly only
-//!   when everything it queued before has been written.
+//!   when everything it queued before has been written. It also counts the bytes that
+//!   reached its socket (direct and by the writer), and its [`Delivery`] tells when the
+//!   writer has ended: what a proxy session logs as delivered.
 //! - A reader that cannot read because what it read last is still waiting for mailbox
 //!   room can [`Reader::watch`] that wait: the socket is checked for the peer's FIN or
 //!   reset (`poll(POLLRDHUP)`, which consumes nothing) every [`STALL_CHECK`], so a peer
@@ -34,7 +36,7 @@ use std::net::Shutdown as Halves;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -348,7 +350,7 @@ pub fn spawn_writer_with<B: Outgoing>(
 fn start_writer<B: Outgoing>(
     stream: TcpStream,
     writer_rx: flume::Receiver<B>,
-    pending: Option<Arc<AtomicUsize>>,
+    handoff: Option<Arc<Progress>>,
     stats: &Arc<Stats>,
     ended_tx: Option<flume::Sender<std::convert::Infallible>>,
 ) {
@@ -357,7 +359,7 @@ fn start_writer<B: Outgoing>(
     rt::spawn_here(async move {
         let _task = task;
         let _ended_tx = ended_tx; // dropped when this task ends
-        let written = write_loop(&stream, &writer_rx, pending.as_deref(), &stats).await;
+        let written = write_loop(&stream, &writer_rx, handoff.as_deref(), &stats).await;
         match written {
             Ok(()) => {
                 let _ = stream.shutdown(Halves::Write);
@@ -378,10 +380,42 @@ fn start_writer<B: Outgoing>(
 pub struct Handoff {
     tx: flume::Sender<Vec<u8>>,
     stream: TcpStream,
-    /// Messages queued and not yet completely written by the writer.
-    pending: Arc<AtomicUsize>,
+    /// What the writer and this handle share.
+    progress: Arc<Progress>,
     /// Where bytes written on the direct path are counted, as they are written.
     stats: Arc<Stats>,
+    /// Disconnects when the writer has ended (for [`Handoff::delivery`]).
+    ended_rx: flume::Receiver<std::convert::Infallible>,
+}
+
+/// What a [`Handoff`] shares with its writer.
+#[derive(Default)]
+struct Progress {
+    /// Messages queued and not yet completely written by the writer.
+    pending: AtomicUsize,
+    /// Bytes that reached the socket, on the direct path or by the writer (a failed
+    /// write's partial progress included), as `Stats::bytes_out` counts them.
+    written: AtomicU64,
+}
+
+/// Watches what a [`Handoff`]'s socket was given, after the handoff itself is gone.
+#[derive(Clone)]
+pub struct Delivery {
+    progress: Arc<Progress>,
+    ended_rx: flume::Receiver<std::convert::Infallible>,
+}
+
+impl Delivery {
+    /// Bytes written to the socket so far; final once [`Delivery::ended`] has returned.
+    pub fn written(&self) -> u64 {
+        self.progress.written.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the writer has ended: everything queued was written (and the write
+    /// half shut), or a write failed and the rest was dropped.
+    pub async fn ended(&self) {
+        let _ = self.ended_rx.recv_async().await;
+    }
 }
 
 /// The writer failed (its socket reset); nothing more can be written.
@@ -392,13 +426,29 @@ impl Handoff {
     /// Spawns the writer actor for `stream` with a [`WRITER_MAILBOX`]-chunk mailbox.
     pub fn spawn(stream: TcpStream, stats: &Arc<Stats>) -> Self {
         let (tx, rx) = flume::bounded(WRITER_MAILBOX);
-        let pending = Arc::new(AtomicUsize::new(0));
-        start_writer(stream.clone(), rx, Some(pending.clone()), stats, None);
+        let (ended_tx, ended_rx) = flume::bounded(1);
+        let progress = Arc::new(Progress::default());
+        start_writer(
+            stream.clone(),
+            rx,
+            Some(progress.clone()),
+            stats,
+            Some(ended_tx),
+        );
         Handoff {
             tx,
             stream,
-            pending,
+            progress,
             stats: stats.clone(),
+            ended_rx,
+        }
+    }
+
+    /// A watch on what reaches this handoff's socket, which outlives the handoff.
+    pub fn delivery(&self) -> Delivery {
+        Delivery {
+            progress: self.progress.clone(),
+            ended_rx: self.ended_rx.clone(),
         }
     }
 
@@ -408,14 +458,14 @@ impl Handoff {
     pub async fn send(&mut self, mut data: Vec<u8>) -> Result<(), WriterGone> {
         // Acquire pairs with the writer's Release after a write: when nothing is pending,
         // every byte sent before is in the socket, so writing now keeps the order.
-        if self.pending.load(Ordering::Acquire) == 0 {
+        if self.progress.pending.load(Ordering::Acquire) == 0 {
             match try_send_now(&self.stream, &data) {
                 Ok(n) if n == data.len() => {
-                    Stats::add(&self.stats.bytes_out, n as u64);
+                    count_written(&self.stats, Some(&self.progress), n);
                     return Ok(());
                 }
                 Ok(n) => {
-                    Stats::add(&self.stats.bytes_out, n as u64);
+                    count_written(&self.stats, Some(&self.progress), n);
                     data.drain(..n);
                 }
                 Err(e) => {
@@ -425,7 +475,7 @@ impl Handoff {
                 }
             }
         }
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.progress.pending.fetch_add(1, Ordering::Relaxed);
         self.tx.send_async(data).await.map_err(|_| WriterGone)
     }
 }
@@ -456,12 +506,12 @@ fn try_send_now(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
 }
 
 /// Writes what arrives until every sender is gone, adding each write to
-/// `stats.bytes_out`. With `pending` (a [`Handoff`]'s count), each message is subtracted
+/// `stats.bytes_out`. With `handoff` (a [`Handoff`]'s count), each message is subtracted
 /// from it once its bytes are all in the socket.
 async fn write_loop<B: Outgoing>(
     mut stream: &TcpStream,
     writer_rx: &flume::Receiver<B>,
-    pending: Option<&AtomicUsize>,
+    handoff: Option<&Progress>,
     stats: &Stats,
 ) -> io::Result<()> {
     let mut next = None;
@@ -479,7 +529,7 @@ async fn write_loop<B: Outgoing>(
         } else {
             match writer_rx.try_recv() {
                 // The common case: one message waiting, written straight from its buffer.
-                Err(_) => write_all_counted(stream, first.bytes(), stats).await,
+                Err(_) => write_all_counted(stream, first.bytes(), stats, handoff).await,
                 // More waiting: gather plain byte messages into one write (one syscall).
                 Ok(second) => {
                     let mut batch = Vec::with_capacity(WRITE_BATCH.min(first.bytes().len() * 4));
@@ -496,13 +546,13 @@ async fn write_loop<B: Outgoing>(
                             more = writer_rx.try_recv().ok();
                         }
                     }
-                    write_all_counted(stream, &batch, stats).await
+                    write_all_counted(stream, &batch, stats, handoff).await
                 }
             }
         };
         if let Some(region) = first.file() {
             let mut sent = 0;
-            result = match write_all_counted(stream, first.bytes(), stats).await {
+            result = match write_all_counted(stream, first.bytes(), stats, handoff).await {
                 Ok(head) => match send_file_counted(stream, region, &mut sent).await {
                     Ok(()) => Ok(head + sent as usize),
                     Err(e) => {
@@ -516,36 +566,50 @@ async fn write_loop<B: Outgoing>(
             first.file_sent(sent, result.as_ref().err());
         }
         match result {
-            Ok(n) => Stats::add(&stats.bytes_out, n as u64),
+            Ok(n) => count_written(stats, handoff, n),
             Err(e) => return Err(e),
         }
-        if let Some(pending) = pending {
-            pending.fetch_sub(messages, Ordering::Release);
+        if let Some(handoff) = handoff {
+            handoff.pending.fetch_sub(messages, Ordering::Release);
         }
     }
     stream.flush().await
 }
 
 /// `write_all` that returns the length written; when it fails part-way, the bytes that
-/// did go out are added to `stats.bytes_out` here (the caller adds the rest on success),
-/// so a peer that resets in the middle of a batch leaves the count right.
-async fn write_all_counted(mut stream: &TcpStream, buf: &[u8], stats: &Stats) -> io::Result<usize> {
+/// did go out are counted here ([`count_written`]; the caller counts the rest on
+/// success), so a peer that resets in the middle of a batch leaves the count right.
+async fn write_all_counted(
+    mut stream: &TcpStream,
+    buf: &[u8],
+    stats: &Stats,
+    handoff: Option<&Progress>,
+) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match stream.write(&buf[done..]).await {
             Ok(0) => {
-                Stats::add(&stats.bytes_out, done as u64);
+                count_written(stats, handoff, done);
                 return Err(io::ErrorKind::WriteZero.into());
             }
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                Stats::add(&stats.bytes_out, done as u64);
+                count_written(stats, handoff, done);
                 return Err(e);
             }
         }
     }
     Ok(done)
+}
+
+/// Counts `n` bytes written into `stats.bytes_out` and, for a [`Handoff`]'s socket, into
+/// its own count (what a proxy session reports as delivered).
+fn count_written(stats: &Stats, handoff: Option<&Progress>, n: usize) {
+    Stats::add(&stats.bytes_out, n as u64);
+    if let Some(handoff) = handoff {
+        handoff.written.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// Sends a file region with `sendfile`. When the socket is full, one ordinary write of
@@ -661,6 +725,7 @@ mod tests {
             set_int_option(near.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 4096).unwrap();
             let stats = Stats::new();
             let mut handoff = Handoff::spawn(near.clone(), &stats);
+            let delivery = handoff.delivery();
             let expected: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
             let sending = expected.clone();
             let sender = rt::spawn(async move {
@@ -689,6 +754,14 @@ mod tests {
                 stats.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
                 expected.len() as u64
             );
+            // The handoff's own count (direct and queued writes) says the same, and its
+            // writer is seen to have ended.
+            assert!(
+                rt::timeout(Duration::from_secs(10), delivery.ended())
+                    .await
+                    .is_some()
+            );
+            assert_eq!(delivery.written(), expected.len() as u64);
         });
     }
 

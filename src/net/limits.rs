@@ -31,9 +31,91 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
 /// Errors that mean "this process or the system is out of something" (descriptors,
 /// buffers, memory), not "that peer failed": the caller waits and retries, and blames
 /// no client or upstream.
+///
+/// The errno is looked for along the error's whole source chain: the runtime wraps a
+/// failed name lookup in an error of its own ("could not resolve address ...") whose
+/// source is the resolver's error, and `raw_os_error` sees only the outer one.
 pub fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|inner| inner as _);
+    if exhausted(e.raw_os_error()) {
+        return true;
+    }
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if exhausted(io.raw_os_error()) {
+                return true;
+            }
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner as _);
+                continue;
+            }
+        }
+        next = err.source();
+    }
+    false
+}
+
+fn exhausted(errno: Option<i32>) -> bool {
     matches!(
-        e.raw_os_error(),
+        errno,
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// Whether this process can have one more socket right now: `Err` with the reason when
+/// it cannot for want of descriptors, buffers or memory ([`is_resource_exhaustion`]).
+///
+/// For failures that come without an errno: a resolver may report a lookup it could not
+/// make for want of a descriptor as a plain "temporary failure". A caller whose
+/// operation failed that way asks this before blaming the other side.
+pub fn socket_available() -> std::io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; the descriptor, if any, is closed here.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd >= 0 {
+        // SAFETY: `fd` was just opened by us and is closed once.
+        unsafe { libc::close(fd) };
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if is_resource_exhaustion(&e) {
+        Err(e)
+    } else {
+        Ok(()) // another reason (no IPv4 here, a sandbox): not a shortage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exhaustion_is_found_under_a_wrapping_error() {
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "could not resolve address: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let emfile = || std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(is_resource_exhaustion(&emfile()));
+        let wrapped = std::io::Error::other(Wrapper(emfile()));
+        assert_eq!(wrapped.raw_os_error(), None);
+        assert!(is_resource_exhaustion(&wrapped));
+        let twice = std::io::Error::other(Wrapper(std::io::Error::other(Wrapper(emfile()))));
+        assert!(is_resource_exhaustion(&twice));
+        let refused = std::io::Error::other(Wrapper(std::io::Error::from_raw_os_error(
+            libc::ECONNREFUSED,
+        )));
+        assert!(!is_resource_exhaustion(&refused));
+        assert!(!is_resource_exhaustion(&std::io::Error::other(
+            "no such host"
+        )));
+        assert!(socket_available().is_ok());
+    }
 }

@@ -22,6 +22,11 @@ use crate::rt::{self, UdpSocket};
 /// The largest UDP payload over IPv4 (65,535 − 8 byte UDP header − 20 byte IP header).
 pub const MAX_DATAGRAM: usize = 65_507;
 
+/// A receive buffer that holds any datagram whole: over IPv6 a payload can be 65,527
+/// bytes (65,535 − 8; the IP header is not counted), more than [`MAX_DATAGRAM`], and the
+/// kernel silently cuts what does not fit. 64 KiB exceeds both, so nothing is cut.
+pub const RECV_BUFFER: usize = 64 * 1024;
+
 /// Datagrams queued for sending. When it is full the receive loop waits (UDP has no flow
 /// control, so the kernel drops what arrives meanwhile, which is UDP's contract).
 pub const SEND_MAILBOX: usize = 1024;
@@ -113,7 +118,7 @@ pub async fn receive_loop<F, Fut>(
     log::info!(addr = local.as_str(); "listening (UDP)");
     // One buffer for the endpoint's life: a datagram of any size fits, and nothing is
     // allocated per receive but the exact-size copy handed on.
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut buf = vec![0u8; RECV_BUFFER];
     let mut received = 0u64;
     loop {
         let got = futures::select! {

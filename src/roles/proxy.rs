@@ -14,6 +14,11 @@
 //! A pump that waits for mailbox room still notices its peer's reset or FIN
 //! ([`Reader::watch`]), and bytes are counted as they move.
 //!
+//! The session's log line is written once both writers have ended, and gives the bytes
+//! delivered each way (written to the other side's socket), not the bytes read: when a
+//! session ends with bytes read and never written (a reset while the other side had
+//! stopped reading), it says how many were dropped and why.
+//!
 //! Try it: `switchboard hello & switchboard proxy --upstream 127.0.0.1:7009`, then
 //! `nc 127.0.0.1 7001`.
 
@@ -198,7 +203,9 @@ type FinNotice = &'static str;
 
 /// One direction of a session: reads one socket, feeds the other side's writer. Bytes
 /// are counted into `stats.bytes_in` as they are read, so the summary is right while
-/// the session is open.
+/// the session is open. Returns the bytes read (the other writer's
+/// [`Delivery`](crate::net::conn::Delivery) says how many of them were written) and how
+/// the direction ended.
 async fn pump(
     mut reader: Reader,
     mut writer: Handoff,
@@ -311,9 +318,17 @@ async fn session(
     // `Handoff`: a chunk goes straight to the socket while that writer is idle.
     let mut upstream_tx = Handoff::spawn(up.stream.clone(), &stats);
     let client_tx = Handoff::spawn(client.clone(), &stats);
+    // What reaches each socket, counted by its writer; watched until the writer ends.
+    let (to_upstream, to_client) = (upstream_tx.delivery(), client_tx.delivery());
+    // The header is ours, not the client's: it is not part of what the client sent.
+    let mut header_len = 0;
     if let Some(version) = cfg.send_proxy {
-        let _ = upstream_tx.send(header::encode(version, src, dst)).await;
+        let header = header::encode(version, src, dst);
+        header_len = header.len() as u64;
+        let _ = upstream_tx.send(header).await;
     }
+    // Client bytes that came with its PROXY header: read, and forwarded first.
+    let early_len = early.len() as u64;
     if !early.is_empty() {
         let _ = upstream_tx.send(early).await;
     }
@@ -362,7 +377,16 @@ async fn session(
         }
         .fuse()
     );
-    let (mut sent_up, mut sent_down): (Option<u64>, Option<u64>) = (None, None);
+    // Bytes each pump read, once it has ended.
+    let (mut read_up, mut read_down): (Option<u64>, Option<u64>) = (None, None);
+    // Each writer ends after its pump (it flushes what is queued) or when a write fails;
+    // the line waits for both, so the counts it gives are final.
+    let mut upstream_written = std::pin::pin!(to_upstream.ended().fuse());
+    let mut client_written = std::pin::pin!(to_client.ended().fuse());
+    let (mut upstream_writer_done, mut client_writer_done) = (false, false);
+    // Bytes written either way when last looked at: a writer still flushing after its
+    // pump has ended is activity too (a slow reader draining what was queued).
+    let mut moved = 0;
     let mut closed_first: Option<&'static str> = None;
     // A side half-closed while its pump was waiting for mailbox room (it ends later,
     // once the bytes before the FIN have moved): the fin timeout applies from now.
@@ -371,8 +395,8 @@ async fn session(
     // would stay passed, and a ready timer in a loop never yields to them (on a pinned
     // thread they share this task's thread).
     let mut timed_out = false;
-    while sent_up.is_none() || sent_down.is_none() {
-        let half_closed = fin_noticed || sent_up.is_some() || sent_down.is_some();
+    while read_up.is_none() || read_down.is_none() || !upstream_writer_done || !client_writer_done {
+        let half_closed = fin_noticed || read_up.is_some() || read_down.is_some();
         let limit = match (idle_timeout, cfg.fin_timeout.filter(|_| half_closed)) {
             _ if timed_out => None,
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -383,15 +407,17 @@ async fn session(
         });
         futures::select! {
             (bytes, end) = up_pump => {
-                sent_up = Some(bytes);
+                read_up = Some(bytes);
                 closed_first.get_or_insert(match end { End::Fin => "client FIN", End::Reset => "client reset", End::WriterGone => "server reset" });
                 if end != End::Fin { shut(&sockets); }
             }
             (bytes, end) = down_pump => {
-                sent_down = Some(bytes);
+                read_down = Some(bytes);
                 closed_first.get_or_insert(match end { End::Fin => "server FIN", End::Reset => "server reset", End::WriterGone => "client reset" });
                 if end != End::Fin { shut(&sockets); }
             }
+            () = upstream_written => upstream_writer_done = true,
+            () = client_written => client_writer_done = true,
             note = notes.next() => {
                 // `None` (both pumps gone) fuses the stream; the arms above see the ends.
                 if let Some(label) = note {
@@ -405,7 +431,11 @@ async fn session(
                 timed_out = true;
             }
             _ = rt::sleep(wait).fuse() => {
-                if limit.is_some_and(|l| activity.quiet_for() >= l) {
+                let now_moved = to_upstream.written() + to_client.written();
+                if now_moved != moved {
+                    moved = now_moved;
+                    activity.touch();
+                } else if limit.is_some_and(|l| activity.quiet_for() >= l) {
                     closed_first.get_or_insert(if half_closed { "fin timeout" } else { "idle timeout" });
                     shut(&sockets);
                     timed_out = true;
@@ -413,10 +443,25 @@ async fn session(
             }
         }
     }
-    let (up_bytes, down_bytes) = (sent_up.unwrap_or(0), sent_down.unwrap_or(0));
-    log::info!(client = src.to_string().as_str(), upstream = up.name.as_str(), upstream_addr = up.addr.to_string().as_str(),
-        bytes_up = up_bytes, bytes_down = down_bytes, ms = started.elapsed().as_millis() as u64,
-        closed_first = closed_first.unwrap_or("unknown"); "proxy: session closed");
+    // Delivered: what reached the other side's socket. Dropped: read, never written.
+    let bytes_up = to_upstream.written().saturating_sub(header_len);
+    let bytes_down = to_client.written();
+    let dropped_up = (read_up.unwrap_or(0) + early_len).saturating_sub(bytes_up);
+    let dropped_down = read_down.unwrap_or(0).saturating_sub(bytes_down);
+    let (client, upstream_addr) = (src.to_string(), up.addr.to_string());
+    let (ms, closed_first) = (
+        started.elapsed().as_millis() as u64,
+        closed_first.unwrap_or("unknown"),
+    );
+    if dropped_up == 0 && dropped_down == 0 {
+        log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
+            bytes_up = bytes_up, bytes_down = bytes_down, ms = ms, closed_first = closed_first; "proxy: session closed");
+    } else {
+        let why = format!("read but not yet written when the session ended ({closed_first})");
+        log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
+            bytes_up = bytes_up, bytes_down = bytes_down, dropped_up = dropped_up, dropped_down = dropped_down,
+            dropped_why = why.as_str(), ms = ms, closed_first = closed_first; "proxy: session closed");
+    }
     drop(up.guard);
     Ok(())
 }

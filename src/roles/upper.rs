@@ -6,15 +6,17 @@
 //! A line longer than [`MAX_PENDING`] is not held whole: what has arrived is sent on,
 //! cut at a character boundary, so a client without newlines cannot grow memory.
 //!
-//! Upper-casing can lengthen text (`ß` → `SS`, `ŉ` → `ʼN`): a UDP reply that grows past
-//! the largest datagram ([`MAX_DATAGRAM`], 65,507 bytes) is cut at the last character
-//! boundary that fits, instead of being lost.
+//! Upper-casing can lengthen text (`ß` → `SS`, `ŉ` → `ʼN`, `ΐ` → `Ϊ́`, and each invalid
+//! byte → U+FFFD, 3 bytes). Over TCP the client gets all of it. Over UDP a reply is never
+//! longer than the datagram it answers: it is cut at the last character boundary that
+//! fits. A UDP source address can be forged, so a reply larger than its request would
+//! make this service an amplifier aimed at whoever the forger names; cut this way it
+//! cannot amplify, and the reply always fits in a datagram.
 //!
 //! Try it: `switchboard upper`, then `nc 127.0.0.1 7008`.
 
 use std::net::SocketAddr;
 
-use crate::net::udp::MAX_DATAGRAM;
 use crate::role::{Role, Session};
 
 /// Default address for TCP and UDP.
@@ -43,10 +45,11 @@ impl Role for Upper {
     }
 }
 
-/// [`upper`] for one datagram: cut at a character boundary to fit [`MAX_DATAGRAM`].
+/// [`upper`] for one datagram: no longer than `bytes`, cut at a character boundary (see
+/// the module notes: a UDP reply must not amplify).
 pub fn upper_datagram(bytes: &[u8]) -> Vec<u8> {
     let mut out = String::from_utf8_lossy(bytes).to_uppercase();
-    out.truncate(out.floor_char_boundary(MAX_DATAGRAM));
+    out.truncate(out.floor_char_boundary(bytes.len()));
     out.into_bytes()
 }
 
@@ -156,20 +159,27 @@ mod tests {
     }
 
     #[test]
-    fn a_datagram_that_grows_is_cut_at_a_character_boundary() {
+    fn a_datagram_reply_is_never_longer_than_the_request() {
         // 'ß' (2 bytes) becomes "SS" (2); 'ŉ' (2) becomes "ʼN" (3): 32,000 of them grow
-        // to 96,000 bytes, cut after the last character that fits: 21,835 "ʼN" and a
-        // 'ʼ' (2 bytes) make exactly 65,507.
+        // to 96,000 bytes, cut to the request's 64,000 after the last character that
+        // fits: 21,333 "ʼN" (63,999 bytes); the next 'ʼ' (2 bytes) would not fit.
         let input = "ŉ".repeat(32_000);
         let out = String::from_utf8(upper_datagram(input.as_bytes())).unwrap();
-        assert_eq!(out.len(), MAX_DATAGRAM);
-        assert!(out == "ʼN".repeat(21_835) + "ʼ");
-        // A cut inside a multi-byte character steps back to its start.
-        let mut odd = "x".repeat(MAX_DATAGRAM - 1);
-        odd.push('é');
-        let out = upper_datagram(odd.as_bytes());
-        assert_eq!(out.len(), MAX_DATAGRAM - 1);
-        assert!(out.iter().all(|&b| b == b'X'));
+        assert_eq!(out.len(), 63_999);
+        assert!(out == "ʼN".repeat(21_333));
+        // A cut inside a multi-byte character steps back to its start: "ŉŉ" (4 bytes)
+        // would be "ʼNʼN" (6); the second 'ʼ' ends at byte 5.
+        assert_eq!(upper_datagram("ŉŉ".as_bytes()), "ʼN".as_bytes());
+        // Invalid bytes (1 byte each, 3 as U+FFFD) and 'ΐ' (2 bytes, 6 upper-cased).
+        assert_eq!(upper_datagram(b"\xff\xff\xff"), "\u{FFFD}".as_bytes());
+        assert_eq!(upper_datagram("ΐ".as_bytes()), "\u{399}".as_bytes());
+        assert_eq!(upper_datagram(b"ok \xff"), b"OK ");
+        // Text that keeps its length comes back whole; nothing comes from nothing.
+        assert_eq!(
+            upper_datagram("ça va? ß".as_bytes()),
+            "ÇA VA? SS".as_bytes()
+        );
+        assert_eq!(upper_datagram(b""), b"");
     }
 
     #[test]

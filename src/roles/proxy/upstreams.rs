@@ -5,8 +5,8 @@
 //! upstream is on the connect path of every session, so it is a handful of loads rather
 //! than a round trip to an actor.
 //!
-//! Running out of descriptors (EMFILE, ENFILE; or buffers, memory) while connecting is
-//! this process's condition, not the upstream's: no upstream is put in back-off, the
+//! Running out of descriptors (EMFILE, ENFILE; or buffers, memory) while resolving an
+//! upstream's name or connecting is this process's condition, not the upstream's: no upstream is put in back-off, the
 //! session retries with a short back-off for up to the connect timeout, and meanwhile
 //! the accept loop takes no new client ([`Upstreams::descriptor_waiters`]), so the
 //! descriptors that closing sessions free go to the clients already waiting.
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::net::addr::describe;
-use crate::net::limits::is_resource_exhaustion;
+use crate::net::limits::{is_resource_exhaustion, socket_available};
 use crate::rt::{self, TcpStream};
 
 /// First pause before a connect that met a local shortage is tried again; it doubles.
@@ -212,9 +212,14 @@ impl Upstreams {
 }
 
 async fn connect_one(target: &str, timeout: Duration) -> Result<(TcpStream, SocketAddr), Failure> {
+    // A lookup needs descriptors too (the hosts file, a socket to the DNS server). Its
+    // errno is found under the runtime's wrapping; a resolver that reports the shortage
+    // without one is caught by asking for a socket before the name is blamed.
     let addrs = rt::resolve(target).await.map_err(|e| {
         if is_resource_exhaustion(&e) {
             Failure::Local(e)
+        } else if let Err(local) = socket_available() {
+            Failure::Local(local)
         } else {
             Failure::Remote(format!("cannot resolve: {}", describe(&e)))
         }
