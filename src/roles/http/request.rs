@@ -53,18 +53,145 @@ impl Request {
         self.headers.iter().filter(|(n, _)| n == name).count()
     }
 
-    /// Whether the connection stays open after this request.
+    /// Every value of header `name` (lower-case) that is text, in order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// The comma-separated members of every copy of list header `name`, trimmed, empty
+    /// ones skipped (RFC 9110 5.3: several copies of a list field are one list).
+    pub fn list_members<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.header_values(name)
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Whether the connection stays open after this request: a `close` in any
+    /// `Connection` header closes it; otherwise HTTP/1.1 stays open, and HTTP/1.0 only
+    /// with a `keep-alive`.
     pub fn keep_alive(&self) -> bool {
-        let tokens = |v: &str| {
-            v.split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        };
-        match self.header("connection").map(tokens) {
-            Some(t) if t.iter().any(|x| x == "close") => false,
-            Some(t) if t.iter().any(|x| x == "keep-alive") => true,
-            _ => self.minor >= 1,
+        let mut keep_alive = false;
+        for token in self.list_members("connection") {
+            if token.eq_ignore_ascii_case("close") {
+                return false;
+            }
+            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
         }
+        keep_alive || self.minor >= 1
+    }
+
+    /// The one `Host` this request names, if it names exactly one (RFC 9112 3.2: a
+    /// request with two, or with a list, is refused, since proxies could pick different
+    /// ones). `Err` for two or a list; `Ok(None)` for none.
+    pub fn host(&self) -> Result<Option<&str>, &'static str> {
+        match self.header_count("host") {
+            0 => Ok(None),
+            1 => match self.single_header("host") {
+                Some(h) if h.contains(',') => Err("a list in Host"),
+                Some(h) => Ok(Some(h)),
+                None => Err("a Host that is not text"),
+            },
+            _ => Err("more than one Host"),
+        }
+    }
+}
+
+/// Collects a connection's input and decides when it is worth parsing, so that a head
+/// that arrives in many small pieces is parsed a few times, not once per read (which
+/// cost time quadratic in its length: every parse starts from the beginning).
+///
+/// A head is parsed when it first has bytes (so garbage is refused at once), when its
+/// request line has ended, when a possible end of head (`\n\n` or `\n\r\n`) arrives
+/// beyond what was already looked at, and when it outgrows a limit (so [`parse_head`]
+/// refuses it). Empty lines before a request line are dropped (RFC 9112 2.2), so the
+/// first blank line seen is always the end of the head.
+#[derive(Debug, Default)]
+pub struct HeadBuffer {
+    buf: Vec<u8>,
+    /// Bytes at the start of `buf` already looked at for the end of the head.
+    scanned: usize,
+    /// The head now in `buf` has been parsed at least once.
+    looked: bool,
+    /// Its request line has ended (a `\n` has been seen).
+    line_seen: bool,
+    /// How many times [`parse_head`] has run (what the tests count).
+    pub parses: u64,
+}
+
+impl HeadBuffer {
+    /// Appends what was read.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Whether nothing is buffered (not even part of a head).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The next complete head, taken out of the buffer; `Ok(None)` when more bytes are
+    /// needed. After an error the connection is to be closed.
+    pub fn next_head(&mut self) -> Result<Option<Request>, HeadError> {
+        if !self.looked {
+            let blank = self
+                .buf
+                .iter()
+                .position(|&b| b != b'\r' && b != b'\n')
+                .unwrap_or(self.buf.len());
+            // Only whole line ends: a lone `\r` at the end waits for its `\n`.
+            let mut skip = 0;
+            while skip < blank {
+                match &self.buf[skip..] {
+                    [b'\n', ..] => skip += 1,
+                    [b'\r', b'\n', ..] => skip += 2,
+                    _ => break,
+                }
+            }
+            self.buf.drain(..skip);
+            if self.buf.first().is_none_or(|&b| b == b'\r' || b == b'\n') {
+                return Ok(None);
+            }
+        }
+        if !self.worth_parsing() {
+            return Ok(None);
+        }
+        self.parses += 1;
+        let parsed = parse_head(&self.buf)?;
+        if let Some(req) = &parsed {
+            self.buf.drain(..req.head_len);
+            self.scanned = 0;
+            self.looked = false;
+            self.line_seen = false;
+        }
+        Ok(parsed)
+    }
+
+    /// Whether what arrived since the last look could complete (or overflow) the head.
+    fn worth_parsing(&mut self) -> bool {
+        let buf = &self.buf;
+        // Two bytes back, so an end split across two reads is found.
+        let new = &buf[self.scanned.saturating_sub(2).min(buf.len())..];
+        self.scanned = buf.len();
+        let first_look = !std::mem::replace(&mut self.looked, true);
+        let mut worth = first_look || buf.len() > MAX_HEAD;
+        if !self.line_seen {
+            if new.contains(&b'\n') {
+                self.line_seen = true;
+                worth = true;
+            } else if buf.len() > MAX_REQUEST_LINE {
+                worth = true;
+            }
+        }
+        worth
+            || new
+                .iter()
+                .enumerate()
+                .filter(|&(_, &b)| b == b'\n')
+                .any(|(i, _)| matches!(&new[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
     }
 }
 
@@ -188,10 +315,14 @@ pub enum TargetError {
 /// (`http://host/a?b`) gives the path and query after its authority: the host named
 /// there is never used.
 fn split_target(target: &str) -> Result<(&str, &str), TargetError> {
-    let rest = if let Some(rest) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
+    // The scheme is case-insensitive (RFC 9110 4.2.3): `HTTP://host/a` is `http://`.
+    let scheme = |name: &str| {
+        target
+            .get(..name.len())
+            .filter(|s| s.eq_ignore_ascii_case(name))
+            .map(|_| &target[name.len()..])
+    };
+    let rest = if let Some(rest) = scheme("http://").or_else(|| scheme("https://")) {
         &rest[rest.find(['/', '?', '#']).unwrap_or(rest.len())..]
     } else if target.starts_with('/') {
         target
