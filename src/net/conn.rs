@@ -389,20 +389,48 @@ pub fn is_send_timeout(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<SendTimeout>())
 }
 
-/// Runs one write-side wait (a `write` that waits for room) under the send timeout: it
-/// fails with `TimedOut` if it does not complete within `limit`. Each call gets the whole
-/// limit, and a call completes as soon as the socket takes any byte, so the clock runs
-/// from the last progress. The timer is only armed if the write has to wait.
+/// Runs one write-side wait (a `write` that waits for room in `stream`) under the send
+/// timeout `limit`: it fails with `TimedOut` ([`SendTimeout`]) once the peer has taken
+/// nothing for that long. A write that completes at once (the common case) arms no timer.
+/// Progress is judged by the socket, not by our wake-ups: when the time is up, the bytes
+/// still queued in the kernel (`TIOCOUTQ`: sent and not yet acknowledged, or not yet
+/// sent) are compared with what was queued when the wait began — fewer means the peer
+/// is reading, if slowly, and the clock starts again. (The kernel wakes a writer only
+/// once a third of its send buffer is free, which a slow reader of a large buffer may
+/// take longer than `limit` to free.) Each completed write gets a fresh clock.
 async fn progress<T>(
+    stream: &TcpStream,
     limit: Option<Duration>,
     wait: impl Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
-    match limit {
-        None => wait.await,
-        Some(limit) => rt::timeout(limit, wait)
-            .await
-            .unwrap_or_else(|| Err(io::Error::new(io::ErrorKind::TimedOut, SendTimeout(limit)))),
+    let Some(limit) = limit else {
+        return wait.await;
+    };
+    let mut wait = std::pin::pin!(wait);
+    if let Poll::Ready(done) = futures::poll!(wait.as_mut()) {
+        return done;
     }
+    let mut queued = unsent(stream);
+    loop {
+        match rt::timeout(limit, wait.as_mut()).await {
+            Some(done) => return done,
+            None => match unsent(stream) {
+                Some(now) if queued.is_some_and(|before| now < before) => queued = Some(now),
+                _ => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, SendTimeout(limit)));
+                }
+            },
+        }
+    }
+}
+
+/// Bytes in the socket's send queue that the peer has not acknowledged (`TIOCOUTQ`);
+/// `None` if the kernel will not say.
+fn unsent(stream: &TcpStream) -> Option<libc::c_int> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ on an open socket writes one int.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (rc == 0).then_some(n)
 }
 
 fn start_writer<B: Outgoing>(
@@ -638,7 +666,7 @@ async fn write_all_counted(
 ) -> (usize, Option<io::Error>) {
     let mut done = 0;
     while done < buf.len() {
-        match progress(send_timeout, stream.write(&buf[done..])).await {
+        match progress(stream, send_timeout, stream.write(&buf[done..])).await {
             Ok(0) => return (done, Some(io::ErrorKind::WriteZero.into())),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -698,7 +726,7 @@ async fn send_file_counted(
                         "the file shrank while it was being sent",
                     ));
                 }
-                let wrote = progress(send_timeout, stream.write(&fallback[..got])).await?;
+                let wrote = progress(stream, send_timeout, stream.write(&fallback[..got])).await?;
                 offset += wrote as libc::off_t;
             }
             _ => return Err(e),

@@ -678,6 +678,10 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
         assert_eq!(parse_range("bytes=9-1", 100), Whole);
         assert_eq!(parse_range("items=0-1", 100), Whole);
+        assert_eq!(parse_range("Bytes=0-1", 100), Part(0, 1));
+        assert_eq!(parse_range(" BYTES=-2", 100), Part(98, 99));
+        assert_eq!(parse_range("byte=0-1", 100), Whole);
+        assert_eq!(parse_range("bytés=0-1", 100), Whole);
         assert_eq!(parse_range("bytes=a-b", 100), Whole);
         assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
         // Numbers too large for a u64 are larger than any file, not garbage.
@@ -786,6 +790,55 @@ mod tests {
                 let got = read(open_beneath(&tree, Path::new(rel)));
                 assert_eq!(got.as_deref().map_err(|e| *e), *want, "{lookup:?} {rel}");
             }
+        }
+    }
+
+    #[test]
+    fn absolute_link_text_is_compared_with_the_root_by_component() {
+        fn rest(t: &'static str) -> Option<Vec<&'static [u8]>> {
+            beneath_root(Path::new("/srv/site"), t.as_bytes())
+        }
+        let parts = |v: &[&'static str]| Some(v.iter().map(|s| s.as_bytes()).collect());
+        assert_eq!(rest("/srv/site/a.txt"), parts(&["a.txt"]));
+        assert_eq!(rest("/srv//site/./a.txt"), parts(&["a.txt"]));
+        assert_eq!(rest("//srv/site"), parts(&[]));
+        assert_eq!(rest("/srv/site/"), parts(&[]));
+        assert_eq!(rest("/./srv/./site//d/../a"), parts(&["d", "..", "a"]));
+        assert_eq!(rest("/srv/../srv/site/a"), None);
+        assert_eq!(rest("/srv/site/../site/a"), parts(&["..", "site", "a"]));
+        assert_eq!(rest("/srv/sitex/a"), None);
+        assert_eq!(rest("/srv"), None);
+        assert_eq!(rest("/etc/passwd"), None);
+        assert_eq!(beneath_root(Path::new("/"), b"/x//y"), parts(&["x", "y"]));
+    }
+
+    #[test]
+    fn absolute_links_spelled_with_empty_and_dot_components_are_followed() {
+        use std::os::unix::fs::symlink;
+        let (_guard, root) = temp_tree("spelled");
+        let text = root.to_str().unwrap();
+        symlink(format!("{text}//a.txt"), root.join("s1")).unwrap();
+        symlink(
+            format!("{}", text.replacen('/', "//", 2)) + "/./d/e/f.txt",
+            root.join("s2"),
+        )
+        .unwrap();
+        symlink(format!("{text}/d/../a.txt"), root.join("s3")).unwrap();
+        symlink(format!("{text}/../root/a.txt"), root.join("s4")).unwrap();
+        let dir = File::open(&root).unwrap();
+        for lookup in [Lookup::Kernel, Lookup::Walk] {
+            let tree = Tree {
+                path: &root,
+                dir: &dir,
+                lookup,
+            };
+            let got = |rel: &str| read(open_beneath(&tree, Path::new(rel)));
+            assert_eq!(got("s1"), Ok("a".into()), "{lookup:?}");
+            assert_eq!(got("s2"), Ok("f".into()), "{lookup:?}");
+            // After the root, `..` is walked by descriptor, as in a relative link.
+            assert_eq!(got("s3"), Ok("a".into()), "{lookup:?}");
+            // Within the root's own path, `..` is never resolved by text.
+            assert_eq!(got("s4"), Err(libc::EXDEV), "{lookup:?}");
         }
     }
 
