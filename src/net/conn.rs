@@ -391,13 +391,14 @@ pub fn is_send_timeout(e: &io::Error) -> bool {
 
 /// Runs one write-side wait (a `write` that waits for room in `stream`) under the send
 /// timeout `limit`: it fails with `TimedOut` ([`SendTimeout`]) once the peer has taken
-/// nothing for that long. A write that completes at once (the common case) arms no timer.
-/// Progress is judged by the socket, not by our wake-ups: when the time is up, the bytes
-/// still queued in the kernel (`TIOCOUTQ`: sent and not yet acknowledged, or not yet
-/// sent) are compared with what was queued when the wait began — fewer means the peer
-/// is reading, if slowly, and the clock starts again. (The kernel wakes a writer only
-/// once a third of its send buffer is free, which a slow reader of a large buffer may
-/// take longer than `limit` to free.) Each completed write gets a fresh clock.
+/// nothing for that long. A write that completes at once (the common case) arms no timer,
+/// and each completed write gets a fresh clock. While the write waits, the clock is also
+/// reset by the peer taking bytes that were already queued: every quarter of `limit` the
+/// bytes still in the kernel's send queue (`TIOCOUTQ`: unsent or unacknowledged) are
+/// compared with the last look, and fewer means the peer is reading, if slowly. (The
+/// kernel wakes a writer only once a third of its send buffer is free, which a slow
+/// reader of a large buffer may take longer than `limit` to free.) So a peer that stops
+/// reading is cut between `limit` and `limit` and a quarter after it took its last byte.
 async fn progress<T>(
     stream: &TcpStream,
     limit: Option<Duration>,
@@ -411,16 +412,18 @@ async fn progress<T>(
         return done;
     }
     let mut queued = unsent(stream);
+    let mut since = Instant::now();
     loop {
-        match rt::timeout(limit, wait.as_mut()).await {
-            Some(done) => return done,
-            None => match unsent(stream) {
-                Some(now) if queued.is_some_and(|before| now < before) => queued = Some(now),
-                _ => {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, SendTimeout(limit)));
-                }
-            },
+        if let Some(done) = rt::timeout(limit / 4, wait.as_mut()).await {
+            return done;
         }
+        let now = unsent(stream);
+        if now.is_some_and(|now| queued.is_some_and(|before| now < before)) {
+            since = Instant::now();
+        } else if since.elapsed() >= limit {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, SendTimeout(limit)));
+        }
+        queued = now;
     }
 }
 
