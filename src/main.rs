@@ -141,6 +141,10 @@ struct ChatArgs {
     /// Drop a UDP user after this long without a datagram.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
     udp_idle: Duration,
+    /// UDP joins a second for the whole server (more wait); challenges to unknown
+    /// addresses are limited to twice this.
+    #[arg(long, value_name = "JOINS", default_value_t = 50.0)]
+    udp_join_rate: f64,
 }
 
 #[derive(Args)]
@@ -401,6 +405,9 @@ async fn serve_chat(args: ChatArgs) -> Result<()> {
             "--max-line, --sendq and --burst must be at least 1, and --rate 0 or more".into(),
         );
     }
+    if !args.udp_join_rate.is_finite() || args.udp_join_rate <= 0.0 {
+        return Err("--udp-join-rate must be a number above 0".into());
+    }
     let (tcp, udp) = args.transports.addrs(chat::DEFAULT_ADDR);
     let bound = service::bind(tcp.as_deref(), udp.as_deref()).await?;
     let server = (*args.transports.server.config()).clone();
@@ -411,6 +418,8 @@ async fn serve_chat(args: ChatArgs) -> Result<()> {
         sendq: args.sendq,
         udp_idle: args.udp_idle.max(Duration::from_millis(100)),
         max_udp_users: args.max_udp_users,
+        udp_join_rate: args.udp_join_rate,
+        udp_challenge_rate: (2.0 * args.udp_join_rate).max(10.0),
     };
     let stats = Stats::new();
     let serve_stats = stats.clone();

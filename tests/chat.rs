@@ -88,6 +88,15 @@ impl UdpUser {
     fn until(&self, want: &str) {
         while self.datagram() != format!("{want}\n") {}
     }
+    /// Joins (the `/hello` handshake); returns the welcome.
+    fn join(&self) -> String {
+        let welcome = udp_chat_hello(&self.s, self.server);
+        assert!(
+            welcome.starts_with("* welcome to #lobby, you are guest"),
+            "{welcome:?}"
+        );
+        welcome
+    }
 }
 
 #[test]
@@ -100,14 +109,14 @@ fn tcp_and_udp_users_chat_in_one_room_with_every_command() {
     bob.nick("bob");
     assert_eq!(alice.line(), format!("* {} is now bob", "guest2"));
 
-    // A UDP user joins on its first datagram and is in the same room.
+    // A UDP user joins with the /hello handshake and is in the same room.
     let carol = UdpUser::new(&chat);
-    carol.say("/nick carol");
-    let welcome = carol.datagram();
+    let welcome = carol.join();
     assert!(
         welcome.starts_with("* welcome to #lobby, you are guest"),
         "{welcome}"
     );
+    carol.say("/nick carol");
     let guest = welcome.split(' ').nth(6).unwrap().to_string();
     assert_eq!(carol.datagram(), format!("* {guest} is now carol\n"));
     assert_eq!(alice.line(), format!("* {guest} joined"));
@@ -190,8 +199,8 @@ fn nicks_are_unique_ignoring_case_across_transports() {
     let mut alice = User::join(chat.tcp);
     alice.nick("Alice");
     let udp = UdpUser::new(&chat);
+    udp.join();
     udp.say("/nick aLiCe");
-    udp.datagram(); // welcome
     assert_eq!(udp.datagram(), "! nick taken: aLiCe\n");
     udp.say("/nick dave");
     udp.until("* guest2 is now dave");
@@ -411,6 +420,7 @@ fn silent_udp_users_time_out() {
     let chat = start_chat(ServerConfig::default(), config);
     let mut watcher = User::join(chat.tcp);
     let udp = UdpUser::new(&chat);
+    udp.join();
     udp.say("/nick ghost");
     watcher.until("* guest2 is now ghost");
     assert_eq!(watcher.line(), "* ghost left (timeout)");
@@ -423,6 +433,7 @@ fn shutdown_tells_everyone_before_closing() {
     let chat = default_chat();
     let mut a = User::join(chat.tcp);
     let udp = UdpUser::new(&chat);
+    udp.join();
     udp.say("hello");
     a.until("<guest2> hello");
     let stats = chat.stats.clone();
@@ -457,10 +468,504 @@ fn udp_users_are_capped() {
     };
     let chat = start_chat(ServerConfig::default(), config);
     let first = UdpUser::new(&chat);
-    first.say("hi");
-    assert!(first.datagram().starts_with("* welcome to #lobby"));
+    assert!(first.join().starts_with("* welcome to #lobby"));
     let second = UdpUser::new(&chat);
-    second.say("me too");
-    assert_eq!(second.datagram(), "! server full\n");
+    assert_eq!(udp_chat_hello(&second.s, chat.udp), "! server full\n");
+    chat.stop();
+}
+
+#[test]
+fn a_raw_0xff_from_a_latin1_client_eats_nothing() {
+    let chat = default_chat();
+    let mut a = User::join(chat.tcp);
+    let mut b = User::join(chat.tcp);
+    a.until(&format!("* {} joined", b.nick));
+    // A Latin-1 client's `5ÿ`, then a command on the next line: the 0xFF is not telnet.
+    a.w.write_all(b"5\xff\n/who\n").unwrap();
+    assert_eq!(b.line(), format!("<{}> 5\u{FFFD}", a.nick));
+    assert_eq!(a.line(), format!("* in #lobby: {}, {}", a.nick, b.nick));
+    chat.stop();
+}
+
+#[test]
+fn an_unclosed_telnet_subnegotiation_does_not_swallow_the_connection() {
+    let chat = default_chat();
+    let mut a = User::join(chat.tcp);
+    let mut b = User::join(chat.tcp);
+    a.until(&format!("* {} joined", b.nick));
+    // `IAC SB` never closed: after the cap, what follows is data again.
+    let mut bytes = vec![0xff, 0xfa, 24];
+    bytes.extend(std::iter::repeat_n(0u8, 300));
+    bytes.extend_from_slice(b"\nstill heard\n");
+    a.w.write_all(&bytes).unwrap();
+    assert_eq!(b.line(), format!("<{}> still heard", a.nick));
+    chat.stop();
+}
+
+#[test]
+fn invisible_and_bidi_characters_never_reach_others() {
+    let chat = default_chat();
+    let mut a = User::join(chat.tcp);
+    let mut b = User::join(chat.tcp);
+    a.until(&format!("* {} joined", b.nick));
+    a.say("a\u{200B}d\u{200D}m\u{2060}i\u{FEFF}n\u{200E} \u{200F}o\u{061C}k\u{2028}a\u{2029}y\u{E0041}\u{E007F}!");
+    assert_eq!(b.line(), format!("<{}> admin okay!", a.nick));
+    chat.stop();
+}
+
+#[test]
+fn udp_bytes_are_in_bytes_out_while_running_and_after_shutdown() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let chat = default_chat();
+    let udp = UdpUser::new(&chat);
+    udp.say("hello");
+    let challenge = udp.datagram();
+    let token = udp_chat_token(&challenge);
+    udp.say(&format!("/hello {token}"));
+    let mut received = (challenge.len() + udp.datagram().len()) as u64; // and the welcome
+    let stats = chat.stats.clone();
+    wait_until("the challenge and the welcome to be counted", || {
+        stats.bytes_out.load(Relaxed) == received
+    });
+    chat.stop();
+    let bye = udp.datagram();
+    assert_eq!(bye, "* server shutting down\n");
+    received += bye.len() as u64;
+    // Once the server has stopped and its tasks have ended (what the process waits for
+    // before its summary), every byte sent is counted.
+    wait_until("every task to end", || stats.live_tasks() == 0);
+    assert_eq!(stats.bytes_out.load(Relaxed), received);
+}
+
+/// A chat client that reads only when told to: it connects with a receive buffer of
+/// 4 KiB (asked for before connecting, so the kernel never grows it), so once it stops
+/// reading, it stalls after a few lines.
+struct Stalled {
+    s: std::net::TcpStream,
+    /// The last bytes read, to find a marker line in.
+    tail: Vec<u8>,
+}
+
+impl Stalled {
+    fn connect(addr: SocketAddr) -> Stalled {
+        use std::os::fd::FromRawFd;
+        let SocketAddr::V4(v4) = addr else {
+            panic!("IPv4 only")
+        };
+        // SAFETY: a fresh socket we own; setsockopt and connect get correctly sized
+        // structs; from_raw_fd takes sole ownership of the descriptor.
+        let s = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let s = std::net::TcpStream::from_raw_fd(fd);
+            // A small receive buffer, and segments to match (loopback's 64 KiB segments
+            // would not fit, and the window would reopen only on the persist timer).
+            for (level, option, value) in [
+                (libc::SOL_SOCKET, libc::SO_RCVBUF, 16 * 1024),
+                (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 1400),
+            ] {
+                let value: libc::c_int = value;
+                libc::setsockopt(
+                    fd,
+                    level,
+                    option,
+                    &value as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as u32,
+                );
+            }
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let rc = libc::connect(
+                fd,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+            s
+        };
+        s.set_nonblocking(true).unwrap();
+        Stalled {
+            s,
+            tail: Vec::new(),
+        }
+    }
+
+    /// Reads what is there; whether the last line read is one of `markers`.
+    fn read_to(&mut self, markers: &[String], buf: &mut [u8]) -> bool {
+        loop {
+            match std::io::Read::read(&mut self.s, buf) {
+                Ok(0) => panic!(
+                    "a stalled client was closed while it was being read: {:?}",
+                    String::from_utf8_lossy(&self.tail)
+                ),
+                Ok(n) => {
+                    self.tail.extend_from_slice(&buf[..n]);
+                    let keep = self.tail.len().saturating_sub(256);
+                    self.tail.drain(..keep);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("stalled client: {e}"),
+            }
+        }
+        markers.iter().any(|m| self.tail.ends_with(m.as_bytes()))
+    }
+}
+
+/// Reads every client until the last line each has read is one of `markers`.
+fn read_all_to(clients: &mut [Stalled], markers: &[String]) {
+    use std::os::fd::AsRawFd;
+    let start = std::time::Instant::now();
+    let mut buf = vec![0u8; 65536];
+    let mut waiting: Vec<&mut Stalled> = clients.iter_mut().collect();
+    while !waiting.is_empty() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{} clients never got {markers:?}",
+            waiting.len()
+        );
+        let mut fds: Vec<libc::pollfd> = waiting
+            .iter()
+            .map(|c| libc::pollfd {
+                fd: c.s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: poll on a correctly sized array of pollfd for open descriptors.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        let mut i = 0;
+        while i < waiting.len() {
+            if fds[i].revents != 0 && waiting[i].read_to(markers, &mut buf) {
+                waiting.swap_remove(i);
+                fds.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_mass_eviction_of_5000_stalled_clients_spares_every_healthy_one() {
+    const STALLED: usize = 5000;
+    const HEALTHY: usize = 5;
+    // Stalled clients join in batches; between batches all are read up to the last join
+    // notice, so no queue holds more than a batch.
+    const BATCH: usize = 500;
+    const SENDQ: usize = BATCH + 100;
+    // Each client is two descriptors in this process (ours and the server's).
+    let limit = switchboard::net::limits::raise_nofile_limit().unwrap_or(0);
+    let needed = (2 * (STALLED + HEALTHY) + 500) as u64;
+    if limit < needed {
+        eprintln!(
+            "SKIPPED a_mass_eviction_of_5000_stalled_clients_spares_every_healthy_one: \
+             it needs {needed} open files and the hard limit allows {limit}"
+        );
+        return;
+    }
+    let config = ChatConfig {
+        sendq: SENDQ,
+        rate: 0.0,
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+
+    let mut stalled: Vec<Stalled> = Vec::with_capacity(STALLED);
+    while stalled.len() < STALLED {
+        for _ in 0..BATCH {
+            stalled.push(Stalled::connect(chat.tcp));
+        }
+        // Once the n-th join is done, everyone has its notice last, but the n-th client
+        // itself (whichever that is: joins are numbered as the broker takes them), which
+        // has its welcome last.
+        let n = stalled.len();
+        let markers = [
+            format!("* guest{n} joined\n"),
+            format!("* welcome to #lobby, you are guest{n} (type /help for commands)\n"),
+        ];
+        read_all_to(&mut stalled, &markers);
+    }
+    // The healthy clients join last, and read everything from here on.
+    let mut healthy: Vec<User> = (0..HEALTHY).map(|_| User::join(chat.tcp)).collect();
+    for (i, u) in healthy.iter_mut().enumerate() {
+        u.nick(&format!("h{i}"));
+    }
+    for u in &mut healthy[..HEALTHY - 1] {
+        u.until(&format!(
+            "* guest{} is now h{}",
+            STALLED + HEALTHY,
+            HEALTHY - 1
+        ));
+    }
+    healthy[0].say("ready");
+    for u in &mut healthy[1..] {
+        assert_eq!(u.line(), "<h0> ready");
+    }
+    // Every stalled client's queue is empty now; from here on none of them reads.
+    read_all_to(&mut stalled, &["<h0> ready\n".to_string()]);
+    assert_eq!(chat.stats.active(), STALLED + HEALTHY);
+
+    // Each healthy client's lines go to a channel, read by a thread of its own.
+    let mut writers = Vec::new();
+    let mut inboxes = Vec::new();
+    for u in healthy {
+        writers.push(u.w);
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let mut r = u.r;
+        std::thread::spawn(move || {
+            let mut l = String::new();
+            while r.read_line(&mut l).map(|n| n > 0).unwrap_or(false) {
+                if tx.send(std::mem::take(&mut l)).is_err() {
+                    return;
+                }
+            }
+        });
+        inboxes.push(rx);
+    }
+    // The healthy clients take turns to speak, in lock step: each line is read by all the
+    // others before the next is sent. The stalled clients' sockets and queues fill at the
+    // same line, and they are evicted together. Every healthy client must get every line,
+    // exactly once and in order, and nothing else but departure notices, which must
+    // count every stalled client once, in a few lines.
+    let text = "x".repeat(1000);
+    let mut departed = vec![0usize; HEALTHY];
+    let mut notices = vec![0usize; HEALTHY];
+    let mut i = 0;
+    while departed.iter().any(|&d| d < STALLED) {
+        assert!(
+            i < 5 * SENDQ,
+            "{i} lines sent and only {departed:?} stalled clients gone"
+        );
+        let from = i % HEALTHY;
+        writers[from]
+            .write_all(format!("{i} {text}\n").as_bytes())
+            .unwrap();
+        let want = format!("<h{from}> {i} {text}\n");
+        for (to, inbox) in inboxes.iter().enumerate() {
+            if to == from {
+                continue;
+            }
+            loop {
+                let l = inbox
+                    .recv_timeout(DEADLINE)
+                    .unwrap_or_else(|_| panic!("h{to} got no line {i} (or was closed)"));
+                if l == want {
+                    break;
+                }
+                departed[to] += departures(&l)
+                    .unwrap_or_else(|| panic!("h{to} got {:?}", &l[..l.len().min(80)]));
+                notices[to] += 1;
+            }
+        }
+        i += 1;
+    }
+    assert!(departed.iter().all(|&d| d == STALLED), "{departed:?}");
+    assert!(notices.iter().all(|&n| n < 100), "{notices:?} notices");
+    writers[0].write_all(b"/who\n").unwrap();
+    let who = inboxes[0].recv_timeout(DEADLINE).unwrap();
+    assert_eq!(who, "* in #lobby: h0, h1, h2, h3, h4\n");
+    wait_until("the evicted clients' connections to end", || {
+        chat.stats.active() == HEALTHY
+    });
+    drop(stalled);
+    chat.stop();
+}
+
+/// How many departures a notice line announces: `* NICK left (send queue exceeded)` or
+/// `* N users left (send queue exceeded)`; `None` for anything else.
+fn departures(line: &str) -> Option<usize> {
+    let rest = line
+        .strip_prefix("* ")?
+        .strip_suffix(" left (send queue exceeded)\n")?;
+    match rest.strip_suffix(" users").or(rest.strip_suffix(" user")) {
+        Some(n) => n.parse().ok(),
+        None => rest.starts_with("guest").then_some(1),
+    }
+}
+
+#[test]
+fn an_unknown_udp_address_gets_only_a_short_challenge_and_joins_with_its_token() {
+    let chat = default_chat();
+    let mut watcher = User::join(chat.tcp);
+    let alice = UdpUser::new(&chat);
+    // Whatever an unknown address sends, it gets the challenge and nothing else, and
+    // nobody hears of it.
+    alice.say("hi");
+    let challenge = alice.datagram();
+    let token = udp_chat_token(&challenge);
+    assert_eq!(challenge, format!("* to join, send: /hello {token}\n"));
+    alice.s.send_to(b"", chat.udp).unwrap();
+    assert_eq!(alice.datagram(), challenge, "same address, same window");
+    // Another address cannot use that token, nor a wrong one: it is challenged in turn.
+    let mallory = UdpUser::new(&chat);
+    mallory.say(&format!("/hello {token}"));
+    let other = udp_chat_token(&mallory.datagram());
+    assert_ne!(other, token);
+    mallory.say("/hello 0123456789abcdef");
+    assert_eq!(
+        mallory.datagram(),
+        format!("* to join, send: /hello {other}\n")
+    );
+    watcher.say("/who");
+    assert_eq!(watcher.line(), format!("* in #lobby: {}", watcher.nick));
+    // The token joins; the rest of its datagram is the user's first line.
+    alice.say(&format!("/hello {token}\nfirst words"));
+    assert_eq!(
+        alice.datagram(),
+        "* welcome to #lobby, you are guest2 (type /help for commands)\n"
+    );
+    assert_eq!(watcher.line(), "* guest2 joined");
+    assert_eq!(watcher.line(), "<guest2> first words");
+    // Once joined, a /hello is just a reminder.
+    alice.say(&format!("/hello {token}"));
+    assert_eq!(alice.datagram(), "* already joined as guest2\n");
+    chat.stop();
+}
+
+#[test]
+fn udp_challenges_are_rate_limited_globally() {
+    let config = ChatConfig {
+        udp_challenge_rate: 2.0,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let chat = start_chat(ServerConfig::default(), config);
+    let control = UdpUser::new(&chat);
+    control.join();
+    // 300 fresh addresses (as a spoofer would forge) each send an empty datagram.
+    let sources: Vec<UdpSocket> = (0..300)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.send_to(b"", chat.udp).unwrap();
+            s
+        })
+        .collect();
+    // The server handles datagrams in order and sends in order: once the control user's
+    // answer is here, every reply to the sources has been sent (and, on loopback, is in
+    // their sockets).
+    control.say("/who");
+    assert_eq!(control.datagram(), "* in #lobby: guest1\n");
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut replies = 0;
+    let mut buf = [0u8; 100];
+    for s in &sources {
+        s.set_nonblocking(true).unwrap();
+        while let Ok(n) = s.recv(&mut buf) {
+            udp_chat_token(std::str::from_utf8(&buf[..n]).unwrap());
+            replies += 1;
+        }
+    }
+    // At most the burst (2) and the rate (2/s) since the server started, less the
+    // control user's own challenge; nobody joined.
+    let bound = 2.0 + 2.0 * elapsed;
+    assert!(
+        replies >= 1 && f64::from(replies) <= bound,
+        "{replies} challenges in {elapsed:.2} s"
+    );
+    chat.stop();
+}
+
+#[test]
+fn udp_joins_are_rate_limited_globally() {
+    let config = ChatConfig {
+        udp_join_rate: 0.001, // one join now, the next in 1,000 s
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    let mut watcher = User::join(chat.tcp);
+    let first = UdpUser::new(&chat);
+    first.join();
+    watcher.until("* guest2 joined");
+    let second = UdpUser::new(&chat);
+    assert_eq!(
+        udp_chat_hello(&second.s, chat.udp),
+        "! too many joins, try again shortly\n"
+    );
+    watcher.say("/who");
+    assert_eq!(watcher.line(), "* in #lobby: guest1, guest2");
+    chat.stop();
+}
+
+#[test]
+fn a_validated_udp_users_welcome_is_never_dropped() {
+    use std::os::fd::AsRawFd;
+    const SOURCES: usize = 800;
+    let config = ChatConfig {
+        udp_join_rate: 0.0, // no limits: as many joins at once as possible
+        udp_challenge_rate: 0.0,
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    let socks: Vec<UdpSocket> = (0..SOURCES)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    // Each gets its challenge (nobody has joined, so nothing else is queued).
+    let mut buf = vec![0u8; 70_000];
+    let tokens: Vec<String> = socks
+        .iter()
+        .map(|s| {
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            s.send_to(b"hi\n", chat.udp).unwrap();
+            let n = s.recv(&mut buf).unwrap();
+            udp_chat_token(std::str::from_utf8(&buf[..n]).unwrap())
+        })
+        .collect();
+    // All answer at once. Each join is a notice to every user already in: far more than
+    // the send queue holds, so most notices are dropped — but no welcome may be. A source
+    // the server could not take yet hears nothing and asks again, as a UDP client would.
+    let hello = |i: usize| {
+        socks[i]
+            .send_to(format!("/hello {}\n", tokens[i]).as_bytes(), chat.udp)
+            .unwrap();
+    };
+    (0..SOURCES).for_each(hello);
+    let mut pending: Vec<usize> = (0..SOURCES).collect();
+    let mut nicks = std::collections::HashSet::new();
+    let start = std::time::Instant::now();
+    let mut asked = std::time::Instant::now();
+    for s in &socks {
+        s.set_nonblocking(true).unwrap();
+    }
+    while !pending.is_empty() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{} sources never got a welcome",
+            pending.len()
+        );
+        if asked.elapsed() > Duration::from_millis(500) {
+            pending.iter().for_each(|&i| hello(i));
+            asked = std::time::Instant::now();
+        }
+        let mut fds: Vec<libc::pollfd> = pending
+            .iter()
+            .map(|&i| libc::pollfd {
+                fd: socks[i].as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: poll on a correctly sized array of pollfd for open descriptors.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        pending.retain(|&i| {
+            let Ok(n) = socks[i].recv(&mut buf) else {
+                return true;
+            };
+            // The first datagram after the challenge is the welcome.
+            let d = std::str::from_utf8(&buf[..n]).unwrap();
+            let nick = d
+                .strip_prefix("* welcome to #lobby, you are ")
+                .and_then(|r| r.strip_suffix(" (type /help for commands)\n"))
+                .unwrap_or_else(|| panic!("source {i} got {d:?} before a welcome"));
+            assert!(nicks.insert(nick.to_string()), "{nick} welcomed twice");
+            false
+        });
+    }
+    assert_eq!(nicks.len(), SOURCES);
     chat.stop();
 }

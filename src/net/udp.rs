@@ -33,6 +33,8 @@ const ERROR_PAUSE: Duration = Duration::from_millis(10);
 #[derive(Clone)]
 pub struct DatagramSender {
     sender_tx: flume::Sender<(SocketAddr, Vec<u8>)>,
+    /// Disconnected when the send actor ends (it carries nothing): see [`Self::finish`].
+    ended_rx: flume::Receiver<std::convert::Infallible>,
 }
 
 impl DatagramSender {
@@ -45,27 +47,50 @@ impl DatagramSender {
     pub fn try_send(&self, peer: SocketAddr, payload: Vec<u8>) -> bool {
         self.sender_tx.try_send((peer, payload)).is_ok()
     }
+
+    /// Datagrams queued and not yet sent.
+    pub fn queued(&self) -> usize {
+        self.sender_tx.len()
+    }
+
+    /// Lets go of this handle and waits until the send actor has ended: every other handle
+    /// is gone and every queued datagram sent (and counted in `bytes_out`). A role calls it
+    /// before returning, so a summary taken after it is complete.
+    pub async fn finish(self) {
+        let DatagramSender {
+            sender_tx,
+            ended_rx,
+        } = self;
+        drop(sender_tx);
+        let _ = ended_rx.recv_async().await;
+    }
 }
 
 /// Spawns the send actor for `socket`; it ends when every [`DatagramSender`] is dropped.
 pub fn spawn_sender(socket: Arc<UdpSocket>, stats: &Arc<Stats>) -> DatagramSender {
     let (sender_tx, sender_rx) = flume::bounded::<(SocketAddr, Vec<u8>)>(SEND_MAILBOX);
+    let (ended_tx, ended_rx) = flume::bounded(0);
     let stats = stats.clone();
     // Not counted in `live_tasks`: that counts connection tasks, and this one lives as
-    // long as the endpoint. It ends once the receive loop (and every holder) lets go.
+    // long as the endpoint. It ends once the receive loop (and every holder) lets go;
+    // [`DatagramSender::finish`] waits for that.
     rt::spawn(async move {
-        let mut sent = 0u64;
+        let _ended_tx: flume::Sender<std::convert::Infallible> = ended_tx;
         while let Ok((peer, payload)) = sender_rx.recv_async().await {
             match socket.send_to(&payload, peer).await {
-                Ok(n) => sent += n as u64,
+                // Counted as sent, not at the end: the count is right whenever it is read
+                // (one uncontended atomic add beside a system call).
+                Ok(n) => Stats::add(&stats.bytes_out, n as u64),
                 Err(e) => {
                     log::debug!(peer = peer.to_string().as_str(), error = e.to_string().as_str(); "UDP send failed")
                 }
             }
         }
-        Stats::add(&stats.bytes_out, sent);
     });
-    DatagramSender { sender_tx }
+    DatagramSender {
+        sender_tx,
+        ended_rx,
+    }
 }
 
 /// Receives datagrams until `shutdown` fires, calling `on_datagram` for each.

@@ -13,12 +13,14 @@
 //! `nc -u 127.0.0.1 7000` for a UDP user in the same room.
 
 pub mod broker;
+pub mod cookie;
 pub mod protocol;
+pub mod unicode_table;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::{BrokerHandle, BrokerMsg, ChatConfig, LocalOnly, Outbox, next_client_id};
+use broker::{BrokerHandle, BrokerMsg, ChatConfig, LeaveReason, LocalOnly, Outbox, next_client_id};
 use protocol::{Frame, LineFramer, TelnetFilter};
 
 use crate::Result;
@@ -59,6 +61,9 @@ pub async fn run(
     let server = Arc::new(server);
     let udp = udp.map(Arc::new);
     let udp_sender = udp.as_ref().map(|s| udp::spawn_sender(s.clone(), &stats));
+    // Kept to wait, at the end, until every datagram queued (the goodbyes too) is sent and
+    // counted.
+    let udp_finish = udp_sender.clone();
     let tick = (chat.udp_idle / 4).clamp(Duration::from_millis(10), TICK_MAX);
     let broker = BrokerHandle::spawn(chat.clone(), udp_sender, Box::new(LocalOnly));
 
@@ -113,6 +118,9 @@ pub async fn run(
     };
     rt::spawn(ticker);
     futures::join!(tcp_loop, udp_loop, stop);
+    if let Some(sender) = udp_finish {
+        sender.finish().await; // the broker has stopped and let go of its handle
+    }
 }
 
 /// One TCP client: the writer is its own actor; this task is the reader.
@@ -162,7 +170,7 @@ async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Res
                 });
                 for msg in frames.drain(..) {
                     if !broker.send(msg).await {
-                        break 'read "server shutting down";
+                        break 'read LeaveReason::ShuttingDown;
                     }
                 }
             }
@@ -170,10 +178,10 @@ async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Res
                 if let Some(line) = framer.finish() {
                     broker.send(BrokerMsg::Line { id, line }).await;
                 }
-                break "connection closed";
+                break LeaveReason::Closed;
             }
-            Ok(Input::Idle) => break "idle timeout",
-            Err(_) => break "connection reset",
+            Ok(Input::Idle) => break LeaveReason::Idle,
+            Err(_) => break LeaveReason::Reset,
         }
     };
     broker.send(BrokerMsg::Leave { id, reason }).await;

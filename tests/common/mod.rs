@@ -378,3 +378,36 @@ pub fn drain_to_close(s: &mut std::net::TcpStream) -> usize {
         }
     }
 }
+
+/// What a UDP chat server answers an address that has not joined:
+/// `* to join, send: /hello TOKEN`. Returns the token; panics on anything else.
+pub fn udp_chat_token(challenge: &str) -> String {
+    let token = challenge
+        .strip_prefix("* to join, send: /hello ")
+        .and_then(|t| t.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("not a challenge: {challenge:?}"));
+    assert!(
+        token.len() == 16 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{challenge:?}"
+    );
+    assert!(
+        challenge.len() < 64,
+        "a challenge of {} bytes",
+        challenge.len()
+    );
+    token.to_string()
+}
+
+/// The UDP chat handshake from `sock` (which has a read timeout): sends `hi`, expects the
+/// challenge, answers `/hello TOKEN` and returns the server's next datagram (the welcome,
+/// unless the server refused).
+pub fn udp_chat_hello(sock: &std::net::UdpSocket, server: SocketAddr) -> String {
+    let mut buf = vec![0u8; 70_000];
+    sock.send_to(b"hi\n", server).unwrap();
+    let n = sock.recv(&mut buf).expect("no challenge");
+    let token = udp_chat_token(std::str::from_utf8(&buf[..n]).unwrap());
+    sock.send_to(format!("/hello {token}\n").as_bytes(), server)
+        .unwrap();
+    let n = sock.recv(&mut buf).expect("no answer to /hello");
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}

@@ -12,6 +12,14 @@
 //! mailbox (`--sendq` lines) is full is too slow to keep up; it is disconnected and
 //! announced, as IRC servers do. Every line is formatted once into an `Arc<[u8]>` that all
 //! recipients share. The registry is plain maps owned by this task; nobody else sees it.
+//!
+//! Departures are settled once per message, in a loop and never by recursion: a client
+//! whose queue overflowed is only marked during the turn; at its end the marked are
+//! removed, and each room hears of its departures — by name up to
+//! [`NAMED_DEPARTURES`], beyond that as one line per reason (`* 1500 users left (send
+//! queue exceeded)`). Members with no room left in their queues for those notices leave
+//! in the same count, so a notice never overflows anyone and a mass eviction never turns
+//! into a flood of notices that takes healthy clients with it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
+use super::cookie::Cookies;
 use super::protocol::{self, Command, HELP};
-use crate::net::udp::DatagramSender;
+use crate::net::udp::{self, DatagramSender};
 use crate::rt::{self, TcpStream};
 
 /// Identifies one client for the broker's life.
@@ -37,7 +46,22 @@ pub const BROKER_MAILBOX: usize = 4096;
 /// The room everyone starts in.
 pub const LOBBY: &str = "lobby";
 
-/// Chat settings (the command line's `--max-line`, `--rate`, `--burst`, `--sendq`, `--udp-idle`).
+/// Places in the UDP send queue (`udp::SEND_MAILBOX`) only welcomes may take. Room
+/// traffic to UDP users is dropped when the queue is full, as UDP allows, but a welcome
+/// must not be: a user in the room who was never told its nick is lost. The broker is the
+/// queue's only producer, so what it sees free stays free until it sends. Joins are
+/// limited (`--udp-join-rate`, 50 a second by default) and the send actor empties the
+/// queue in milliseconds, so this many welcomes at once is far more than happens; a join
+/// that finds even these taken is not made (the user's next `/hello` tries again).
+pub const WELCOME_RESERVE: usize = 64;
+
+/// Departures from one room in one broker turn that are announced by name; more are
+/// counted in one line per reason. Kept small so that no burst of departures can fill
+/// the queue of a client that is keeping up.
+pub const NAMED_DEPARTURES: usize = 3;
+
+/// Chat settings (the command line's `--max-line`, `--rate`, `--burst`, `--sendq`,
+/// `--udp-idle`, `--max-udp-users`, `--udp-join-rate`).
 #[derive(Clone, Debug)]
 pub struct ChatConfig {
     /// Longest line accepted, in bytes; longer ones are dropped with `! line too long`.
@@ -53,6 +77,15 @@ pub struct ChatConfig {
     /// The most UDP users at once (TCP users are bounded by `--max-conns`); UDP sources are
     /// cheap to invent, so a flood of them must not grow the registry without bound.
     pub max_udp_users: usize,
+    /// UDP joins a second, for the whole server (the burst is one second's worth): a join
+    /// costs a notice to every room member, so a flood of joins must not become
+    /// O(users²) work. 0 turns the limit off (the command line does not allow that).
+    pub udp_join_rate: f64,
+    /// Datagrams a second to UDP addresses that have not joined — challenges and refusals
+    /// — for the whole server (burst: one second's worth). This bounds what anyone can
+    /// make the server send toward a spoofed address, whoever's address it is. 0 turns
+    /// the limit off (tests only).
+    pub udp_challenge_rate: f64,
 }
 
 impl Default for ChatConfig {
@@ -64,6 +97,8 @@ impl Default for ChatConfig {
             sendq: 1024,
             udp_idle: Duration::from_secs(300),
             max_udp_users: 10_000,
+            udp_join_rate: 50.0,
+            udp_challenge_rate: 100.0,
         }
     }
 }
@@ -89,7 +124,7 @@ pub enum BrokerMsg {
     /// A TCP client sent a line over the limit (already discarded).
     TooLong { id: ClientId },
     /// A TCP client's reader ended.
-    Leave { id: ClientId, reason: &'static str },
+    Leave { id: ClientId, reason: LeaveReason },
     /// A UDP datagram (one or more lines).
     Datagram { peer: SocketAddr, data: Vec<u8> },
     /// Time passes: expire silent UDP clients.
@@ -104,6 +139,48 @@ pub enum BrokerMsg {
 pub trait RoomBus: Send + 'static {
     /// `line` was published to `room` on this process.
     fn published(&mut self, room: &str, line: &Line);
+}
+
+/// Why a client left: what its room is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// The client closed its connection.
+    Closed,
+    /// The connection failed (a reset).
+    Reset,
+    /// `--idle-timeout` passed without input.
+    Idle,
+    /// The server is stopping (a reader saw the broker gone).
+    ShuttingDown,
+    /// Its queue (`--sendq`) overflowed: it cannot keep up.
+    SendQueue,
+    /// A UDP user silent for `--udp-idle`.
+    UdpTimeout,
+    /// `/quit [REASON]`.
+    Quit(Option<String>),
+}
+
+impl LeaveReason {
+    /// The words in `* NICK left (...)`.
+    pub fn text(&self) -> &str {
+        match self {
+            LeaveReason::Closed => "connection closed",
+            LeaveReason::Reset => "connection reset",
+            LeaveReason::Idle => "idle timeout",
+            LeaveReason::ShuttingDown => "server shutting down",
+            LeaveReason::SendQueue => "send queue exceeded",
+            LeaveReason::UdpTimeout => "timeout",
+            LeaveReason::Quit(reason) => reason.as_deref().unwrap_or("quit"),
+        }
+    }
+
+    /// The words in `* N users left (...)`: a quit's own reason is not repeated there.
+    fn kind(&self) -> &str {
+        match self {
+            LeaveReason::Quit(_) => "quit",
+            other => other.text(),
+        }
+    }
 }
 
 /// The single-process bus: nothing beyond this process.
@@ -124,6 +201,8 @@ impl BrokerHandle {
     /// if chat serves UDP.
     pub fn spawn(config: ChatConfig, udp: Option<DatagramSender>, bus: Box<dyn RoomBus>) -> Self {
         let (broker_tx, broker_rx) = flume::bounded(BROKER_MAILBOX);
+        let joins = TokenBucket::new(per_second_burst(config.udp_join_rate));
+        let challenges = TokenBucket::new(per_second_burst(config.udp_challenge_rate));
         let broker = Broker {
             config,
             clients: HashMap::new(),
@@ -133,6 +212,11 @@ impl BrokerHandle {
             udp,
             bus,
             next_guest: 1,
+            overflowed: Vec::new(),
+            departed: Vec::new(),
+            cookies: Cookies::new(),
+            joins,
+            challenges,
         };
         rt::spawn(broker.run(broker_rx));
         BrokerHandle { broker_tx }
@@ -168,6 +252,15 @@ struct Client {
     warned: bool,
     /// UDP: last datagram, for `--udp-idle`.
     last_seen: Instant,
+    /// Its queue overflowed this turn: it is leaving, and gets nothing more.
+    overflowed: bool,
+}
+
+/// A client that left this turn, not yet announced.
+struct Departure {
+    nick: String,
+    room: String,
+    reason: LeaveReason,
 }
 
 struct Broker {
@@ -181,6 +274,21 @@ struct Broker {
     udp: Option<DatagramSender>,
     bus: Box<dyn RoomBus>,
     next_guest: u64,
+    /// Clients whose queue overflowed this turn, to remove when it ends.
+    overflowed: Vec<ClientId>,
+    /// Clients removed this turn, to announce when it ends.
+    departed: Vec<Departure>,
+    /// Issues and checks the tokens UDP addresses join with.
+    cookies: Cookies,
+    /// `--udp-join-rate`, for the whole server.
+    joins: TokenBucket,
+    /// Replies to UDP addresses that have not joined, for the whole server.
+    challenges: TokenBucket,
+}
+
+/// The burst of a per-second rate: one second's worth, at least 1.
+fn per_second_burst(rate: f64) -> u32 {
+    rate.ceil().clamp(1.0, f64::from(u32::MAX)) as u32
 }
 
 /// Builds a `\n`-terminated line once, for every recipient.
@@ -194,11 +302,25 @@ fn line(parts: &[&str]) -> Line {
     Line::from(bytes)
 }
 
+/// How many lines [`Broker::announce`] sends for these departures.
+fn notice_lines(departed: &[Departure]) -> usize {
+    if departed.len() <= NAMED_DEPARTURES {
+        departed.len()
+    } else {
+        let mut kinds: Vec<&str> = departed.iter().map(|d| d.reason.kind()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        kinds.len()
+    }
+}
+
 impl Broker {
     async fn run(mut self, broker_rx: flume::Receiver<BrokerMsg>) {
         while let Ok(msg) = broker_rx.recv_async().await {
             match msg {
-                BrokerMsg::Join { id, outbox } => self.join(id, outbox),
+                BrokerMsg::Join { id, outbox } => {
+                    self.join(id, outbox);
+                }
                 BrokerMsg::Line { id, line } => self.on_line(id, &line),
                 BrokerMsg::TooLong { id } => self.line_too_long(id),
                 BrokerMsg::Leave { id, reason } => self.remove(id, reason),
@@ -216,12 +338,32 @@ impl Broker {
                     break;
                 }
             }
+            self.settle();
         }
         log::debug!("chat broker stopped");
     }
 
-    fn join(&mut self, id: ClientId, outbox: Outbox) {
+    /// Registers a client and welcomes it. A UDP client is registered only if its welcome
+    /// could be queued (`false` otherwise: nothing was stored, and it may ask again), so
+    /// no UDP user is ever in the room without having been welcomed.
+    fn join(&mut self, id: ClientId, outbox: Outbox) -> bool {
         let nick = self.guest_nick();
+        let welcome = line(&[
+            "* welcome to #lobby, you are ",
+            &nick,
+            " (type /help for commands)",
+        ]);
+        if let Outbox::Udp { peer } = &outbox {
+            // The welcome may use the whole queue, ordinary datagrams only the part
+            // outside `WELCOME_RESERVE`.
+            let queued = self
+                .udp
+                .as_ref()
+                .map(|udp| udp.try_send(*peer, welcome.to_vec()));
+            if queued == Some(false) {
+                return false;
+            }
+        }
         self.nicks.insert(nick.to_ascii_lowercase(), id);
         self.rooms.entry(LOBBY.to_string()).or_default().push(id);
         let bucket = TokenBucket::new(self.config.burst);
@@ -232,17 +374,15 @@ impl Broker {
             bucket,
             warned: false,
             last_seen: Instant::now(),
+            overflowed: false,
         };
+        let tcp = matches!(client.outbox, Outbox::Tcp { .. });
         self.clients.insert(id, client);
-        self.tell(
-            id,
-            line(&[
-                "* welcome to #lobby, you are ",
-                &nick,
-                " (type /help for commands)",
-            ]),
-        );
+        if tcp {
+            self.tell(id, welcome);
+        }
         self.publish(LOBBY, Some(id), line(&["* ", &nick, " joined"]));
+        true
     }
 
     fn guest_nick(&mut self) -> String {
@@ -255,9 +395,10 @@ impl Broker {
         }
     }
 
-    /// Sends to one client; `false` means its queue is full (it cannot keep up).
+    /// Sends to one client; `false` means its queue is full (it cannot keep up). A client
+    /// already leaving gets nothing.
     fn deliver(&self, id: ClientId, line: &Line) -> bool {
-        let Some(client) = self.clients.get(&id) else {
+        let Some(client) = self.clients.get(&id).filter(|c| !c.overflowed) else {
             return true;
         };
         match &client.outbox {
@@ -266,19 +407,26 @@ impl Broker {
                 Err(flume::TrySendError::Full(_))
             ),
             Outbox::Udp { peer } => {
-                if let Some(udp) = &self.udp {
-                    // A full UDP queue drops the datagram: UDP promises no more.
-                    udp.try_send(*peer, line.to_vec());
-                }
+                // A full UDP queue drops the datagram: UDP promises no more.
+                self.udp_send(*peer, line);
                 true
             }
         }
     }
 
-    /// Sends to one client, disconnecting it if it cannot keep up.
+    /// Sends to one client; one that cannot keep up leaves when this turn ends.
     fn tell(&mut self, id: ClientId, line: Line) {
         if !self.deliver(id, &line) {
-            self.remove(id, "send queue exceeded");
+            self.overflow(id);
+        }
+    }
+
+    /// Marks a client whose queue overflowed: it gets nothing more and is removed when
+    /// this turn ends ([`Broker::settle`]).
+    fn overflow(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.get_mut(&id).filter(|c| !c.overflowed) {
+            c.overflowed = true;
+            self.overflowed.push(id);
         }
     }
 
@@ -294,12 +442,12 @@ impl Broker {
         }
         self.bus.published(room, &line);
         for id in too_slow {
-            self.remove(id, "send queue exceeded");
+            self.overflow(id);
         }
     }
 
-    /// Takes a client out of the registry and tells its room why.
-    fn remove(&mut self, id: ClientId, reason: &str) {
+    /// Takes a client out of the registry now; its room hears of it when this turn ends.
+    fn remove(&mut self, id: ClientId, reason: LeaveReason) {
         let Some(client) = self.clients.remove(&id) else {
             return;
         };
@@ -307,7 +455,7 @@ impl Broker {
         self.leave_room(id, &client.room);
         match &client.outbox {
             Outbox::Tcp { stream, .. } => {
-                if reason == "send queue exceeded" {
+                if reason == LeaveReason::SendQueue {
                     // Its writer may be stuck on a full socket: cut it off.
                     let _ = stream.shutdown(std::net::Shutdown::Both);
                 }
@@ -316,12 +464,97 @@ impl Broker {
                 self.udp_peers.remove(peer);
             }
         }
-        log::info!(nick = client.nick.as_str(), reason = reason; "chat: left");
-        self.publish(
-            &client.room,
-            None,
-            line(&["* ", &client.nick, " left (", reason, ")"]),
-        );
+        log::info!(nick = client.nick.as_str(), reason = reason.text(); "chat: left");
+        self.departed.push(Departure {
+            nick: client.nick,
+            room: client.room,
+            reason,
+        });
+    }
+
+    /// Ends a turn: removes the clients that could not keep up and tells each room who
+    /// left. A loop, never a recursion: notices cannot overflow anyone (see
+    /// [`Broker::announce`]), and if one somehow did, the next pass would settle it.
+    fn settle(&mut self) {
+        loop {
+            for id in std::mem::take(&mut self.overflowed) {
+                self.remove(id, LeaveReason::SendQueue);
+            }
+            if self.departed.is_empty() {
+                return;
+            }
+            let departed = std::mem::take(&mut self.departed);
+            let mut rooms: Vec<(String, Vec<Departure>)> = Vec::new();
+            for d in departed {
+                match rooms.iter_mut().find(|(room, _)| *room == d.room) {
+                    Some((_, list)) => list.push(d),
+                    None => rooms.push((d.room.clone(), vec![d])),
+                }
+            }
+            for (room, list) in rooms {
+                self.announce(&room, list);
+            }
+        }
+    }
+
+    /// Tells `room` who left: by name up to [`NAMED_DEPARTURES`], else one line per
+    /// reason. First, members whose queues have no room for those lines leave too (they
+    /// are counted in them), so the notices themselves overflow no one.
+    fn announce(&mut self, room: &str, mut departed: Vec<Departure>) {
+        loop {
+            let needed = notice_lines(&departed);
+            let full: Vec<ClientId> = self
+                .rooms
+                .get(room)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .copied()
+                .filter(|id| self.free_slots(*id) < needed)
+                .collect();
+            if full.is_empty() {
+                break;
+            }
+            for id in full {
+                self.remove(id, LeaveReason::SendQueue);
+            }
+            departed.append(&mut self.departed);
+        }
+        if departed.len() <= NAMED_DEPARTURES {
+            for d in &departed {
+                let notice = line(&["* ", &d.nick, " left (", d.reason.text(), ")"]);
+                self.publish(room, None, notice);
+            }
+        } else {
+            let mut counts: Vec<(&str, usize)> = Vec::new();
+            for d in &departed {
+                match counts.iter_mut().find(|(kind, _)| *kind == d.reason.kind()) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((d.reason.kind(), 1)),
+                }
+            }
+            for (kind, n) in counts {
+                let users = if n == 1 {
+                    " user left ("
+                } else {
+                    " users left ("
+                };
+                let notice = line(&["* ", &n.to_string(), users, kind, ")"]);
+                self.publish(room, None, notice);
+            }
+        }
+    }
+
+    /// How many more lines a client's queue takes now (UDP: unlimited; a full UDP queue
+    /// drops datagrams, which UDP allows).
+    fn free_slots(&self, id: ClientId) -> usize {
+        match self.clients.get(&id).map(|c| &c.outbox) {
+            Some(Outbox::Tcp { writer_tx, .. }) => writer_tx
+                .capacity()
+                .unwrap_or(usize::MAX)
+                .saturating_sub(writer_tx.len()),
+            _ => usize::MAX,
+        }
     }
 
     fn leave_room(&mut self, id: ClientId, room: &str) {
@@ -334,27 +567,50 @@ impl Broker {
     }
 
     fn on_datagram(&mut self, peer: SocketAddr, data: &[u8]) {
+        let data = data.strip_suffix(b"\n").unwrap_or(data);
+        let mut lines = data.split(|&b| b == b'\n');
         let id = match self.udp_peers.get(&peer) {
             Some(&id) => id,
-            None if self.udp_peers.len() >= self.config.max_udp_users => {
-                // UDP sources are cheap to invent: a flood of them must not grow the registry.
-                if let Some(udp) = &self.udp {
-                    udp.try_send(peer, b"! server full\n".to_vec());
-                }
-                return;
-            }
             None => {
+                // An address that has not joined must show that it receives what is sent
+                // to it: its first line must be `/hello TOKEN`. Until then nothing about
+                // it is stored, and all it gets is a short, globally rate-limited reply.
+                let first = lines.next().unwrap_or_default();
+                let text = protocol::sanitize(first.strip_suffix(b"\r").unwrap_or(first));
+                let now = Instant::now();
+                match protocol::parse(&text) {
+                    Command::Hello(token) if self.cookies.check(peer, token, now) => {}
+                    _ => {
+                        let token = self.cookies.token(peer, now);
+                        return self.reply_unjoined(peer, &["* to join, send: /hello ", &token]);
+                    }
+                }
+                if self.udp_peers.len() >= self.config.max_udp_users {
+                    // UDP sources are cheap to invent: they must not grow the registry.
+                    return self.reply_unjoined(peer, &["! server full"]);
+                }
+                if !self.joins.take(
+                    self.config.udp_join_rate,
+                    per_second_burst(self.config.udp_join_rate),
+                    now,
+                ) {
+                    return self.reply_unjoined(peer, &["! too many joins, try again shortly"]);
+                }
                 let id = next_client_id();
+                if !self.join(id, Outbox::Udp { peer }) {
+                    // No room even for the welcome: as if the datagram were lost.
+                    log::debug!(peer = peer.to_string().as_str(); "chat: UDP join deferred (send queue full)");
+                    return;
+                }
                 self.udp_peers.insert(peer, id);
-                self.join(id, Outbox::Udp { peer });
+                log::info!(peer = peer.to_string().as_str(), id = id; "chat: UDP user joined");
                 id
             }
         };
         if let Some(c) = self.clients.get_mut(&id) {
             c.last_seen = Instant::now();
         }
-        let data = data.strip_suffix(b"\n").unwrap_or(data);
-        for raw in data.split(|&b| b == b'\n') {
+        for raw in lines {
             if !self.clients.contains_key(&id) {
                 break; // a /quit earlier in the datagram
             }
@@ -364,6 +620,27 @@ impl Broker {
             } else {
                 self.on_line(id, raw);
             }
+        }
+    }
+
+    /// Sends one line to a UDP address that has not joined, if the global budget for such
+    /// replies allows: whoever's address a datagram bears, the server sends toward it at
+    /// most `udp_challenge_rate` short datagrams a second (in all, not per address).
+    fn reply_unjoined(&mut self, peer: SocketAddr, parts: &[&str]) {
+        let rate = self.config.udp_challenge_rate;
+        let burst = per_second_burst(rate);
+        if self.udp.is_some() && self.challenges.take(rate, burst, Instant::now()) {
+            self.udp_send(peer, &line(parts));
+        }
+    }
+
+    /// Queues an ordinary datagram (anything but a welcome) if the UDP send queue has room
+    /// outside [`WELCOME_RESERVE`]; drops it otherwise, as UDP may.
+    fn udp_send(&self, peer: SocketAddr, line: &Line) {
+        if let Some(udp) = &self.udp
+            && udp.queued() < udp::SEND_MAILBOX - WELCOME_RESERVE
+        {
+            udp.try_send(peer, line.to_vec());
         }
     }
 
@@ -397,7 +674,7 @@ impl Broker {
                     " of silence",
                 ]),
             );
-            self.remove(id, "timeout");
+            self.remove(id, LeaveReason::UdpTimeout);
         }
     }
 
@@ -454,15 +731,16 @@ impl Broker {
             }
             Command::Quit(reason) => {
                 self.tell(id, line(&["* bye"]));
-                let reason = reason.unwrap_or("quit").to_string();
+                let reason = LeaveReason::Quit(reason.map(str::to_string));
                 if let Some(Outbox::Tcp { stream, .. }) = self.clients.get(&id).map(|c| &c.outbox) {
                     // The writer flushes `* bye` and closes once we drop its sender below;
                     // the reader stops here, whatever the client does.
                     let _ = stream.shutdown(std::net::Shutdown::Read);
                 }
-                self.remove(id, &reason);
+                self.remove(id, reason);
             }
             Command::Usage(usage) => self.tell(id, line(&["! usage: ", usage])),
+            Command::Hello(_) => self.tell(id, line(&["* already joined as ", &nick])),
             Command::Unknown(verb) => {
                 self.tell(id, line(&["! unknown command: /", verb, " (try /help)"]))
             }

@@ -5,7 +5,10 @@
 //! Lines are UTF-8 ending in `\n` or `\r\n`. Lines the server writes start with `* `
 //! (notice) or `! ` (error to the sender only). Commands: `/nick NAME`, `/msg NAME TEXT`,
 //! `/who`, `/join ROOM`, `/rooms`, `/me TEXT`, `/help`, `/quit [REASON]`; `//text` sends
-//! a line that starts with `/`.
+//! a line that starts with `/`. A UDP address joins with `/hello TOKEN`, the token the
+//! server sent it ([`super::cookie`]).
+
+use super::unicode_table::INVISIBLE;
 
 /// The longest nick or room name.
 pub const MAX_NAME: usize = 32;
@@ -31,6 +34,8 @@ pub enum Command<'a> {
     Help,
     /// `/quit [REASON]`.
     Quit(Option<&'a str>),
+    /// `/hello TOKEN`: a UDP address answering its challenge (not yet checked).
+    Hello(&'a str),
     /// A blank line: ignored.
     Empty,
     /// A command used wrongly: the usage text to send back.
@@ -73,6 +78,8 @@ pub fn parse(line: &str) -> Command<'_> {
         "me" => Command::Usage("/me TEXT"),
         "help" => Command::Help,
         "quit" => Command::Quit((!args.is_empty()).then_some(args)),
+        "hello" if is_one_word(args) => Command::Hello(args),
+        "hello" => Command::Usage("/hello TOKEN"),
         _ => Command::Unknown(verb),
     }
 }
@@ -91,26 +98,54 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Makes a received line safe to show on other people's screens: invalid UTF-8 becomes
 /// U+FFFD, and control characters other than tab are removed (no terminal escapes, no
-/// carriage returns that overwrite a line, no bells). Bidirectional overrides go too, as
-/// they can make a line display as something it does not say.
+/// carriage returns that overwrite a line, no bells). So is everything invisible that can
+/// make a line display as something it does not say, or hide text in it: the Unicode
+/// `Default_Ignorable_Code_Point` and `Bidi_Control` sets (zero-width spaces and joiners,
+/// bidirectional marks and overrides, tag characters, variation selectors) and the line
+/// and paragraph separators U+2028/U+2029 (the table is generated from the Unicode data
+/// files: [`unicode_table`](super::unicode_table)).
 pub fn sanitize(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .chars()
-        .filter(|&c| {
-            c == '\t'
-                || !(c.is_control()
-                    || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
-        })
+        .filter(|&c| c == '\t' || !(c.is_control() || is_invisible(c)))
         .collect()
 }
 
-/// Removes telnet option negotiation (RFC 854 IAC sequences) from a byte stream, keeping
-/// state across chunk borders. An escaped `IAC IAC` is dropped too: a 0xFF byte is never
-/// valid UTF-8, so it could only become U+FFFD.
+/// Whether `c` is in the sanitiser's table of invisible code points.
+pub fn is_invisible(c: char) -> bool {
+    // Everything below U+00AD (the table's first entry) is visible or a control.
+    c >= '\u{AD}'
+        && INVISIBLE
+            .binary_search_by(|&(lo, hi)| {
+                if hi < c {
+                    std::cmp::Ordering::Less
+                } else if lo > c {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .is_ok()
+}
+
+/// Removes telnet commands (RFC 854 IAC sequences) from a byte stream, keeping state
+/// across chunk borders.
+///
+/// Only IAC followed by a command byte (240-255) is telnet: `IAC IAC` is the data byte
+/// 0xFF, and an IAC before any other byte is no command at all but a raw client's 0xFF
+/// (`ÿ` in Latin-1), so both bytes stay data (the 0xFF becomes U+FFFD when sanitised) and
+/// the byte after it is never eaten. A subnegotiation (`IAC SB ... IAC SE`) longer than
+/// [`MAX_SUBNEGOTIATION`] bytes is abandoned and what follows is data again, so an
+/// `IAC SB` that is never closed cannot swallow the rest of the connection.
 #[derive(Debug, Default)]
 pub struct TelnetFilter {
     state: Telnet,
 }
+
+/// The longest subnegotiation honoured, in bytes after `IAC SB`. Terminal type and
+/// window size take under 40; a client is only asked for what we negotiate, which is
+/// nothing.
+pub const MAX_SUBNEGOTIATION: usize = 64;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Telnet {
@@ -119,9 +154,10 @@ enum Telnet {
     Iac,
     /// After WILL/WONT/DO/DONT: one option byte follows.
     Option,
-    /// Inside a subnegotiation, until IAC SE.
-    Sub,
-    SubIac,
+    /// Inside a subnegotiation (bytes seen so far), until IAC SE.
+    Sub(usize),
+    /// An IAC inside a subnegotiation (bytes seen so far).
+    SubIac(usize),
 }
 
 const IAC: u8 = 255;
@@ -137,22 +173,39 @@ impl TelnetFilter {
             return;
         }
         for &b in input {
-            self.state = match (self.state, b) {
-                (Telnet::Data, IAC) => Telnet::Iac,
-                (Telnet::Data, _) => {
-                    out.push(b);
-                    Telnet::Data
-                }
-                (Telnet::Iac, 251..=254) => Telnet::Option,
-                (Telnet::Iac, SB) => Telnet::Sub,
-                (Telnet::Iac, _) => Telnet::Data, // IAC IAC, NOP, GA, AYT, ...
-                (Telnet::Option, _) => Telnet::Data,
-                (Telnet::Sub, IAC) => Telnet::SubIac,
-                (Telnet::Sub, _) => Telnet::Sub,
-                (Telnet::SubIac, SE) => Telnet::Data,
-                (Telnet::SubIac, _) => Telnet::Sub,
-            };
+            self.step(b, out);
         }
+    }
+
+    fn step(&mut self, b: u8, out: &mut Vec<u8>) {
+        self.state = match (self.state, b) {
+            (Telnet::Data, IAC) => Telnet::Iac,
+            (Telnet::Data, _) => {
+                out.push(b);
+                Telnet::Data
+            }
+            (Telnet::Iac, IAC) => {
+                out.push(IAC); // escaped: the data byte 0xFF
+                Telnet::Data
+            }
+            (Telnet::Iac, 251..=254) => Telnet::Option,
+            (Telnet::Iac, SB) => Telnet::Sub(0),
+            (Telnet::Iac, SE..=249) => Telnet::Data, // NOP, GA, AYT, ...: two bytes
+            (Telnet::Iac, _) => {
+                out.extend_from_slice(&[IAC, b]); // not a command: both are data
+                Telnet::Data
+            }
+            (Telnet::Option, _) => Telnet::Data,
+            (Telnet::Sub(n) | Telnet::SubIac(n), _) if n >= MAX_SUBNEGOTIATION => {
+                // Never closed: give up on it; this byte is data again.
+                self.state = Telnet::Data;
+                return self.step(b, out);
+            }
+            (Telnet::Sub(n), IAC) => Telnet::SubIac(n + 1),
+            (Telnet::Sub(n), _) => Telnet::Sub(n + 1),
+            (Telnet::SubIac(_), SE) => Telnet::Data,
+            (Telnet::SubIac(n), _) => Telnet::Sub(n + 1),
+        };
     }
 }
 
@@ -284,6 +337,10 @@ mod tests {
             Command::Quit(Some("gone fishing"))
         );
         assert_eq!(parse("/frobnicate x"), Command::Unknown("frobnicate"));
+        assert_eq!(parse("/hello 0123abcd"), Command::Hello("0123abcd"));
+        assert_eq!(parse("/HELLO  0123abcd "), Command::Hello("0123abcd"));
+        assert_eq!(parse("/hello"), Command::Usage("/hello TOKEN"));
+        assert_eq!(parse("/hello a b"), Command::Usage("/hello TOKEN"));
         assert_eq!(parse("/"), Command::Unknown(""));
     }
 
@@ -317,7 +374,61 @@ mod tests {
             let mut out = Vec::new();
             f.filter(&input[..split], &mut out);
             f.filter(&input[split..], &mut out);
-            assert_eq!(out, b"hi\n", "split at {split}");
+            // (`IAC IAC` is the data byte 0xFF.)
+            assert_eq!(out, b"hi\xff\n", "split at {split}");
+        }
+    }
+
+    fn telnet(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        TelnetFilter::default().filter(input, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_lone_0xff_is_data_and_eats_nothing() {
+        // A raw Latin-1 client's `5ÿ` then a command on the next line.
+        assert_eq!(telnet(b"5\xff\n/who\n"), b"5\xff\n/who\n");
+        assert_eq!(telnet(b"\xffa\xff\xff"), b"\xffa\xff");
+        assert_eq!(sanitize(b"5\xff"), "5\u{FFFD}");
+        // Real commands still go: two-byte ones and option negotiation.
+        assert_eq!(telnet(&[b'a', IAC, 241, b'b', IAC, 253, 3, b'c']), b"abc");
+    }
+
+    #[test]
+    fn an_unclosed_subnegotiation_is_abandoned_after_its_cap() {
+        let mut input = vec![IAC, SB, 24];
+        input.extend(std::iter::repeat_n(b'.', 200));
+        input.extend_from_slice(b"\nhello\n");
+        let out = telnet(&input);
+        assert!(out.ends_with(b"\nhello\n"), "{out:?}");
+        // The option byte and 63 dots were the subnegotiation; the rest is data.
+        assert_eq!(
+            out.len(),
+            200 - (MAX_SUBNEGOTIATION - 1) + b"\nhello\n".len()
+        );
+        // A closed one of exactly the cap (IAC SE included) is removed whole.
+        let mut input = vec![IAC, SB];
+        input.extend(std::iter::repeat_n(b'.', MAX_SUBNEGOTIATION - 2));
+        input.extend_from_slice(&[IAC, SE, b'o', b'k']);
+        assert_eq!(telnet(&input), b"ok");
+    }
+
+    #[test]
+    fn invisible_characters_are_removed() {
+        let sneaky = "a\u{200B}b\u{200D}c\u{2060}d\u{FEFF}e\u{200E}f\u{200F}g\u{061C}h\u{2028}i\u{2029}j\u{E0041}\u{E007F}k\u{00AD}l\u{FE0F}m\u{2066}n";
+        assert_eq!(sanitize(sneaky.as_bytes()), "abcdefghijklmn");
+        // Visible neighbours of table entries stay.
+        let visible = "\u{00AC}\u{00AE}\u{200A}\u{2010}\u{2027}\u{202F}\u{205F}\u{2070}é日本🙂";
+        assert_eq!(sanitize(visible.as_bytes()), visible);
+    }
+
+    #[test]
+    fn the_invisible_table_is_sorted_and_disjoint() {
+        assert!(INVISIBLE.iter().all(|&(lo, hi)| lo <= hi));
+        assert!(INVISIBLE.windows(2).all(|w| w[0].1 < w[1].0));
+        for &(lo, hi) in INVISIBLE {
+            assert!(is_invisible(lo) && is_invisible(hi));
         }
     }
 
@@ -389,6 +500,44 @@ mod tests {
             let mut out = Vec::new();
             TelnetFilter::default().filter(text.as_bytes(), &mut out);
             prop_assert_eq!(out, text.as_bytes());
+        }
+
+        #[test]
+        fn telnet_filter_is_independent_of_chunk_borders(
+            bytes in proptest::collection::vec(prop_oneof![Just(IAC), Just(SB), Just(SE), Just(251u8), any::<u8>()], 0..300),
+            cut in 0usize..300,
+        ) {
+            let cut = cut.min(bytes.len());
+            let whole = telnet(&bytes);
+            let mut f = TelnetFilter::default();
+            let mut split = Vec::new();
+            f.filter(&bytes[..cut], &mut split);
+            f.filter(&bytes[cut..], &mut split);
+            prop_assert_eq!(&split, &whole);
+            // Never more out than in, and bytes without IAC pass untouched.
+            prop_assert!(whole.len() <= bytes.len());
+            if !bytes.contains(&IAC) {
+                prop_assert_eq!(&whole, &bytes);
+            }
+        }
+
+        #[test]
+        fn data_after_any_telnet_garbage_gets_through(
+            garbage in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            // Whatever came before, at most a cap's worth of bytes plus a few are eaten
+            // from what follows.
+            let mut input = garbage.clone();
+            let tail = vec![b'x'; MAX_SUBNEGOTIATION + 4];
+            input.extend_from_slice(&tail);
+            prop_assert!(telnet(&input).ends_with(b"x"));
+        }
+
+        #[test]
+        fn sanitized_text_has_nothing_invisible(s in "(?s).{0,60}", bytes in proptest::collection::vec(any::<u8>(), 0..60)) {
+            for clean in [sanitize(s.as_bytes()), sanitize(&bytes)] {
+                prop_assert!(clean.chars().all(|c| c == '\t' || !(c.is_control() || is_invisible(c))));
+            }
         }
     }
 }
