@@ -13,6 +13,12 @@
 //! - The writer batches whatever its mailbox holds into one write, and when every sender
 //!   is gone it flushes and shuts the write half (the peer sees EOF after the last byte).
 //!   A failed write shuts both halves, so the reader wakes and the connection ends.
+//! - A writer may have a send timeout ([`spawn_writer_timed`]): a write that makes no
+//!   progress for that long (the peer stopped reading) fails and ends it as above, and
+//!   its closed mailbox releases a reader waiting for room. Progress is any byte the
+//!   socket takes from us or the peer acknowledges, so a slow reader is never cut.
+//! - A message type may ask to be told what was written of it ([`Outgoing::REPORTS`]):
+//!   the HTTP access log is written from that report.
 //! - A message may carry a [`FileRegion`] after its bytes: the writer hands it to the
 //!   kernel (`sendfile`), so large files never pass through user space.
 //! - A writer with exactly one producer can be fed through a [`Handoff`]: while the writer

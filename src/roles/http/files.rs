@@ -819,7 +819,7 @@ mod tests {
         let text = root.to_str().unwrap();
         symlink(format!("{text}//a.txt"), root.join("s1")).unwrap();
         symlink(
-            format!("{}", text.replacen('/', "//", 2)) + "/./d/e/f.txt",
+            text.replacen('/', "//", 2) + "/./d/e/f.txt",
             root.join("s2"),
         )
         .unwrap();
