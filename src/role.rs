@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::Result;
-use crate::net::conn::{Input, Reader, spawn_writer};
+use crate::net::conn::{Input, Reader, spawn_writer_timed};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
@@ -106,7 +106,10 @@ pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()>
         stats,
         idle_timeout,
     } = conn;
-    let writer_tx = spawn_writer::<Vec<u8>>(stream.clone(), &stats);
+    // A client that stops reading while it sends would hold this reader in the writer's
+    // full mailbox, where its idle timer never runs: the writer's send timeout (the same
+    // limit) closes it instead.
+    let writer_tx = spawn_writer_timed::<Vec<u8>>(stream.clone(), &stats, idle_timeout);
     let mut reader = Reader::new(stream, idle_timeout);
     let started = std::time::Instant::now();
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::UdpSocket;
 use std::thread;
 use std::time::Duration;
@@ -234,4 +234,86 @@ fn shutdown_closes_every_client_and_stops_accepting() {
         std::net::TcpStream::connect(addr).is_err(),
         "the listener is closed"
     );
+}
+
+/// A client that sends without end and never reads: the writer's socket fills, the
+/// reader waits for room in the writer's mailbox, and the reader's idle timer (which
+/// only runs while it waits to read) never fires. The writer's send timeout (the idle
+/// timeout) closes it; the old code kept it open for good.
+#[test]
+fn a_client_that_sends_but_never_reads_is_closed_after_the_idle_timeout() {
+    let server = start_role(
+        Echo,
+        ServerConfig {
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    );
+    let mut s = client_with_rcvbuf(server.tcp, 4096);
+    let mut w = s.try_clone().unwrap();
+    w.set_write_timeout(Some(DEADLINE)).unwrap();
+    // Writes until the server's close makes a write fail (or the deadline passes).
+    let sender = thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0usize;
+        while w.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    wait_until("the server to hold a connection", || {
+        server.stats.active() == 1
+    });
+    wait_until(
+        "the server to close the client that stopped reading",
+        || server.stats.active() == 0,
+    );
+    let echoed = drain_to_close(&mut s);
+    let sent = sender.join().unwrap();
+    assert!(
+        echoed < sent,
+        "the client was cut, not served: {echoed} of {sent}"
+    );
+    wait_until("connection tasks to end", || server.stats.live_tasks() == 0);
+    server.stop();
+}
+
+/// The send timeout is about progress, not duration: a client that reads slowly but
+/// steadily gets everything back even though the exchange lasts longer than the idle
+/// timeout many times over.
+#[test]
+fn a_slow_but_steady_reader_is_not_cut_off() {
+    let server = start_role(
+        Echo,
+        ServerConfig {
+            idle_timeout: Some(Duration::from_millis(500)),
+            ..Default::default()
+        },
+    );
+    let mut s = client_with_rcvbuf(server.tcp, 4096);
+    let data = Rng::new(21).bytes(2 << 20);
+    let mut w = s.try_clone().unwrap();
+    let sending = data.clone();
+    let sender = thread::spawn(move || {
+        w.write_all(&sending).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        thread::sleep(Duration::from_millis(2)); // pacing the client, not synchronisation
+    }
+    sender.join().unwrap();
+    assert!(
+        got == data,
+        "{} of {} bytes came back",
+        got.len(),
+        data.len()
+    );
+    server.stop();
 }

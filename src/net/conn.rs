@@ -13,6 +13,12 @@
 //! - The writer batches whatever its mailbox holds into one write, and when every sender
 //!   is gone it flushes and shuts the write half (the peer sees EOF after the last byte).
 //!   A failed write shuts both halves, so the reader wakes and the connection ends.
+//! - A writer may have a send timeout ([`spawn_writer_timed`]): a write that makes no
+//!   progress for that long (the peer stopped reading) fails and ends it as above, and
+//!   its closed mailbox releases a reader waiting for room. Progress is any byte the
+//!   socket takes from us or the peer acknowledges, so a slow reader is never cut.
+//! - A message type may ask to be told what was written of it ([`Outgoing::REPORTS`]):
+//!   the HTTP access log is written from that report.
 //! - A message may carry a [`FileRegion`] after its bytes: the writer hands it to the
 //!   kernel (`sendfile`), so large files never pass through user space.
 //! - A writer with exactly one producer can be fed through a [`Handoff`]: while the writer
@@ -295,10 +301,16 @@ pub trait Outgoing: Send + 'static {
     fn file(&self) -> Option<&FileRegion> {
         None
     }
-    /// Told, once the writer is done with [`Outgoing::file`]'s region, how many of its
-    /// bytes went out and what stopped it short, if anything did (a file that shrank, a
-    /// peer that left): what the role logs is then what was sent.
-    fn file_sent(&self, _sent: u64, _stopped: Option<&io::Error>) {}
+    /// Whether the writer reports back through [`Outgoing::written`]. Off by default:
+    /// the writer then drops each message as soon as its bytes are copied into a batch;
+    /// when on, it keeps the batch's messages until the write is done.
+    const REPORTS: bool = false;
+    /// With [`Outgoing::REPORTS`]: told, once the writer is done with this message, how
+    /// many of its bytes went out — `bytes` of [`Outgoing::bytes`], then `file` of its
+    /// file region — and what stopped it short, if anything did (a file that shrank, a
+    /// peer that left or stopped reading): what a role logs is then what was written.
+    /// A message the writer never got to (it failed first) is dropped without a report.
+    fn written(&mut self, _bytes: usize, _file: u64, _stopped: Option<&io::Error>) {}
 }
 
 impl Outgoing for Vec<u8> {
@@ -317,24 +329,40 @@ impl Outgoing for Arc<[u8]> {
 ///
 /// The writer ends when every sender is dropped (then it flushes and shuts the write
 /// half) or when a write fails (then it shuts both halves). It adds the bytes it writes to
-/// `stats.bytes_out` as it writes them and counts itself in `stats.live_tasks()`.
+/// `stats.bytes_out` as it writes them and counts itself in `stats.live_tasks()`. Its
+/// writes have no deadline (see [`spawn_writer_timed`]).
 pub fn spawn_writer<B: Outgoing>(stream: TcpStream, stats: &Arc<Stats>) -> flume::Sender<B> {
+    spawn_writer_timed(stream, stats, None)
+}
+
+/// Like [`spawn_writer`], with a send timeout: a write that makes no progress for
+/// `send_timeout` fails ([`is_send_timeout`]), the writer shuts both halves (so the
+/// reader wakes and ends too) and logs that the peer stopped reading. Progress is what
+/// counts, not the length of the transfer: every write that moves bytes starts the clock
+/// again, so a slow reader that keeps reading is never cut. `None`: no deadline.
+pub fn spawn_writer_timed<B: Outgoing>(
+    stream: TcpStream,
+    stats: &Arc<Stats>,
+    send_timeout: Option<Duration>,
+) -> flume::Sender<B> {
     let (writer_tx, writer_rx) = flume::bounded(WRITER_MAILBOX);
-    spawn_writer_with(stream, writer_rx, stats);
+    start_writer(stream, writer_rx, None, stats, None, send_timeout);
     writer_tx
 }
 
-/// Like [`spawn_writer_with`], and returns a channel that disconnects when the writer
-/// has ended (it carries no message): a producer that waits for the writer to finish a
-/// message (to release what it holds) waits on this too, so a writer that failed on an
-/// earlier message, leaving that one queued for good, cannot leave it waiting.
+/// Like [`spawn_writer_timed`] for a mailbox the caller made, and returns a channel that
+/// disconnects when the writer has ended (it carries no message): a producer that waits
+/// for the writer to finish a message (to release what it holds) waits on this too, so a
+/// writer that failed on an earlier message, leaving that one queued for good, cannot
+/// leave it waiting.
 pub fn spawn_writer_watched<B: Outgoing>(
     stream: TcpStream,
     writer_rx: flume::Receiver<B>,
     stats: &Arc<Stats>,
+    send_timeout: Option<Duration>,
 ) -> flume::Receiver<std::convert::Infallible> {
     let (ended_tx, ended_rx) = flume::bounded(1);
-    start_writer(stream, writer_rx, None, stats, Some(ended_tx));
+    start_writer(stream, writer_rx, None, stats, Some(ended_tx), send_timeout);
     ended_rx
 }
 
@@ -344,7 +372,76 @@ pub fn spawn_writer_with<B: Outgoing>(
     writer_rx: flume::Receiver<B>,
     stats: &Arc<Stats>,
 ) {
-    start_writer(stream, writer_rx, None, stats, None);
+    start_writer(stream, writer_rx, None, stats, None, None);
+}
+
+/// The error of a write that made no progress for the writer's send timeout.
+#[derive(Debug)]
+struct SendTimeout(Duration);
+
+impl std::fmt::Display for SendTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "send timeout: the client stopped reading (no write progress for {:?})",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for SendTimeout {}
+
+/// Whether `e` is a writer's send timeout (the peer stopped reading), as opposed to an
+/// error from the socket.
+pub fn is_send_timeout(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<SendTimeout>())
+}
+
+/// Runs one write-side wait (a `write` that waits for room in `stream`) under the send
+/// timeout `limit`: it fails with `TimedOut` ([`SendTimeout`]) once the peer has taken
+/// nothing for that long. A write that completes at once (the common case) arms no timer,
+/// and each completed write gets a fresh clock. While the write waits, the clock is also
+/// reset by the peer taking bytes that were already queued: every quarter of `limit` the
+/// bytes still in the kernel's send queue (`TIOCOUTQ`: unsent or unacknowledged) are
+/// compared with the last look, and fewer means the peer is reading, if slowly. (The
+/// kernel wakes a writer only once a third of its send buffer is free, which a slow
+/// reader of a large buffer may take longer than `limit` to free.) So a peer that stops
+/// reading is cut between `limit` and `limit` and a quarter after it took its last byte.
+async fn progress<T>(
+    stream: &TcpStream,
+    limit: Option<Duration>,
+    wait: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    let Some(limit) = limit else {
+        return wait.await;
+    };
+    let mut wait = std::pin::pin!(wait);
+    if let Poll::Ready(done) = futures::poll!(wait.as_mut()) {
+        return done;
+    }
+    let mut queued = unsent(stream);
+    let mut since = Instant::now();
+    loop {
+        if let Some(done) = rt::timeout(limit / 4, wait.as_mut()).await {
+            return done;
+        }
+        let now = unsent(stream);
+        if now.is_some_and(|now| queued.is_some_and(|before| now < before)) {
+            since = Instant::now();
+        } else if since.elapsed() >= limit {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, SendTimeout(limit)));
+        }
+        queued = now;
+    }
+}
+
+/// Bytes in the socket's send queue that the peer has not acknowledged (`TIOCOUTQ`);
+/// `None` if the kernel will not say.
+fn unsent(stream: &TcpStream) -> Option<libc::c_int> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ on an open socket writes one int.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (rc == 0).then_some(n)
 }
 
 fn start_writer<B: Outgoing>(
@@ -353,20 +450,39 @@ fn start_writer<B: Outgoing>(
     handoff: Option<Arc<Progress>>,
     stats: &Arc<Stats>,
     ended_tx: Option<flume::Sender<std::convert::Infallible>>,
+    send_timeout: Option<Duration>,
 ) {
     let task = stats.task();
     let stats = stats.clone();
     rt::spawn_here(async move {
         let _task = task;
         let _ended_tx = ended_tx; // dropped when this task ends
-        let written = write_loop(&stream, &writer_rx, handoff.as_deref(), &stats).await;
+        let written = write_loop(
+            &stream,
+            &writer_rx,
+            handoff.as_deref(),
+            &stats,
+            send_timeout,
+        )
+        .await;
         match written {
             Ok(()) => {
                 let _ = stream.shutdown(Halves::Write);
             }
             Err(e) => {
-                log::debug!("write failed: {e}");
+                // Both halves: the reader (waiting to read, or for room in this mailbox,
+                // which closes when this task ends) wakes and ends too.
                 let _ = stream.shutdown(Halves::Both);
+                if is_send_timeout(&e) {
+                    let peer = stream
+                        .peer_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    log::info!(peer = peer.as_str(), reason = "client stopped reading";
+                        "closing: {e}");
+                } else {
+                    log::debug!("write failed: {e}");
+                }
             }
         }
     });
@@ -434,6 +550,7 @@ impl Handoff {
             Some(progress.clone()),
             stats,
             Some(ended_tx),
+            None,
         );
         Handoff {
             tx,
@@ -507,16 +624,21 @@ fn try_send_now(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
 
 /// Writes what arrives until every sender is gone, adding each write to
 /// `stats.bytes_out`. With `handoff` (a [`Handoff`]'s count), each message is subtracted
-/// from it once its bytes are all in the socket.
+/// from it once its bytes are all in the socket. With `send_timeout`, a write that makes
+/// no progress for that long ends the loop with a [`SendTimeout`] error.
 async fn write_loop<B: Outgoing>(
-    mut stream: &TcpStream,
+    stream: &TcpStream,
     writer_rx: &flume::Receiver<B>,
     handoff: Option<&Progress>,
     stats: &Stats,
+    send_timeout: Option<Duration>,
 ) -> io::Result<()> {
     let mut next = None;
+    // With B::REPORTS: the batch's messages, each with where its bytes end in the batch,
+    // kept until the batch is written (the vector is reused, so no allocation per batch).
+    let mut held: Vec<(B, usize)> = Vec::new();
     loop {
-        let first = match next.take() {
+        let mut first = match next.take() {
             Some(b) => b,
             None => match writer_rx.recv_async().await {
                 Ok(b) => b,
@@ -524,16 +646,39 @@ async fn write_loop<B: Outgoing>(
             },
         };
         let mut messages = 1;
-        let mut result = if first.file().is_some() {
-            Ok(0)
+        let stopped = if let Some(region) = first.file() {
+            // Head, then the region with sendfile; never batched.
+            let (head, head_err) = write_all_counted(stream, first.bytes(), send_timeout).await;
+            let mut sent = 0;
+            let err = match head_err {
+                Some(e) => Some(e),
+                None => send_file_counted(stream, region, &mut sent, send_timeout)
+                    .await
+                    .err(),
+            };
+            count_written(stats, handoff, (head as u64 + sent) as usize);
+            if B::REPORTS {
+                first.written(head, sent, err.as_ref());
+            }
+            err
         } else {
             match writer_rx.try_recv() {
                 // The common case: one message waiting, written straight from its buffer.
-                Err(_) => write_all_counted(stream, first.bytes(), stats, handoff).await,
+                Err(_) => {
+                    let (done, err) = write_all_counted(stream, first.bytes(), send_timeout).await;
+                    count_written(stats, handoff, done);
+                    if B::REPORTS {
+                        first.written(done, 0, err.as_ref());
+                    }
+                    err
+                }
                 // More waiting: gather plain byte messages into one write (one syscall).
                 Ok(second) => {
                     let mut batch = Vec::with_capacity(WRITE_BATCH.min(first.bytes().len() * 4));
                     batch.extend_from_slice(first.bytes());
+                    if B::REPORTS {
+                        held.push((first, batch.len()));
+                    }
                     let mut more = Some(second);
                     while let Some(m) = more.take() {
                         if m.file().is_some() {
@@ -542,65 +687,53 @@ async fn write_loop<B: Outgoing>(
                         }
                         batch.extend_from_slice(m.bytes());
                         messages += 1;
+                        if B::REPORTS {
+                            held.push((m, batch.len()));
+                        }
                         if batch.len() < WRITE_BATCH {
                             more = writer_rx.try_recv().ok();
                         }
                     }
-                    write_all_counted(stream, &batch, stats, handoff).await
+                    let (done, err) = write_all_counted(stream, &batch, send_timeout).await;
+                    count_written(stats, handoff, done);
+                    let mut start = 0;
+                    for (mut m, end) in held.drain(..) {
+                        m.written(done.clamp(start, end) - start, 0, err.as_ref());
+                        start = end;
+                    }
+                    err
                 }
             }
         };
-        if let Some(region) = first.file() {
-            let mut sent = 0;
-            result = match write_all_counted(stream, first.bytes(), stats, handoff).await {
-                Ok(head) => match send_file_counted(stream, region, &mut sent).await {
-                    Ok(()) => Ok(head + sent as usize),
-                    Err(e) => {
-                        // Counted here, as write_all_counted counts a failed write.
-                        Stats::add(&stats.bytes_out, head as u64 + sent);
-                        Err(e)
-                    }
-                },
-                Err(e) => Err(e),
-            };
-            first.file_sent(sent, result.as_ref().err());
-        }
-        match result {
-            Ok(n) => count_written(stats, handoff, n),
-            Err(e) => return Err(e),
+        if let Some(e) = stopped {
+            return Err(e);
         }
         if let Some(handoff) = handoff {
             handoff.pending.fetch_sub(messages, Ordering::Release);
         }
     }
+    let mut stream = stream;
     stream.flush().await
 }
 
-/// `write_all` that returns the length written; when it fails part-way, the bytes that
-/// did go out are counted here ([`count_written`]; the caller counts the rest on
-/// success), so a peer that resets in the middle of a batch leaves the count right.
+/// Writes all of `buf`; returns how much went out and, if it stopped short, why (a
+/// socket error, or no progress for `send_timeout`). The caller counts what went out
+/// either way, so a peer that resets in the middle of a batch leaves the count right.
 async fn write_all_counted(
     mut stream: &TcpStream,
     buf: &[u8],
-    stats: &Stats,
-    handoff: Option<&Progress>,
-) -> io::Result<usize> {
+    send_timeout: Option<Duration>,
+) -> (usize, Option<io::Error>) {
     let mut done = 0;
     while done < buf.len() {
-        match stream.write(&buf[done..]).await {
-            Ok(0) => {
-                count_written(stats, handoff, done);
-                return Err(io::ErrorKind::WriteZero.into());
-            }
+        match progress(stream, send_timeout, stream.write(&buf[done..])).await {
+            Ok(0) => return (done, Some(io::ErrorKind::WriteZero.into())),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                count_written(stats, handoff, done);
-                return Err(e);
-            }
+            Err(e) => return (done, Some(e)),
         }
     }
-    Ok(done)
+    (done, None)
 }
 
 /// Counts `n` bytes written into `stats.bytes_out` and, for a [`Handoff`]'s socket, into
@@ -617,16 +750,18 @@ fn count_written(stats: &Stats, handoff: Option<&Progress>, n: usize) {
 /// A file that shrank underneath is an error: the promised length cannot be kept.
 pub async fn send_file(stream: &TcpStream, region: &FileRegion) -> io::Result<u64> {
     let mut sent = 0;
-    send_file_counted(stream, region, &mut sent).await?;
+    send_file_counted(stream, region, &mut sent, None).await?;
     Ok(sent)
 }
 
 /// [`send_file`], counting into `sent` the bytes of the region sent so far, so a caller
-/// knows how far it got when it fails.
+/// knows how far it got when it fails; a wait for room that lasts `send_timeout` fails
+/// (every `sendfile` or write that moves bytes starts that clock again).
 async fn send_file_counted(
     mut stream: &TcpStream,
     region: &FileRegion,
     sent: &mut u64,
+    send_timeout: Option<Duration>,
 ) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let (sock, file) = (stream.as_raw_fd(), region.file.as_raw_fd());
@@ -660,7 +795,7 @@ async fn send_file_counted(
                         "the file shrank while it was being sent",
                     ));
                 }
-                let wrote = stream.write(&fallback[..got]).await?;
+                let wrote = progress(stream, send_timeout, stream.write(&fallback[..got])).await?;
                 offset += wrote as libc::off_t;
             }
             _ => return Err(e),

@@ -17,7 +17,7 @@ pub mod request;
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::Result;
@@ -27,7 +27,7 @@ use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::rt::{self, TcpListener};
 use files::{Body, Response};
-use request::{HeadError, Request};
+use request::{HeadBuffer, HeadError, Request};
 
 /// Default listening address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
@@ -95,59 +95,61 @@ pub async fn run(
 struct Out {
     bytes: Vec<u8>,
     file: Option<FileRegion>,
-    /// For a response with a file region: what the writer reports of it, and where that
-    /// goes once the writer has let go of the file (see [`Drop`]).
-    done: Option<(OnceLock<FileOutcome>, flume::Sender<Option<FileOutcome>>)>,
-}
-
-/// How far a file region got, as the writer reported it.
-#[derive(Debug)]
-struct FileOutcome {
-    /// Bytes of the region that went out.
-    sent: u64,
-    /// What stopped it short (a file that shrank, a client that left), if anything did.
-    stopped: Option<String>,
+    /// Its access-log line, written when the writer reports what it wrote
+    /// ([`Outgoing::written`]), or when the response is dropped unwritten.
+    log: Option<AccessLog>,
+    /// Whether the writer wrote all of it (set by its report).
+    complete: bool,
+    /// For a response with a file region: told, once the writer has let go of the file
+    /// (see [`Drop`]), whether all of it went out.
+    done: Option<flume::Sender<bool>>,
 }
 
 impl Outgoing for Out {
+    const REPORTS: bool = true;
+
     fn bytes(&self) -> &[u8] {
         &self.bytes
     }
     fn file(&self) -> Option<&FileRegion> {
         self.file.as_ref()
     }
-    fn file_sent(&self, sent: u64, stopped: Option<&std::io::Error>) {
-        if let Some((outcome, _)) = &self.done {
-            let stopped = stopped.map(|e| e.to_string());
-            let _ = outcome.set(FileOutcome { sent, stopped });
+    fn written(&mut self, bytes: usize, file: u64, stopped: Option<&std::io::Error>) {
+        self.complete = stopped.is_none();
+        if let Some(line) = self.log.take() {
+            line.written(bytes, file, stopped);
         }
     }
 }
 
 impl Drop for Out {
     /// Closes the file first, then tells the reader (which opens no other file until
-    /// then): so a connection never holds more than one open file.
+    /// then): so a connection never holds more than one open file. A response the
+    /// writer never got to logs that it was not sent.
     fn drop(&mut self) {
         self.file = None;
-        if let Some((outcome, done_tx)) = self.done.take() {
-            let _ = done_tx.try_send(outcome.into_inner());
+        if let Some(line) = self.log.take() {
+            line.log(0, "not sent: the connection failed first");
+        }
+        if let Some(done_tx) = self.done.take() {
+            let _ = done_tx.try_send(self.complete);
         }
     }
 }
 
-/// Waits until the writer has let go of a response's file; `None` if it never sent it
-/// (it failed on an earlier response, or the client left first).
-async fn file_outcome(
-    done_rx: flume::Receiver<Option<FileOutcome>>,
+/// Waits until the writer has let go of a response's file; whether all of it was sent
+/// (`false` too when the writer ended without getting to it).
+async fn file_done(
+    done_rx: flume::Receiver<bool>,
     writer_ended: &flume::Receiver<Infallible>,
-) -> Option<FileOutcome> {
+) -> bool {
     use futures::future::{Either, select};
     let done = done_rx.recv_async();
     let ended = writer_ended.recv_async();
     futures::pin_mut!(done, ended);
     match select(done, ended).await {
-        Either::Left((outcome, _)) => outcome.ok().flatten(),
-        Either::Right(_) => done_rx.try_recv().ok().flatten(),
+        Either::Left((complete, _)) => complete.unwrap_or(false),
+        Either::Right(_) => done_rx.try_recv().unwrap_or(false),
     }
 }
 
@@ -161,6 +163,10 @@ async fn file_outcome(
 /// without reading is held back by TCP flow control: what one connection has queued is
 /// at most the [`WRITER_MAILBOX`] answers plus the unread input already buffered (one
 /// read, and at most one head's worth more).
+///
+/// A client that stops reading is closed by the writer: a write that makes no progress
+/// for the keep-alive limit fails, the writer shuts the socket and ends, and that ends
+/// whatever this loop waits on (the mailbox closes; the file's message is dropped).
 async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
     let Conn {
         stream,
@@ -168,23 +174,22 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
         stats,
         idle_timeout,
     } = conn;
-    let (writer_tx, writer_rx) = flume::bounded::<Out>(WRITER_MAILBOX);
-    let writer_ended = spawn_writer_watched(stream.clone(), writer_rx, &stats);
-    let mut reader = Reader::new(stream, None);
-    let peer_text = peer.to_string();
     let keepalive = idle_timeout.unwrap_or(KEEPALIVE_DEFAULT);
-    let mut buf: Vec<u8> = Vec::new();
+    let (writer_tx, writer_rx) = flume::bounded::<Out>(WRITER_MAILBOX);
+    let writer_ended = spawn_writer_watched(stream.clone(), writer_rx, &stats, Some(keepalive));
+    let mut reader = Reader::new(stream, None);
+    let peer_text: Arc<str> = peer.to_string().into();
+    let mut heads = HeadBuffer::default();
     // When the head now being waited for began: at accept, then at its first byte.
     let mut head_started = Some(Instant::now());
     'conn: loop {
         // Answer every complete request already buffered (pipelining), in order.
         loop {
             let started = Instant::now();
-            let (response, req, close) = match request::parse_head(&buf) {
+            let (response, req, close) = match heads.next_head() {
                 Ok(None) => break,
                 Ok(Some(req)) => {
                     let (response, close) = answer(&cfg, &req);
-                    buf.drain(..req.head_len);
                     (response, Some(req), close)
                 }
                 Err(e) => {
@@ -198,49 +203,28 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
                 }
             };
             let head_only = req.as_ref().is_some_and(|r| r.method == "HEAD");
-            let (status, length, note) = (response.status, response.length, response.note);
-            let mut out = serialise(response, close, head_only);
             let line = AccessLog {
-                peer: &peer_text,
-                req: req.as_ref(),
-                status,
+                peer: peer_text.clone(),
+                req,
+                status: response.status,
                 started,
+                head_len: 0,
+                body: if head_only { 0 } else { response.length },
+                note: response.note,
             };
+            let mut out = serialise(response, close, head_only);
+            // A small body travels in the buffer after the head; a large one in the file.
+            let small_body = if out.file.is_none() { line.body } else { 0 };
+            out.log = Some(AccessLog {
+                head_len: out.bytes.len().saturating_sub(small_body as usize),
+                ..line
+            });
             let sent = if out.file.is_some() {
                 let (done_tx, done_rx) = flume::bounded(1);
-                out.done = Some((OnceLock::new(), done_tx));
-                if writer_tx.send_async(out).await.is_err() {
-                    line.log(0, "not sent: the connection failed first");
-                    false
-                } else {
-                    match file_outcome(done_rx, &writer_ended).await {
-                        Some(FileOutcome {
-                            sent,
-                            stopped: None,
-                        }) => {
-                            line.log(sent, note.unwrap_or(""));
-                            true
-                        }
-                        Some(FileOutcome {
-                            sent,
-                            stopped: Some(why),
-                        }) => {
-                            line.log(
-                                sent,
-                                &format!("stopped after {sent} of {length} bytes: {why}"),
-                            );
-                            false
-                        }
-                        None => {
-                            line.log(0, "not sent: the connection failed first");
-                            false
-                        }
-                    }
-                }
+                out.done = Some(done_tx);
+                writer_tx.send_async(out).await.is_ok() && file_done(done_rx, &writer_ended).await
             } else {
-                let sent = writer_tx.send_async(out).await.is_ok();
-                line.log(if head_only { 0 } else { length }, note.unwrap_or(""));
-                sent
+                writer_tx.send_async(out).await.is_ok()
             };
             if close || !sent {
                 break 'conn;
@@ -249,7 +233,7 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
         }
         // Bytes of the next head already here (they came with the last request): its
         // header timeout runs from now, not the keep-alive idle limit.
-        if !buf.is_empty() {
+        if !heads.is_empty() {
             head_started.get_or_insert_with(Instant::now);
         }
 
@@ -261,13 +245,13 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
         match rt::timeout(limit, reader.next()).await {
             Some(Ok(Input::Data(data))) => {
                 head_started.get_or_insert_with(Instant::now);
-                buf.extend_from_slice(&data);
+                heads.extend(&data);
             }
             Some(Ok(_)) | Some(Err(_)) => break,
             None if head_started.is_some() => {
                 // Slowloris, or a client that connected and said nothing: 408, then close.
                 let r = Response::text(408, Some("no complete request head in time"));
-                log::info!(peer = peer_text.as_str(), status = 408u16; "http: header timeout");
+                log::info!(peer = &*peer_text, status = 408u16; "http: header timeout");
                 let _ = writer_tx.send_async(serialise(r, true, false)).await;
                 break;
             }
@@ -285,22 +269,47 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
     Ok(())
 }
 
-/// One access-log line, written once what was sent is known.
-struct AccessLog<'a> {
-    peer: &'a str,
-    req: Option<&'a Request>,
+/// One access-log line, travelling with its response and written once the writer says
+/// what it wrote (or the response is dropped unwritten): the bytes logged are bytes
+/// that reached the socket, and `us` runs until then.
+struct AccessLog {
+    peer: Arc<str>,
+    req: Option<Request>,
     status: u16,
     started: Instant,
+    /// Bytes of the message before the body (status line and headers).
+    head_len: usize,
+    /// Body bytes the response carries (0 for HEAD and 304).
+    body: u64,
+    note: Option<&'static str>,
 }
 
-impl AccessLog<'_> {
+impl AccessLog {
+    /// The writer's report: `bytes` of the message's buffer (head, then a small body)
+    /// and `file` bytes of its file region went out; `stopped` says why no more did.
+    fn written(self, bytes: usize, file: u64, stopped: Option<&std::io::Error>) {
+        let sent = bytes.saturating_sub(self.head_len) as u64 + file;
+        match stopped {
+            None => self.log(sent, self.note.unwrap_or("")),
+            Some(why) => self.log(
+                sent,
+                &format!("stopped after {sent} of {} bytes: {why}", self.body),
+            ),
+        }
+    }
+
     /// `bytes`: of the body, as sent; `note`: why, when something is worth saying.
     fn log(&self, bytes: u64, note: &str) {
         let (method, target) = self
             .req
+            .as_ref()
             .map_or(("-", "-"), |r| (r.method.as_str(), r.target.as_str()));
-        let agent = self.req.and_then(|r| r.header("user-agent")).unwrap_or("-");
-        log::info!(peer = self.peer, method = method, target = target, status = self.status,
+        let agent = self
+            .req
+            .as_ref()
+            .and_then(|r| r.header("user-agent"))
+            .unwrap_or("-");
+        log::info!(peer = &*self.peer, method = method, target = target, status = self.status,
             bytes = bytes, us = self.started.elapsed().as_micros() as u64,
             user_agent = agent, note = note; "http");
     }
@@ -315,7 +324,11 @@ fn answer(cfg: &HttpConfig, req: &Request) -> (Response, bool) {
         let mut r = Response::text(405, None);
         r.headers.push(("Allow", "GET, HEAD".into()));
         r
-    } else if req.minor >= 1 && req.header("host").is_none() {
+    } else if let Err(why) = req.host() {
+        // Two Hosts, or a list: a proxy in front could have routed by the other one.
+        close = true;
+        Response::text(400, Some(why))
+    } else if req.minor >= 1 && req.header_count("host") == 0 {
         close = true;
         Response::text(400, Some("HTTP/1.1 request without Host"))
     } else if req.body_len > 0 {
@@ -370,6 +383,8 @@ fn serialise(response: Response, close: bool, head_only: bool) -> Out {
     Out {
         bytes,
         file,
+        log: None,
+        complete: false,
         done: None,
     }
 }

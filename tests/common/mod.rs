@@ -317,6 +317,68 @@ impl User {
     }
 }
 
+/// A connected blocking client whose receive buffer is `bytes` (set before connecting,
+/// so the window it offers stays that small): a client that stops reading fills it at
+/// once, and the server's writes then wait. Read timeout [`DEADLINE`].
+pub fn client_with_rcvbuf(addr: SocketAddr, bytes: i32) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: a new socket we own; setsockopt with a correctly sized int; connect with a
+    // correctly filled sockaddr_in; the descriptor is handed to TcpStream, which closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &bytes as *const _ as *const libc::c_void,
+            std::mem::size_of::<i32>() as u32,
+        );
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            &sin as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        let s = std::net::TcpStream::from_raw_fd(fd);
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s
+    }
+}
+
+/// Reads until EOF or a reset, after the server has closed: how many bytes came first.
+/// (A reset is how a close with our unread input in its buffer arrives.)
+pub fn drain_to_close(s: &mut std::net::TcpStream) -> usize {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => total += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return total;
+            }
+            Err(e) => panic!("the connection did not close: {e}"),
+        }
+    }
+}
+
 /// What a UDP chat server answers an address that has not joined:
 /// `* to join, send: /hello TOKEN`. Returns the token; panics on anything else.
 pub fn udp_chat_token(challenge: &str) -> String {

@@ -119,6 +119,11 @@ pub fn respond(tree: &Tree<'_>, req: &Request) -> Response {
         Ok(opened) => opened,
         Err(response) => return response,
     };
+    if trailing_slash && !meta.is_dir() {
+        // `/a.txt/` names a directory that is not there (POSIX: ENOTDIR); serving the
+        // file would give it a second URL whose relative links resolve elsewhere.
+        return Response::text(404, None);
+    }
     if meta.is_dir() {
         if !trailing_slash {
             // Relative links in the page only work with the slash: send the client there,
@@ -279,7 +284,8 @@ const MAX_LINKS: usize = 40;
 /// root's descriptor. A symlink met on the way is read (`readlinkat`, relative to the
 /// same directory) and its text walked in turn: a relative one from the directory that
 /// holds it, an absolute one from the root — but only when its text names a place
-/// inside the root (it begins with the root's canonical path); any other absolute
+/// inside the root (it begins with the root's canonical path, compared component by
+/// component with `//` and `/./` collapsed: [`beneath_root`]); any other absolute
 /// link, and a `..` that would climb above the root, is refused with EXDEV. A name
 /// swapped for a link between two steps is only ever opened without following it, so
 /// whatever it points at is resolved by this same walk, beneath the root.
@@ -341,24 +347,38 @@ pub fn open_walk(tree: &Tree<'_>, rel: &Path) -> io::Result<File> {
         if links > MAX_LINKS {
             return Err(too_many());
         }
-        let target = if target.starts_with(b"/") {
+        if target.starts_with(b"/") {
             // Only an absolute link that names a place inside the root is followed, and
             // then from the root's descriptor: its text is compared, never opened.
-            let root = tree.path.as_os_str().as_bytes();
-            let inside = target
-                .strip_prefix(root)
-                .filter(|rest| rest.is_empty() || rest.starts_with(b"/"))
-                .ok_or_else(leaves)?;
+            let inside = beneath_root(tree.path, &target).ok_or_else(leaves)?;
             dirs.clear();
-            inside.to_vec()
+            todo.extend(inside.into_iter().rev().map(<[u8]>::to_vec));
         } else {
-            target
-        };
-        todo.extend(target.split(|&b| b == b'/').rev().map(<[u8]>::to_vec));
+            todo.extend(target.split(|&b| b == b'/').rev().map(<[u8]>::to_vec));
+        }
     }
     // Everything walked was a directory (or `.`/`..`): open the one we are in.
     let here = dirs.last().map_or(tree.dir.as_raw_fd(), |d| d.as_raw_fd());
     openat(here, b".", OPEN_FLAGS).map(File::from)
+}
+
+/// The components of an absolute link's text after the root's canonical path, or `None`
+/// when the text does not begin with it. The comparison is by component, and only
+/// empty and `.` components are dropped on the way (`/root//site/./a` is `/root/site/a`
+/// whatever the links along it); a `..` among the root's components never matches,
+/// since where it leads depends on links. What follows the root is returned as written
+/// and walked from the root's descriptor (where a `..` that climbs above it is refused).
+fn beneath_root<'t>(root: &Path, text: &'t [u8]) -> Option<Vec<&'t [u8]>> {
+    let mut parts = text
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".");
+    // (The first component of a canonical root is "/" itself.)
+    for want in root.iter().skip(1) {
+        if parts.next()? != want.as_bytes() {
+            return None;
+        }
+    }
+    Some(parts.collect())
 }
 
 /// The `ETag` of a file: size and modification time, which change when it does.
@@ -391,11 +411,11 @@ fn serve_file(file: File, meta: fs::Metadata, path: &Path, req: &Request) -> Res
     ];
 
     // Conditional requests: If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2).
-    if let Some(inm) = req.header("if-none-match") {
-        if inm.trim() == "*"
-            || inm
-                .split(',')
-                .any(|t| t.trim().trim_start_matches("W/") == tag)
+    // Every copy of If-None-Match counts: copies of a list field are one list.
+    if req.header_count("if-none-match") > 0 {
+        if req
+            .list_members("if-none-match")
+            .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == tag)
         {
             return Response::empty(304, headers);
         }
@@ -490,7 +510,13 @@ pub enum RangeSpec {
 /// (`bytes=99999999999999999999999-` starts past the end: 416; a suffix that long is
 /// the whole file: 206).
 pub fn parse_range(value: &str, len: u64) -> RangeSpec {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+    // The unit is case-insensitive (RFC 9110 14.1): `Bytes=0-1` is a range too.
+    let value = value.trim();
+    let Some(spec) = value
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| &value[6..])
+    else {
         return RangeSpec::Whole;
     };
     if spec.contains(',') {
@@ -652,6 +678,10 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
         assert_eq!(parse_range("bytes=9-1", 100), Whole);
         assert_eq!(parse_range("items=0-1", 100), Whole);
+        assert_eq!(parse_range("Bytes=0-1", 100), Part(0, 1));
+        assert_eq!(parse_range(" BYTES=-2", 100), Part(98, 99));
+        assert_eq!(parse_range("byte=0-1", 100), Whole);
+        assert_eq!(parse_range("bytés=0-1", 100), Whole);
         assert_eq!(parse_range("bytes=a-b", 100), Whole);
         assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
         // Numbers too large for a u64 are larger than any file, not garbage.
@@ -760,6 +790,55 @@ mod tests {
                 let got = read(open_beneath(&tree, Path::new(rel)));
                 assert_eq!(got.as_deref().map_err(|e| *e), *want, "{lookup:?} {rel}");
             }
+        }
+    }
+
+    #[test]
+    fn absolute_link_text_is_compared_with_the_root_by_component() {
+        fn rest(t: &'static str) -> Option<Vec<&'static [u8]>> {
+            beneath_root(Path::new("/srv/site"), t.as_bytes())
+        }
+        let parts = |v: &[&'static str]| Some(v.iter().map(|s| s.as_bytes()).collect());
+        assert_eq!(rest("/srv/site/a.txt"), parts(&["a.txt"]));
+        assert_eq!(rest("/srv//site/./a.txt"), parts(&["a.txt"]));
+        assert_eq!(rest("//srv/site"), parts(&[]));
+        assert_eq!(rest("/srv/site/"), parts(&[]));
+        assert_eq!(rest("/./srv/./site//d/../a"), parts(&["d", "..", "a"]));
+        assert_eq!(rest("/srv/../srv/site/a"), None);
+        assert_eq!(rest("/srv/site/../site/a"), parts(&["..", "site", "a"]));
+        assert_eq!(rest("/srv/sitex/a"), None);
+        assert_eq!(rest("/srv"), None);
+        assert_eq!(rest("/etc/passwd"), None);
+        assert_eq!(beneath_root(Path::new("/"), b"/x//y"), parts(&["x", "y"]));
+    }
+
+    #[test]
+    fn absolute_links_spelled_with_empty_and_dot_components_are_followed() {
+        use std::os::unix::fs::symlink;
+        let (_guard, root) = temp_tree("spelled");
+        let text = root.to_str().unwrap();
+        symlink(format!("{text}//a.txt"), root.join("s1")).unwrap();
+        symlink(
+            text.replacen('/', "//", 2) + "/./d/e/f.txt",
+            root.join("s2"),
+        )
+        .unwrap();
+        symlink(format!("{text}/d/../a.txt"), root.join("s3")).unwrap();
+        symlink(format!("{text}/../root/a.txt"), root.join("s4")).unwrap();
+        let dir = File::open(&root).unwrap();
+        for lookup in [Lookup::Kernel, Lookup::Walk] {
+            let tree = Tree {
+                path: &root,
+                dir: &dir,
+                lookup,
+            };
+            let got = |rel: &str| read(open_beneath(&tree, Path::new(rel)));
+            assert_eq!(got("s1"), Ok("a".into()), "{lookup:?}");
+            assert_eq!(got("s2"), Ok("f".into()), "{lookup:?}");
+            // After the root, `..` is walked by descriptor, as in a relative link.
+            assert_eq!(got("s3"), Ok("a".into()), "{lookup:?}");
+            // Within the root's own path, `..` is never resolved by text.
+            assert_eq!(got("s4"), Err(libc::EXDEV), "{lookup:?}");
         }
     }
 
