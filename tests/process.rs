@@ -39,7 +39,7 @@ fn sigterm_stops_the_server_cleanly_with_a_summary() {
     assert!(status.success(), "exit status {status}");
     // The open client was closed, not left hanging.
     assert!(closed_by_server(&mut c));
-    let log: Vec<String> = rx.try_iter().collect();
+    let log: Vec<String> = rx.iter().collect(); // to the end of its output
     let summary = log
         .iter()
         .find(|l| l.contains("stopped:"))
@@ -285,7 +285,8 @@ fn a_proxy_session_still_open_at_shutdown_is_counted_and_logged() {
         closed_by_server(&mut c),
         "the open session was closed at the end"
     );
-    let log: Vec<String> = lines.try_iter().collect();
+    // The process has exited: read to the end of its output, not just what has arrived.
+    let log: Vec<String> = lines.iter().collect();
     let session = record(&log, "session closed");
     assert!(
         session.contains("bytes_up 1000") && session.contains("bytes_down 1000"),
@@ -549,9 +550,12 @@ fn a_proxy_session_line_counts_bytes_delivered_not_bytes_read() {
     reset_on_close(&c);
     drop(c);
     let mut log = Vec::new();
+    // The whole record: in debug builds its fields come as lines of their own, and
+    // `closed_first` is the last of them.
     wait_until("the session line", || {
         log.extend(lines.try_iter());
         log.iter().any(|l| l.contains("session closed"))
+            && record(&log, "session closed").contains("closed_first")
     });
     let session = record(&log, "session closed");
     // What the upstream gets, to the proxy's close.
