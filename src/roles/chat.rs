@@ -119,7 +119,12 @@ pub async fn run(
     rt::spawn(ticker);
     futures::join!(tcp_loop, udp_loop, stop);
     if let Some(sender) = udp_finish {
-        sender.finish().await; // the broker has stopped and let go of its handle
+        // The broker has stopped and let go of its handle: the count is final.
+        let dropped = sender.dropped();
+        sender.finish().await;
+        if dropped > 0 {
+            log::warn!(lines = dropped; "chat: UDP lines dropped (the UDP send queue was full)");
+        }
     }
 }
 

@@ -46,9 +46,9 @@ pub const BROKER_MAILBOX: usize = 4096;
 /// The room everyone starts in.
 pub const LOBBY: &str = "lobby";
 
-/// Places in the UDP send queue (`udp::SEND_MAILBOX`) only welcomes may take. Room
-/// traffic to UDP users is dropped when the queue is full, as UDP allows, but a welcome
-/// must not be: a user in the room who was never told its nick is lost. The broker is the
+/// Places in the UDP send queue (`udp::SEND_MAILBOX` jobs: one line for one user or for
+/// a whole room) only welcomes may take. Room traffic to UDP users is dropped a line at a
+/// time when the queue is full, as UDP allows, but a welcome must not be: a user in the room who was never told its nick is lost. The broker is the
 /// queue's only producer, so what it sees free stays free until it sends. Joins are
 /// limited (`--udp-join-rate`, 50 a second by default) and the send actor empties the
 /// queue in milliseconds, so this many welcomes at once is far more than happens; a join
@@ -302,6 +302,22 @@ fn line(parts: &[&str]) -> Line {
     Line::from(bytes)
 }
 
+/// `line` itself if it fits in one UDP datagram, else its longest prefix that does and
+/// ends at a character boundary, with its `\n`.
+fn fit_datagram(line: &Line) -> Line {
+    if line.len() <= udp::MAX_DATAGRAM {
+        return line.clone();
+    }
+    let mut end = udp::MAX_DATAGRAM - 1;
+    // UTF-8 continuation bytes are 0b10xx_xxxx: back up to the start of a character.
+    while end > 0 && line[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    let mut cut = line[..end].to_vec();
+    cut.push(b'\n');
+    Line::from(cut)
+}
+
 /// How many lines [`Broker::announce`] sends for these departures.
 fn notice_lines(departed: &[Departure]) -> usize {
     if departed.len() <= NAMED_DEPARTURES {
@@ -328,9 +344,19 @@ impl Broker {
                 BrokerMsg::Tick => self.expire_udp(),
                 BrokerMsg::Shutdown { done } => {
                     let bye = line(&["* server shutting down"]);
-                    let ids: Vec<ClientId> = self.clients.keys().copied().collect();
-                    for id in ids {
-                        self.tell(id, bye.clone());
+                    let mut peers = Vec::new();
+                    for client in self.clients.values().filter(|c| !c.overflowed) {
+                        match &client.outbox {
+                            Outbox::Tcp { writer_tx, .. } => {
+                                let _ = writer_tx.try_send(bye.clone());
+                            }
+                            Outbox::Udp { peer } => peers.push(*peer),
+                        }
+                    }
+                    // One job for every UDP user, and waited for: the broker is stopping,
+                    // and the send actor never waits on it, so this cannot deadlock.
+                    if let Some(udp) = &self.udp {
+                        udp.send_many(bye, peers).await;
                     }
                     // Dropping the clients drops every writer's sender: each flushes and closes.
                     self.clients.clear();
@@ -408,7 +434,7 @@ impl Broker {
             ),
             Outbox::Udp { peer } => {
                 // A full UDP queue drops the datagram: UDP promises no more.
-                self.udp_send(*peer, line);
+                self.udp_send(vec![*peer], line);
                 true
             }
         }
@@ -430,16 +456,31 @@ impl Broker {
         }
     }
 
-    /// Sends `line` to everyone in `room` but `except`, then to the bus.
+    /// Sends `line` to everyone in `room` but `except`, then to the bus. The room's UDP
+    /// users get it as one job for the send actor, so a full UDP queue drops the line for
+    /// all of them (counted), never the members after the first thousand.
     fn publish(&mut self, room: &str, except: Option<ClientId>, line: Line) {
         let mut too_slow = Vec::new();
+        let mut peers = Vec::new();
         if let Some(members) = self.rooms.get(room) {
             for &id in members {
-                if Some(id) != except && !self.deliver(id, &line) {
-                    too_slow.push(id);
+                let Some(client) = self.clients.get(&id).filter(|c| !c.overflowed) else {
+                    continue;
+                };
+                if Some(id) == except {
+                    continue;
+                }
+                match &client.outbox {
+                    Outbox::Udp { peer } => peers.push(*peer),
+                    Outbox::Tcp { .. } => {
+                        if !self.deliver(id, &line) {
+                            too_slow.push(id);
+                        }
+                    }
                 }
             }
         }
+        self.udp_send(peers, &line);
         self.bus.published(room, &line);
         for id in too_slow {
             self.overflow(id);
@@ -630,17 +671,19 @@ impl Broker {
         let rate = self.config.udp_challenge_rate;
         let burst = per_second_burst(rate);
         if self.udp.is_some() && self.challenges.take(rate, burst, Instant::now()) {
-            self.udp_send(peer, &line(parts));
+            self.udp_send(vec![peer], &line(parts));
         }
     }
 
-    /// Queues an ordinary datagram (anything but a welcome) if the UDP send queue has room
-    /// outside [`WELCOME_RESERVE`]; drops it otherwise, as UDP may.
-    fn udp_send(&self, peer: SocketAddr, line: &Line) {
+    /// Queues one line for `peers` as one job (anything but a welcome or the goodbye) if
+    /// the UDP send queue has room outside [`WELCOME_RESERVE`]; drops it for all of them
+    /// otherwise (the send actor counts it), as UDP may. A line longer than a datagram
+    /// can carry is cut to fit (at a character boundary, still ending in `\n`).
+    fn udp_send(&self, peers: Vec<SocketAddr>, line: &Line) {
         if let Some(udp) = &self.udp
-            && udp.queued() < udp::SEND_MAILBOX - WELCOME_RESERVE
+            && !peers.is_empty()
         {
-            udp.try_send(peer, line.to_vec());
+            udp.try_send_many(fit_datagram(line), peers, WELCOME_RESERVE);
         }
     }
 
@@ -822,6 +865,19 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_longer_than_a_datagram_is_cut_at_a_character_boundary() {
+        let short = line(&["* hi"]);
+        assert!(Arc::ptr_eq(&fit_datagram(&short), &short));
+        // 'é' is two bytes: a cut at MAX_DATAGRAM - 1 would split one.
+        let text = "é".repeat(udp::MAX_DATAGRAM);
+        let cut = fit_datagram(&line(&[&text]));
+        assert!(cut.len() <= udp::MAX_DATAGRAM);
+        assert!(cut.len() >= udp::MAX_DATAGRAM - 2);
+        let s = std::str::from_utf8(&cut).unwrap();
+        assert!(s.ends_with("é\n"));
+    }
 
     #[test]
     fn token_bucket_allows_the_burst_then_the_rate() {
