@@ -146,10 +146,15 @@ struct ChatArgs {
     /// Drop a UDP user after this long without a datagram.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
     udp_idle: Duration,
-    /// UDP joins a second for the whole server (more wait); challenges to unknown
-    /// addresses are limited to twice this.
+    /// UDP joins a second for the whole server (more are refused: `! too many joins`;
+    /// the client sends `/hello` again); short replies to unknown addresses are limited
+    /// to twice this.
     #[arg(long, value_name = "JOINS", default_value_t = 50.0)]
     udp_join_rate: f64,
+    /// UDP joins a second from one source (an IPv4 address or an IPv6 /64), so that one
+    /// host cannot take every join --udp-join-rate allows.
+    #[arg(long, value_name = "JOINS", default_value_t = 5.0)]
+    udp_joins_per_ip: f64,
 }
 
 #[derive(Args)]
@@ -413,6 +418,9 @@ async fn serve_chat(args: ChatArgs) -> Result<()> {
     if !args.udp_join_rate.is_finite() || args.udp_join_rate <= 0.0 {
         return Err("--udp-join-rate must be a number above 0".into());
     }
+    if !args.udp_joins_per_ip.is_finite() || args.udp_joins_per_ip <= 0.0 {
+        return Err("--udp-joins-per-ip must be a number above 0".into());
+    }
     let (tcp, udp) = args.transports.addrs(chat::DEFAULT_ADDR);
     let bound = service::bind(tcp.as_deref(), udp.as_deref()).await?;
     let server = (*args.transports.server.config()).clone();
@@ -424,6 +432,7 @@ async fn serve_chat(args: ChatArgs) -> Result<()> {
         udp_idle: args.udp_idle.max(Duration::from_millis(100)),
         max_udp_users: args.max_udp_users,
         udp_join_rate: args.udp_join_rate,
+        udp_joins_per_ip: args.udp_joins_per_ip,
         udp_challenge_rate: (2.0 * args.udp_join_rate).max(10.0),
     };
     let stats = Stats::new();

@@ -915,6 +915,7 @@ fn a_validated_udp_users_welcome_is_never_dropped() {
     const SOURCES: usize = 800;
     let config = ChatConfig {
         udp_join_rate: 0.0, // no limits: as many joins at once as possible
+        udp_joins_per_ip: 0.0,
         udp_challenge_rate: 0.0,
         ..Default::default()
     };
@@ -1089,6 +1090,7 @@ fn every_one_of_1500_udp_users_gets_every_line_and_the_goodbye() {
     const LINES: usize = 5;
     let config = ChatConfig {
         udp_join_rate: 0.0, // the test's own crowd joins as fast as it can
+        udp_joins_per_ip: 0.0,
         udp_challenge_rate: 0.0,
         max_udp_users: USERS,
         ..Default::default()
@@ -1119,4 +1121,96 @@ fn every_one_of_1500_udp_users_gets_every_line_and_the_goodbye() {
             assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), w, "UDP user {i}");
         }
     }
+}
+
+/// The `/hello` handshake from `sock` (nonblocking or not), sending again every 500 ms
+/// until answered: a flood from elsewhere may overflow the server's receive buffer.
+/// Returns the answer to `/hello` (the welcome, unless refused).
+fn udp_hello_retrying(sock: &UdpSocket, server: SocketAddr) -> String {
+    sock.set_nonblocking(false).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = vec![0u8; 70_000];
+    let mut ask = |what: &[u8]| loop {
+        assert!(start.elapsed() < DEADLINE, "no answer from {server}");
+        sock.send_to(what, server).unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            break String::from_utf8(buf[..n].to_vec()).unwrap();
+        }
+    };
+    let token = udp_chat_token(&ask(b"hello, server\n"));
+    let answer = ask(format!("/hello {token}\n").as_bytes());
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    answer
+}
+
+#[test]
+fn a_host_churning_joins_from_many_ports_cannot_starve_another_hosts_join() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let config = ChatConfig {
+        udp_join_rate: 10.0,
+        udp_joins_per_ip: 0.001, // one join per source, the next in 1,000 s
+        udp_challenge_rate: 0.0,
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    let mut watcher = User::join(chat.tcp);
+    // 127.0.0.1 gets tokens for 20 ports, then sends `/hello TOKEN` and `/quit` from each,
+    // again and again: every datagram a join and a leave, if the server allowed it.
+    let bots: Vec<(UdpSocket, String)> = (0..20)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            s.send_to(b"hi\n", chat.udp).unwrap();
+            let mut buf = [0u8; 100];
+            let n = s.recv(&mut buf).unwrap();
+            let token = udp_chat_token(std::str::from_utf8(&buf[..n]).unwrap());
+            s.set_nonblocking(true).unwrap();
+            (s, token)
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (stop, refused, server) = (stop.clone(), refused.clone(), chat.udp);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 200];
+            while !stop.load(Ordering::Relaxed) {
+                for (s, token) in &bots {
+                    let _ = s.send_to(format!("/hello {token}\n/quit churn\n").as_bytes(), server);
+                    while let Ok(n) = s.recv(&mut buf) {
+                        if buf[..n].starts_with(b"! too many joins") {
+                            refused.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    wait_until("the churning host to be refused", || {
+        refused.load(Ordering::Relaxed)
+    });
+    // Three other hosts join at the first try each, while the churn goes on.
+    for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let s = UdpSocket::bind((ip, 0)).unwrap();
+        let answer = udp_hello_retrying(&s, chat.udp);
+        assert!(
+            answer.starts_with("* welcome to #lobby, you are guest"),
+            "{ip}: {answer:?}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    // The churning host joined (and quit) once; the three are in.
+    watcher.say("/who");
+    let who = loop {
+        let l = watcher.line();
+        if l.starts_with("* in #lobby: ") {
+            break l;
+        }
+    };
+    assert_eq!(who.split(", ").count(), 1 + 3, "{who}");
+    chat.stop();
 }

@@ -22,7 +22,7 @@
 //! into a flood of notices that takes healthy clients with it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,10 @@ pub struct ChatConfig {
     /// costs a notice to every room member, so a flood of joins must not become
     /// O(users²) work. 0 turns the limit off (the command line does not allow that).
     pub udp_join_rate: f64,
+    /// UDP joins a second from one source (an IPv4 address, an IPv6 /64; burst: one
+    /// second's worth), below `udp_join_rate`: one host churning joins from many ports
+    /// must not take every join the server allows. 0 turns it off.
+    pub udp_joins_per_ip: f64,
     /// Datagrams a second to UDP addresses that have not joined — challenges and refusals
     /// — for the whole server (burst: one second's worth). This bounds what anyone can
     /// make the server send toward a spoofed address, whoever's address it is. 0 turns
@@ -98,6 +102,7 @@ impl Default for ChatConfig {
             udp_idle: Duration::from_secs(300),
             max_udp_users: 10_000,
             udp_join_rate: 50.0,
+            udp_joins_per_ip: 5.0,
             udp_challenge_rate: 100.0,
         }
     }
@@ -203,6 +208,7 @@ impl BrokerHandle {
         let (broker_tx, broker_rx) = flume::bounded(BROKER_MAILBOX);
         let joins = TokenBucket::new(per_second_burst(config.udp_join_rate));
         let challenges = TokenBucket::new(per_second_burst(config.udp_challenge_rate));
+        let source_joins = SourceJoins::new(config.udp_joins_per_ip);
         let broker = Broker {
             config,
             clients: HashMap::new(),
@@ -217,6 +223,7 @@ impl BrokerHandle {
             cookies: Cookies::new(),
             joins,
             challenges,
+            source_joins,
         };
         rt::spawn(broker.run(broker_rx));
         BrokerHandle { broker_tx }
@@ -284,6 +291,8 @@ struct Broker {
     joins: TokenBucket,
     /// Replies to UDP addresses that have not joined, for the whole server.
     challenges: TokenBucket,
+    /// `udp_joins_per_ip`, per validated source.
+    source_joins: SourceJoins,
 }
 
 /// The burst of a per-second rate: one second's worth, at least 1.
@@ -630,6 +639,13 @@ impl Broker {
                     // UDP sources are cheap to invent: they must not grow the registry.
                     return self.reply_unjoined(peer, &["! server full"]);
                 }
+                if !self.source_joins.take(peer.ip(), now) {
+                    // One host must not take every join there is (from many ports).
+                    return self.reply_unjoined(
+                        peer,
+                        &["! too many joins from your address, try again shortly"],
+                    );
+                }
                 if !self.joins.take(
                     self.config.udp_join_rate,
                     per_second_burst(self.config.udp_join_rate),
@@ -831,6 +847,77 @@ impl Broker {
     }
 }
 
+/// The sources [`SourceJoins`] remembers at most. Only addresses that have shown their
+/// token get here, so a spoofer cannot fill it; one that owns many addresses (an IPv6
+/// /48 holds 65,536 /64s) can push others out, which only gives them their burst again.
+pub const SOURCE_JOIN_ENTRIES: usize = 4096;
+
+/// The per-source join limit: a token bucket per source (an IPv4 address, an IPv6 /64),
+/// in a small bounded map. Consulted only for validated addresses, so nothing is stored
+/// for an address that has not shown its token.
+struct SourceJoins {
+    rate: f64,
+    burst: u32,
+    buckets: HashMap<IpAddr, TokenBucket>,
+}
+
+impl SourceJoins {
+    fn new(rate: f64) -> Self {
+        SourceJoins {
+            rate,
+            burst: per_second_burst(rate),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one join for `ip`'s source if it has one left.
+    fn take(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let key = source_of(ip);
+        if !self.buckets.contains_key(&key) && self.buckets.len() >= SOURCE_JOIN_ENTRIES {
+            self.make_room(now);
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(burst))
+            .take(rate, burst, now)
+    }
+
+    /// Forgets every source whose bucket has refilled (it is as if new); if that leaves
+    /// the map over three quarters full, forgets arbitrary others (hash order, which a
+    /// client cannot predict) down to that. Amortised, each new source then costs O(1),
+    /// and a forgotten source only gets its burst again — the global limit still holds.
+    fn make_room(&mut self, now: Instant) {
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .retain(|_, b| b.level(rate, burst, now) < f64::from(burst));
+        let keep = SOURCE_JOIN_ENTRIES * 3 / 4;
+        if self.buckets.len() > keep {
+            let excess = self.buckets.len() - keep;
+            let victims: Vec<IpAddr> = self.buckets.keys().take(excess).copied().collect();
+            for ip in victims {
+                self.buckets.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The source a UDP address is limited as: an IPv4 address (an IPv4-mapped IPv6 one
+/// too), or the /64 an IPv6 address is in — one host's share of IPv6, where a single
+/// machine commonly has a whole /64 to pick addresses from.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
 /// Flood control: `rate` lines a second on average, `burst` at once.
 struct TokenBucket {
     tokens: f64,
@@ -843,6 +930,12 @@ impl TokenBucket {
             tokens: f64::from(burst),
             last: Instant::now(),
         }
+    }
+
+    /// Tokens there would be at `now` (without taking any).
+    fn level(&self, rate: f64, burst: u32, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * rate).min(f64::from(burst))
     }
 
     /// Takes one token if there is one; a rate of 0 means no limit.
@@ -877,6 +970,37 @@ mod tests {
         assert!(cut.len() >= udp::MAX_DATAGRAM - 2);
         let s = std::str::from_utf8(&cut).unwrap();
         assert!(s.ends_with("é\n"));
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_64s() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            source_of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(source_of(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+    }
+
+    #[test]
+    fn the_per_source_join_map_stays_bounded_and_keeps_limiting() {
+        let now = Instant::now();
+        let mut joins = SourceJoins::new(0.001); // one join per source, then none for 1,000 s
+        let hog: IpAddr = "198.51.100.1".parse().unwrap();
+        assert!(joins.take(hog, now));
+        assert!(!joins.take(hog, now));
+        for i in 0..(SOURCE_JOIN_ENTRIES as u32 * 2) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(joins.take(ip, now), "a new source has its join");
+            assert!(joins.buckets.len() <= SOURCE_JOIN_ENTRIES);
+        }
+        // Refilled buckets are forgotten first.
+        let later = now + Duration::from_secs(2000);
+        assert!(joins.take(hog, later));
+        assert!(joins.take("203.0.113.9".parse().unwrap(), later));
+        assert!(joins.buckets.len() <= 2, "{}", joins.buckets.len());
     }
 
     #[test]
