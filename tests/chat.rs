@@ -1214,3 +1214,70 @@ fn a_host_churning_joins_from_many_ports_cannot_starve_another_hosts_join() {
     assert_eq!(who.split(", ").count(), 1 + 3, "{who}");
     chat.stop();
 }
+
+#[test]
+fn a_datagram_of_14_bytes_is_challenged_whatever_floods_the_server() {
+    let config = ChatConfig {
+        udp_challenge_rate: 0.001, // one short reply now, the next in 1,000 s
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    let control = UdpUser::new(&chat);
+    control.join(); // its `hi` takes the budget for replies to short datagrams
+    // A flood of 3-byte datagrams from 300 fresh addresses: far beyond the budget.
+    let flood: Vec<UdpSocket> = (0..300)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.send_to(b"hi\n", chat.udp).unwrap();
+            s
+        })
+        .collect();
+    // A new address whose first line is 13 bytes gets nothing (its challenge, 41 bytes,
+    // would be more than three times that); one whose first line is 14 bytes gets it.
+    let short = UdpSocket::bind("127.0.0.1:0").unwrap();
+    short.send_to(b"hello there\r\n", chat.udp).unwrap();
+    let long = UdpSocket::bind("127.0.0.1:0").unwrap();
+    long.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // (Sent again if the burst overflowed the server's receive buffer.)
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 100];
+    let n = loop {
+        assert!(started.elapsed() < DEADLINE, "no challenge for 14 bytes");
+        long.send_to(b"hello, there\r\n", chat.udp).unwrap();
+        if let Ok(n) = long.recv(&mut buf) {
+            break n;
+        }
+    };
+    long.set_read_timeout(Some(DEADLINE)).unwrap();
+    // Replies go out in order: once the control user's answer is here, the others are
+    // in their sockets.
+    assert_eq!(control.ask("/who"), "* in #lobby: guest1\n");
+    let token = udp_chat_token(std::str::from_utf8(&buf[..n]).unwrap());
+    assert_eq!(
+        &buf[..n],
+        format!("* to join, send: /hello {token}\n").as_bytes()
+    );
+    short.set_nonblocking(true).unwrap();
+    assert!(
+        short.recv(&mut buf).is_err(),
+        "a 13-byte datagram was answered"
+    );
+    let answered = flood
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            s.recv(&mut buf).is_ok()
+        })
+        .count();
+    assert_eq!(
+        answered, 0,
+        "3-byte datagrams were answered beyond the budget"
+    );
+    // The long one joins with its token.
+    long.send_to(format!("/hello {token}\n").as_bytes(), chat.udp)
+        .unwrap();
+    let n = long.recv(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"* welcome to #lobby, you are guest2"));
+    chat.stop();
+}

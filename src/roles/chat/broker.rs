@@ -55,6 +55,19 @@ pub const LOBBY: &str = "lobby";
 /// that finds even these taken is not made (the user's next `/hello` tries again).
 pub const WELCOME_RESERVE: usize = 64;
 
+/// How many times the bytes of a datagram from an address that has not joined the server
+/// may answer without drawing on the global budget for such replies: QUIC's limit
+/// (RFC 9000 §8.1). The challenge is 41 bytes, so a datagram of 14 bytes or more always
+/// gets it.
+pub const AMPLIFICATION: usize = 3;
+
+/// `/hello`, the verb an unjoined address's first line must start with.
+const HELLO: &[u8] = b"/hello";
+
+/// The longest first line from an unjoined address that is parsed as a `/hello` (the
+/// command, a 16-digit token and some spaces): longer ones get the challenge unread.
+const MAX_HELLO_LINE: usize = 64;
+
 /// Departures from one room in one broker turn that are announced by name; more are
 /// counted in one line per reason. Kept small so that no burst of departures can fill
 /// the queue of a client that is keeping up.
@@ -617,6 +630,7 @@ impl Broker {
     }
 
     fn on_datagram(&mut self, peer: SocketAddr, data: &[u8]) {
+        let asked = data.len();
         let data = data.strip_suffix(b"\n").unwrap_or(data);
         let mut lines = data.split(|&b| b == b'\n');
         let id = match self.udp_peers.get(&peer) {
@@ -624,25 +638,38 @@ impl Broker {
             None => {
                 // An address that has not joined must show that it receives what is sent
                 // to it: its first line must be `/hello TOKEN`. Until then nothing about
-                // it is stored, and all it gets is a short, globally rate-limited reply.
+                // it is stored, and all it gets is one short reply (see `reply_unjoined`).
                 let first = lines.next().unwrap_or_default();
-                let text = protocol::sanitize(first.strip_suffix(b"\r").unwrap_or(first));
+                let first = first.strip_suffix(b"\r").unwrap_or(first);
                 let now = Instant::now();
+                // Only a line that starts like a short `/hello` is worth sanitising and
+                // parsing; anything else (up to 64 KiB of it) is answered at once.
+                let hello = first.len() <= MAX_HELLO_LINE
+                    && first
+                        .get(..HELLO.len())
+                        .is_some_and(|verb| verb.eq_ignore_ascii_case(HELLO));
+                let text = if hello {
+                    protocol::sanitize(first)
+                } else {
+                    String::new()
+                };
                 match protocol::parse(&text) {
                     Command::Hello(token) if self.cookies.check(peer, token, now) => {}
                     _ => {
                         let token = self.cookies.token(peer, now);
-                        return self.reply_unjoined(peer, &["* to join, send: /hello ", &token]);
+                        let challenge = ["* to join, send: /hello ", &token];
+                        return self.reply_unjoined(peer, asked, &challenge);
                     }
                 }
                 if self.udp_peers.len() >= self.config.max_udp_users {
                     // UDP sources are cheap to invent: they must not grow the registry.
-                    return self.reply_unjoined(peer, &["! server full"]);
+                    return self.reply_unjoined(peer, asked, &["! server full"]);
                 }
                 if !self.source_joins.take(peer.ip(), now) {
                     // One host must not take every join there is (from many ports).
                     return self.reply_unjoined(
                         peer,
+                        asked,
                         &["! too many joins from your address, try again shortly"],
                     );
                 }
@@ -651,7 +678,8 @@ impl Broker {
                     per_second_burst(self.config.udp_join_rate),
                     now,
                 ) {
-                    return self.reply_unjoined(peer, &["! too many joins, try again shortly"]);
+                    let refusal = ["! too many joins, try again shortly"];
+                    return self.reply_unjoined(peer, asked, &refusal);
                 }
                 let id = next_client_id();
                 if !self.join(id, Outbox::Udp { peer }) {
@@ -680,14 +708,23 @@ impl Broker {
         }
     }
 
-    /// Sends one line to a UDP address that has not joined, if the global budget for such
-    /// replies allows: whoever's address a datagram bears, the server sends toward it at
-    /// most `udp_challenge_rate` short datagrams a second (in all, not per address).
-    fn reply_unjoined(&mut self, peer: SocketAddr, parts: &[&str]) {
+    /// Sends one line to a UDP address that has not joined, in answer to a datagram of
+    /// `asked` bytes. As QUIC does it (RFC 9000 §8.1), a reply no larger than
+    /// [`AMPLIFICATION`] times the datagram is always sent — a forged datagram then makes
+    /// the server send at most three times its own bytes toward anyone, and a user whose
+    /// first line is 14 bytes or more is always challenged, however many short datagrams
+    /// flood the server. Replies to shorter datagrams (an empty one, `hi`) draw on one
+    /// budget for the whole server (`udp_challenge_rate` a second, in all, not per
+    /// address), so they add at most that many short datagrams a second.
+    fn reply_unjoined(&mut self, peer: SocketAddr, asked: usize, parts: &[&str]) {
+        let reply = line(parts);
         let rate = self.config.udp_challenge_rate;
         let burst = per_second_burst(rate);
-        if self.udp.is_some() && self.challenges.take(rate, burst, Instant::now()) {
-            self.udp_send(vec![peer], &line(parts));
+        if self.udp.is_some()
+            && (reply.len() <= AMPLIFICATION * asked
+                || self.challenges.take(rate, burst, Instant::now()))
+        {
+            self.udp_send(vec![peer], &reply);
         }
     }
 
