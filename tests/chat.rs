@@ -1281,3 +1281,75 @@ fn a_datagram_of_14_bytes_is_challenged_whatever_floods_the_server() {
     assert!(buf[..n].starts_with(b"* welcome to #lobby, you are guest2"));
     chat.stop();
 }
+
+#[test]
+fn answers_to_a_udp_users_commands_are_paid_for_by_the_bytes_it_sent() {
+    use switchboard::roles::chat::broker::{REPLY_ALLOWANCE, REPLY_REFILL};
+    let chat = default_chat();
+    // Sixty TCP users with 32-character nicks: a `/who` of about 2 KB.
+    let mut room: Vec<User> = (0..60)
+        .map(|i| {
+            let mut u = User::join(chat.tcp);
+            u.nick(&format!("u{i:0>31}"));
+            u
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let udp = UdpUser::new(&chat);
+    udp.join();
+    // One datagram asks `/who` 30 times (within the burst of 40 lines): 150 bytes that
+    // would have been answered with some 62 KB, toward an address anyone can forge.
+    let ask = "/who\n".repeat(30);
+    udp.s.send_to(ask.as_bytes(), chat.udp).unwrap();
+    let help = "/help\n";
+    udp.s.send_to(help.as_bytes(), chat.udp).unwrap();
+    // A rename after them, which the room (the user too) hears: the server handles one
+    // address's datagrams in order, so every answer has been sent once it arrives.
+    let rename = "/nick marker\n";
+    udp.s.send_to(rename.as_bytes(), chat.udp).unwrap();
+    let mut answers = Vec::new();
+    loop {
+        let d = udp.datagram();
+        if d == "* guest61 is now marker\n" {
+            break;
+        }
+        answers.push(d);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // What came from the address since it joined: `/hello TOKEN\n` and the three above.
+    let hello = "/hello 0123456789abcdef\n".len();
+    let sent = (hello + ask.len() + help.len() + rename.len()) as f64;
+    let bytes: usize = answers.iter().map(String::len).sum();
+    let bound = 3.0 * sent + REPLY_ALLOWANCE as f64 + REPLY_REFILL as f64 * elapsed;
+    assert!(
+        bytes as f64 <= bound,
+        "{bytes} bytes answered {sent} bytes in {elapsed:.1} s"
+    );
+    // The first `/who` is whole; the one that no longer fits is cut, with a count.
+    let names: Vec<String> = room.iter().map(|u| u.nick.clone()).collect();
+    let mut sorted = names.clone();
+    sorted.push("guest61".into());
+    sorted.sort_by_key(|n| n.to_ascii_lowercase());
+    assert_eq!(answers[0], format!("* in #lobby: {}\n", sorted.join(", ")));
+    let cut = answers
+        .iter()
+        .find(|a| a.starts_with("* in #lobby: ") && a.ends_with(" more)\n"))
+        .expect("a /who cut to what the budget allows");
+    assert!(cut.contains(" … (+"), "{cut:?}");
+    // (The short /help may come after the budget ran out: it is not asked for here.)
+    drop(room.drain(..));
+    chat.stop();
+}
+
+#[test]
+fn a_udp_users_help_is_one_short_datagram() {
+    let chat = default_chat();
+    let udp = UdpUser::new(&chat);
+    udp.join();
+    udp.say("/help");
+    assert_eq!(
+        udp.datagram(),
+        "* commands: /nick NAME, /msg NAME TEXT, /who, /join ROOM, /rooms, /me TEXT, /quit [REASON], //text\n"
+    );
+    chat.stop();
+}

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 
 use super::cookie::Cookies;
-use super::protocol::{self, Command, HELP};
+use super::protocol::{self, Command, HELP, HELP_SHORT};
 use crate::net::udp::{self, DatagramSender};
 use crate::rt::{self, TcpStream};
 
@@ -274,6 +274,8 @@ struct Client {
     last_seen: Instant,
     /// Its queue overflowed this turn: it is leaving, and gets nothing more.
     overflowed: bool,
+    /// UDP: bytes the answers to its own commands may still take (TCP: unused).
+    replies: ReplyBudget,
 }
 
 /// A client that left this turn, not yet announced.
@@ -338,6 +340,99 @@ fn fit_datagram(line: &Line) -> Line {
     let mut cut = line[..end].to_vec();
     cut.push(b'\n');
     Line::from(cut)
+}
+
+/// `head` and `items` joined by `, ` as one line of at most `limit` bytes: as many items
+/// as fit, then ` … (+N more)` for the rest; `None` if not even that fits.
+fn fit_list(head: &str, items: &[&str], limit: usize) -> Option<Line> {
+    let full = head.len()
+        + items.iter().map(|i| i.len()).sum::<usize>()
+        + 2 * items.len().saturating_sub(1)
+        + 1;
+    if full <= limit {
+        return Some(line(&[head, &items.join(", ")]));
+    }
+    // Room for the longest suffix it could need, so the count never pushes it over.
+    let suffix_room = " … (+ more)".len() + items.len().to_string().len() + 1;
+    let budget = limit.checked_sub(head.len() + suffix_room)?;
+    let mut text = String::from(head);
+    let mut shown = 0;
+    for item in items {
+        let sep = if shown == 0 { 0 } else { 2 };
+        if text.len() - head.len() + sep + item.len() > budget {
+            break;
+        }
+        if shown > 0 {
+            text.push_str(", ");
+        }
+        text.push_str(item);
+        shown += 1;
+    }
+    let more = (items.len() - shown).to_string();
+    let sep = if shown == 0 { "… (+" } else { " … (+" };
+    Some(line(&[&text, sep, &more, " more)"]))
+}
+
+/// What the answers to one UDP user's own commands may take, in bytes. A joined UDP
+/// address is still only an address (anyone who can forge it can send as it), so the
+/// answers are paid for by what arrives from it: each datagram earns [`AMPLIFICATION`]
+/// times its bytes (up to [`REPLY_CREDIT_MAX`] in hand), on top of an allowance of
+/// [`REPLY_ALLOWANCE`] bytes that refills at [`REPLY_REFILL`] bytes a second. So a
+/// forged datagram makes the server send at most three times its bytes toward the
+/// address, beyond that slow allowance, however many `/who`s or `/help`s it holds.
+struct ReplyBudget {
+    bytes: f64,
+    last: Instant,
+}
+
+/// The allowance a UDP user starts with and that refills while it is quiet, in bytes:
+/// a few answers (a `/who` of some sixty long nicks) before its own bytes pay for more.
+pub const REPLY_ALLOWANCE: usize = 2048;
+
+/// How fast the allowance refills, in bytes a second.
+pub const REPLY_REFILL: usize = 256;
+
+/// The most a UDP user's reply budget holds, in bytes.
+pub const REPLY_CREDIT_MAX: usize = 16 * 1024;
+
+impl ReplyBudget {
+    fn new() -> Self {
+        ReplyBudget {
+            bytes: REPLY_ALLOWANCE as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let allowance = REPLY_ALLOWANCE as f64;
+        if self.bytes < allowance {
+            self.bytes = (self.bytes + elapsed * REPLY_REFILL as f64).min(allowance);
+        }
+    }
+
+    /// A datagram of `received` bytes arrived from the user.
+    fn earn(&mut self, received: usize) {
+        let earned = (AMPLIFICATION * received) as f64;
+        self.bytes = (self.bytes + earned).min(REPLY_CREDIT_MAX as f64);
+    }
+
+    fn available(&mut self, now: Instant) -> usize {
+        self.refill(now);
+        self.bytes as usize
+    }
+
+    /// Takes `n` bytes if the budget has them.
+    fn spend(&mut self, n: usize, now: Instant) -> bool {
+        self.refill(now);
+        if self.bytes >= n as f64 {
+            self.bytes -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// How many lines [`Broker::announce`] sends for these departures.
@@ -423,6 +518,7 @@ impl Broker {
             warned: false,
             last_seen: Instant::now(),
             overflowed: false,
+            replies: ReplyBudget::new(),
         };
         let tcp = matches!(client.outbox, Outbox::Tcp { .. });
         self.clients.insert(id, client);
@@ -467,6 +563,40 @@ impl Broker {
         if !self.deliver(id, &line) {
             self.overflow(id);
         }
+    }
+
+    /// Answers a client's own command. To a UDP user, whose address anyone may forge, the
+    /// answer must fit its [`ReplyBudget`] (else it is dropped), so a forged datagram
+    /// makes the server send that address at most [`AMPLIFICATION`] times its bytes, plus
+    /// a small allowance; over TCP it is simply sent.
+    fn reply(&mut self, id: ClientId, line: Line) {
+        let now = Instant::now();
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if matches!(client.outbox, Outbox::Udp { .. }) && !client.replies.spend(line.len(), now) {
+            log::debug!(nick = client.nick.as_str(), bytes = line.len(); "chat: UDP reply over budget, dropped");
+            return;
+        }
+        self.tell(id, line);
+    }
+
+    /// The longest answer [`Broker::reply`] would send `id` now: what its budget allows,
+    /// and one datagram, for a UDP user; no limit over TCP.
+    fn reply_limit(&mut self, id: ClientId) -> usize {
+        let now = Instant::now();
+        match self.clients.get_mut(&id) {
+            Some(c) if matches!(c.outbox, Outbox::Udp { .. }) => {
+                c.replies.available(now).min(udp::MAX_DATAGRAM)
+            }
+            _ => usize::MAX,
+        }
+    }
+
+    fn is_udp(&self, id: ClientId) -> bool {
+        self.clients
+            .get(&id)
+            .is_some_and(|c| matches!(c.outbox, Outbox::Udp { .. }))
     }
 
     /// Marks a client whose queue overflowed: it gets nothing more and is removed when
@@ -694,6 +824,7 @@ impl Broker {
         };
         if let Some(c) = self.clients.get_mut(&id) {
             c.last_seen = Instant::now();
+            c.replies.earn(asked);
         }
         for raw in lines {
             if !self.clients.contains_key(&id) {
@@ -744,7 +875,7 @@ impl Broker {
     fn line_too_long(&mut self, id: ClientId) {
         if self.clients.contains_key(&id) {
             let limit = self.config.max_line.to_string();
-            self.tell(
+            self.reply(
                 id,
                 line(&["! line too long (the limit is ", &limit, " bytes)"]),
             );
@@ -782,7 +913,7 @@ impl Broker {
         if !client.bucket.take(rate, burst, Instant::now()) {
             if !client.warned {
                 client.warned = true;
-                self.tell(id, line(&["! slow down (lines are being dropped)"]));
+                self.reply(id, line(&["! slow down (lines are being dropped)"]));
             }
             return;
         }
@@ -797,9 +928,10 @@ impl Broker {
             Command::Nick(new) => self.rename(id, &nick, &room, new),
             Command::Msg { to, text } => match self.nicks.get(&to.to_ascii_lowercase()) {
                 Some(&target) => self.tell(target, line(&["*", &nick, "* ", text])),
-                None => self.tell(id, line(&["! no such nick: ", to])),
+                None => self.reply(id, line(&["! no such nick: ", to])),
             },
             Command::Who => {
+                let limit = self.reply_limit(id);
                 // (Lookups, not indexing: nothing a client says may panic the broker.)
                 let members = self.rooms.get(&room).map(Vec::as_slice).unwrap_or_default();
                 let mut names: Vec<&str> = members
@@ -807,26 +939,33 @@ impl Broker {
                     .filter_map(|m| self.clients.get(m).map(|c| c.nick.as_str()))
                     .collect();
                 names.sort_by_key(|n| n.to_ascii_lowercase());
-                let who = line(&["* in #", &room, ": ", &names.join(", ")]);
-                self.tell(id, who);
+                let head = format!("* in #{room}: ");
+                if let Some(who) = fit_list(&head, &names, limit) {
+                    self.reply(id, who);
+                }
             }
             Command::Join(new_room) => self.move_room(id, &nick, &room, new_room),
             Command::Rooms => {
+                let limit = self.reply_limit(id);
                 let mut rooms: Vec<(&String, usize)> =
                     self.rooms.iter().map(|(r, m)| (r, m.len())).collect();
                 rooms.sort();
                 let list: Vec<String> = rooms.iter().map(|(r, n)| format!("#{r} ({n})")).collect();
-                self.tell(id, line(&["* rooms: ", &list.join(", ")]));
+                let list: Vec<&str> = list.iter().map(String::as_str).collect();
+                if let Some(rooms) = fit_list("* rooms: ", &list, limit) {
+                    self.reply(id, rooms);
+                }
             }
+            Command::Help if self.is_udp(id) => self.reply(id, line(&[HELP_SHORT])),
             Command::Help => {
                 let text: Vec<u8> = HELP
                     .iter()
                     .flat_map(|l| format!("{l}\n").into_bytes())
                     .collect();
-                self.tell(id, Line::from(text));
+                self.reply(id, Line::from(text));
             }
             Command::Quit(reason) => {
-                self.tell(id, line(&["* bye"]));
+                self.reply(id, line(&["* bye"]));
                 let reason = LeaveReason::Quit(reason.map(str::to_string));
                 if let Some(Outbox::Tcp { stream, .. }) = self.clients.get(&id).map(|c| &c.outbox) {
                     // The writer flushes `* bye` and closes once we drop its sender below;
@@ -835,24 +974,24 @@ impl Broker {
                 }
                 self.remove(id, reason);
             }
-            Command::Usage(usage) => self.tell(id, line(&["! usage: ", usage])),
-            Command::Hello(_) => self.tell(id, line(&["* already joined as ", &nick])),
+            Command::Usage(usage) => self.reply(id, line(&["! usage: ", usage])),
+            Command::Hello(_) => self.reply(id, line(&["* already joined as ", &nick])),
             Command::Unknown(verb) => {
-                self.tell(id, line(&["! unknown command: /", verb, " (try /help)"]))
+                self.reply(id, line(&["! unknown command: /", verb, " (try /help)"]))
             }
         }
     }
 
     fn rename(&mut self, id: ClientId, old: &str, room: &str, new: &str) {
         if !protocol::valid_name(new) {
-            return self.tell(
+            return self.reply(
                 id,
                 line(&["! invalid nick: use 1-32 letters, digits, _ or -"]),
             );
         }
         let key = new.to_ascii_lowercase();
         if self.nicks.get(&key).is_some_and(|&owner| owner != id) {
-            return self.tell(id, line(&["! nick taken: ", new]));
+            return self.reply(id, line(&["! nick taken: ", new]));
         }
         self.nicks.remove(&old.to_ascii_lowercase());
         self.nicks.insert(key, id);
@@ -864,14 +1003,14 @@ impl Broker {
 
     fn move_room(&mut self, id: ClientId, nick: &str, old: &str, new: &str) {
         if !protocol::valid_name(new) {
-            return self.tell(
+            return self.reply(
                 id,
                 line(&["! invalid room: use 1-32 letters, digits, _ or -"]),
             );
         }
         let new = new.to_ascii_lowercase();
         if new == old {
-            return self.tell(id, line(&["* already in #", old]));
+            return self.reply(id, line(&["* already in #", old]));
         }
         self.leave_room(id, old);
         self.publish(old, None, line(&["* ", nick, " left for #", &new]));
@@ -880,7 +1019,7 @@ impl Broker {
         if let Some(c) = self.clients.get_mut(&id) {
             c.room = new.clone();
         }
-        self.tell(id, line(&["* now in #", &new]));
+        self.reply(id, line(&["* now in #", &new]));
     }
 }
 
@@ -1033,11 +1172,76 @@ mod tests {
             assert!(joins.take(ip, now), "a new source has its join");
             assert!(joins.buckets.len() <= SOURCE_JOIN_ENTRIES);
         }
-        // Refilled buckets are forgotten first.
+        // Refilled buckets are forgotten first, when the map is full.
         let later = now + Duration::from_secs(2000);
         assert!(joins.take(hog, later));
-        assert!(joins.take("203.0.113.9".parse().unwrap(), later));
-        assert!(joins.buckets.len() <= 2, "{}", joins.buckets.len());
+        for i in 0..(SOURCE_JOIN_ENTRIES as u32) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            assert!(joins.take(ip, later));
+            assert!(!joins.take(ip, later));
+        }
+        assert!(
+            joins.buckets.len() <= SOURCE_JOIN_ENTRIES * 3 / 4 + 2,
+            "{}",
+            joins.buckets.len()
+        );
+    }
+
+    #[test]
+    fn a_list_is_cut_to_fit_with_a_count_of_the_rest() {
+        let names: Vec<String> = (0..3000).map(|i| format!("{i:0>32}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(
+            &*fit_list("* in #a: ", &names[..2], 100).unwrap(),
+            format!("* in #a: {}, {}\n", names[0], names[1]).as_bytes()
+        );
+        // 3,000 names of 32 bytes: about 102 KB, more than a datagram.
+        let who = fit_list("* in #lobby: ", &names, udp::MAX_DATAGRAM).unwrap();
+        assert!(who.len() <= udp::MAX_DATAGRAM);
+        let text = std::str::from_utf8(&who).unwrap();
+        let shown = text.matches(", ").count() + 1;
+        assert!(
+            text.ends_with(&format!(" … (+{} more)\n", 3000 - shown)),
+            "{}",
+            &text[text.len() - 40..]
+        );
+        assert!(who.len() > udp::MAX_DATAGRAM - 40);
+        // Every limit: never over it, and the count is right.
+        for limit in 0..200 {
+            if let Some(l) = fit_list("* in #a: ", &names[..5], limit) {
+                assert!(l.len() <= limit, "{limit}");
+                let t = std::str::from_utf8(&l).unwrap();
+                let shown = t.matches(&"0".repeat(31)[..]).count();
+                if shown < 5 {
+                    assert!(t.ends_with(&format!("(+{} more)\n", 5 - shown)), "{t:?}");
+                }
+            } else {
+                assert!(limit < "* in #a: … (+5 more)\n".len() + 1, "{limit}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_reply_budget_is_three_times_what_arrived_plus_the_allowance() {
+        let start = Instant::now();
+        let mut b = ReplyBudget {
+            bytes: REPLY_ALLOWANCE as f64,
+            last: start,
+        };
+        b.earn(100);
+        assert_eq!(b.available(start), REPLY_ALLOWANCE + 300);
+        assert!(b.spend(REPLY_ALLOWANCE + 300, start));
+        assert!(!b.spend(1, start));
+        let later = start + Duration::from_secs(1);
+        assert_eq!(b.available(later), REPLY_REFILL);
+        let much_later = start + Duration::from_secs(3600);
+        assert_eq!(
+            b.available(much_later),
+            REPLY_ALLOWANCE,
+            "refills to the allowance only"
+        );
+        b.earn(1 << 20);
+        assert_eq!(b.available(much_later), REPLY_CREDIT_MAX);
     }
 
     #[test]

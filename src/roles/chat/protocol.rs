@@ -288,6 +288,10 @@ impl LineFramer {
     }
 }
 
+/// The `/help` text for a UDP user: one short line, since every byte answering a UDP
+/// address is paid for by the bytes that came from it.
+pub const HELP_SHORT: &str = "* commands: /nick NAME, /msg NAME TEXT, /who, /join ROOM, /rooms, /me TEXT, /quit [REASON], //text";
+
 /// The `/help` text, one notice per line.
 pub const HELP: &[&str] = &[
     "* commands:",
