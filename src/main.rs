@@ -143,6 +143,11 @@ struct ChatArgs {
     /// The most UDP users at once; more get `! server full`.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_udp_users: usize,
+    /// The most UDP users from one source (an IPv4 address or an IPv6 /64); more get
+    /// `! too many users from your address`. Default: a quarter of --max-udp-users, at
+    /// most 256.
+    #[arg(long, value_name = "N")]
+    max_udp_users_per_ip: Option<usize>,
     /// Drop a UDP user after this long without a datagram.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
     udp_idle: Duration,
@@ -431,6 +436,9 @@ async fn serve_chat(args: ChatArgs) -> Result<()> {
         sendq: args.sendq,
         udp_idle: args.udp_idle.max(Duration::from_millis(100)),
         max_udp_users: args.max_udp_users,
+        max_udp_users_per_ip: args
+            .max_udp_users_per_ip
+            .unwrap_or((args.max_udp_users / 4).clamp(1, 256)),
         udp_join_rate: args.udp_join_rate,
         udp_joins_per_ip: args.udp_joins_per_ip,
         udp_challenge_rate: (2.0 * args.udp_join_rate).max(10.0),

@@ -917,6 +917,7 @@ fn a_validated_udp_users_welcome_is_never_dropped() {
         udp_join_rate: 0.0, // no limits: as many joins at once as possible
         udp_joins_per_ip: 0.0,
         udp_challenge_rate: 0.0,
+        max_udp_users_per_ip: SOURCES,
         ..Default::default()
     };
     let chat = start_chat(ServerConfig::default(), config);
@@ -1093,6 +1094,7 @@ fn every_one_of_1500_udp_users_gets_every_line_and_the_goodbye() {
         udp_joins_per_ip: 0.0,
         udp_challenge_rate: 0.0,
         max_udp_users: USERS,
+        max_udp_users_per_ip: USERS,
         ..Default::default()
     };
     let chat = start_chat(ServerConfig::default(), config);
@@ -1350,6 +1352,40 @@ fn a_udp_users_help_is_one_short_datagram() {
     assert_eq!(
         udp.datagram(),
         "* commands: /nick NAME, /msg NAME TEXT, /who, /join ROOM, /rooms, /me TEXT, /quit [REASON], //text\n"
+    );
+    chat.stop();
+}
+
+#[test]
+fn one_host_cannot_take_every_udp_place() {
+    let config = ChatConfig {
+        max_udp_users_per_ip: 2,
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    let first = UdpUser::new(&chat);
+    first.join();
+    UdpUser::new(&chat).join();
+    let third = UdpUser::new(&chat);
+    assert_eq!(
+        udp_chat_hello(&third.s, chat.udp),
+        "! too many users from your address\n"
+    );
+    // Another host still gets in.
+    let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+    other.set_read_timeout(Some(DEADLINE)).unwrap();
+    let welcome = udp_chat_hello(&other, chat.udp);
+    assert!(
+        welcome.starts_with("* welcome to #lobby, you are guest"),
+        "{welcome:?}"
+    );
+    // A place freed is a place for the host again.
+    first.say("/quit");
+    first.until("* bye");
+    let welcome = udp_chat_hello(&third.s, chat.udp);
+    assert!(
+        welcome.starts_with("* welcome to #lobby, you are guest"),
+        "{welcome:?}"
     );
     chat.stop();
 }

@@ -90,6 +90,9 @@ pub struct ChatConfig {
     /// The most UDP users at once (TCP users are bounded by `--max-conns`); UDP sources are
     /// cheap to invent, so a flood of them must not grow the registry without bound.
     pub max_udp_users: usize,
+    /// The most UDP users from one source (an IPv4 address, an IPv6 /64): one host with
+    /// many ports must not take every place `max_udp_users` allows.
+    pub max_udp_users_per_ip: usize,
     /// UDP joins a second, for the whole server (the burst is one second's worth): a join
     /// costs a notice to every room member, so a flood of joins must not become
     /// O(users²) work. 0 turns the limit off (the command line does not allow that).
@@ -114,6 +117,7 @@ impl Default for ChatConfig {
             sendq: 1024,
             udp_idle: Duration::from_secs(300),
             max_udp_users: 10_000,
+            max_udp_users_per_ip: 256,
             udp_join_rate: 50.0,
             udp_joins_per_ip: 5.0,
             udp_challenge_rate: 100.0,
@@ -228,6 +232,7 @@ impl BrokerHandle {
             nicks: HashMap::new(),
             rooms: HashMap::new(),
             udp_peers: HashMap::new(),
+            udp_sources: HashMap::new(),
             udp,
             bus,
             next_guest: 1,
@@ -293,6 +298,9 @@ struct Broker {
     /// Room → members, in joining order.
     rooms: HashMap<String, Vec<ClientId>>,
     udp_peers: HashMap<SocketAddr, ClientId>,
+    /// UDP users per source ([`source_of`]), for `max_udp_users_per_ip`: only joined
+    /// users are counted, so it holds at most `max_udp_users` entries.
+    udp_sources: HashMap<IpAddr, usize>,
     udp: Option<DatagramSender>,
     bus: Box<dyn RoomBus>,
     next_guest: u64,
@@ -655,6 +663,13 @@ impl Broker {
             }
             Outbox::Udp { peer } => {
                 self.udp_peers.remove(peer);
+                let source = source_of(peer.ip());
+                if let Some(n) = self.udp_sources.get_mut(&source) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.udp_sources.remove(&source);
+                    }
+                }
             }
         }
         log::info!(nick = client.nick.as_str(), reason = reason.text(); "chat: left");
@@ -795,6 +810,13 @@ impl Broker {
                     // UDP sources are cheap to invent: they must not grow the registry.
                     return self.reply_unjoined(peer, asked, &["! server full"]);
                 }
+                let source = source_of(peer.ip());
+                if self.udp_sources.get(&source).copied().unwrap_or(0)
+                    >= self.config.max_udp_users_per_ip
+                {
+                    let refusal = ["! too many users from your address"];
+                    return self.reply_unjoined(peer, asked, &refusal);
+                }
                 if !self.source_joins.take(peer.ip(), now) {
                     // One host must not take every join there is (from many ports).
                     return self.reply_unjoined(
@@ -818,6 +840,7 @@ impl Broker {
                     return;
                 }
                 self.udp_peers.insert(peer, id);
+                *self.udp_sources.entry(source).or_default() += 1;
                 log::info!(peer = peer.to_string().as_str(), id = id; "chat: UDP user joined");
                 id
             }
