@@ -140,6 +140,9 @@ struct ChatArgs {
     /// Lines queued for one TCP client before it is disconnected as too slow.
     #[arg(long, value_name = "LINES", default_value_t = 1024)]
     sendq: usize,
+    /// Bytes queued for one TCP client before it is disconnected as too slow.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    sendq_bytes: usize,
     /// The most UDP users at once; more get `! server full`.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_udp_users: usize,
@@ -412,12 +415,13 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
 async fn serve_chat(args: ChatArgs) -> Result<()> {
     if args.max_line == 0
         || args.sendq == 0
+        || args.sendq_bytes == 0
         || args.burst == 0
         || args.rate.is_nan()
         || args.rate < 0.0
     {
         return Err(
-            "--max-line, --sendq and --burst must be at least 1, and --rate 0 or more".into(),
+            "--max-line, --sendq, --sendq-bytes and --burst must be at least 1, and --rate 0 or more".into(),
         );
     }
     if !args.udp_join_rate.is_finite() || args.udp_join_rate <= 0.0 {
@@ -434,6 +438,7 @@ async fn serve_chat(args: ChatArgs) -> Result<()> {
         rate: args.rate,
         burst: args.burst,
         sendq: args.sendq,
+        sendq_bytes: args.sendq_bytes,
         udp_idle: args.udp_idle.max(Duration::from_millis(100)),
         max_udp_users: args.max_udp_users,
         max_udp_users_per_ip: args

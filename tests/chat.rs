@@ -1389,3 +1389,35 @@ fn one_host_cannot_take_every_udp_place() {
     );
     chat.stop();
 }
+
+#[test]
+fn a_stalled_client_asking_who_is_evicted_by_its_queued_bytes() {
+    let config = ChatConfig {
+        rate: 0.0,
+        sendq: 1_000_000, // never reached: the bytes are the bound here
+        sendq_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let chat = start_chat(ServerConfig::default(), config);
+    // Thirty users with 32-character nicks: each `/who` is about 1 KB.
+    let mut room: Vec<User> = (0..30)
+        .map(|i| {
+            let mut u = User::join(chat.tcp);
+            u.nick(&format!("u{i:0>31}"));
+            u
+        })
+        .collect();
+    // A client that never reads (a 4 KiB receive buffer) asks `/who` 20,000 times:
+    // some 20 MB of answers, in 20,000 lines.
+    let mut stalled = client_with_rcvbuf(chat.tcp, 4096);
+    let watcher = &mut room[0];
+    watcher.until("* guest31 joined");
+    let _ = stalled.write_all("/who\n".repeat(20_000).as_bytes());
+    watcher.until("* guest31 left (send queue exceeded)");
+    watcher.say("/who");
+    let who = watcher.line();
+    assert!(who.starts_with("* in #lobby: u0"), "{who}");
+    assert!(!who.contains("guest31"), "{who}");
+    drop(stalled);
+    chat.stop();
+}

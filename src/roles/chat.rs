@@ -147,6 +147,7 @@ async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Res
             id,
             outbox: Outbox::Tcp {
                 writer_tx,
+                queued: Default::default(),
                 stream: stream.clone(),
             },
         })

@@ -24,12 +24,14 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
 use super::cookie::Cookies;
 use super::protocol::{self, Command, HELP, HELP_SHORT};
+use crate::net::conn::Outgoing;
 use crate::net::udp::{self, DatagramSender};
 use crate::rt::{self, TcpStream};
 
@@ -85,6 +87,9 @@ pub struct ChatConfig {
     pub burst: u32,
     /// Lines queued for one TCP client before it is disconnected as too slow.
     pub sendq: usize,
+    /// Bytes queued for one TCP client before it is disconnected as too slow: lines can
+    /// be long (a `/who` of a big room), so a bound in lines alone is no bound on memory.
+    pub sendq_bytes: usize,
     /// Silence after which a UDP client is dropped.
     pub udp_idle: Duration,
     /// The most UDP users at once (TCP users are bounded by `--max-conns`); UDP sources are
@@ -115,6 +120,7 @@ impl Default for ChatConfig {
             rate: 20.0,
             burst: 40,
             sendq: 1024,
+            sendq_bytes: 1 << 20,
             udp_idle: Duration::from_secs(300),
             max_udp_users: 10_000,
             max_udp_users_per_ip: 256,
@@ -125,12 +131,34 @@ impl Default for ChatConfig {
     }
 }
 
+/// A line in a TCP client's writer mailbox. It holds its length in the client's count of
+/// queued bytes until the writer lets go of it (once it is copied into a write), so the
+/// broker can bound the bytes queued per client as well as the lines (`--sendq-bytes`),
+/// without the shared writer knowing about it.
+pub struct Queued {
+    line: Line,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.line.len(), Ordering::Relaxed);
+    }
+}
+
+impl Outgoing for Queued {
+    fn bytes(&self) -> &[u8] {
+        &self.line
+    }
+}
+
 /// Where a client's lines go.
 pub enum Outbox {
-    /// A TCP client's writer mailbox, and its socket (only to cut it off: at `/quit`,
-    /// or when it cannot keep up).
+    /// A TCP client's writer mailbox, its count of bytes queued there, and its socket
+    /// (only to cut it off: at `/quit`, or when it cannot keep up).
     Tcp {
-        writer_tx: flume::Sender<Line>,
+        writer_tx: flume::Sender<Queued>,
+        queued: Arc<AtomicUsize>,
         stream: TcpStream,
     },
     /// A UDP client, reached through the endpoint's send actor.
@@ -334,6 +362,29 @@ fn line(parts: &[&str]) -> Line {
     Line::from(bytes)
 }
 
+/// Queues `line` for a TCP client's writer unless its mailbox is full or its queued bytes
+/// would pass `max_bytes` (a line alone in the queue always fits, however long);
+/// `false` then (it cannot keep up). A writer that has ended (its client left) takes
+/// nothing, and that is not the client being slow.
+fn queue_tcp(
+    writer_tx: &flume::Sender<Queued>,
+    queued: &Arc<AtomicUsize>,
+    line: &Line,
+    max_bytes: usize,
+) -> bool {
+    let before = queued.load(Ordering::Relaxed);
+    if before > 0 && before.saturating_add(line.len()) > max_bytes {
+        return false;
+    }
+    queued.fetch_add(line.len(), Ordering::Relaxed);
+    let item = Queued {
+        line: line.clone(),
+        queued: queued.clone(),
+    };
+    // (A refused item is dropped here, and gives its bytes back.)
+    !matches!(writer_tx.try_send(item), Err(flume::TrySendError::Full(_)))
+}
+
 /// `line` itself if it fits in one UDP datagram, else its longest prefix that does and
 /// ends at a character boundary, with its `\n`.
 fn fit_datagram(line: &Line) -> Line {
@@ -472,8 +523,10 @@ impl Broker {
                     let mut peers = Vec::new();
                     for client in self.clients.values().filter(|c| !c.overflowed) {
                         match &client.outbox {
-                            Outbox::Tcp { writer_tx, .. } => {
-                                let _ = writer_tx.try_send(bye.clone());
+                            Outbox::Tcp {
+                                writer_tx, queued, ..
+                            } => {
+                                queue_tcp(writer_tx, queued, &bye, usize::MAX);
                             }
                             Outbox::Udp { peer } => peers.push(*peer),
                         }
@@ -554,10 +607,9 @@ impl Broker {
             return true;
         };
         match &client.outbox {
-            Outbox::Tcp { writer_tx, .. } => !matches!(
-                writer_tx.try_send(line.clone()),
-                Err(flume::TrySendError::Full(_))
-            ),
+            Outbox::Tcp {
+                writer_tx, queued, ..
+            } => queue_tcp(writer_tx, queued, line, self.config.sendq_bytes),
             Outbox::Udp { peer } => {
                 // A full UDP queue drops the datagram: UDP promises no more.
                 self.udp_send(vec![*peer], line);
