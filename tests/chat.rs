@@ -1421,3 +1421,27 @@ fn a_stalled_client_asking_who_is_evicted_by_its_queued_bytes() {
     drop(stalled);
     chat.stop();
 }
+
+#[test]
+fn nobody_can_pass_for_the_server() {
+    let chat = default_chat();
+    let mut mallory = User::join(chat.tcp);
+    let mut victim = User::join(chat.tcp);
+    mallory.until(&format!("* {} joined", victim.nick));
+    mallory.say("/nick server");
+    assert_eq!(mallory.line(), "! that nick is reserved");
+    mallory.say("/nick SERVER");
+    assert_eq!(mallory.line(), "! that nick is reserved");
+    mallory.say("/nick 1500");
+    assert_eq!(
+        mallory.line(),
+        "! invalid nick: it must start with a letter"
+    );
+    // Renaming to the nick one has is no news for the room.
+    let nick = mallory.nick.clone();
+    mallory.say(&format!("/nick {nick}"));
+    assert_eq!(mallory.line(), format!("* you are already {nick}"));
+    mallory.say("/me is still here");
+    assert_eq!(victim.line(), format!("* {nick} is still here"));
+    chat.stop();
+}

@@ -1058,11 +1058,11 @@ impl Broker {
     }
 
     fn rename(&mut self, id: ClientId, old: &str, room: &str, new: &str) {
-        if !protocol::valid_name(new) {
-            return self.reply(
-                id,
-                line(&["! invalid nick: use 1-32 letters, digits, _ or -"]),
-            );
+        if let Some(problem) = protocol::nick_problem(new) {
+            return self.reply(id, line(&[problem]));
+        }
+        if new == old {
+            return self.reply(id, line(&["* you are already ", old]));
         }
         let key = new.to_ascii_lowercase();
         if self.nicks.get(&key).is_some_and(|&owner| owner != id) {
