@@ -176,11 +176,63 @@ pub enum BrokerMsg {
     /// A TCP client's reader ended.
     Leave { id: ClientId, reason: LeaveReason },
     /// A UDP datagram (one or more lines).
-    Datagram { peer: SocketAddr, data: Vec<u8> },
+    Datagram { peer: SocketAddr, data: Received },
     /// Time passes: expire silent UDP clients.
     Tick,
     /// Tell everyone, let go of every writer, and stop.
     Shutdown { done: oneshot::Sender<()> },
+}
+
+/// The bytes of UDP datagrams waiting in the broker's mailbox may add up to this much;
+/// beyond it the receive loop drops datagrams (counted). The mailbox holds up to
+/// [`BROKER_MAILBOX`] messages, and a datagram can be 64 KiB: 256 MiB if nothing else
+/// bounded it.
+pub const UDP_QUEUED_BYTES: usize = 16 << 20;
+
+/// The gate in front of the broker's mailbox for UDP datagrams: it lets a datagram
+/// through while the bytes of those still waiting stay within a bound.
+#[derive(Clone)]
+pub struct ReceiveGate {
+    queued: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// A received datagram on its way to the broker; its bytes count against its
+/// [`ReceiveGate`] until the broker has handled it (dropped it).
+pub struct Received {
+    /// The datagram.
+    pub bytes: Vec<u8>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl ReceiveGate {
+    /// A gate letting through at most `max` bytes at once.
+    pub fn new(max: usize) -> Self {
+        ReceiveGate {
+            queued: Default::default(),
+            max,
+        }
+    }
+
+    /// `bytes`, counted, if they fit; `None` (drop it) if not. One datagram alone always
+    /// fits.
+    pub fn admit(&self, bytes: Vec<u8>) -> Option<Received> {
+        let before = self.queued.load(Ordering::Relaxed);
+        if before > 0 && before + bytes.len() > self.max {
+            return None;
+        }
+        self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        Some(Received {
+            bytes,
+            queued: self.queued.clone(),
+        })
+    }
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
 }
 
 /// Where published room lines also go. The broker delivers to its own clients and then
@@ -516,7 +568,7 @@ impl Broker {
                 BrokerMsg::Line { id, line } => self.on_line(id, &line),
                 BrokerMsg::TooLong { id } => self.line_too_long(id),
                 BrokerMsg::Leave { id, reason } => self.remove(id, reason),
-                BrokerMsg::Datagram { peer, data } => self.on_datagram(peer, &data),
+                BrokerMsg::Datagram { peer, data } => self.on_datagram(peer, &data.bytes),
                 BrokerMsg::Tick => self.expire_udp(),
                 BrokerMsg::Shutdown { done } => {
                     let bye = line(&["* server shutting down"]);
@@ -1317,6 +1369,21 @@ mod tests {
         );
         b.earn(1 << 20);
         assert_eq!(b.available(much_later), REPLY_CREDIT_MAX);
+    }
+
+    #[test]
+    fn the_receive_gate_bounds_the_bytes_waiting_for_the_broker() {
+        let gate = ReceiveGate::new(100);
+        let big = gate
+            .admit(vec![0; 150])
+            .expect("one datagram alone always fits");
+        assert!(gate.admit(vec![0; 1]).is_none());
+        drop(big);
+        let a = gate.admit(vec![0; 60]).unwrap();
+        let _b = gate.admit(vec![0; 40]).unwrap();
+        assert!(gate.admit(vec![0; 1]).is_none());
+        drop(a);
+        assert!(gate.admit(vec![0; 60]).is_some());
     }
 
     #[test]
