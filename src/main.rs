@@ -140,16 +140,29 @@ struct ChatArgs {
     /// Lines queued for one TCP client before it is disconnected as too slow.
     #[arg(long, value_name = "LINES", default_value_t = 1024)]
     sendq: usize,
+    /// Bytes queued for one TCP client before it is disconnected as too slow.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    sendq_bytes: usize,
     /// The most UDP users at once; more get `! server full`.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_udp_users: usize,
+    /// The most UDP users from one source (an IPv4 address or an IPv6 /64); more get
+    /// `! too many users from your address`. Default: a quarter of --max-udp-users, at
+    /// most 256.
+    #[arg(long, value_name = "N")]
+    max_udp_users_per_ip: Option<usize>,
     /// Drop a UDP user after this long without a datagram.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
     udp_idle: Duration,
-    /// UDP joins a second for the whole server (more wait); challenges to unknown
-    /// addresses are limited to twice this.
+    /// UDP joins a second for the whole server (more are refused: `! too many joins`;
+    /// the client sends `/hello` again); short replies to unknown addresses are limited
+    /// to twice this.
     #[arg(long, value_name = "JOINS", default_value_t = 50.0)]
     udp_join_rate: f64,
+    /// UDP joins a second from one source (an IPv4 address or an IPv6 /64), so that one
+    /// host cannot take every join --udp-join-rate allows.
+    #[arg(long, value_name = "JOINS", default_value_t = 5.0)]
+    udp_joins_per_ip: f64,
 }
 
 #[derive(Args)]
@@ -402,16 +415,20 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
 async fn serve_chat(args: ChatArgs) -> Result<()> {
     if args.max_line == 0
         || args.sendq == 0
+        || args.sendq_bytes == 0
         || args.burst == 0
         || args.rate.is_nan()
         || args.rate < 0.0
     {
         return Err(
-            "--max-line, --sendq and --burst must be at least 1, and --rate 0 or more".into(),
+            "--max-line, --sendq, --sendq-bytes and --burst must be at least 1, and --rate 0 or more".into(),
         );
     }
     if !args.udp_join_rate.is_finite() || args.udp_join_rate <= 0.0 {
         return Err("--udp-join-rate must be a number above 0".into());
+    }
+    if !args.udp_joins_per_ip.is_finite() || args.udp_joins_per_ip <= 0.0 {
+        return Err("--udp-joins-per-ip must be a number above 0".into());
     }
     let (tcp, udp) = args.transports.addrs(chat::DEFAULT_ADDR);
     let bound = service::bind(tcp.as_deref(), udp.as_deref()).await?;
@@ -421,9 +438,14 @@ async fn serve_chat(args: ChatArgs) -> Result<()> {
         rate: args.rate,
         burst: args.burst,
         sendq: args.sendq,
+        sendq_bytes: args.sendq_bytes,
         udp_idle: args.udp_idle.max(Duration::from_millis(100)),
         max_udp_users: args.max_udp_users,
+        max_udp_users_per_ip: args
+            .max_udp_users_per_ip
+            .unwrap_or((args.max_udp_users / 4).clamp(1, 256)),
         udp_join_rate: args.udp_join_rate,
+        udp_joins_per_ip: args.udp_joins_per_ip,
         udp_challenge_rate: (2.0 * args.udp_join_rate).max(10.0),
     };
     let stats = Stats::new();

@@ -20,7 +20,10 @@ pub mod unicode_table;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::{BrokerHandle, BrokerMsg, ChatConfig, LeaveReason, LocalOnly, Outbox, next_client_id};
+use broker::{
+    BrokerHandle, BrokerMsg, ChatConfig, LeaveReason, LocalOnly, Outbox, ReceiveGate,
+    UDP_QUEUED_BYTES, next_client_id,
+};
 use protocol::{Frame, LineFramer, TelnetFilter};
 
 use crate::Result;
@@ -101,13 +104,22 @@ pub async fn run(
         let broker = broker.clone();
         async move {
             if let Some(socket) = udp {
+                let gate = ReceiveGate::new(UDP_QUEUED_BYTES);
+                let mut dropped = 0u64;
                 udp::receive_loop(socket, stats, loops_shutdown, |peer, data| {
                     let broker = broker.clone();
+                    let data = gate.admit(data);
+                    dropped += u64::from(data.is_none());
                     async move {
-                        broker.send(BrokerMsg::Datagram { peer, data }).await;
+                        if let Some(data) = data {
+                            broker.send(BrokerMsg::Datagram { peer, data }).await;
+                        }
                     }
                 })
                 .await;
+                if dropped > 0 {
+                    log::warn!(datagrams = dropped; "chat: UDP datagrams dropped (too many bytes waiting for the broker)");
+                }
             }
         }
     };
@@ -119,7 +131,12 @@ pub async fn run(
     rt::spawn(ticker);
     futures::join!(tcp_loop, udp_loop, stop);
     if let Some(sender) = udp_finish {
-        sender.finish().await; // the broker has stopped and let go of its handle
+        // The broker has stopped and let go of its handle: the count is final.
+        let dropped = sender.dropped();
+        sender.finish().await;
+        if dropped > 0 {
+            log::warn!(lines = dropped; "chat: UDP lines dropped (the UDP send queue was full)");
+        }
     }
 }
 
@@ -142,6 +159,7 @@ async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Res
             id,
             outbox: Outbox::Tcp {
                 writer_tx,
+                queued: Default::default(),
                 stream: stream.clone(),
             },
         })

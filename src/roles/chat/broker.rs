@@ -22,14 +22,16 @@
 //! into a flood of notices that takes healthy clients with it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
 use super::cookie::Cookies;
-use super::protocol::{self, Command, HELP};
+use super::protocol::{self, Command, HELP, HELP_SHORT};
+use crate::net::conn::Outgoing;
 use crate::net::udp::{self, DatagramSender};
 use crate::rt::{self, TcpStream};
 
@@ -46,14 +48,27 @@ pub const BROKER_MAILBOX: usize = 4096;
 /// The room everyone starts in.
 pub const LOBBY: &str = "lobby";
 
-/// Places in the UDP send queue (`udp::SEND_MAILBOX`) only welcomes may take. Room
-/// traffic to UDP users is dropped when the queue is full, as UDP allows, but a welcome
-/// must not be: a user in the room who was never told its nick is lost. The broker is the
+/// Places in the UDP send queue (`udp::SEND_MAILBOX` jobs: one line for one user or for
+/// a whole room) only welcomes may take. Room traffic to UDP users is dropped a line at a
+/// time when the queue is full, as UDP allows, but a welcome must not be: a user in the room who was never told its nick is lost. The broker is the
 /// queue's only producer, so what it sees free stays free until it sends. Joins are
 /// limited (`--udp-join-rate`, 50 a second by default) and the send actor empties the
 /// queue in milliseconds, so this many welcomes at once is far more than happens; a join
 /// that finds even these taken is not made (the user's next `/hello` tries again).
 pub const WELCOME_RESERVE: usize = 64;
+
+/// How many times the bytes of a datagram from an address that has not joined the server
+/// may answer without drawing on the global budget for such replies: QUIC's limit
+/// (RFC 9000 §8.1). The challenge is 41 bytes, so a datagram of 14 bytes or more always
+/// gets it.
+pub const AMPLIFICATION: usize = 3;
+
+/// `/hello`, the verb an unjoined address's first line must start with.
+const HELLO: &[u8] = b"/hello";
+
+/// The longest first line from an unjoined address that is parsed as a `/hello` (the
+/// command, a 16-digit token and some spaces): longer ones get the challenge unread.
+const MAX_HELLO_LINE: usize = 64;
 
 /// Departures from one room in one broker turn that are announced by name; more are
 /// counted in one line per reason. Kept small so that no burst of departures can fill
@@ -72,15 +87,25 @@ pub struct ChatConfig {
     pub burst: u32,
     /// Lines queued for one TCP client before it is disconnected as too slow.
     pub sendq: usize,
+    /// Bytes queued for one TCP client before it is disconnected as too slow: lines can
+    /// be long (a `/who` of a big room), so a bound in lines alone is no bound on memory.
+    pub sendq_bytes: usize,
     /// Silence after which a UDP client is dropped.
     pub udp_idle: Duration,
     /// The most UDP users at once (TCP users are bounded by `--max-conns`); UDP sources are
     /// cheap to invent, so a flood of them must not grow the registry without bound.
     pub max_udp_users: usize,
+    /// The most UDP users from one source (an IPv4 address, an IPv6 /64): one host with
+    /// many ports must not take every place `max_udp_users` allows.
+    pub max_udp_users_per_ip: usize,
     /// UDP joins a second, for the whole server (the burst is one second's worth): a join
     /// costs a notice to every room member, so a flood of joins must not become
     /// O(users²) work. 0 turns the limit off (the command line does not allow that).
     pub udp_join_rate: f64,
+    /// UDP joins a second from one source (an IPv4 address, an IPv6 /64; burst: one
+    /// second's worth), below `udp_join_rate`: one host churning joins from many ports
+    /// must not take every join the server allows. 0 turns it off.
+    pub udp_joins_per_ip: f64,
     /// Datagrams a second to UDP addresses that have not joined — challenges and refusals
     /// — for the whole server (burst: one second's worth). This bounds what anyone can
     /// make the server send toward a spoofed address, whoever's address it is. 0 turns
@@ -95,20 +120,45 @@ impl Default for ChatConfig {
             rate: 20.0,
             burst: 40,
             sendq: 1024,
+            sendq_bytes: 1 << 20,
             udp_idle: Duration::from_secs(300),
             max_udp_users: 10_000,
+            max_udp_users_per_ip: 256,
             udp_join_rate: 50.0,
+            udp_joins_per_ip: 5.0,
             udp_challenge_rate: 100.0,
         }
     }
 }
 
+/// A line in a TCP client's writer mailbox. It holds its length in the client's count of
+/// queued bytes until the writer lets go of it (once it is copied into a write), so the
+/// broker can bound the bytes queued per client as well as the lines (`--sendq-bytes`),
+/// without the shared writer knowing about it.
+pub struct Queued {
+    line: Line,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.line.len(), Ordering::Relaxed);
+    }
+}
+
+impl Outgoing for Queued {
+    fn bytes(&self) -> &[u8] {
+        &self.line
+    }
+}
+
 /// Where a client's lines go.
 pub enum Outbox {
-    /// A TCP client's writer mailbox, and its socket (only to cut it off: at `/quit`,
-    /// or when it cannot keep up).
+    /// A TCP client's writer mailbox, its count of bytes queued there, and its socket
+    /// (only to cut it off: at `/quit`, or when it cannot keep up).
     Tcp {
-        writer_tx: flume::Sender<Line>,
+        writer_tx: flume::Sender<Queued>,
+        queued: Arc<AtomicUsize>,
         stream: TcpStream,
     },
     /// A UDP client, reached through the endpoint's send actor.
@@ -126,11 +176,63 @@ pub enum BrokerMsg {
     /// A TCP client's reader ended.
     Leave { id: ClientId, reason: LeaveReason },
     /// A UDP datagram (one or more lines).
-    Datagram { peer: SocketAddr, data: Vec<u8> },
+    Datagram { peer: SocketAddr, data: Received },
     /// Time passes: expire silent UDP clients.
     Tick,
     /// Tell everyone, let go of every writer, and stop.
     Shutdown { done: oneshot::Sender<()> },
+}
+
+/// The bytes of UDP datagrams waiting in the broker's mailbox may add up to this much;
+/// beyond it the receive loop drops datagrams (counted). The mailbox holds up to
+/// [`BROKER_MAILBOX`] messages, and a datagram can be 64 KiB: 256 MiB if nothing else
+/// bounded it.
+pub const UDP_QUEUED_BYTES: usize = 16 << 20;
+
+/// The gate in front of the broker's mailbox for UDP datagrams: it lets a datagram
+/// through while the bytes of those still waiting stay within a bound.
+#[derive(Clone)]
+pub struct ReceiveGate {
+    queued: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// A received datagram on its way to the broker; its bytes count against its
+/// [`ReceiveGate`] until the broker has handled it (dropped it).
+pub struct Received {
+    /// The datagram.
+    pub bytes: Vec<u8>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl ReceiveGate {
+    /// A gate letting through at most `max` bytes at once.
+    pub fn new(max: usize) -> Self {
+        ReceiveGate {
+            queued: Default::default(),
+            max,
+        }
+    }
+
+    /// `bytes`, counted, if they fit; `None` (drop it) if not. One datagram alone always
+    /// fits.
+    pub fn admit(&self, bytes: Vec<u8>) -> Option<Received> {
+        let before = self.queued.load(Ordering::Relaxed);
+        if before > 0 && before + bytes.len() > self.max {
+            return None;
+        }
+        self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        Some(Received {
+            bytes,
+            queued: self.queued.clone(),
+        })
+    }
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
 }
 
 /// Where published room lines also go. The broker delivers to its own clients and then
@@ -203,12 +305,14 @@ impl BrokerHandle {
         let (broker_tx, broker_rx) = flume::bounded(BROKER_MAILBOX);
         let joins = TokenBucket::new(per_second_burst(config.udp_join_rate));
         let challenges = TokenBucket::new(per_second_burst(config.udp_challenge_rate));
+        let source_joins = SourceJoins::new(config.udp_joins_per_ip);
         let broker = Broker {
             config,
             clients: HashMap::new(),
             nicks: HashMap::new(),
             rooms: HashMap::new(),
             udp_peers: HashMap::new(),
+            udp_sources: HashMap::new(),
             udp,
             bus,
             next_guest: 1,
@@ -217,6 +321,7 @@ impl BrokerHandle {
             cookies: Cookies::new(),
             joins,
             challenges,
+            source_joins,
         };
         rt::spawn(broker.run(broker_rx));
         BrokerHandle { broker_tx }
@@ -254,6 +359,8 @@ struct Client {
     last_seen: Instant,
     /// Its queue overflowed this turn: it is leaving, and gets nothing more.
     overflowed: bool,
+    /// UDP: bytes the answers to its own commands may still take (TCP: unused).
+    replies: ReplyBudget,
 }
 
 /// A client that left this turn, not yet announced.
@@ -271,6 +378,9 @@ struct Broker {
     /// Room → members, in joining order.
     rooms: HashMap<String, Vec<ClientId>>,
     udp_peers: HashMap<SocketAddr, ClientId>,
+    /// UDP users per source ([`source_of`]), for `max_udp_users_per_ip`: only joined
+    /// users are counted, so it holds at most `max_udp_users` entries.
+    udp_sources: HashMap<IpAddr, usize>,
     udp: Option<DatagramSender>,
     bus: Box<dyn RoomBus>,
     next_guest: u64,
@@ -284,6 +394,8 @@ struct Broker {
     joins: TokenBucket,
     /// Replies to UDP addresses that have not joined, for the whole server.
     challenges: TokenBucket,
+    /// `udp_joins_per_ip`, per validated source.
+    source_joins: SourceJoins,
 }
 
 /// The burst of a per-second rate: one second's worth, at least 1.
@@ -300,6 +412,138 @@ fn line(parts: &[&str]) -> Line {
     }
     bytes.push(b'\n');
     Line::from(bytes)
+}
+
+/// Queues `line` for a TCP client's writer unless its mailbox is full or its queued bytes
+/// would pass `max_bytes` (a line alone in the queue always fits, however long);
+/// `false` then (it cannot keep up). A writer that has ended (its client left) takes
+/// nothing, and that is not the client being slow.
+fn queue_tcp(
+    writer_tx: &flume::Sender<Queued>,
+    queued: &Arc<AtomicUsize>,
+    line: &Line,
+    max_bytes: usize,
+) -> bool {
+    let before = queued.load(Ordering::Relaxed);
+    if before > 0 && before.saturating_add(line.len()) > max_bytes {
+        return false;
+    }
+    queued.fetch_add(line.len(), Ordering::Relaxed);
+    let item = Queued {
+        line: line.clone(),
+        queued: queued.clone(),
+    };
+    // (A refused item is dropped here, and gives its bytes back.)
+    !matches!(writer_tx.try_send(item), Err(flume::TrySendError::Full(_)))
+}
+
+/// `line` itself if it fits in one UDP datagram, else its longest prefix that does and
+/// ends at a character boundary, with its `\n`.
+fn fit_datagram(line: &Line) -> Line {
+    if line.len() <= udp::MAX_DATAGRAM {
+        return line.clone();
+    }
+    let mut end = udp::MAX_DATAGRAM - 1;
+    // UTF-8 continuation bytes are 0b10xx_xxxx: back up to the start of a character.
+    while end > 0 && line[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    let mut cut = line[..end].to_vec();
+    cut.push(b'\n');
+    Line::from(cut)
+}
+
+/// `head` and `items` joined by `, ` as one line of at most `limit` bytes: as many items
+/// as fit, then ` … (+N more)` for the rest; `None` if not even that fits.
+fn fit_list(head: &str, items: &[&str], limit: usize) -> Option<Line> {
+    let full = head.len()
+        + items.iter().map(|i| i.len()).sum::<usize>()
+        + 2 * items.len().saturating_sub(1)
+        + 1;
+    if full <= limit {
+        return Some(line(&[head, &items.join(", ")]));
+    }
+    // Room for the longest suffix it could need, so the count never pushes it over.
+    let suffix_room = " … (+ more)".len() + items.len().to_string().len() + 1;
+    let budget = limit.checked_sub(head.len() + suffix_room)?;
+    let mut text = String::from(head);
+    let mut shown = 0;
+    for item in items {
+        let sep = if shown == 0 { 0 } else { 2 };
+        if text.len() - head.len() + sep + item.len() > budget {
+            break;
+        }
+        if shown > 0 {
+            text.push_str(", ");
+        }
+        text.push_str(item);
+        shown += 1;
+    }
+    let more = (items.len() - shown).to_string();
+    let sep = if shown == 0 { "… (+" } else { " … (+" };
+    Some(line(&[&text, sep, &more, " more)"]))
+}
+
+/// What the answers to one UDP user's own commands may take, in bytes. A joined UDP
+/// address is still only an address (anyone who can forge it can send as it), so the
+/// answers are paid for by what arrives from it: each datagram earns [`AMPLIFICATION`]
+/// times its bytes (up to [`REPLY_CREDIT_MAX`] in hand), on top of an allowance of
+/// [`REPLY_ALLOWANCE`] bytes that refills at [`REPLY_REFILL`] bytes a second. So a
+/// forged datagram makes the server send at most three times its bytes toward the
+/// address, beyond that slow allowance, however many `/who`s or `/help`s it holds.
+struct ReplyBudget {
+    bytes: f64,
+    last: Instant,
+}
+
+/// The allowance a UDP user starts with and that refills while it is quiet, in bytes:
+/// a few answers (a `/who` of some sixty long nicks) before its own bytes pay for more.
+pub const REPLY_ALLOWANCE: usize = 2048;
+
+/// How fast the allowance refills, in bytes a second.
+pub const REPLY_REFILL: usize = 256;
+
+/// The most a UDP user's reply budget holds, in bytes.
+pub const REPLY_CREDIT_MAX: usize = 16 * 1024;
+
+impl ReplyBudget {
+    fn new() -> Self {
+        ReplyBudget {
+            bytes: REPLY_ALLOWANCE as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let allowance = REPLY_ALLOWANCE as f64;
+        if self.bytes < allowance {
+            self.bytes = (self.bytes + elapsed * REPLY_REFILL as f64).min(allowance);
+        }
+    }
+
+    /// A datagram of `received` bytes arrived from the user.
+    fn earn(&mut self, received: usize) {
+        let earned = (AMPLIFICATION * received) as f64;
+        self.bytes = (self.bytes + earned).min(REPLY_CREDIT_MAX as f64);
+    }
+
+    fn available(&mut self, now: Instant) -> usize {
+        self.refill(now);
+        self.bytes as usize
+    }
+
+    /// Takes `n` bytes if the budget has them.
+    fn spend(&mut self, n: usize, now: Instant) -> bool {
+        self.refill(now);
+        if self.bytes >= n as f64 {
+            self.bytes -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// How many lines [`Broker::announce`] sends for these departures.
@@ -324,13 +568,25 @@ impl Broker {
                 BrokerMsg::Line { id, line } => self.on_line(id, &line),
                 BrokerMsg::TooLong { id } => self.line_too_long(id),
                 BrokerMsg::Leave { id, reason } => self.remove(id, reason),
-                BrokerMsg::Datagram { peer, data } => self.on_datagram(peer, &data),
+                BrokerMsg::Datagram { peer, data } => self.on_datagram(peer, &data.bytes),
                 BrokerMsg::Tick => self.expire_udp(),
                 BrokerMsg::Shutdown { done } => {
                     let bye = line(&["* server shutting down"]);
-                    let ids: Vec<ClientId> = self.clients.keys().copied().collect();
-                    for id in ids {
-                        self.tell(id, bye.clone());
+                    let mut peers = Vec::new();
+                    for client in self.clients.values().filter(|c| !c.overflowed) {
+                        match &client.outbox {
+                            Outbox::Tcp {
+                                writer_tx, queued, ..
+                            } => {
+                                queue_tcp(writer_tx, queued, &bye, usize::MAX);
+                            }
+                            Outbox::Udp { peer } => peers.push(*peer),
+                        }
+                    }
+                    // One job for every UDP user, and waited for: the broker is stopping,
+                    // and the send actor never waits on it, so this cannot deadlock.
+                    if let Some(udp) = &self.udp {
+                        udp.send_many(bye, peers).await;
                     }
                     // Dropping the clients drops every writer's sender: each flushes and closes.
                     self.clients.clear();
@@ -375,6 +631,7 @@ impl Broker {
             warned: false,
             last_seen: Instant::now(),
             overflowed: false,
+            replies: ReplyBudget::new(),
         };
         let tcp = matches!(client.outbox, Outbox::Tcp { .. });
         self.clients.insert(id, client);
@@ -402,13 +659,12 @@ impl Broker {
             return true;
         };
         match &client.outbox {
-            Outbox::Tcp { writer_tx, .. } => !matches!(
-                writer_tx.try_send(line.clone()),
-                Err(flume::TrySendError::Full(_))
-            ),
+            Outbox::Tcp {
+                writer_tx, queued, ..
+            } => queue_tcp(writer_tx, queued, line, self.config.sendq_bytes),
             Outbox::Udp { peer } => {
                 // A full UDP queue drops the datagram: UDP promises no more.
-                self.udp_send(*peer, line);
+                self.udp_send(vec![*peer], line);
                 true
             }
         }
@@ -421,6 +677,40 @@ impl Broker {
         }
     }
 
+    /// Answers a client's own command. To a UDP user, whose address anyone may forge, the
+    /// answer must fit its [`ReplyBudget`] (else it is dropped), so a forged datagram
+    /// makes the server send that address at most [`AMPLIFICATION`] times its bytes, plus
+    /// a small allowance; over TCP it is simply sent.
+    fn reply(&mut self, id: ClientId, line: Line) {
+        let now = Instant::now();
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if matches!(client.outbox, Outbox::Udp { .. }) && !client.replies.spend(line.len(), now) {
+            log::debug!(nick = client.nick.as_str(), bytes = line.len(); "chat: UDP reply over budget, dropped");
+            return;
+        }
+        self.tell(id, line);
+    }
+
+    /// The longest answer [`Broker::reply`] would send `id` now: what its budget allows,
+    /// and one datagram, for a UDP user; no limit over TCP.
+    fn reply_limit(&mut self, id: ClientId) -> usize {
+        let now = Instant::now();
+        match self.clients.get_mut(&id) {
+            Some(c) if matches!(c.outbox, Outbox::Udp { .. }) => {
+                c.replies.available(now).min(udp::MAX_DATAGRAM)
+            }
+            _ => usize::MAX,
+        }
+    }
+
+    fn is_udp(&self, id: ClientId) -> bool {
+        self.clients
+            .get(&id)
+            .is_some_and(|c| matches!(c.outbox, Outbox::Udp { .. }))
+    }
+
     /// Marks a client whose queue overflowed: it gets nothing more and is removed when
     /// this turn ends ([`Broker::settle`]).
     fn overflow(&mut self, id: ClientId) {
@@ -430,16 +720,31 @@ impl Broker {
         }
     }
 
-    /// Sends `line` to everyone in `room` but `except`, then to the bus.
+    /// Sends `line` to everyone in `room` but `except`, then to the bus. The room's UDP
+    /// users get it as one job for the send actor, so a full UDP queue drops the line for
+    /// all of them (counted), never the members after the first thousand.
     fn publish(&mut self, room: &str, except: Option<ClientId>, line: Line) {
         let mut too_slow = Vec::new();
+        let mut peers = Vec::new();
         if let Some(members) = self.rooms.get(room) {
             for &id in members {
-                if Some(id) != except && !self.deliver(id, &line) {
-                    too_slow.push(id);
+                let Some(client) = self.clients.get(&id).filter(|c| !c.overflowed) else {
+                    continue;
+                };
+                if Some(id) == except {
+                    continue;
+                }
+                match &client.outbox {
+                    Outbox::Udp { peer } => peers.push(*peer),
+                    Outbox::Tcp { .. } => {
+                        if !self.deliver(id, &line) {
+                            too_slow.push(id);
+                        }
+                    }
                 }
             }
         }
+        self.udp_send(peers, &line);
         self.bus.published(room, &line);
         for id in too_slow {
             self.overflow(id);
@@ -462,6 +767,13 @@ impl Broker {
             }
             Outbox::Udp { peer } => {
                 self.udp_peers.remove(peer);
+                let source = source_of(peer.ip());
+                if let Some(n) = self.udp_sources.get_mut(&source) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.udp_sources.remove(&source);
+                    }
+                }
             }
         }
         log::info!(nick = client.nick.as_str(), reason = reason.text(); "chat: left");
@@ -567,6 +879,7 @@ impl Broker {
     }
 
     fn on_datagram(&mut self, peer: SocketAddr, data: &[u8]) {
+        let asked = data.len();
         let data = data.strip_suffix(b"\n").unwrap_or(data);
         let mut lines = data.split(|&b| b == b'\n');
         let id = match self.udp_peers.get(&peer) {
@@ -574,27 +887,55 @@ impl Broker {
             None => {
                 // An address that has not joined must show that it receives what is sent
                 // to it: its first line must be `/hello TOKEN`. Until then nothing about
-                // it is stored, and all it gets is a short, globally rate-limited reply.
+                // it is stored, and all it gets is one short reply (see `reply_unjoined`).
                 let first = lines.next().unwrap_or_default();
-                let text = protocol::sanitize(first.strip_suffix(b"\r").unwrap_or(first));
+                let first = first.strip_suffix(b"\r").unwrap_or(first);
                 let now = Instant::now();
+                // Only a line that starts like a short `/hello` is worth sanitising and
+                // parsing; anything else (up to 64 KiB of it) is answered at once.
+                let hello = first.len() <= MAX_HELLO_LINE
+                    && first
+                        .get(..HELLO.len())
+                        .is_some_and(|verb| verb.eq_ignore_ascii_case(HELLO));
+                let text = if hello {
+                    protocol::sanitize(first)
+                } else {
+                    String::new()
+                };
                 match protocol::parse(&text) {
                     Command::Hello(token) if self.cookies.check(peer, token, now) => {}
                     _ => {
                         let token = self.cookies.token(peer, now);
-                        return self.reply_unjoined(peer, &["* to join, send: /hello ", &token]);
+                        let challenge = ["* to join, send: /hello ", &token];
+                        return self.reply_unjoined(peer, asked, &challenge);
                     }
                 }
                 if self.udp_peers.len() >= self.config.max_udp_users {
                     // UDP sources are cheap to invent: they must not grow the registry.
-                    return self.reply_unjoined(peer, &["! server full"]);
+                    return self.reply_unjoined(peer, asked, &["! server full"]);
+                }
+                let source = source_of(peer.ip());
+                if self.udp_sources.get(&source).copied().unwrap_or(0)
+                    >= self.config.max_udp_users_per_ip
+                {
+                    let refusal = ["! too many users from your address"];
+                    return self.reply_unjoined(peer, asked, &refusal);
+                }
+                if !self.source_joins.take(peer.ip(), now) {
+                    // One host must not take every join there is (from many ports).
+                    return self.reply_unjoined(
+                        peer,
+                        asked,
+                        &["! too many joins from your address, try again shortly"],
+                    );
                 }
                 if !self.joins.take(
                     self.config.udp_join_rate,
                     per_second_burst(self.config.udp_join_rate),
                     now,
                 ) {
-                    return self.reply_unjoined(peer, &["! too many joins, try again shortly"]);
+                    let refusal = ["! too many joins, try again shortly"];
+                    return self.reply_unjoined(peer, asked, &refusal);
                 }
                 let id = next_client_id();
                 if !self.join(id, Outbox::Udp { peer }) {
@@ -603,12 +944,14 @@ impl Broker {
                     return;
                 }
                 self.udp_peers.insert(peer, id);
+                *self.udp_sources.entry(source).or_default() += 1;
                 log::info!(peer = peer.to_string().as_str(), id = id; "chat: UDP user joined");
                 id
             }
         };
         if let Some(c) = self.clients.get_mut(&id) {
             c.last_seen = Instant::now();
+            c.replies.earn(asked);
         }
         for raw in lines {
             if !self.clients.contains_key(&id) {
@@ -623,24 +966,35 @@ impl Broker {
         }
     }
 
-    /// Sends one line to a UDP address that has not joined, if the global budget for such
-    /// replies allows: whoever's address a datagram bears, the server sends toward it at
-    /// most `udp_challenge_rate` short datagrams a second (in all, not per address).
-    fn reply_unjoined(&mut self, peer: SocketAddr, parts: &[&str]) {
+    /// Sends one line to a UDP address that has not joined, in answer to a datagram of
+    /// `asked` bytes. As QUIC does it (RFC 9000 §8.1), a reply no larger than
+    /// [`AMPLIFICATION`] times the datagram is always sent — a forged datagram then makes
+    /// the server send at most three times its own bytes toward anyone, and a user whose
+    /// first line is 14 bytes or more is always challenged, however many short datagrams
+    /// flood the server. Replies to shorter datagrams (an empty one, `hi`) draw on one
+    /// budget for the whole server (`udp_challenge_rate` a second, in all, not per
+    /// address), so they add at most that many short datagrams a second.
+    fn reply_unjoined(&mut self, peer: SocketAddr, asked: usize, parts: &[&str]) {
+        let reply = line(parts);
         let rate = self.config.udp_challenge_rate;
         let burst = per_second_burst(rate);
-        if self.udp.is_some() && self.challenges.take(rate, burst, Instant::now()) {
-            self.udp_send(peer, &line(parts));
+        if self.udp.is_some()
+            && (reply.len() <= AMPLIFICATION * asked
+                || self.challenges.take(rate, burst, Instant::now()))
+        {
+            self.udp_send(vec![peer], &reply);
         }
     }
 
-    /// Queues an ordinary datagram (anything but a welcome) if the UDP send queue has room
-    /// outside [`WELCOME_RESERVE`]; drops it otherwise, as UDP may.
-    fn udp_send(&self, peer: SocketAddr, line: &Line) {
+    /// Queues one line for `peers` as one job (anything but a welcome or the goodbye) if
+    /// the UDP send queue has room outside [`WELCOME_RESERVE`]; drops it for all of them
+    /// otherwise (the send actor counts it), as UDP may. A line longer than a datagram
+    /// can carry is cut to fit (at a character boundary, still ending in `\n`).
+    fn udp_send(&self, peers: Vec<SocketAddr>, line: &Line) {
         if let Some(udp) = &self.udp
-            && udp.queued() < udp::SEND_MAILBOX - WELCOME_RESERVE
+            && !peers.is_empty()
         {
-            udp.try_send(peer, line.to_vec());
+            udp.try_send_many(fit_datagram(line), peers, WELCOME_RESERVE);
         }
     }
 
@@ -648,7 +1002,7 @@ impl Broker {
     fn line_too_long(&mut self, id: ClientId) {
         if self.clients.contains_key(&id) {
             let limit = self.config.max_line.to_string();
-            self.tell(
+            self.reply(
                 id,
                 line(&["! line too long (the limit is ", &limit, " bytes)"]),
             );
@@ -686,7 +1040,7 @@ impl Broker {
         if !client.bucket.take(rate, burst, Instant::now()) {
             if !client.warned {
                 client.warned = true;
-                self.tell(id, line(&["! slow down (lines are being dropped)"]));
+                self.reply(id, line(&["! slow down (lines are being dropped)"]));
             }
             return;
         }
@@ -701,9 +1055,10 @@ impl Broker {
             Command::Nick(new) => self.rename(id, &nick, &room, new),
             Command::Msg { to, text } => match self.nicks.get(&to.to_ascii_lowercase()) {
                 Some(&target) => self.tell(target, line(&["*", &nick, "* ", text])),
-                None => self.tell(id, line(&["! no such nick: ", to])),
+                None => self.reply(id, line(&["! no such nick: ", to])),
             },
             Command::Who => {
+                let limit = self.reply_limit(id);
                 // (Lookups, not indexing: nothing a client says may panic the broker.)
                 let members = self.rooms.get(&room).map(Vec::as_slice).unwrap_or_default();
                 let mut names: Vec<&str> = members
@@ -711,26 +1066,33 @@ impl Broker {
                     .filter_map(|m| self.clients.get(m).map(|c| c.nick.as_str()))
                     .collect();
                 names.sort_by_key(|n| n.to_ascii_lowercase());
-                let who = line(&["* in #", &room, ": ", &names.join(", ")]);
-                self.tell(id, who);
+                let head = format!("* in #{room}: ");
+                if let Some(who) = fit_list(&head, &names, limit) {
+                    self.reply(id, who);
+                }
             }
             Command::Join(new_room) => self.move_room(id, &nick, &room, new_room),
             Command::Rooms => {
+                let limit = self.reply_limit(id);
                 let mut rooms: Vec<(&String, usize)> =
                     self.rooms.iter().map(|(r, m)| (r, m.len())).collect();
                 rooms.sort();
                 let list: Vec<String> = rooms.iter().map(|(r, n)| format!("#{r} ({n})")).collect();
-                self.tell(id, line(&["* rooms: ", &list.join(", ")]));
+                let list: Vec<&str> = list.iter().map(String::as_str).collect();
+                if let Some(rooms) = fit_list("* rooms: ", &list, limit) {
+                    self.reply(id, rooms);
+                }
             }
+            Command::Help if self.is_udp(id) => self.reply(id, line(&[HELP_SHORT])),
             Command::Help => {
                 let text: Vec<u8> = HELP
                     .iter()
                     .flat_map(|l| format!("{l}\n").into_bytes())
                     .collect();
-                self.tell(id, Line::from(text));
+                self.reply(id, Line::from(text));
             }
             Command::Quit(reason) => {
-                self.tell(id, line(&["* bye"]));
+                self.reply(id, line(&["* bye"]));
                 let reason = LeaveReason::Quit(reason.map(str::to_string));
                 if let Some(Outbox::Tcp { stream, .. }) = self.clients.get(&id).map(|c| &c.outbox) {
                     // The writer flushes `* bye` and closes once we drop its sender below;
@@ -739,24 +1101,24 @@ impl Broker {
                 }
                 self.remove(id, reason);
             }
-            Command::Usage(usage) => self.tell(id, line(&["! usage: ", usage])),
-            Command::Hello(_) => self.tell(id, line(&["* already joined as ", &nick])),
+            Command::Usage(usage) => self.reply(id, line(&["! usage: ", usage])),
+            Command::Hello(_) => self.reply(id, line(&["* already joined as ", &nick])),
             Command::Unknown(verb) => {
-                self.tell(id, line(&["! unknown command: /", verb, " (try /help)"]))
+                self.reply(id, line(&["! unknown command: /", verb, " (try /help)"]))
             }
         }
     }
 
     fn rename(&mut self, id: ClientId, old: &str, room: &str, new: &str) {
-        if !protocol::valid_name(new) {
-            return self.tell(
-                id,
-                line(&["! invalid nick: use 1-32 letters, digits, _ or -"]),
-            );
+        if let Some(problem) = protocol::nick_problem(new) {
+            return self.reply(id, line(&[problem]));
+        }
+        if new == old {
+            return self.reply(id, line(&["* you are already ", old]));
         }
         let key = new.to_ascii_lowercase();
         if self.nicks.get(&key).is_some_and(|&owner| owner != id) {
-            return self.tell(id, line(&["! nick taken: ", new]));
+            return self.reply(id, line(&["! nick taken: ", new]));
         }
         self.nicks.remove(&old.to_ascii_lowercase());
         self.nicks.insert(key, id);
@@ -768,14 +1130,14 @@ impl Broker {
 
     fn move_room(&mut self, id: ClientId, nick: &str, old: &str, new: &str) {
         if !protocol::valid_name(new) {
-            return self.tell(
+            return self.reply(
                 id,
                 line(&["! invalid room: use 1-32 letters, digits, _ or -"]),
             );
         }
         let new = new.to_ascii_lowercase();
         if new == old {
-            return self.tell(id, line(&["* already in #", old]));
+            return self.reply(id, line(&["* already in #", old]));
         }
         self.leave_room(id, old);
         self.publish(old, None, line(&["* ", nick, " left for #", &new]));
@@ -784,7 +1146,78 @@ impl Broker {
         if let Some(c) = self.clients.get_mut(&id) {
             c.room = new.clone();
         }
-        self.tell(id, line(&["* now in #", &new]));
+        self.reply(id, line(&["* now in #", &new]));
+    }
+}
+
+/// The sources [`SourceJoins`] remembers at most. Only addresses that have shown their
+/// token get here, so a spoofer cannot fill it; one that owns many addresses (an IPv6
+/// /48 holds 65,536 /64s) can push others out, which only gives them their burst again.
+pub const SOURCE_JOIN_ENTRIES: usize = 4096;
+
+/// The per-source join limit: a token bucket per source (an IPv4 address, an IPv6 /64),
+/// in a small bounded map. Consulted only for validated addresses, so nothing is stored
+/// for an address that has not shown its token.
+struct SourceJoins {
+    rate: f64,
+    burst: u32,
+    buckets: HashMap<IpAddr, TokenBucket>,
+}
+
+impl SourceJoins {
+    fn new(rate: f64) -> Self {
+        SourceJoins {
+            rate,
+            burst: per_second_burst(rate),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one join for `ip`'s source if it has one left.
+    fn take(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let key = source_of(ip);
+        if !self.buckets.contains_key(&key) && self.buckets.len() >= SOURCE_JOIN_ENTRIES {
+            self.make_room(now);
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(burst))
+            .take(rate, burst, now)
+    }
+
+    /// Forgets every source whose bucket has refilled (it is as if new); if that leaves
+    /// the map over three quarters full, forgets arbitrary others (hash order, which a
+    /// client cannot predict) down to that. Amortised, each new source then costs O(1),
+    /// and a forgotten source only gets its burst again — the global limit still holds.
+    fn make_room(&mut self, now: Instant) {
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .retain(|_, b| b.level(rate, burst, now) < f64::from(burst));
+        let keep = SOURCE_JOIN_ENTRIES * 3 / 4;
+        if self.buckets.len() > keep {
+            let excess = self.buckets.len() - keep;
+            let victims: Vec<IpAddr> = self.buckets.keys().take(excess).copied().collect();
+            for ip in victims {
+                self.buckets.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The source a UDP address is limited as: an IPv4 address (an IPv4-mapped IPv6 one
+/// too), or the /64 an IPv6 address is in — one host's share of IPv6, where a single
+/// machine commonly has a whole /64 to pick addresses from.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -800,6 +1233,12 @@ impl TokenBucket {
             tokens: f64::from(burst),
             last: Instant::now(),
         }
+    }
+
+    /// Tokens there would be at `now` (without taking any).
+    fn level(&self, rate: f64, burst: u32, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * rate).min(f64::from(burst))
     }
 
     /// Takes one token if there is one; a rate of 0 means no limit.
@@ -822,6 +1261,130 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_longer_than_a_datagram_is_cut_at_a_character_boundary() {
+        let short = line(&["* hi"]);
+        assert!(Arc::ptr_eq(&fit_datagram(&short), &short));
+        // 'é' is two bytes: a cut at MAX_DATAGRAM - 1 would split one.
+        let text = "é".repeat(udp::MAX_DATAGRAM);
+        let cut = fit_datagram(&line(&[&text]));
+        assert!(cut.len() <= udp::MAX_DATAGRAM);
+        assert!(cut.len() >= udp::MAX_DATAGRAM - 2);
+        let s = std::str::from_utf8(&cut).unwrap();
+        assert!(s.ends_with("é\n"));
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_64s() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            source_of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(source_of(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+    }
+
+    #[test]
+    fn the_per_source_join_map_stays_bounded_and_keeps_limiting() {
+        let now = Instant::now();
+        let mut joins = SourceJoins::new(0.001); // one join per source, then none for 1,000 s
+        let hog: IpAddr = "198.51.100.1".parse().unwrap();
+        assert!(joins.take(hog, now));
+        assert!(!joins.take(hog, now));
+        for i in 0..(SOURCE_JOIN_ENTRIES as u32 * 2) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(joins.take(ip, now), "a new source has its join");
+            assert!(joins.buckets.len() <= SOURCE_JOIN_ENTRIES);
+        }
+        // Refilled buckets are forgotten first, when the map is full.
+        let later = now + Duration::from_secs(2000);
+        assert!(joins.take(hog, later));
+        for i in 0..(SOURCE_JOIN_ENTRIES as u32) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            assert!(joins.take(ip, later));
+            assert!(!joins.take(ip, later));
+        }
+        assert!(
+            joins.buckets.len() <= SOURCE_JOIN_ENTRIES * 3 / 4 + 2,
+            "{}",
+            joins.buckets.len()
+        );
+    }
+
+    #[test]
+    fn a_list_is_cut_to_fit_with_a_count_of_the_rest() {
+        let names: Vec<String> = (0..3000).map(|i| format!("{i:0>32}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(
+            &*fit_list("* in #a: ", &names[..2], 100).unwrap(),
+            format!("* in #a: {}, {}\n", names[0], names[1]).as_bytes()
+        );
+        // 3,000 names of 32 bytes: about 102 KB, more than a datagram.
+        let who = fit_list("* in #lobby: ", &names, udp::MAX_DATAGRAM).unwrap();
+        assert!(who.len() <= udp::MAX_DATAGRAM);
+        let text = std::str::from_utf8(&who).unwrap();
+        let shown = text.matches(", ").count() + 1;
+        assert!(
+            text.ends_with(&format!(" … (+{} more)\n", 3000 - shown)),
+            "{}",
+            &text[text.len() - 40..]
+        );
+        assert!(who.len() > udp::MAX_DATAGRAM - 40);
+        // Every limit: never over it, and the count is right.
+        for limit in 0..200 {
+            if let Some(l) = fit_list("* in #a: ", &names[..5], limit) {
+                assert!(l.len() <= limit, "{limit}");
+                let t = std::str::from_utf8(&l).unwrap();
+                let shown = t.matches(&"0".repeat(31)[..]).count();
+                if shown < 5 {
+                    assert!(t.ends_with(&format!("(+{} more)\n", 5 - shown)), "{t:?}");
+                }
+            } else {
+                assert!(limit < "* in #a: … (+5 more)\n".len() + 1, "{limit}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_reply_budget_is_three_times_what_arrived_plus_the_allowance() {
+        let start = Instant::now();
+        let mut b = ReplyBudget {
+            bytes: REPLY_ALLOWANCE as f64,
+            last: start,
+        };
+        b.earn(100);
+        assert_eq!(b.available(start), REPLY_ALLOWANCE + 300);
+        assert!(b.spend(REPLY_ALLOWANCE + 300, start));
+        assert!(!b.spend(1, start));
+        let later = start + Duration::from_secs(1);
+        assert_eq!(b.available(later), REPLY_REFILL);
+        let much_later = start + Duration::from_secs(3600);
+        assert_eq!(
+            b.available(much_later),
+            REPLY_ALLOWANCE,
+            "refills to the allowance only"
+        );
+        b.earn(1 << 20);
+        assert_eq!(b.available(much_later), REPLY_CREDIT_MAX);
+    }
+
+    #[test]
+    fn the_receive_gate_bounds_the_bytes_waiting_for_the_broker() {
+        let gate = ReceiveGate::new(100);
+        let big = gate
+            .admit(vec![0; 150])
+            .expect("one datagram alone always fits");
+        assert!(gate.admit(vec![0; 1]).is_none());
+        drop(big);
+        let a = gate.admit(vec![0; 60]).unwrap();
+        let _b = gate.admit(vec![0; 40]).unwrap();
+        assert!(gate.admit(vec![0; 1]).is_none());
+        drop(a);
+        assert!(gate.admit(vec![0; 60]).is_some());
+    }
 
     #[test]
     fn token_bucket_allows_the_burst_then_the_rate() {

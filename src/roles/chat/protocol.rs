@@ -96,6 +96,26 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Nicks nobody may take (compared ignoring case): the server's own notices begin
+/// `* server ...`, and a user called `server` could forge them (`/me shutting down`).
+pub const RESERVED_NICKS: &[&str] = &["server"];
+
+/// Why `name` cannot be a nick, as the error line to send back; `None` if it can be.
+/// Beyond [`valid_name`], a nick starts with a letter — so no `/me` from a nick like
+/// `1500` reads as a server count (`* 1500 users left ...`) — and is not one of
+/// [`RESERVED_NICKS`].
+pub fn nick_problem(name: &str) -> Option<&'static str> {
+    if !valid_name(name) {
+        Some("! invalid nick: use 1-32 letters, digits, _ or -")
+    } else if !name.as_bytes()[0].is_ascii_alphabetic() {
+        Some("! invalid nick: it must start with a letter")
+    } else if RESERVED_NICKS.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        Some("! that nick is reserved")
+    } else {
+        None
+    }
+}
+
 /// Makes a received line safe to show on other people's screens: invalid UTF-8 becomes
 /// U+FFFD, and control characters other than tab are removed (no terminal escapes, no
 /// carriage returns that overwrite a line, no bells). So is everything invisible that can
@@ -288,10 +308,14 @@ impl LineFramer {
     }
 }
 
+/// The `/help` text for a UDP user: one short line, since every byte answering a UDP
+/// address is paid for by the bytes that came from it.
+pub const HELP_SHORT: &str = "* commands: /nick NAME, /msg NAME TEXT, /who, /join ROOM, /rooms, /me TEXT, /quit [REASON], //text";
+
 /// The `/help` text, one notice per line.
 pub const HELP: &[&str] = &[
     "* commands:",
-    "*   /nick NAME       change your nick (1-32 letters, digits, _ or -)",
+    "*   /nick NAME       change your nick (1-32 letters, digits, _ or -; a letter first)",
     "*   /msg NAME TEXT   send TEXT to NAME alone",
     "*   /who             who is in your room",
     "*   /join ROOM       move to ROOM (created if new)",
@@ -354,6 +378,22 @@ mod tests {
                 && !valid_name("a b")
         );
         assert!(!valid_name("*bob*") && !valid_name("<bob>"));
+        assert_eq!(nick_problem("bob"), None);
+        assert_eq!(nick_problem("Servers"), None);
+        assert_eq!(nick_problem("guest12"), None);
+        assert_eq!(
+            nick_problem("1500"),
+            Some("! invalid nick: it must start with a letter")
+        );
+        assert_eq!(
+            nick_problem("_x"),
+            Some("! invalid nick: it must start with a letter")
+        );
+        assert_eq!(nick_problem("SeRvEr"), Some("! that nick is reserved"));
+        assert_eq!(
+            nick_problem("a b"),
+            Some("! invalid nick: use 1-32 letters, digits, _ or -")
+        );
     }
 
     #[test]
