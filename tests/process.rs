@@ -587,3 +587,55 @@ fn a_proxy_session_line_counts_bytes_delivered_not_bytes_read() {
     assert_eq!(got + dropped, read, "{session}\n{summary}");
     assert_eq!(field(&session, "dropped_down"), Some(0), "{session}");
 }
+
+#[test]
+fn a_proxy_session_cut_by_the_fin_timeout_says_so_in_its_line() {
+    // The upstream says hello and shuts its write half; the client reads and stays
+    // quiet, its own half open: after --fin-timeout the proxy cuts the session, and its
+    // line says the fin timeout cut it (closed_first still says who closed first).
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let _ = (&s).write_all(b"hello\n");
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                // Held open until the proxy closes it.
+                let _ = std::io::copy(&mut &s, &mut std::io::sink());
+            });
+        }
+    });
+    let mut proc = spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up_addr,
+        "--fin-timeout",
+        "300ms",
+    ]);
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    let lines = log_lines(log);
+    let mut c = client(addr);
+    assert_eq!(read_n(&mut c, 6), b"hello\n");
+    // The server's FIN is carried over at once; the cut comes after the timeout, and the
+    // line before shutdown (which would cut it too).
+    assert!(
+        closed_by_server(&mut c),
+        "the server's FIN was carried over"
+    );
+    let mut log = Vec::new();
+    while !log.iter().any(|l: &String| l.contains("session closed")) {
+        let line = lines
+            .recv_timeout(DEADLINE)
+            .expect("a session line before the deadline");
+        log.push(line);
+    }
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    log.extend(lines.iter());
+    let session = record(&log, "session closed");
+    assert!(session.contains("closed_first server FIN"), "{session}");
+    assert!(session.contains("cut_by fin timeout"), "{session}");
+    assert!(session.contains("bytes_down 6"), "{session}");
+}

@@ -716,3 +716,99 @@ fn accept_proxy_judges_the_header_address_and_proxy_from_judges_the_sender() {
     });
     echo.stop();
 }
+
+#[test]
+fn a_slow_steady_reader_is_not_cut_by_the_idle_or_fin_timeout() {
+    // The upstream sends a download at once and closes; the client reads it steadily but
+    // slowly, in small steps with short pauses, for several timeout periods. The proxy's
+    // writer to the client then waits on a full send buffer, and the kernel wakes it only
+    // once a third of that buffer has drained, which takes longer than the timeout: the
+    // bytes leaving the send queue are what tell the session the client is reading.
+    //
+    // The figures make the old measure (whole writes completed) fail: the proxy's send
+    // buffer to the client grows past a megabyte, so a third of it at ~300 KB/s takes
+    // longer than the 1 s timeouts, and the download (2.5 MiB, ~8 s) is larger than
+    // what the buffers hold, so a cut loses bytes. Segments of 1400 bytes as on a real
+    // network, and the client's default receive buffer, which opens its window often.
+    let (size, step, pause) = (5 << 19, 16 << 10, Duration::from_millis(50));
+    let data: Arc<Vec<u8>> = Arc::new((0..size).map(|i| (i % 251) as u8).collect());
+    let sent = data.clone();
+    let upstream = custom_upstream(move |mut s| {
+        let _ = s.write_all(&sent);
+    });
+    let mut cfg = config(&[upstream], Balance::First);
+    cfg.fin_timeout = Some(Duration::from_secs(1));
+    let proxy = start_proxy(
+        cfg,
+        ServerConfig {
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    );
+    let mut s = client_with_mss(proxy.addr, 1400, 0);
+    let mut got = Vec::with_capacity(size);
+    let mut buf = vec![0u8; step];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("after {} bytes: {e}", got.len()),
+        }
+        // Pacing the reader, well under the timeout: not synchronisation.
+        thread::sleep(pause);
+    }
+    assert_eq!(got.len(), data.len(), "the download was cut");
+    assert!(got == *data, "the download arrived altered");
+    wait_until("the session to end", || proxy.stats.active() == 0);
+}
+
+/// A connected blocking client that sends and takes segments of at most `mss` bytes, as
+/// on a real network (loopback's are 64 KiB), and, if `rcvbuf` is above zero, with that
+/// receive buffer. Read timeout [`DEADLINE`].
+fn client_with_mss(addr: SocketAddr, mss: i32, rcvbuf: i32) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    let set = |fd, level, name, value: i32| {
+        // SAFETY: setsockopt with a correctly sized int on a socket we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &value as *const _ as *const libc::c_void,
+                std::mem::size_of::<i32>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+    };
+    // SAFETY: a new socket we own; connect with a correctly filled sockaddr_in; the
+    // descriptor is handed to TcpStream, which closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        set(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, mss);
+        if rcvbuf > 0 {
+            set(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf);
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            &sin as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        let s = TcpStream::from_raw_fd(fd);
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s
+    }
+}

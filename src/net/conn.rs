@@ -437,7 +437,7 @@ async fn progress<T>(
 
 /// Bytes in the socket's send queue that the peer has not acknowledged (`TIOCOUTQ`);
 /// `None` if the kernel will not say.
-fn unsent(stream: &TcpStream) -> Option<libc::c_int> {
+pub(crate) fn unsent(stream: &TcpStream) -> Option<libc::c_int> {
     let mut n: libc::c_int = 0;
     // SAFETY: TIOCOUTQ on an open socket writes one int.
     let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };

@@ -35,7 +35,7 @@ use futures::{FutureExt, StreamExt};
 
 use crate::Result;
 use crate::net::addr::AccessList;
-use crate::net::conn::{Handoff, Hangup, Input, Reader};
+use crate::net::conn::{Delivery, Handoff, Hangup, Input, Reader, unsent};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
@@ -384,10 +384,14 @@ async fn session(
     let mut upstream_written = std::pin::pin!(to_upstream.ended().fuse());
     let mut client_written = std::pin::pin!(to_client.ended().fuse());
     let (mut upstream_writer_done, mut client_writer_done) = (false, false);
-    // Bytes written either way when last looked at: a writer still flushing after its
-    // pump has ended is activity too (a slow reader draining what was queued).
-    let mut moved = 0;
+    // What had moved when last looked at: a writer still flushing after its pump has
+    // ended is activity too, and so is a peer taking bytes out of a send queue while
+    // its writer waits (a slow, steady reader; see [`Movement`]).
+    let mut moved = Movement::now(&to_upstream, &to_client, &sockets);
     let mut closed_first: Option<&'static str> = None;
+    // Set when this task shut the session (a timeout, or the end of the drain), which
+    // `closed_first` may not show: a side may have half-closed before.
+    let mut cut_by: Option<&'static str> = None;
     // A side half-closed while its pump was waiting for mailbox room (it ends later,
     // once the bytes before the FIN have moved): the fin timeout applies from now.
     let mut fin_noticed = false;
@@ -427,16 +431,19 @@ async fn session(
             }
             () = close_now => {
                 closed_first.get_or_insert("shutdown");
+                cut_by = Some("shutdown");
                 shut(&sockets);
                 timed_out = true;
             }
             _ = rt::sleep(wait).fuse() => {
-                let now_moved = to_upstream.written() + to_client.written();
+                let now_moved = Movement::now(&to_upstream, &to_client, &sockets);
                 if now_moved != moved {
                     moved = now_moved;
                     activity.touch();
                 } else if limit.is_some_and(|l| activity.quiet_for() >= l) {
-                    closed_first.get_or_insert(if half_closed { "fin timeout" } else { "idle timeout" });
+                    let why = if half_closed { "fin timeout" } else { "idle timeout" };
+                    closed_first.get_or_insert(why);
+                    cut_by = Some(why);
                     shut(&sockets);
                     timed_out = true;
                 }
@@ -453,17 +460,46 @@ async fn session(
         started.elapsed().as_millis() as u64,
         closed_first.unwrap_or("unknown"),
     );
+    // `none`: the sides closed the session themselves.
+    let cut_by = cut_by.unwrap_or("none");
     if dropped_up == 0 && dropped_down == 0 {
         log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
-            bytes_up = bytes_up, bytes_down = bytes_down, ms = ms, closed_first = closed_first; "proxy: session closed");
+            bytes_up = bytes_up, bytes_down = bytes_down, ms = ms, closed_first = closed_first, cut_by = cut_by; "proxy: session closed");
     } else {
-        let why = format!("read but not yet written when the session ended ({closed_first})");
+        let why = match cut_by {
+            "none" => format!("read but not yet written when the session ended ({closed_first})"),
+            cut => format!(
+                "read but not yet written when the session ended ({closed_first}; cut by {cut})"
+            ),
+        };
         log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
             bytes_up = bytes_up, bytes_down = bytes_down, dropped_up = dropped_up, dropped_down = dropped_down,
-            dropped_why = why.as_str(), ms = ms, closed_first = closed_first; "proxy: session closed");
+            dropped_why = why.as_str(), ms = ms, closed_first = closed_first, cut_by = cut_by; "proxy: session closed");
     }
     drop(up.guard);
     Ok(())
+}
+
+/// What the session task compares between two looks to tell a live session from an idle
+/// one: the bytes each writer has written, and the bytes still in each socket's send
+/// queue (`TIOCOUTQ`). A writer's count moves only when a whole write completes, and the
+/// kernel wakes a writer blocked on a large send buffer only once a third of it has
+/// drained, which a slow but steady reader may take longer than the timeout to do; the
+/// send queue shrinks with every segment the peer acknowledges, so any change in it is
+/// the peer reading (or, growing, a write going in).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Movement {
+    written: u64,
+    queued: [Option<libc::c_int>; 2],
+}
+
+impl Movement {
+    fn now(to_upstream: &Delivery, to_client: &Delivery, sockets: &[&TcpStream; 2]) -> Self {
+        Movement {
+            written: to_upstream.written() + to_client.written(),
+            queued: sockets.map(unsent),
+        }
+    }
 }
 
 fn shut(sockets: &[&TcpStream]) {
