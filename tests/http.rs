@@ -1405,10 +1405,16 @@ fn a_trailing_slash_on_a_file_is_404() {
         "/inner/",
         "/big.bin/",
         "/a.txt//",
+        // Attack round 3, item 6: a final `.` segment is a trailing slash too (the old
+        // code served the file for these).
+        "/a.txt/.",
+        "/a.txt/%2e",
+        "/inner/./.",
     ] {
         assert_eq!(get(server.addr, target, "").status, 404, "{target}");
     }
     assert_eq!(get(server.addr, "/docs/", "").body, b"docs\n");
+    assert_eq!(get(server.addr, "/docs/.", "").body, b"docs\n");
     assert_eq!(get(server.addr, "/a.txt", "").status, 200);
 }
 

@@ -371,7 +371,9 @@ pub fn target_path(target: &str) -> Result<(PathBuf, bool), TargetError> {
     if decoded.contains(&b'\\') {
         return Err(TargetError::Escape("backslash in path"));
     }
-    let trailing_slash = decoded.ends_with(b"/");
+    // A final `.` segment names the directory too (`/a.txt/.` is `/a.txt/`).
+    let last = decoded.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    let trailing_slash = decoded.ends_with(b"/") || last == b".";
     let mut out = PathBuf::new();
     use std::os::unix::ffi::OsStrExt;
     for segment in decoded.split(|&b| b == b'/') {
@@ -694,6 +696,27 @@ mod tests {
         assert!(host(b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n").is_err());
         assert!(host(b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n").is_err());
         assert!(host(b"GET / HTTP/1.1\r\nHost: \xff\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn a_final_dot_segment_is_a_trailing_slash() {
+        assert_eq!(
+            target_path("/a.txt/.").unwrap(),
+            (PathBuf::from("a.txt"), true)
+        );
+        assert_eq!(
+            target_path("/a.txt/%2e").unwrap(),
+            (PathBuf::from("a.txt"), true)
+        );
+        assert_eq!(target_path("/.").unwrap(), (PathBuf::new(), true));
+        assert_eq!(
+            target_path("/a.txt/.x").unwrap(),
+            (PathBuf::from("a.txt/.x"), false)
+        );
+        assert_eq!(
+            target_path("/a.txt").unwrap(),
+            (PathBuf::from("a.txt"), false)
+        );
     }
 
     #[test]
