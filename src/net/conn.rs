@@ -741,7 +741,9 @@ async fn write_loop<B: Outgoing>(
                     count_written(stats, handoff, done);
                     let mut start = 0;
                     for (mut m, end) in held.drain(..) {
-                        m.written(done.clamp(start, end) - start, 0, err.as_ref());
+                        // A message wholly written before the failure was not stopped.
+                        let stopped = err.as_ref().filter(|_| done < end);
+                        m.written(done.clamp(start, end) - start, 0, stopped);
                         start = end;
                     }
                     err
