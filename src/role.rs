@@ -15,9 +15,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::Result;
-use crate::net::conn::{Input, Reader, spawn_writer_timed};
+use crate::net::conn::{Input, Reader, WRITER_MAILBOX, spawn_writer_watched, writer_ended};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
@@ -67,6 +68,11 @@ pub trait Role: Send + Sync + 'static {
     }
 }
 
+/// The writer's send timeout when `--idle-timeout` is off: a client that stops reading
+/// is closed after this long without progress even then (the keep-alive limit HTTP uses
+/// when it is off), so it cannot hold its socket and its `--max-conns` slot for good.
+pub const SEND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+
 /// Serves `role` on the sockets given until `shutdown` fires; returns when both loops
 /// have stopped (connections may still be flushing: see [`Stats::live_tasks`]).
 pub async fn run<R: Role>(
@@ -108,8 +114,10 @@ pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()>
     } = conn;
     // A client that stops reading while it sends would hold this reader in the writer's
     // full mailbox, where its idle timer never runs: the writer's send timeout (the same
-    // limit) closes it instead.
-    let writer_tx = spawn_writer_timed::<Vec<u8>>(stream.clone(), &stats, idle_timeout);
+    // limit, or SEND_TIMEOUT_DEFAULT when it is off) closes it instead.
+    let (writer_tx, writer_rx) = flume::bounded::<Vec<u8>>(WRITER_MAILBOX);
+    let send_timeout = idle_timeout.unwrap_or(SEND_TIMEOUT_DEFAULT);
+    let ended_rx = spawn_writer_watched(stream.clone(), writer_rx, &stats, Some(send_timeout));
     let mut reader = Reader::new(stream, idle_timeout);
     let started = std::time::Instant::now();
 
@@ -140,6 +148,12 @@ pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()>
     drop(writer_tx);
     if flow == Flow::Close {
         reader.linger().await;
+    }
+    // The connection (its `--max-conns` slot, its close line) lasts as long as the
+    // socket: until the writer has written what it holds, or has given up on a client
+    // that stopped reading. Its end says the true reason when it did not flush.
+    if let Some(why) = writer_ended(&ended_rx).await.reason() {
+        reason = why;
     }
     Stats::add(&stats.bytes_in, reader.bytes);
     log::debug!(peer = peer.to_string().as_str(), reason = reason, bytes_in = reader.bytes,

@@ -317,3 +317,79 @@ fn a_slow_but_steady_reader_is_not_cut_off() {
     );
     server.stop();
 }
+
+/// A role that answers a client's end of input with 8 MiB, and counts the ends it saw:
+/// more than the kernel's send buffer holds for a client that never reads, so its
+/// writer is still waiting when the reader has finished.
+struct BigGoodbye(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl switchboard::role::Role for BigGoodbye {
+    type Session = BigGoodbye;
+    fn name(&self) -> &'static str {
+        "big-goodbye"
+    }
+    fn session(&self, _peer: std::net::SocketAddr) -> BigGoodbye {
+        BigGoodbye(self.0.clone())
+    }
+}
+
+impl switchboard::role::Session for BigGoodbye {
+    fn data(&mut self, input: Vec<u8>) -> Vec<u8> {
+        input
+    }
+    fn end(&mut self) -> Vec<u8> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        vec![b'z'; 8 << 20]
+    }
+}
+
+/// Attack round 3, item 2: a connection's `--max-conns` slot is held until its writer
+/// has ended. The old session returned (and released the slot, logging "client closed")
+/// as soon as the reader saw the client's FIN, while the writer still held the socket
+/// writing to a client that never reads — with `--idle-timeout 0`, for good.
+#[test]
+fn a_slot_is_held_until_the_writer_has_ended() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let ends = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = start_role(
+        BigGoodbye(ends.clone()),
+        ServerConfig {
+            max_conns: 2,
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    );
+    // Two clients send a little and FIN, and never read the 8 MiB that answers it.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let s = client_with_rcvbuf(server.tcp, 4096);
+            (&s).write_all(b"bye").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            s
+        })
+        .collect();
+    wait_until("both readers to see the end", || ends.load(SeqCst) == 2);
+    assert_eq!(
+        server.stats.active(),
+        2,
+        "slots released while writers hold sockets"
+    );
+    let mut third = client(server.tcp);
+    assert!(
+        closed_by_server(&mut third),
+        "a third client must be closed"
+    );
+    assert_eq!(
+        server.stats.refused.load(SeqCst),
+        1,
+        "the third client must be refused at accept, not served"
+    );
+    assert_eq!(server.stats.active(), 2);
+    // The send timeout (the idle timeout, 1 s) ends the writers; then the slots free up.
+    wait_until("the writers to give up", || server.stats.active() == 0);
+    let mut fourth = client(server.tcp);
+    fourth.write_all(b"d").unwrap();
+    assert_eq!(read_n(&mut fourth, 1), b"d");
+    drop(held);
+    server.stop();
+}

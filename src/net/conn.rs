@@ -350,20 +350,52 @@ pub fn spawn_writer_timed<B: Outgoing>(
     writer_tx
 }
 
-/// Like [`spawn_writer_timed`] for a mailbox the caller made, and returns a channel that
-/// disconnects when the writer has ended (it carries no message): a producer that waits
-/// for the writer to finish a message (to release what it holds) waits on this too, so a
-/// writer that failed on an earlier message, leaving that one queued for good, cannot
-/// leave it waiting.
+/// How a writer ended, as told by [`spawn_writer_watched`]'s channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// Every sender was dropped and all it held was written.
+    Flushed,
+    /// A write made no progress for the send timeout: the peer stopped reading.
+    StoppedReading,
+    /// A write failed (the peer reset, or the socket was shut).
+    Failed,
+}
+
+impl WriterEnd {
+    /// The connection's close reason when the writer's end is what says it; `None` for
+    /// [`WriterEnd::Flushed`] (the reader's reason stands).
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            WriterEnd::Flushed => None,
+            WriterEnd::StoppedReading => Some("client stopped reading"),
+            WriterEnd::Failed => Some("write failed"),
+        }
+    }
+}
+
+/// Like [`spawn_writer_timed`] for a mailbox the caller made, and returns a channel on
+/// which the writer says how it ended ([`WriterEnd`], one message) and which then
+/// disconnects. A producer that waits for the writer to finish a message (to release
+/// what it holds) waits on this too, so a writer that failed on an earlier message,
+/// leaving that one queued for good, cannot leave it waiting; a connection waits on it
+/// before it lets its `--max-conns` slot go, so no socket is held by a writer after its
+/// connection was counted closed ([`writer_ended`]).
 pub fn spawn_writer_watched<B: Outgoing>(
     stream: TcpStream,
     writer_rx: flume::Receiver<B>,
     stats: &Arc<Stats>,
     send_timeout: Option<Duration>,
-) -> flume::Receiver<std::convert::Infallible> {
+) -> flume::Receiver<WriterEnd> {
     let (ended_tx, ended_rx) = flume::bounded(1);
     start_writer(stream, writer_rx, None, stats, Some(ended_tx), send_timeout);
     ended_rx
+}
+
+/// Waits until the writer behind `ended_rx` has ended (every earlier wait on the channel
+/// included) and says how; [`WriterEnd::Flushed`] if that was already taken by an
+/// earlier wait that saw the message.
+pub async fn writer_ended(ended_rx: &flume::Receiver<WriterEnd>) -> WriterEnd {
+    ended_rx.recv_async().await.unwrap_or(WriterEnd::Flushed)
 }
 
 /// Like [`spawn_writer`] for a mailbox the caller made (a role that needs another capacity).
@@ -449,14 +481,13 @@ fn start_writer<B: Outgoing>(
     writer_rx: flume::Receiver<B>,
     handoff: Option<Arc<Progress>>,
     stats: &Arc<Stats>,
-    ended_tx: Option<flume::Sender<std::convert::Infallible>>,
+    ended_tx: Option<flume::Sender<WriterEnd>>,
     send_timeout: Option<Duration>,
 ) {
     let task = stats.task();
     let stats = stats.clone();
     rt::spawn_here(async move {
         let _task = task;
-        let _ended_tx = ended_tx; // dropped when this task ends
         let written = write_loop(
             &stream,
             &writer_rx,
@@ -465,6 +496,11 @@ fn start_writer<B: Outgoing>(
             send_timeout,
         )
         .await;
+        let end = match &written {
+            Ok(()) => WriterEnd::Flushed,
+            Err(e) if is_send_timeout(e) => WriterEnd::StoppedReading,
+            Err(_) => WriterEnd::Failed,
+        };
         match written {
             Ok(()) => {
                 let _ = stream.shutdown(Halves::Write);
@@ -485,6 +521,13 @@ fn start_writer<B: Outgoing>(
                 }
             }
         }
+        // Told last, once the socket is shut and this task's hold on it and on what
+        // was queued is gone: a waiter may then count the connection closed.
+        drop(writer_rx);
+        drop(stream);
+        if let Some(ended_tx) = ended_tx {
+            let _ = ended_tx.try_send(end);
+        }
     });
 }
 
@@ -501,7 +544,7 @@ pub struct Handoff {
     /// Where bytes written on the direct path are counted, as they are written.
     stats: Arc<Stats>,
     /// Disconnects when the writer has ended (for [`Handoff::delivery`]).
-    ended_rx: flume::Receiver<std::convert::Infallible>,
+    ended_rx: flume::Receiver<WriterEnd>,
 }
 
 /// What a [`Handoff`] shares with its writer.
@@ -518,7 +561,7 @@ struct Progress {
 #[derive(Clone)]
 pub struct Delivery {
     progress: Arc<Progress>,
-    ended_rx: flume::Receiver<std::convert::Infallible>,
+    ended_rx: flume::Receiver<WriterEnd>,
 }
 
 impl Delivery {
@@ -698,7 +741,9 @@ async fn write_loop<B: Outgoing>(
                     count_written(stats, handoff, done);
                     let mut start = 0;
                     for (mut m, end) in held.drain(..) {
-                        m.written(done.clamp(start, end) - start, 0, err.as_ref());
+                        // A message wholly written before the failure was not stopped.
+                        let stopped = err.as_ref().filter(|_| done < end);
+                        m.written(done.clamp(start, end) - start, 0, stopped);
                         start = end;
                     }
                     err

@@ -15,13 +15,15 @@ pub mod files;
 pub mod request;
 
 use std::cell::RefCell;
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::Result;
-use crate::net::conn::{FileRegion, Input, Outgoing, Reader, WRITER_MAILBOX, spawn_writer_watched};
+use crate::net::conn::{
+    FileRegion, Input, Outgoing, Reader, WRITER_MAILBOX, WriterEnd, spawn_writer_watched,
+    writer_ended,
+};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
@@ -34,6 +36,11 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 
 /// How long an idle keep-alive connection is kept when `--idle-timeout` is off.
 pub const KEEPALIVE_DEFAULT: Duration = Duration::from_secs(60);
+
+/// The largest in-memory response queued without waiting for it to be written (a small
+/// file's body is at most 64 KiB); a larger one (a big directory listing) is waited for
+/// like a file, so unread pipelined listings cannot pile up in a connection's mailbox.
+const QUEUED_BUFFER_MAX: usize = files::SMALL_FILE as usize + 4096;
 
 /// What a client over `--max-conns` gets: an answer, not silence.
 pub const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nServer: switchboard\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 24\r\nRetry-After: 1\r\nConnection: close\r\n\r\n503 Service Unavailable\n";
@@ -141,7 +148,7 @@ impl Drop for Out {
 /// (`false` too when the writer ended without getting to it).
 async fn file_done(
     done_rx: flume::Receiver<bool>,
-    writer_ended: &flume::Receiver<Infallible>,
+    writer_ended: &flume::Receiver<WriterEnd>,
 ) -> bool {
     use futures::future::{Either, select};
     let done = done_rx.recv_async();
@@ -176,7 +183,7 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
     } = conn;
     let keepalive = idle_timeout.unwrap_or(KEEPALIVE_DEFAULT);
     let (writer_tx, writer_rx) = flume::bounded::<Out>(WRITER_MAILBOX);
-    let writer_ended = spawn_writer_watched(stream.clone(), writer_rx, &stats, Some(keepalive));
+    let writer_ended_rx = spawn_writer_watched(stream.clone(), writer_rx, &stats, Some(keepalive));
     let mut reader = Reader::new(stream, None);
     let peer_text: Arc<str> = peer.to_string().into();
     let mut heads = HeadBuffer::default();
@@ -219,10 +226,14 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
                 head_len: out.bytes.len().saturating_sub(small_body as usize),
                 ..line
             });
-            let sent = if out.file.is_some() {
+            // A file, or a large buffer (a big listing), is waited for before the next
+            // answer: what a connection has queued stays within the mailbox of small
+            // answers plus one large one, however many a client pipelines unread.
+            let sent = if out.file.is_some() || out.bytes.len() > QUEUED_BUFFER_MAX {
                 let (done_tx, done_rx) = flume::bounded(1);
                 out.done = Some(done_tx);
-                writer_tx.send_async(out).await.is_ok() && file_done(done_rx, &writer_ended).await
+                writer_tx.send_async(out).await.is_ok()
+                    && file_done(done_rx, &writer_ended_rx).await
             } else {
                 writer_tx.send_async(out).await.is_ok()
             };
@@ -265,6 +276,9 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
         while let Ok(Input::Data(_)) = reader.next().await {}
     })
     .await;
+    // The connection's slot is held as long as its socket: until the writer has written
+    // what it holds or given up on a client that stopped reading (the send timeout).
+    writer_ended(&writer_ended_rx).await;
     Stats::add(&stats.bytes_in, reader.bytes);
     Ok(())
 }

@@ -12,6 +12,11 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields accepted (more: 431).
 pub const MAX_HEADERS: usize = 100;
 
+/// How many empty lines before a request line are ignored (RFC 9112 2.2 asks for at
+/// least one, which clients send after a body; more than a few is a client sending
+/// nothing else, refused with 400).
+pub const MAX_EMPTY_LINES: usize = 4;
+
 /// One parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -107,8 +112,9 @@ impl Request {
 /// A head is parsed when it first has bytes (so garbage is refused at once), when its
 /// request line has ended, when a possible end of head (`\n\n` or `\n\r\n`) arrives
 /// beyond what was already looked at, and when it outgrows a limit (so [`parse_head`]
-/// refuses it). Empty lines before a request line are dropped (RFC 9112 2.2), so the
-/// first blank line seen is always the end of the head.
+/// refuses it). Empty lines before a request line are dropped (RFC 9112 2.2; at most
+/// [`MAX_EMPTY_LINES`], and a `\r` there must be followed by `\n`), so the first blank
+/// line seen is always the end of the head; nothing waits before the size limits.
 #[derive(Debug, Default)]
 pub struct HeadBuffer {
     buf: Vec<u8>,
@@ -118,6 +124,9 @@ pub struct HeadBuffer {
     looked: bool,
     /// Its request line has ended (a `\n` has been seen).
     line_seen: bool,
+    /// Empty lines dropped before this head's request line (at most
+    /// [`MAX_EMPTY_LINES`]).
+    empty_lines: usize,
     /// How many times [`parse_head`] has run (what the tests count).
     pub parses: u64,
 }
@@ -126,6 +135,12 @@ impl HeadBuffer {
     /// Appends what was read.
     pub fn extend(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+    }
+
+    /// How many bytes are buffered (at most [`MAX_HEAD`] plus one read while a head is
+    /// awaited: past that, [`HeadBuffer::next_head`] refuses it).
+    pub fn len(&self) -> usize {
+        self.buf.len()
     }
 
     /// Whether nothing is buffered (not even part of a head).
@@ -137,22 +152,28 @@ impl HeadBuffer {
     /// needed. After an error the connection is to be closed.
     pub fn next_head(&mut self) -> Result<Option<Request>, HeadError> {
         if !self.looked {
-            let blank = self
-                .buf
-                .iter()
-                .position(|&b| b != b'\r' && b != b'\n')
-                .unwrap_or(self.buf.len());
-            // Only whole line ends: a lone `\r` at the end waits for its `\n`.
+            // Empty lines before a request line are dropped (RFC 9112 2.2), a few of
+            // them: more is a client sending nothing else, a 400. A `\r` not followed
+            // by `\n` is malformed at once, so nothing is buffered before the request
+            // line starts (a lone `\r` at the end waits for its byte: at most one).
             let mut skip = 0;
-            while skip < blank {
-                match &self.buf[skip..] {
-                    [b'\n', ..] => skip += 1,
-                    [b'\r', b'\n', ..] => skip += 2,
+            loop {
+                let step = match &self.buf[skip..] {
+                    [b'\n', ..] => 1,
+                    [b'\r', b'\n', ..] => 2,
+                    [b'\r', b, ..] if *b != b'\n' => {
+                        return Err(HeadError::Bad("CR not followed by LF"));
+                    }
                     _ => break,
+                };
+                if self.empty_lines >= MAX_EMPTY_LINES {
+                    return Err(HeadError::Bad("too many empty lines before a request"));
                 }
+                self.empty_lines += 1;
+                skip += step;
             }
             self.buf.drain(..skip);
-            if self.buf.first().is_none_or(|&b| b == b'\r' || b == b'\n') {
+            if self.buf.first().is_none_or(|&b| b == b'\r') {
                 return Ok(None);
             }
         }
@@ -166,6 +187,7 @@ impl HeadBuffer {
             self.scanned = 0;
             self.looked = false;
             self.line_seen = false;
+            self.empty_lines = 0;
         }
         Ok(parsed)
     }
@@ -349,7 +371,9 @@ pub fn target_path(target: &str) -> Result<(PathBuf, bool), TargetError> {
     if decoded.contains(&b'\\') {
         return Err(TargetError::Escape("backslash in path"));
     }
-    let trailing_slash = decoded.ends_with(b"/");
+    // A final `.` segment names the directory too (`/a.txt/.` is `/a.txt/`).
+    let last = decoded.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    let trailing_slash = decoded.ends_with(b"/") || last == b".";
     let mut out = PathBuf::new();
     use std::os::unix::ffi::OsStrExt;
     for segment in decoded.split(|&b| b == b'/') {
@@ -675,6 +699,27 @@ mod tests {
     }
 
     #[test]
+    fn a_final_dot_segment_is_a_trailing_slash() {
+        assert_eq!(
+            target_path("/a.txt/.").unwrap(),
+            (PathBuf::from("a.txt"), true)
+        );
+        assert_eq!(
+            target_path("/a.txt/%2e").unwrap(),
+            (PathBuf::from("a.txt"), true)
+        );
+        assert_eq!(target_path("/.").unwrap(), (PathBuf::new(), true));
+        assert_eq!(
+            target_path("/a.txt/.x").unwrap(),
+            (PathBuf::from("a.txt/.x"), false)
+        );
+        assert_eq!(
+            target_path("/a.txt").unwrap(),
+            (PathBuf::from("a.txt"), false)
+        );
+    }
+
+    #[test]
     fn the_scheme_is_case_insensitive() {
         let ok = |t: &str| target_path(t).unwrap();
         assert_eq!(ok("HTTP://example.org/x"), (PathBuf::from("x"), false));
@@ -730,9 +775,19 @@ mod tests {
             dribble(b"\x16\x03\x01", 1).0,
             vec![Err(HeadError::Bad("malformed request"))]
         );
-        // Empty lines before a request line are skipped, and may be dribbled too.
-        let (heads, parses) = dribble(&b"\r\n".repeat(30_000), 3);
+        // A few empty lines before a request line are skipped, and may be dribbled too;
+        // a stream of nothing else is refused once past the few, not buffered.
+        let few = b"\r\n".repeat(MAX_EMPTY_LINES);
+        let (heads, parses) = dribble(&few, 3);
         assert!(heads.is_empty() && parses == 0, "{parses}");
+        let (heads, parses) = dribble(&b"\r\n".repeat(30_000), 3);
+        assert_eq!(
+            heads,
+            vec![Err(HeadError::Bad("too many empty lines before a request"))]
+        );
+        assert_eq!(parses, 0);
+        let (heads, _) = dribble(&[few.as_slice(), b"GET / HTTP/1.1\r\n\r\n"].concat(), 1);
+        assert_eq!(heads.len(), 1);
         let (heads, _) = dribble(b"\r\n\nGET / HTTP/1.1\r\n\r\n", 1);
         assert_eq!(heads.len(), 1);
         // Limits still apply while nothing looks like an end of head.
@@ -764,6 +819,64 @@ mod tests {
             let (got, _) = dribble(raw.as_bytes(), piece);
             let got: Vec<Request> = got.into_iter().map(Result::unwrap).collect();
             prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_lone_cr_before_a_request_line_is_refused_at_once() {
+        // A `\r` then anything but `\n` once made the buffer wait for good: 1 GiB of
+        // `A` after one `\r` was taken in and kept, never parsed.
+        let raw = [b"\r".as_slice(), &[b'A'; 100 * 1024]].concat();
+        for piece in [1, 2, 1000, raw.len()] {
+            assert_eq!(
+                dribble(&raw, piece).0,
+                vec![Err(HeadError::Bad("CR not followed by LF"))],
+                "pieces of {piece}"
+            );
+        }
+        assert_eq!(
+            dribble(b"\r\n\r\r", 1).0,
+            vec![Err(HeadError::Bad("CR not followed by LF"))]
+        );
+        // A `\r` at the very end waits for the byte after it.
+        let mut heads = HeadBuffer::default();
+        heads.extend(b"\r\n\r");
+        assert_eq!(heads.next_head(), Ok(None));
+        heads.extend(b"\nGET / HTTP/1.1\r\n\r\n");
+        assert!(heads.next_head().unwrap().is_some());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever arrives, in whatever reads, the buffer never waits with more than
+        /// MAX_HEAD bytes in it: past that it has a head or an error, never `Ok(None)`.
+        #[test]
+        fn a_head_buffer_never_waits_past_max_head(
+            runs in proptest::collection::vec(
+                (prop::sample::select(&b"\r\nA :G/"[..]), 1usize..20_000),
+                1..40,
+            ),
+            piece in 1usize..70_000,
+        ) {
+            let mut raw = Vec::new();
+            for (b, n) in runs {
+                raw.extend(std::iter::repeat_n(b, n));
+            }
+            raw.resize(raw.len().max(MAX_HEAD + 2), b'A');
+            let mut heads = HeadBuffer::default();
+            'feed: for chunk in raw.chunks(piece) {
+                heads.extend(chunk);
+                loop {
+                    match heads.next_head() {
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            prop_assert!(heads.len() <= MAX_HEAD, "waits with {}", heads.len());
+                            break;
+                        }
+                        Err(_) => break 'feed,
+                    }
+                }
+            }
         }
     }
 
