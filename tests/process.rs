@@ -449,6 +449,107 @@ fn proxy_out_of_descriptors(host: &str) {
 }
 
 #[test]
+fn a_proxy_out_of_descriptors_blames_no_host_name_upstream_while_sessions_churn() {
+    // A lookup that failed for want of a descriptor (glibc says "Name or service not
+    // known" and leaves EMFILE in errno) used to be checked by probing for a socket
+    // afterwards; with sessions ending all the time that probe found one, and the
+    // healthy upstream was put in back-off. Here clients come and go, each served or
+    // waiting within --connect-timeout, a bounded number of times, while four sessions
+    // hold descriptors so the proxy stays at its limit.
+    const CHURNERS: usize = 16;
+    const ROUNDS: usize = 60;
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = format!("localhost:{}", upstream.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &s, &mut &s);
+            });
+        }
+    });
+    let mut proc = proxy_with_nofile(&up_addr, 40);
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    let lines = log_lines(log);
+    let mut held = Vec::new();
+    for i in 0..4u8 {
+        let mut c = client(addr);
+        c.write_all(&[i]).unwrap();
+        assert_eq!(read_n(&mut c, 1), [i]);
+        held.push(c);
+    }
+    let churn: Vec<_> = (0..CHURNERS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for r in 0..ROUNDS {
+                    // Served (perhaps after waiting for a descriptor), then gone.
+                    let mut c = client(addr);
+                    c.write_all(b"c").unwrap();
+                    assert_eq!(read_n(&mut c, 1), b"c", "churner {t}, round {r}");
+                }
+            })
+        })
+        .collect();
+    for c in churn {
+        c.join().unwrap();
+    }
+    // The held sessions still work, and so does a new one.
+    for (i, c) in held.iter_mut().enumerate() {
+        c.write_all(&[i as u8]).unwrap();
+        assert_eq!(read_n(c, 1), [i as u8]);
+    }
+    drop(held);
+    let mut late = client(addr);
+    late.write_all(b"after").unwrap();
+    assert_eq!(read_n(&mut late, 5), b"after");
+    drop(late);
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    let text = lines.iter().collect::<Vec<_>>().join("\n");
+    assert!(
+        text.contains("out of descriptors here"),
+        "never at the limit: {text}"
+    );
+    assert!(!text.contains("skipping it"), "{text}");
+    assert!(!text.contains("closing the client"), "{text}");
+}
+
+/// A proxy to `upstream` with an open-files limit of `nofile`, a 60 s connect timeout
+/// and a 60 s back-off, logging on a pipe.
+fn proxy_with_nofile(upstream: &str, nofile: u64) -> Proc {
+    let mut cmd = binary();
+    cmd.args([
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream,
+        "--threads",
+        "1",
+        "--connect-timeout",
+        "60s",
+        "--backoff",
+        "60s",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Proc(cmd.spawn().unwrap())
+}
+
+#[test]
 fn a_stalled_stdout_at_shutdown_sends_the_last_lines_to_stderr() {
     // `switchboard proxy --tap | less`, left unscrolled: the pipe and the 1 MiB queue are
     // full when SIGTERM comes, so "shutting down", the summary and the dropped-lines

@@ -1,4 +1,5 @@
-//! Process limits: the open-files limit a server raises at start.
+//! Process limits: the open-files limit a server raises at start, and telling a failure
+//! for want of descriptors (or buffers, memory) from the other side's fault.
 
 /// Raises the soft limit on open files to the hard limit and returns the new soft limit.
 ///
@@ -55,7 +56,53 @@ pub fn is_resource_exhaustion(e: &std::io::Error) -> bool {
     false
 }
 
-fn exhausted(errno: Option<i32>) -> bool {
+/// Runs `f` (a blocking call that may fail without an errno of its own, such as a name
+/// lookup) and returns what it returned with the errno it left on this thread, if any.
+///
+/// glibc's `getaddrinfo`, when it cannot open `/etc/hosts` or a socket to the DNS
+/// server for want of a descriptor, answers "Name or service not known" and leaves
+/// `EMFILE` in errno. That errno, read on the thread that made the lookup right after it,
+/// is the lookup's own evidence, whereas probing for a descriptor later races with
+/// sessions that free theirs meanwhile. errno is cleared first, so a value left by an
+/// earlier call on this thread is not taken for it. `None` where errno cannot be reached.
+pub fn errno_left_by<T>(f: impl FnOnce() -> T) -> (T, Option<i32>) {
+    let Some(errno) = errno_location() else {
+        return (f(), None);
+    };
+    // SAFETY: errno is this thread's own int, valid for the thread's lifetime.
+    unsafe { *errno = 0 };
+    let out = f();
+    // SAFETY: as above; `f` ran on this thread.
+    let left = unsafe { *errno };
+    (out, (left != 0).then_some(left))
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn errno_location() -> Option<*mut libc::c_int> {
+    // SAFETY: returns a pointer to this thread's errno; no preconditions.
+    Some(unsafe { libc::__errno_location() })
+}
+
+#[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+fn errno_location() -> Option<*mut libc::c_int> {
+    // SAFETY: returns a pointer to this thread's errno; no preconditions.
+    Some(unsafe { libc::__error() })
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd"
+)))]
+fn errno_location() -> Option<*mut libc::c_int> {
+    None
+}
+
+/// Whether `errno` means "out of descriptors, buffers or memory" (see
+/// [`is_resource_exhaustion`]).
+pub fn exhausted(errno: Option<i32>) -> bool {
     matches!(
         errno,
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
@@ -117,5 +164,16 @@ mod tests {
             "no such host"
         )));
         assert!(socket_available().is_ok());
+    }
+
+    #[test]
+    fn the_errno_a_call_leaves_is_its_own() {
+        // A stale errno from an earlier call is not reported for the next one.
+        let (_, left) = errno_left_by(|| std::fs::File::open("/nonexistent/x").is_err());
+        if errno_location().is_some() {
+            assert_eq!(left, Some(libc::ENOENT));
+            let (_, left) = errno_left_by(|| 1 + 1);
+            assert_eq!(left, None);
+        }
     }
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::net::addr::describe;
-use crate::net::limits::{is_resource_exhaustion, socket_available};
+use crate::net::limits::{errno_left_by, exhausted, is_resource_exhaustion, socket_available};
 use crate::rt::{self, TcpStream};
 
 /// First pause before a connect that met a local shortage is tried again; it doubles.
@@ -212,18 +212,10 @@ impl Upstreams {
 }
 
 async fn connect_one(target: &str, timeout: Duration) -> Result<(TcpStream, SocketAddr), Failure> {
-    // A lookup needs descriptors too (the hosts file, a socket to the DNS server). Its
-    // errno is found under the runtime's wrapping; a resolver that reports the shortage
-    // without one is caught by asking for a socket before the name is blamed.
-    let addrs = rt::resolve(target).await.map_err(|e| {
-        if is_resource_exhaustion(&e) {
-            Failure::Local(e)
-        } else if let Err(local) = socket_available() {
-            Failure::Local(local)
-        } else {
-            Failure::Remote(format!("cannot resolve: {}", describe(&e)))
-        }
-    })?;
+    // A lookup needs descriptors too (the hosts file, a socket to the DNS server); see
+    // [`lookup_failure`] for how a lookup that failed for want of one is told apart.
+    let (looked_up, errno_left) = resolve(target).await;
+    let addrs = looked_up.map_err(|e| lookup_failure(e, errno_left, socket_available))?;
     let mut last = String::from("resolves to no address");
     for addr in addrs {
         match rt::timeout(timeout, TcpStream::connect(addr)).await {
@@ -239,6 +231,50 @@ async fn connect_one(target: &str, timeout: Duration) -> Result<(TcpStream, Sock
     Err(Failure::Remote(last))
 }
 
+/// Looks `target` up on a blocking thread, with the errno the lookup left on it.
+async fn resolve(target: &str) -> (std::io::Result<Vec<SocketAddr>>, Option<i32>) {
+    use std::net::ToSocketAddrs;
+    let target = target.to_owned();
+    rt::spawn_blocking(move || {
+        errno_left_by(|| target.to_socket_addrs().map(|found| found.collect()))
+    })
+    .await
+}
+
+/// Whether a failed lookup of an upstream's name was this process's shortage (wait for
+/// a descriptor, blame no one) or the name's fault (back-off, fail over), from, in turn:
+///
+/// - an errno of exhaustion in the error itself, under the runtime's wrapping;
+/// - one the lookup left on its thread (`errno_left`): glibc reports a lookup that could
+///   not open `/etc/hosts` or a DNS socket as "Name or service not known" with errno
+///   `EMFILE`. This is the lookup's own evidence. A probe for a socket made afterwards
+///   races with sessions that free descriptors meanwhile: under churn it found one, and
+///   a healthy upstream was put in back-off;
+/// - for a resolver that leaves neither, `probe` ([`socket_available`]) as a last check.
+///
+/// A name that really does not resolve while descriptors are plentiful leaves no such
+/// errno and passes the probe, so it still fails over at once.
+fn lookup_failure(
+    e: std::io::Error,
+    errno_left: Option<i32>,
+    probe: impl FnOnce() -> std::io::Result<()>,
+) -> Failure {
+    if is_resource_exhaustion(&e) {
+        return Failure::Local(e);
+    }
+    if let Some(errno) = errno_left.filter(|&n| exhausted(Some(n))) {
+        let why = std::io::Error::from_raw_os_error(errno);
+        return Failure::Local(std::io::Error::new(
+            why.kind(),
+            format!("{}, during a lookup that failed: {}", why, describe(&e)),
+        ));
+    }
+    match probe() {
+        Err(local) => Failure::Local(local),
+        Ok(()) => Failure::Remote(format!("cannot resolve: {}", describe(&e))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +285,46 @@ mod tests {
             balance,
             Duration::from_secs(60),
         )
+    }
+
+    #[test]
+    fn a_failed_lookup_is_local_only_with_evidence_of_a_shortage() {
+        let nxdomain = || std::io::Error::other("Name or service not known");
+        let fine = || Ok(());
+        let short = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        // Plenty of descriptors and no errno: the name's fault, failed over at once.
+        assert!(matches!(
+            lookup_failure(nxdomain(), None, fine),
+            Failure::Remote(_)
+        ));
+        let other = Some(libc::ENOENT);
+        assert!(matches!(
+            lookup_failure(nxdomain(), other, fine),
+            Failure::Remote(_)
+        ));
+        // The lookup left EMFILE: local, even though a descriptor is free by now.
+        let emfile = Some(libc::EMFILE);
+        match lookup_failure(nxdomain(), emfile, fine) {
+            Failure::Local(e) => assert_eq!(
+                e.kind(),
+                std::io::Error::from_raw_os_error(libc::EMFILE).kind()
+            ),
+            Failure::Remote(why) => panic!("blamed the name: {why}"),
+        }
+        assert!(matches!(
+            lookup_failure(nxdomain(), Some(libc::ENFILE), fine),
+            Failure::Local(_)
+        ));
+        // The error carries it, or no socket can be had now: local.
+        let wrapped = std::io::Error::other(std::io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(matches!(
+            lookup_failure(wrapped, None, fine),
+            Failure::Local(_)
+        ));
+        assert!(matches!(
+            lookup_failure(nxdomain(), None, short),
+            Failure::Local(_)
+        ));
     }
 
     #[test]
