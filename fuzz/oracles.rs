@@ -301,7 +301,71 @@ pub fn http_request(data: &[u8]) -> Vec<Violation> {
         Err(_) => {}
     }
     check_target(&String::from_utf8_lossy(data), &mut v);
+    check_head_buffer(data, &mut v);
     v
+}
+
+/// What a connection's [`request::HeadBuffer`] makes of `data` arriving in reads of
+/// `piece` bytes: the heads it gives, whether it refused the input, and the most it
+/// held while waiting for more.
+fn heads_from_reads(data: &[u8], piece: usize) -> (Vec<Request>, bool, usize) {
+    let mut buffer = request::HeadBuffer::default();
+    let (mut heads, mut waited) = (Vec::new(), 0);
+    for read in data.chunks(piece.max(1)) {
+        buffer.extend(read);
+        loop {
+            match buffer.next_head() {
+                Ok(Some(head)) => heads.push(head),
+                Ok(None) => {
+                    waited = waited.max(buffer.len());
+                    break;
+                }
+                Err(_) => return (heads, true, waited),
+            }
+        }
+    }
+    (heads, false, waited)
+}
+
+/// The heads a connection reads, and whether it refuses the input, do not depend on how
+/// TCP split the bytes; and it never waits holding more than a head's limit plus a read.
+/// (A buffer fed in pieces parses again only when a head could have ended, so garbage in
+/// the middle of a head may be refused later than at once — never wrongly, and no later
+/// than the blank line that ends it, which the second comparison adds.)
+fn check_head_buffer(data: &[u8], v: &mut Vec<Violation>) {
+    let piece = usize::from(data.first().copied().unwrap_or(0) % 32) + 1;
+    let whole = heads_from_reads(data, data.len());
+    let split = heads_from_reads(data, piece);
+    check!(
+        v,
+        "http_buffer_chunking",
+        whole.0 == split.0 && (whole.1 || !split.1),
+        "at once: {} heads, refused {}; in reads of {piece}: {} heads, refused {}",
+        whole.0.len(),
+        whole.1,
+        split.0.len(),
+        split.1
+    );
+    let ended = [data, b"\r\n\r\n"].concat();
+    let whole = heads_from_reads(&ended, ended.len());
+    let split = heads_from_reads(&ended, piece);
+    check!(
+        v,
+        "http_buffer_chunking",
+        whole.0 == split.0 && whole.1 == split.1,
+        "with a blank line after: at once {} heads, refused {}; in reads of {piece}: {} heads, refused {}",
+        whole.0.len(),
+        whole.1,
+        split.0.len(),
+        split.1
+    );
+    check!(
+        v,
+        "http_head_bounded",
+        split.2 <= request::MAX_HEAD + piece,
+        "waited holding {} bytes in reads of {piece}",
+        split.2
+    );
 }
 
 fn check_head(data: &[u8], req: &Request, v: &mut Vec<Violation>) {
