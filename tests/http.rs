@@ -1507,3 +1507,68 @@ fn a_lone_cr_then_anything_is_400_at_once() {
     assert_eq!((r.status, r.headers["connection"].as_str()), (400, "close"));
     assert!(closed_by_server(&mut s));
 }
+
+/// The receive buffer the kernel gave `s` (it doubles what was asked, for overhead).
+fn rcvbuf_of(s: &TcpStream) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt on an open socket into a correctly sized int.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &mut value as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0);
+    value as u64
+}
+
+/// Attack 4, item 1: a client that reads part of a large file and then resets. The
+/// access line's bytes are what the client acknowledged (what it read, plus at most its
+/// receive buffer), not what the server handed its kernel (the send buffer on top),
+/// and the line says the response was stopped.
+#[test]
+fn a_reset_mid_file_logs_the_bytes_the_client_acknowledged() {
+    let site = site();
+    let root = site.dir.join("root");
+    let file: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("four.bin"), &file).unwrap();
+    let child = spawn_http(&root);
+    let mut s = client_with_rcvbuf(child.addr, 64 * 1024);
+    let rcvbuf = rcvbuf_of(&s);
+    s.write_all(b"GET /four.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let head = read_response(&mut s, true);
+    assert_eq!(head.status, 200);
+    let body = read_n(&mut s, 1 << 20);
+    assert!(body[..] == file[..1 << 20], "what arrived is the file's start");
+    reset_on_close(&s);
+    drop(s);
+    let mut record = HashMap::new();
+    wait_until("the access log line", || {
+        match child.records_with("/four.bin").pop() {
+            Some(r) if r.contains_key("note") => {
+                record = r;
+                true
+            }
+            _ => false,
+        }
+    });
+    let logged: u64 = record["bytes"].parse().unwrap();
+    // What the client read, plus what its receive buffer held, plus a little slack
+    // (the window is offered in whole segments).
+    let most = (1 << 20) + rcvbuf + 16 * 1024;
+    assert!(
+        (1 << 20..=most).contains(&logged),
+        "logged {logged}, the client read {} with a {rcvbuf}-byte buffer: {record:?}",
+        1 << 20
+    );
+    assert!(
+        record["note"].starts_with(&format!("stopped after {logged} of 4194304 bytes: ")),
+        "{record:?}"
+    );
+}
