@@ -1545,7 +1545,10 @@ fn a_reset_mid_file_logs_the_bytes_the_client_acknowledged() {
     let head = read_response(&mut s, true);
     assert_eq!(head.status, 200);
     let body = read_n(&mut s, 1 << 20);
-    assert!(body[..] == file[..1 << 20], "what arrived is the file's start");
+    assert!(
+        body[..] == file[..1 << 20],
+        "what arrived is the file's start"
+    );
     reset_on_close(&s);
     drop(s);
     let mut record = HashMap::new();
@@ -1569,6 +1572,72 @@ fn a_reset_mid_file_logs_the_bytes_the_client_acknowledged() {
     );
     assert!(
         record["note"].starts_with(&format!("stopped after {logged} of 4194304 bytes: ")),
+        "{record:?}"
+    );
+}
+
+/// The number after `key=` in `line`.
+fn summary_field(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// Attack 4, item 2: SIGTERM while a client is downloading a large file and has stopped
+/// reading. At the end of the drain the response is cut, its access line is written
+/// ("stopped after N of M bytes: server shutting down") before the summary, and the
+/// summary's `bytes_out` counts what the client got (sendfile bytes are counted as each
+/// call returns, not at the end of the region).
+#[test]
+fn sigterm_during_a_download_logs_the_cut_response_and_counts_its_bytes() {
+    let site = site();
+    let root = site.dir.join("root");
+    std::fs::File::create(root.join("huge.bin"))
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let mut child = spawn_http(&root);
+    let mut s = client_with_rcvbuf(child.addr, 64 * 1024);
+    s.write_all(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let head = read_response(&mut s, true);
+    assert_eq!(head.status, 200);
+    // Read well over 64 KiB, then stop reading: the server's writer waits for room.
+    let got = read_n(&mut s, 256 * 1024).len() as u64;
+    signal(&child.proc, libc::SIGTERM);
+    let status = wait_exit(&mut child.proc);
+    assert!(status.success(), "exit status {status}");
+    let log = || child.log.lock().unwrap().clone();
+    wait_until("the summary", || log().contains("stopped: connections="));
+    let log = log();
+    let summary = log
+        .lines()
+        .find(|l| l.contains("stopped: connections="))
+        .unwrap();
+    let bytes_out = summary_field(summary, "bytes_out").unwrap();
+    assert!(
+        bytes_out >= got,
+        "bytes_out={bytes_out}, the client got {got} of the body: {summary}"
+    );
+    let access = log
+        .find("/huge.bin")
+        .unwrap_or_else(|| panic!("no access line for the cut download:\n{log}"));
+    assert!(
+        access < log.find("stopped: connections=").unwrap(),
+        "the access line came after the summary:\n{log}"
+    );
+    let record = child.records_with("/huge.bin").pop().unwrap();
+    let logged: u64 = record["bytes"].parse().unwrap();
+    assert!(
+        logged >= got,
+        "logged {logged}, the client got {got}: {record:?}"
+    );
+    assert_eq!(
+        record["note"],
+        format!("stopped after {logged} of 33554432 bytes: server shutting down"),
         "{record:?}"
     );
 }

@@ -388,7 +388,15 @@ pub fn spawn_writer_watched<B: Outgoing>(
     send_timeout: Option<Duration>,
 ) -> flume::Receiver<WriterEnd> {
     let (ended_tx, ended_rx) = flume::bounded(1);
-    start_writer(stream, writer_rx, None, stats, Some(ended_tx), send_timeout, None);
+    start_writer(
+        stream,
+        writer_rx,
+        None,
+        stats,
+        Some(ended_tx),
+        send_timeout,
+        None,
+    );
     ended_rx
 }
 
@@ -404,7 +412,15 @@ pub fn spawn_writer_closing<B: Outgoing>(
     close: Shutdown,
 ) -> flume::Receiver<WriterEnd> {
     let (ended_tx, ended_rx) = flume::bounded(1);
-    start_writer(stream, writer_rx, None, stats, Some(ended_tx), send_timeout, Some(close));
+    start_writer(
+        stream,
+        writer_rx,
+        None,
+        stats,
+        Some(ended_tx),
+        send_timeout,
+        Some(close),
+    );
     ended_rx
 }
 
@@ -799,11 +815,13 @@ async fn write_loop<B: Outgoing>(
             let mut sent = 0;
             let err = match head_err {
                 Some(e) => Some(e),
-                None => send_file_counted(stream, region, &mut sent, send_timeout, close, &mut |n| {
-                    count.add(n)
-                })
-                .await
-                .err(),
+                None => {
+                    send_file_counted(stream, region, &mut sent, send_timeout, close, &mut |n| {
+                        count.add(n)
+                    })
+                    .await
+                    .err()
+                }
             };
             let (mut head, mut sent) = (head, sent);
             if err.is_some() {
