@@ -1433,10 +1433,12 @@ fn small_answers_are_logged_as_written() {
     w.set_write_timeout(Some(DEADLINE)).unwrap();
     // 200 answers of 60,000 bytes: more than any socket buffers hold.
     let _ = w.write_all(one.repeat(200).as_bytes());
-    // The first answers fit in the socket buffers and are logged whole; then the writer
-    // waits for room, and the reader for room in the writer's mailbox.
-    wait_until("the first answer's log line", || {
-        !child.records_with("/big.bin").is_empty()
+    // The first answers fill the socket buffers; then the writer waits for room, and the
+    // reader for room in the writer's mailbox. (An answer is logged once the client has
+    // acknowledged it, which this client, with its tiny buffer, never does for a whole
+    // one: so wait for bytes to be waiting in its buffer instead of for a line.)
+    wait_until("the first answer's bytes in the client's buffer", || {
+        unread_bytes(&s) >= 4096
     });
     reset_on_close(&s);
     drop(w);
@@ -1640,4 +1642,77 @@ fn sigterm_during_a_download_logs_the_cut_response_and_counts_its_bytes() {
         format!("stopped after {logged} of 33554432 bytes: server shutting down"),
         "{record:?}"
     );
+}
+
+/// Bytes waiting in `s`'s receive queue (`FIONREAD`).
+fn unread_bytes(s: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD on an open socket writes one int.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0);
+    n as usize
+}
+
+/// Attack 4, item 1, pipelined: fourteen 65,000-byte answers, all small enough to be
+/// handed to the kernel at once; the client reads about 256 KB and resets. An answer is
+/// logged as written only once the client acknowledged it, so the answers logged whole
+/// add up to at most what it read plus its receive buffer, and the rest say they stopped.
+#[test]
+fn pipelined_answers_the_client_never_acknowledged_are_logged_as_stopped() {
+    let site = site();
+    let root = site.dir.join("root");
+    let body: Vec<u8> = (0..65_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("s64.bin"), &body).unwrap();
+    let child = spawn_http(&root);
+    let mut s = client_with_rcvbuf(child.addr, 64 * 1024);
+    let rcvbuf = rcvbuf_of(&s);
+    s.write_all(
+        "GET /s64.bin HTTP/1.1\r\nHost: t\r\n\r\n"
+            .repeat(14)
+            .as_bytes(),
+    )
+    .unwrap();
+    let read = read_n(&mut s, 256 * 1024).len() as u64;
+    reset_on_close(&s);
+    drop(s);
+    let complete = |r: &HashMap<String, String>| {
+        ["bytes", "note", "status", "us"]
+            .iter()
+            .all(|k| r.contains_key(*k))
+    };
+    let mut records = Vec::new();
+    // Reports come in order, so once one says it stopped, every answer logged whole has
+    // been logged. (Answers to requests the server had not reached when the writer
+    // failed get no line; those it had get `not sent`.)
+    wait_until("a line for an answer cut by the reset", || {
+        records = child.records_with("/s64.bin");
+        records
+            .iter()
+            .any(|r| complete(r) && r.get("note").is_some_and(|n| !n.is_empty()))
+    });
+    records.retain(complete);
+    let mut logged = 0;
+    let mut stopped = 0;
+    for r in &records {
+        let bytes: u64 = r["bytes"].parse().unwrap();
+        logged += bytes;
+        if r["note"].is_empty() {
+            assert_eq!(bytes, 65_000, "{r:?}");
+        } else {
+            assert!(
+                r["note"].starts_with(&format!("stopped after {bytes} of 65000 bytes: "))
+                    || (bytes == 0 && r["note"] == "not sent: the connection failed first"),
+                "{r:?}"
+            );
+            stopped += 1;
+        }
+    }
+    // Bodies only are logged; what the client read includes heads, so this is generous
+    // by those few hundred bytes, and by 16 KiB of window rounding.
+    assert!(
+        logged <= read + rcvbuf + 16 * 1024,
+        "logged {logged} bytes of bodies; the client read {read} with a {rcvbuf}-byte buffer: {records:?}"
+    );
+    assert!(stopped > 0, "{records:?}");
 }

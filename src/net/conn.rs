@@ -18,7 +18,9 @@
 //!   its closed mailbox releases a reader waiting for room. Progress is any byte the
 //!   socket takes from us or the peer acknowledges, so a slow reader is never cut.
 //! - A message type may ask to be told what was written of it ([`Outgoing::REPORTS`]):
-//!   the HTTP access log is written from that report.
+//!   the HTTP access log is written from that report. The report comes once the peer
+//!   has acknowledged the message's last byte (or the writer failed first: then it says
+//!   how far the acknowledgement reached).
 //! - A message may carry a [`FileRegion`] after its bytes: the writer hands it to the
 //!   kernel (`sendfile`), so large files never pass through user space.
 //! - A writer with exactly one producer can be fed through a [`Handoff`]: while the writer
@@ -32,10 +34,14 @@
 //!   room can [`Reader::watch`] that wait: the socket is checked for the peer's FIN or
 //!   reset (`poll(POLLRDHUP)`, which consumes nothing) every [`STALL_CHECK`], so a peer
 //!   that leaves is noticed even while nothing can be read.
-//! - Writers add to `Stats::bytes_out` after every write, so the counters are right while
-//!   connections are still open.
+//! - Writers add to `Stats::bytes_out` after every write and every `sendfile` call, so the
+//!   counters are right while connections are still open. When a write fails and the
+//!   queued bytes may never arrive (a reset, the send timeout, the server closing), what
+//!   the peer had not acknowledged is taken back out (`TIOCOUTQ`, `TCP_INFO`): a count is
+//!   then what the peer acknowledged, not what the kernel was handed.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown as Halves;
@@ -309,7 +315,9 @@ pub trait Outgoing: Send + 'static {
     /// With [`Outgoing::REPORTS`]: told, once the writer is done with this message, how
     /// many of its bytes went out — `bytes` of [`Outgoing::bytes`], then `file` of its
     /// file region — and what stopped it short, if anything did (a file that shrank, a
-    /// peer that left or stopped reading): what a role logs is then what was written.
+    /// peer that left or stopped reading, the server closing). A message written in full
+    /// is reported once the peer has acknowledged its last byte; one cut short counts
+    /// what the peer acknowledged: what a role logs is then what the peer got.
     /// A message the writer never got to (it failed first) is dropped without a report.
     fn written(&mut self, _bytes: usize, _file: u64, _stopped: Option<&io::Error>) {}
 }
@@ -548,6 +556,21 @@ pub(crate) fn unsent(stream: &TcpStream) -> Option<libc::c_int> {
 fn bytes_acked(stream: &TcpStream) -> Option<u64> {
     // struct tcp_info: tcpi_bytes_acked is the u64 at offset 120.
     const BYTES_ACKED: usize = 120 / 8;
+    let (info, len) = tcp_info(stream)?;
+    (len >= (BYTES_ACKED + 1) * 8).then(|| info[BYTES_ACKED])
+}
+
+/// Whether the connection is gone (reset, or given up by the kernel): a reset seen by
+/// `poll`, or `TCP_INFO`'s state `TCP_CLOSE` — which stays once a read has taken the
+/// reset's error, and which a writer that has not shut its socket sees no other way.
+fn connection_gone(stream: &TcpStream) -> bool {
+    const TCP_CLOSE: u8 = 7;
+    hangup(stream) == Some(Hangup::Reset)
+        || tcp_info(stream).is_some_and(|(info, _)| info[0].to_ne_bytes()[0] == TCP_CLOSE)
+}
+
+/// The socket's `struct tcp_info` as 64-bit words, and how many bytes the kernel filled.
+fn tcp_info(stream: &TcpStream) -> Option<([u64; 32], usize)> {
     let mut info = [0u64; 32];
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
     // SAFETY: getsockopt on an open socket into a buffer of `len` bytes.
@@ -560,7 +583,7 @@ fn bytes_acked(stream: &TcpStream) -> Option<u64> {
             &mut len,
         )
     };
-    (rc == 0 && len as usize >= (BYTES_ACKED + 1) * 8).then(|| info[BYTES_ACKED])
+    (rc == 0).then_some((info, len as usize))
 }
 
 /// Of the `handed` bytes this side wrote to `stream`, how many the peer has not
@@ -736,7 +759,9 @@ impl Handoff {
                     log::debug!("write failed: {e}");
                     // What the peer never acknowledged is not delivered (before the
                     // shutdown, whose FIN would count in the send queue).
-                    self.progress.take_back_unacked(&self.stream, &self.stats);
+                    if peer_may_lack(&e, &self.stream) {
+                        self.progress.take_back_unacked(&self.stream, &self.stats);
+                    }
                     let _ = self.stream.shutdown(Halves::Both);
                     return Err(WriterGone);
                 }
@@ -779,8 +804,12 @@ fn try_send_now(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
 /// with `close`, a write still waiting when it fires ends it with [`ServerClosing`].
 ///
 /// When a write fails, what the peer never acknowledged ([`unacked`]) is taken back out
-/// of the counts and out of the failing batch's reports: after a failure a count says
-/// what the peer acknowledged, not what the kernel was handed.
+/// of the counts: after a failure a count says what the peer acknowledged, not what the
+/// kernel was handed. With [`Outgoing::REPORTS`], a message written in full is reported
+/// once the peer has acknowledged its last byte (checked after each write, and while the
+/// mailbox is empty by [`await_acks`]), so a reset after the write but before the
+/// acknowledgement still reports it stopped; what is unacknowledged when every sender
+/// is gone is reported as written (the kernel delivers it after our FIN).
 async fn write_loop<B: Outgoing>(
     stream: &TcpStream,
     writer_rx: &flume::Receiver<B>,
@@ -798,9 +827,31 @@ async fn write_loop<B: Outgoing>(
     // With B::REPORTS: the batch's messages, each with where its bytes end in the batch,
     // kept until the batch is written (the vector is reused, so no allocation per batch).
     let mut held: Vec<(B, usize)> = Vec::new();
+    // With B::REPORTS: messages written in full, waiting for the peer's acknowledgement.
+    let mut unconfirmed: VecDeque<Unconfirmed<B>> = VecDeque::new();
     loop {
         let mut first = match next.take() {
             Some(b) => b,
+            None if !unconfirmed.is_empty() => {
+                match await_acks(
+                    stream,
+                    Some(writer_rx),
+                    &count,
+                    &mut unconfirmed,
+                    send_timeout,
+                    close,
+                )
+                .await
+                {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(e) => {
+                        count.take_back_unacked(stream);
+                        settle(&mut unconfirmed, count.handed, Some(&e));
+                        return Err(e);
+                    }
+                }
+            }
             None => match writer_rx.recv_async().await {
                 Ok(b) => b,
                 Err(_) => break,
@@ -824,7 +875,7 @@ async fn write_loop<B: Outgoing>(
                 }
             };
             let (mut head, mut sent) = (head, sent);
-            if err.is_some() {
+            if err.as_ref().is_some_and(|e| peer_may_lack(e, stream)) {
                 // What the peer did not acknowledge comes off the file first, then the head.
                 let lost = count.take_back_unacked(stream);
                 let off_file = lost.min(sent);
@@ -832,7 +883,19 @@ async fn write_loop<B: Outgoing>(
                 head = head.saturating_sub((lost - off_file) as usize);
             }
             if B::REPORTS {
-                first.written(head, sent, err.as_ref());
+                if err.is_some() {
+                    // Earlier messages first: cut where the acknowledgement ends.
+                    settle(&mut unconfirmed, count.handed, err.as_ref());
+                }
+                match &err {
+                    None => unconfirmed.push_back(Unconfirmed {
+                        message: first,
+                        bytes: head,
+                        file: sent,
+                        end: count.handed,
+                    }),
+                    Some(_) => first.written(head, sent, err.as_ref()),
+                }
             }
             err
         } else {
@@ -842,12 +905,24 @@ async fn write_loop<B: Outgoing>(
                     let (mut done, err) =
                         write_all_counted(stream, first.bytes(), send_timeout, close).await;
                     count.add(done as u64);
-                    if err.is_some() {
+                    if err.as_ref().is_some_and(|e| peer_may_lack(e, stream)) {
                         let lost = count.take_back_unacked(stream);
                         done = done.saturating_sub(lost as usize);
                     }
                     if B::REPORTS {
-                        first.written(done, 0, err.as_ref());
+                        if err.is_some() {
+                            // Earlier messages first: cut where the acknowledgement ends.
+                            settle(&mut unconfirmed, count.handed, err.as_ref());
+                        }
+                        match &err {
+                            None => unconfirmed.push_back(Unconfirmed {
+                                message: first,
+                                bytes: done,
+                                file: 0,
+                                end: count.handed,
+                            }),
+                            Some(_) => first.written(done, 0, err.as_ref()),
+                        }
                     }
                     err
                 }
@@ -873,18 +948,32 @@ async fn write_loop<B: Outgoing>(
                             more = writer_rx.try_recv().ok();
                         }
                     }
+                    let before = count.handed;
                     let (mut done, err) =
                         write_all_counted(stream, &batch, send_timeout, close).await;
                     count.add(done as u64);
-                    if err.is_some() {
+                    if err.as_ref().is_some_and(|e| peer_may_lack(e, stream)) {
                         let lost = count.take_back_unacked(stream);
                         done = done.saturating_sub(lost as usize);
                     }
+                    if err.is_some() {
+                        // Earlier messages first: cut where the acknowledgement ends.
+                        settle(&mut unconfirmed, count.handed, err.as_ref());
+                    }
                     let mut start = 0;
                     for (mut m, end) in held.drain(..) {
-                        // A message acknowledged whole before the failure was not stopped.
-                        let stopped = err.as_ref().filter(|_| done < end);
-                        m.written(done.clamp(start, end) - start, 0, stopped);
+                        if err.is_none() {
+                            unconfirmed.push_back(Unconfirmed {
+                                message: m,
+                                bytes: end - start,
+                                file: 0,
+                                end: before + end as u64,
+                            });
+                        } else {
+                            // A message acknowledged whole before the failure was not stopped.
+                            let stopped = err.as_ref().filter(|_| done < end);
+                            m.written(done.clamp(start, end) - start, 0, stopped);
+                        }
                         start = end;
                     }
                     err
@@ -897,9 +986,142 @@ async fn write_loop<B: Outgoing>(
         if let Some(handoff) = handoff {
             handoff.pending.fetch_sub(messages, Ordering::Release);
         }
+        if !unconfirmed.is_empty() {
+            settle_acked(stream, &count, &mut unconfirmed);
+        }
+    }
+    // Every sender is gone: the last messages are reported once the peer has
+    // acknowledged them (waited for as a write is: the send timeout, a reset, `close`).
+    if !unconfirmed.is_empty()
+        && let Err(e) =
+            await_acks(stream, None, &count, &mut unconfirmed, send_timeout, close).await
+    {
+        count.take_back_unacked(stream);
+        settle(&mut unconfirmed, count.handed, Some(&e));
+        return Err(e);
     }
     let mut stream = stream;
     stream.flush().await
+}
+
+/// A message written in full, waiting for the peer to acknowledge its last byte before
+/// it is reported.
+struct Unconfirmed<B> {
+    message: B,
+    /// Of its bytes, and of its file region, what was written.
+    bytes: usize,
+    file: u64,
+    /// Where it ends in the connection's stream: the writer's count after its last byte.
+    end: u64,
+}
+
+/// Reports the messages in `unconfirmed` that end within `acked` bytes of the stream as
+/// written; with `failed`, every other one too, as far as `acked` reaches into it
+/// (head first, then file) and stopped by that error.
+fn settle<B: Outgoing>(
+    unconfirmed: &mut VecDeque<Unconfirmed<B>>,
+    acked: u64,
+    failed: Option<&io::Error>,
+) {
+    while let Some(u) = unconfirmed.front() {
+        if u.end > acked && failed.is_none() {
+            break;
+        }
+        let mut u = unconfirmed.pop_front().expect("a front message");
+        let len = u.bytes as u64 + u.file;
+        let start = u.end - len;
+        let got = acked.clamp(start, u.end) - start;
+        if got == len {
+            u.message.written(u.bytes, u.file, None);
+        } else {
+            let bytes = got.min(u.bytes as u64);
+            u.message.written(bytes as usize, got - bytes, failed);
+        }
+    }
+}
+
+/// [`settle`] with what the peer has acknowledged now (the writer's count less the send
+/// queue); everything, if the kernel will not say.
+fn settle_acked<B: Outgoing>(
+    stream: &TcpStream,
+    count: &Counter<'_>,
+    unconfirmed: &mut VecDeque<Unconfirmed<B>>,
+) {
+    let queued = unsent(stream).map_or(0, |n| n.max(0) as u64);
+    settle(unconfirmed, count.handed.saturating_sub(queued), None);
+}
+
+/// While messages wait for the peer's acknowledgement and the mailbox is empty: waits for
+/// the next message (`Ok(None)`: every sender is gone), looking at the send queue now
+/// and then (from 1 ms, doubling to [`STALL_CHECK`]) to report what was acknowledged.
+/// A reset seen meanwhile, a send queue that does not shrink for `send_timeout`, or
+/// `close` firing is an error, as for a write. Without `writer_rx` (every sender is
+/// gone): waits until all is acknowledged; without a send timeout as well, reports
+/// everything as written at once (nothing would bound the wait).
+async fn await_acks<B: Outgoing>(
+    stream: &TcpStream,
+    writer_rx: Option<&flume::Receiver<B>>,
+    count: &Counter<'_>,
+    unconfirmed: &mut VecDeque<Unconfirmed<B>>,
+    send_timeout: Option<Duration>,
+    close: Option<&Shutdown>,
+) -> io::Result<Option<B>> {
+    let mut delay = Duration::from_millis(1);
+    let mut queued = unsent(stream);
+    let mut since = Instant::now();
+    loop {
+        if unconfirmed.is_empty() {
+            return match writer_rx {
+                Some(rx) => Ok(rx.recv_async().await.ok()),
+                None => Ok(None),
+            };
+        }
+        if close.is_some_and(Shutdown::is_fired) {
+            return Err(io::Error::other(ServerClosing));
+        }
+        match writer_rx {
+            // (A flume receive dropped on the timeout loses no message.)
+            Some(rx) => match rt::timeout(delay, rx.recv_async()).await {
+                Some(Ok(b)) => return Ok(Some(b)),
+                Some(Err(_)) => {
+                    // The last sender went: a peer that reset is why, often.
+                    if connection_gone(stream) {
+                        return Err(io::ErrorKind::ConnectionReset.into());
+                    }
+                    return Ok(None);
+                }
+                None => {}
+            },
+            None if send_timeout.is_none() => {
+                settle(unconfirmed, u64::MAX, None);
+                return Ok(None);
+            }
+            None => rt::sleep(delay).await,
+        }
+        if connection_gone(stream) {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        settle_acked(stream, count, unconfirmed);
+        let now = unsent(stream);
+        if now.is_some_and(|now| queued.is_some_and(|before| now < before)) {
+            since = Instant::now();
+        } else if let Some(limit) = send_timeout.filter(|l| since.elapsed() >= *l) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, SendTimeout(limit)));
+        }
+        queued = now;
+        delay = (delay * 2).min(STALL_CHECK);
+    }
+}
+
+/// Whether, after a write failed with `e`, bytes still in the send queue may never reach
+/// the peer: the connection is gone (a reset), or we give up on it (the send timeout,
+/// the server closing). Not after a file shrank under `sendfile`, nor after a write
+/// refused because our own side shut the socket (a proxy session ending): the socket
+/// then still delivers what it holds, and the count stays what was handed over.
+fn peer_may_lack(e: &io::Error, stream: &TcpStream) -> bool {
+    is_send_timeout(e)
+        || e.get_ref().is_some_and(|inner| inner.is::<ServerClosing>())
+        || connection_gone(stream)
 }
 
 /// A writer's byte counts: `Stats::bytes_out`, a [`Handoff`]'s own count, and what this

@@ -292,8 +292,10 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>, close_now: Option<Shutdown
 }
 
 /// One access-log line, travelling with its response and written once the writer says
-/// what it wrote (or the response is dropped unwritten): the bytes logged are bytes
-/// that reached the socket, and `us` runs until then.
+/// what it wrote (or the response is dropped unwritten): the bytes logged are bytes the
+/// client's kernel acknowledged (the writer reports a response once its last byte is
+/// acknowledged, or how far the acknowledgement got when it failed), and `us` runs
+/// until then.
 struct AccessLog {
     peer: Arc<str>,
     req: Option<Request>,
