@@ -565,8 +565,18 @@ async fn serve_http(args: HttpArgs) -> Result<()> {
     let server = (*args.server.config()).clone();
     let stats = Stats::new();
     let serve_stats = stats.clone();
-    service::run_until_signal("http", stats, service::DEFAULT_DRAIN, move |shutdown| {
-        http::run(listener, server, config, serve_stats, shutdown)
-    })
+    // At the end of the drain, responses still being sent are cut (and logged as such).
+    service::run_until_signal_closing(
+        "http",
+        stats,
+        service::DEFAULT_DRAIN,
+        move |shutdown, close| {
+            let server = ServerConfig {
+                close_now: Some(close),
+                ..server
+            };
+            http::run(listener, server, config, serve_stats, shutdown)
+        },
+    )
     .await
 }

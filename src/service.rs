@@ -4,7 +4,8 @@
 //! shut the read half of every connection; readers end as on a client's EOF and drop
 //! their senders; writers flush and close. The process waits for the connection tasks to
 //! finish for at most the drain time (a second signal cuts it short). A server that
-//! leaves connections open at shutdown (the proxy) is then told to close what is left
+//! leaves connections open at shutdown (the proxy), or whose writers may still be waiting
+//! on a client that stopped reading (HTTP), is then told to close what is left
 //! ([`run_until_signal_closing`]), so each connection still logs its own line; the
 //! process logs one summary line and returns.
 

@@ -1433,10 +1433,12 @@ fn small_answers_are_logged_as_written() {
     w.set_write_timeout(Some(DEADLINE)).unwrap();
     // 200 answers of 60,000 bytes: more than any socket buffers hold.
     let _ = w.write_all(one.repeat(200).as_bytes());
-    // The first answers fit in the socket buffers and are logged whole; then the writer
-    // waits for room, and the reader for room in the writer's mailbox.
-    wait_until("the first answer's log line", || {
-        !child.records_with("/big.bin").is_empty()
+    // The first answers fill the socket buffers; then the writer waits for room, and the
+    // reader for room in the writer's mailbox. (An answer is logged once the client has
+    // acknowledged it, which this client, with its tiny buffer, never does for a whole
+    // one: so wait for bytes to be waiting in its buffer instead of for a line.)
+    wait_until("the first answer's bytes in the client's buffer", || {
+        unread_bytes(&s) >= 4096
     });
     reset_on_close(&s);
     drop(w);
@@ -1506,4 +1508,211 @@ fn a_lone_cr_then_anything_is_400_at_once() {
     let r = read_response(&mut s, false);
     assert_eq!((r.status, r.headers["connection"].as_str()), (400, "close"));
     assert!(closed_by_server(&mut s));
+}
+
+/// The receive buffer the kernel gave `s` (it doubles what was asked, for overhead).
+fn rcvbuf_of(s: &TcpStream) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt on an open socket into a correctly sized int.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &mut value as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0);
+    value as u64
+}
+
+/// Attack 4, item 1: a client that reads part of a large file and then resets. The
+/// access line's bytes are what the client acknowledged (what it read, plus at most its
+/// receive buffer), not what the server handed its kernel (the send buffer on top),
+/// and the line says the response was stopped.
+#[test]
+fn a_reset_mid_file_logs_the_bytes_the_client_acknowledged() {
+    let site = site();
+    let root = site.dir.join("root");
+    let file: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("four.bin"), &file).unwrap();
+    let child = spawn_http(&root);
+    let mut s = client_with_rcvbuf(child.addr, 64 * 1024);
+    let rcvbuf = rcvbuf_of(&s);
+    s.write_all(b"GET /four.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let head = read_response(&mut s, true);
+    assert_eq!(head.status, 200);
+    let body = read_n(&mut s, 1 << 20);
+    assert!(
+        body[..] == file[..1 << 20],
+        "what arrived is the file's start"
+    );
+    reset_on_close(&s);
+    drop(s);
+    let mut record = HashMap::new();
+    wait_until("the access log line", || {
+        match child.records_with("/four.bin").pop() {
+            Some(r) if r.contains_key("note") => {
+                record = r;
+                true
+            }
+            _ => false,
+        }
+    });
+    let logged: u64 = record["bytes"].parse().unwrap();
+    // What the client read, plus what its receive buffer held, plus a little slack
+    // (the window is offered in whole segments).
+    let most = (1 << 20) + rcvbuf + 16 * 1024;
+    assert!(
+        (1 << 20..=most).contains(&logged),
+        "logged {logged}, the client read {} with a {rcvbuf}-byte buffer: {record:?}",
+        1 << 20
+    );
+    assert!(
+        record["note"].starts_with(&format!("stopped after {logged} of 4194304 bytes: ")),
+        "{record:?}"
+    );
+}
+
+/// The number after `key=` in `line`.
+fn summary_field(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// Attack 4, item 2: SIGTERM while a client is downloading a large file and has stopped
+/// reading. At the end of the drain the response is cut, its access line is written
+/// ("stopped after N of M bytes: server shutting down") before the summary, and the
+/// summary's `bytes_out` counts what the client got (sendfile bytes are counted as each
+/// call returns, not at the end of the region).
+#[test]
+fn sigterm_during_a_download_logs_the_cut_response_and_counts_its_bytes() {
+    let site = site();
+    let root = site.dir.join("root");
+    std::fs::File::create(root.join("huge.bin"))
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let mut child = spawn_http(&root);
+    let mut s = client_with_rcvbuf(child.addr, 64 * 1024);
+    s.write_all(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let head = read_response(&mut s, true);
+    assert_eq!(head.status, 200);
+    // Read well over 64 KiB, then stop reading: the server's writer waits for room.
+    let got = read_n(&mut s, 256 * 1024).len() as u64;
+    signal(&child.proc, libc::SIGTERM);
+    let status = wait_exit(&mut child.proc);
+    assert!(status.success(), "exit status {status}");
+    let log = || child.log.lock().unwrap().clone();
+    wait_until("the summary", || log().contains("stopped: connections="));
+    let log = log();
+    let summary = log
+        .lines()
+        .find(|l| l.contains("stopped: connections="))
+        .unwrap();
+    let bytes_out = summary_field(summary, "bytes_out").unwrap();
+    assert!(
+        bytes_out >= got,
+        "bytes_out={bytes_out}, the client got {got} of the body: {summary}"
+    );
+    let access = log
+        .find("/huge.bin")
+        .unwrap_or_else(|| panic!("no access line for the cut download:\n{log}"));
+    assert!(
+        access < log.find("stopped: connections=").unwrap(),
+        "the access line came after the summary:\n{log}"
+    );
+    let record = child.records_with("/huge.bin").pop().unwrap();
+    let logged: u64 = record["bytes"].parse().unwrap();
+    assert!(
+        logged >= got,
+        "logged {logged}, the client got {got}: {record:?}"
+    );
+    assert_eq!(
+        record["note"],
+        format!("stopped after {logged} of 33554432 bytes: server shutting down"),
+        "{record:?}"
+    );
+}
+
+/// Bytes waiting in `s`'s receive queue (`FIONREAD`).
+fn unread_bytes(s: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD on an open socket writes one int.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0);
+    n as usize
+}
+
+/// Attack 4, item 1, pipelined: fourteen 65,000-byte answers, all small enough to be
+/// handed to the kernel at once; the client reads about 256 KB and resets. An answer is
+/// logged as written only once the client acknowledged it, so the answers logged whole
+/// add up to at most what it read plus its receive buffer, and the rest say they stopped.
+#[test]
+fn pipelined_answers_the_client_never_acknowledged_are_logged_as_stopped() {
+    let site = site();
+    let root = site.dir.join("root");
+    let body: Vec<u8> = (0..65_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("s64.bin"), &body).unwrap();
+    let child = spawn_http(&root);
+    let mut s = client_with_rcvbuf(child.addr, 64 * 1024);
+    let rcvbuf = rcvbuf_of(&s);
+    s.write_all(
+        "GET /s64.bin HTTP/1.1\r\nHost: t\r\n\r\n"
+            .repeat(14)
+            .as_bytes(),
+    )
+    .unwrap();
+    let read = read_n(&mut s, 256 * 1024).len() as u64;
+    reset_on_close(&s);
+    drop(s);
+    let complete = |r: &HashMap<String, String>| {
+        ["bytes", "note", "status", "us"]
+            .iter()
+            .all(|k| r.contains_key(*k))
+    };
+    let mut records = Vec::new();
+    // Reports come in order, so once one says it stopped, every answer logged whole has
+    // been logged. (Answers to requests the server had not reached when the writer
+    // failed get no line; those it had get `not sent`.)
+    wait_until("a line for an answer cut by the reset", || {
+        records = child.records_with("/s64.bin");
+        records
+            .iter()
+            .any(|r| complete(r) && r.get("note").is_some_and(|n| !n.is_empty()))
+    });
+    records.retain(complete);
+    let mut logged = 0;
+    let mut stopped = 0;
+    for r in &records {
+        let bytes: u64 = r["bytes"].parse().unwrap();
+        logged += bytes;
+        if r["note"].is_empty() {
+            assert_eq!(bytes, 65_000, "{r:?}");
+        } else {
+            assert!(
+                r["note"].starts_with(&format!("stopped after {bytes} of 65000 bytes: "))
+                    || (bytes == 0 && r["note"] == "not sent: the connection failed first"),
+                "{r:?}"
+            );
+            stopped += 1;
+        }
+    }
+    // Bodies only are logged; what the client read includes heads, so this is generous
+    // by those few hundred bytes, and by 16 KiB of window rounding.
+    assert!(
+        logged <= read + rcvbuf + 16 * 1024,
+        "logged {logged} bytes of bodies; the client read {read} with a {rcvbuf}-byte buffer: {records:?}"
+    );
+    assert!(stopped > 0, "{records:?}");
 }

@@ -18,7 +18,9 @@
 //!   its closed mailbox releases a reader waiting for room. Progress is any byte the
 //!   socket takes from us or the peer acknowledges, so a slow reader is never cut.
 //! - A message type may ask to be told what was written of it ([`Outgoing::REPORTS`]):
-//!   the HTTP access log is written from that report.
+//!   the HTTP access log is written from that report. The report comes once the peer
+//!   has acknowledged the message's last byte (or the writer failed first: then it says
+//!   how far the acknowledgement reached).
 //! - A message may carry a [`FileRegion`] after its bytes: the writer hands it to the
 //!   kernel (`sendfile`), so large files never pass through user space.
 //! - A writer with exactly one producer can be fed through a [`Handoff`]: while the writer
@@ -32,10 +34,14 @@
 //!   room can [`Reader::watch`] that wait: the socket is checked for the peer's FIN or
 //!   reset (`poll(POLLRDHUP)`, which consumes nothing) every [`STALL_CHECK`], so a peer
 //!   that leaves is noticed even while nothing can be read.
-//! - Writers add to `Stats::bytes_out` after every write, so the counters are right while
-//!   connections are still open.
+//! - Writers add to `Stats::bytes_out` after every write and every `sendfile` call, so the
+//!   counters are right while connections are still open. When a write fails and the
+//!   queued bytes may never arrive (a reset, the send timeout, the server closing), what
+//!   the peer had not acknowledged is taken back out (`TIOCOUTQ`, `TCP_INFO`): a count is
+//!   then what the peer acknowledged, not what the kernel was handed.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown as Halves;
@@ -48,6 +54,7 @@ use std::time::{Duration, Instant};
 
 use futures::io::{AsyncRead, AsyncWriteExt};
 
+use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::rt::{self, TcpStream};
 
@@ -308,7 +315,9 @@ pub trait Outgoing: Send + 'static {
     /// With [`Outgoing::REPORTS`]: told, once the writer is done with this message, how
     /// many of its bytes went out — `bytes` of [`Outgoing::bytes`], then `file` of its
     /// file region — and what stopped it short, if anything did (a file that shrank, a
-    /// peer that left or stopped reading): what a role logs is then what was written.
+    /// peer that left or stopped reading, the server closing). A message written in full
+    /// is reported once the peer has acknowledged its last byte; one cut short counts
+    /// what the peer acknowledged: what a role logs is then what the peer got.
     /// A message the writer never got to (it failed first) is dropped without a report.
     fn written(&mut self, _bytes: usize, _file: u64, _stopped: Option<&io::Error>) {}
 }
@@ -346,7 +355,7 @@ pub fn spawn_writer_timed<B: Outgoing>(
     send_timeout: Option<Duration>,
 ) -> flume::Sender<B> {
     let (writer_tx, writer_rx) = flume::bounded(WRITER_MAILBOX);
-    start_writer(stream, writer_rx, None, stats, None, send_timeout);
+    start_writer(stream, writer_rx, None, stats, None, send_timeout, None);
     writer_tx
 }
 
@@ -387,7 +396,39 @@ pub fn spawn_writer_watched<B: Outgoing>(
     send_timeout: Option<Duration>,
 ) -> flume::Receiver<WriterEnd> {
     let (ended_tx, ended_rx) = flume::bounded(1);
-    start_writer(stream, writer_rx, None, stats, Some(ended_tx), send_timeout);
+    start_writer(
+        stream,
+        writer_rx,
+        None,
+        stats,
+        Some(ended_tx),
+        send_timeout,
+        None,
+    );
+    ended_rx
+}
+
+/// Like [`spawn_writer_watched`], for a connection that must end when `close` fires
+/// (the end of a server's drain): a write still waiting then fails with a
+/// [`ServerClosing`] error ("server shutting down"), which the messages' reports carry,
+/// and the writer ends as after any failed write.
+pub fn spawn_writer_closing<B: Outgoing>(
+    stream: TcpStream,
+    writer_rx: flume::Receiver<B>,
+    stats: &Arc<Stats>,
+    send_timeout: Option<Duration>,
+    close: Shutdown,
+) -> flume::Receiver<WriterEnd> {
+    let (ended_tx, ended_rx) = flume::bounded(1);
+    start_writer(
+        stream,
+        writer_rx,
+        None,
+        stats,
+        Some(ended_tx),
+        send_timeout,
+        Some(close),
+    );
     ended_rx
 }
 
@@ -404,7 +445,7 @@ pub fn spawn_writer_with<B: Outgoing>(
     writer_rx: flume::Receiver<B>,
     stats: &Arc<Stats>,
 ) {
-    start_writer(stream, writer_rx, None, stats, None, None);
+    start_writer(stream, writer_rx, None, stats, None, None, None);
 }
 
 /// The error of a write that made no progress for the writer's send timeout.
@@ -423,6 +464,19 @@ impl std::fmt::Display for SendTimeout {
 
 impl std::error::Error for SendTimeout {}
 
+/// The error of a write cut short because the server is shutting down
+/// ([`spawn_writer_closing`]).
+#[derive(Debug)]
+pub struct ServerClosing;
+
+impl std::fmt::Display for ServerClosing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("server shutting down")
+    }
+}
+
+impl std::error::Error for ServerClosing {}
+
 /// Whether `e` is a writer's send timeout (the peer stopped reading), as opposed to an
 /// error from the socket.
 pub fn is_send_timeout(e: &io::Error) -> bool {
@@ -440,6 +494,27 @@ pub fn is_send_timeout(e: &io::Error) -> bool {
 /// reader of a large buffer may take longer than `limit` to free.) So a peer that stops
 /// reading is cut between `limit` and `limit` and a quarter after it took its last byte.
 async fn progress<T>(
+    stream: &TcpStream,
+    limit: Option<Duration>,
+    close: Option<&Shutdown>,
+    wait: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    let Some(close) = close else {
+        return timed(stream, limit, wait).await;
+    };
+    if close.is_fired() {
+        return Err(io::Error::other(ServerClosing));
+    }
+    let timed = std::pin::pin!(timed(stream, limit, wait));
+    let closed = std::pin::pin!(close.wait());
+    match futures::future::select(timed, closed).await {
+        futures::future::Either::Left((done, _)) => done,
+        futures::future::Either::Right(_) => Err(io::Error::other(ServerClosing)),
+    }
+}
+
+/// [`progress`] without the close signal: the send timeout alone.
+async fn timed<T>(
     stream: &TcpStream,
     limit: Option<Duration>,
     wait: impl Future<Output = io::Result<T>>,
@@ -476,6 +551,52 @@ pub(crate) fn unsent(stream: &TcpStream) -> Option<libc::c_int> {
     (rc == 0).then_some(n)
 }
 
+/// Bytes the peer has acknowledged on this connection (`TCP_INFO`'s `tcpi_bytes_acked`,
+/// Linux 4.1 and later); `None` if the kernel will not say. It survives a reset.
+fn bytes_acked(stream: &TcpStream) -> Option<u64> {
+    // struct tcp_info: tcpi_bytes_acked is the u64 at offset 120.
+    const BYTES_ACKED: usize = 120 / 8;
+    let (info, len) = tcp_info(stream)?;
+    (len >= (BYTES_ACKED + 1) * 8).then(|| info[BYTES_ACKED])
+}
+
+/// Whether the connection is gone (reset, or given up by the kernel): a reset seen by
+/// `poll`, or `TCP_INFO`'s state `TCP_CLOSE` — which stays once a read has taken the
+/// reset's error, and which a writer that has not shut its socket sees no other way.
+fn connection_gone(stream: &TcpStream) -> bool {
+    const TCP_CLOSE: u8 = 7;
+    hangup(stream) == Some(Hangup::Reset)
+        || tcp_info(stream).is_some_and(|(info, _)| info[0].to_ne_bytes()[0] == TCP_CLOSE)
+}
+
+/// The socket's `struct tcp_info` as 64-bit words, and how many bytes the kernel filled.
+fn tcp_info(stream: &TcpStream) -> Option<([u64; 32], usize)> {
+    let mut info = [0u64; 32];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt on an open socket into a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0).then_some((info, len as usize))
+}
+
+/// Of the `handed` bytes this side wrote to `stream`, how many the peer has not
+/// acknowledged: the larger of the send queue (`TIOCOUTQ`) and `handed` less the
+/// connection's acknowledged bytes (`TCP_INFO`), which still holds when a reset has
+/// emptied the queue. Read it after a write failed and before the socket is shut (a FIN
+/// queued by `shutdown` would count as one more).
+fn unacked(stream: &TcpStream, handed: u64) -> u64 {
+    let queued = unsent(stream).map_or(0, |n| n.max(0) as u64);
+    let by_acks = bytes_acked(stream).map_or(0, |a| handed.saturating_sub(a));
+    queued.max(by_acks).min(handed)
+}
+
 fn start_writer<B: Outgoing>(
     stream: TcpStream,
     writer_rx: flume::Receiver<B>,
@@ -483,6 +604,7 @@ fn start_writer<B: Outgoing>(
     stats: &Arc<Stats>,
     ended_tx: Option<flume::Sender<WriterEnd>>,
     send_timeout: Option<Duration>,
+    close: Option<Shutdown>,
 ) {
     let task = stats.task();
     let stats = stats.clone();
@@ -494,6 +616,7 @@ fn start_writer<B: Outgoing>(
             handoff.as_deref(),
             &stats,
             send_timeout,
+            close.as_ref(),
         )
         .await;
         let end = match &written {
@@ -555,6 +678,9 @@ struct Progress {
     /// Bytes that reached the socket, on the direct path or by the writer (a failed
     /// write's partial progress included), as `Stats::bytes_out` counts them.
     written: AtomicU64,
+    /// Whether a failure has already taken the unacknowledged bytes back out of
+    /// `written` (the direct path and the writer may both fail; it is done once).
+    settled: std::sync::atomic::AtomicBool,
 }
 
 /// Watches what a [`Handoff`]'s socket was given, after the handoff itself is gone.
@@ -594,6 +720,7 @@ impl Handoff {
             stats,
             Some(ended_tx),
             None,
+            None,
         );
         Handoff {
             tx,
@@ -630,6 +757,11 @@ impl Handoff {
                 }
                 Err(e) => {
                     log::debug!("write failed: {e}");
+                    // What the peer never acknowledged is not delivered (before the
+                    // shutdown, whose FIN would count in the send queue).
+                    if peer_may_lack(&e, &self.stream) {
+                        self.progress.take_back_unacked(&self.stream, &self.stats);
+                    }
                     let _ = self.stream.shutdown(Halves::Both);
                     return Err(WriterGone);
                 }
@@ -666,23 +798,60 @@ fn try_send_now(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
 }
 
 /// Writes what arrives until every sender is gone, adding each write to
-/// `stats.bytes_out`. With `handoff` (a [`Handoff`]'s count), each message is subtracted
-/// from it once its bytes are all in the socket. With `send_timeout`, a write that makes
-/// no progress for that long ends the loop with a [`SendTimeout`] error.
+/// `stats.bytes_out` as it returns. With `handoff` (a [`Handoff`]'s count), each message
+/// is subtracted from it once its bytes are all in the socket. With `send_timeout`, a
+/// write that makes no progress for that long ends the loop with a [`SendTimeout`] error;
+/// with `close`, a write still waiting when it fires ends it with [`ServerClosing`].
+///
+/// When a write fails, what the peer never acknowledged ([`unacked`]) is taken back out
+/// of the counts: after a failure a count says what the peer acknowledged, not what the
+/// kernel was handed. With [`Outgoing::REPORTS`], a message written in full is reported
+/// once the peer has acknowledged its last byte (checked after each write, and while the
+/// mailbox is empty by [`await_acks`]), so a reset after the write but before the
+/// acknowledgement still reports it stopped; what is unacknowledged when every sender
+/// is gone is reported as written (the kernel delivers it after our FIN).
 async fn write_loop<B: Outgoing>(
     stream: &TcpStream,
     writer_rx: &flume::Receiver<B>,
     handoff: Option<&Progress>,
     stats: &Stats,
     send_timeout: Option<Duration>,
+    close: Option<&Shutdown>,
 ) -> io::Result<()> {
+    let mut count = Counter {
+        stats,
+        handoff,
+        handed: 0,
+    };
     let mut next = None;
     // With B::REPORTS: the batch's messages, each with where its bytes end in the batch,
     // kept until the batch is written (the vector is reused, so no allocation per batch).
     let mut held: Vec<(B, usize)> = Vec::new();
+    // With B::REPORTS: messages written in full, waiting for the peer's acknowledgement.
+    let mut unconfirmed: VecDeque<Unconfirmed<B>> = VecDeque::new();
     loop {
         let mut first = match next.take() {
             Some(b) => b,
+            None if !unconfirmed.is_empty() => {
+                match await_acks(
+                    stream,
+                    Some(writer_rx),
+                    &count,
+                    &mut unconfirmed,
+                    send_timeout,
+                    close,
+                )
+                .await
+                {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(e) => {
+                        count.take_back_unacked(stream);
+                        settle(&mut unconfirmed, count.handed, Some(&e));
+                        return Err(e);
+                    }
+                }
+            }
             None => match writer_rx.recv_async().await {
                 Ok(b) => b,
                 Err(_) => break,
@@ -691,27 +860,69 @@ async fn write_loop<B: Outgoing>(
         let mut messages = 1;
         let stopped = if let Some(region) = first.file() {
             // Head, then the region with sendfile; never batched.
-            let (head, head_err) = write_all_counted(stream, first.bytes(), send_timeout).await;
+            let (head, head_err) =
+                write_all_counted(stream, first.bytes(), send_timeout, close).await;
+            count.add(head as u64);
             let mut sent = 0;
             let err = match head_err {
                 Some(e) => Some(e),
-                None => send_file_counted(stream, region, &mut sent, send_timeout)
+                None => {
+                    send_file_counted(stream, region, &mut sent, send_timeout, close, &mut |n| {
+                        count.add(n)
+                    })
                     .await
-                    .err(),
+                    .err()
+                }
             };
-            count_written(stats, handoff, (head as u64 + sent) as usize);
+            let (mut head, mut sent) = (head, sent);
+            if err.as_ref().is_some_and(|e| peer_may_lack(e, stream)) {
+                // What the peer did not acknowledge comes off the file first, then the head.
+                let lost = count.take_back_unacked(stream);
+                let off_file = lost.min(sent);
+                sent -= off_file;
+                head = head.saturating_sub((lost - off_file) as usize);
+            }
             if B::REPORTS {
-                first.written(head, sent, err.as_ref());
+                if err.is_some() {
+                    // Earlier messages first: cut where the acknowledgement ends.
+                    settle(&mut unconfirmed, count.handed, err.as_ref());
+                }
+                match &err {
+                    None => unconfirmed.push_back(Unconfirmed {
+                        message: first,
+                        bytes: head,
+                        file: sent,
+                        end: count.handed,
+                    }),
+                    Some(_) => first.written(head, sent, err.as_ref()),
+                }
             }
             err
         } else {
             match writer_rx.try_recv() {
                 // The common case: one message waiting, written straight from its buffer.
                 Err(_) => {
-                    let (done, err) = write_all_counted(stream, first.bytes(), send_timeout).await;
-                    count_written(stats, handoff, done);
+                    let (mut done, err) =
+                        write_all_counted(stream, first.bytes(), send_timeout, close).await;
+                    count.add(done as u64);
+                    if err.as_ref().is_some_and(|e| peer_may_lack(e, stream)) {
+                        let lost = count.take_back_unacked(stream);
+                        done = done.saturating_sub(lost as usize);
+                    }
                     if B::REPORTS {
-                        first.written(done, 0, err.as_ref());
+                        if err.is_some() {
+                            // Earlier messages first: cut where the acknowledgement ends.
+                            settle(&mut unconfirmed, count.handed, err.as_ref());
+                        }
+                        match &err {
+                            None => unconfirmed.push_back(Unconfirmed {
+                                message: first,
+                                bytes: done,
+                                file: 0,
+                                end: count.handed,
+                            }),
+                            Some(_) => first.written(done, 0, err.as_ref()),
+                        }
                     }
                     err
                 }
@@ -737,13 +948,32 @@ async fn write_loop<B: Outgoing>(
                             more = writer_rx.try_recv().ok();
                         }
                     }
-                    let (done, err) = write_all_counted(stream, &batch, send_timeout).await;
-                    count_written(stats, handoff, done);
+                    let before = count.handed;
+                    let (mut done, err) =
+                        write_all_counted(stream, &batch, send_timeout, close).await;
+                    count.add(done as u64);
+                    if err.as_ref().is_some_and(|e| peer_may_lack(e, stream)) {
+                        let lost = count.take_back_unacked(stream);
+                        done = done.saturating_sub(lost as usize);
+                    }
+                    if err.is_some() {
+                        // Earlier messages first: cut where the acknowledgement ends.
+                        settle(&mut unconfirmed, count.handed, err.as_ref());
+                    }
                     let mut start = 0;
                     for (mut m, end) in held.drain(..) {
-                        // A message wholly written before the failure was not stopped.
-                        let stopped = err.as_ref().filter(|_| done < end);
-                        m.written(done.clamp(start, end) - start, 0, stopped);
+                        if err.is_none() {
+                            unconfirmed.push_back(Unconfirmed {
+                                message: m,
+                                bytes: end - start,
+                                file: 0,
+                                end: before + end as u64,
+                            });
+                        } else {
+                            // A message acknowledged whole before the failure was not stopped.
+                            let stopped = err.as_ref().filter(|_| done < end);
+                            m.written(done.clamp(start, end) - start, 0, stopped);
+                        }
                         start = end;
                     }
                     err
@@ -756,22 +986,204 @@ async fn write_loop<B: Outgoing>(
         if let Some(handoff) = handoff {
             handoff.pending.fetch_sub(messages, Ordering::Release);
         }
+        if !unconfirmed.is_empty() {
+            settle_acked(stream, &count, &mut unconfirmed);
+        }
+    }
+    // Every sender is gone: the last messages are reported once the peer has
+    // acknowledged them (waited for as a write is: the send timeout, a reset, `close`).
+    if !unconfirmed.is_empty()
+        && let Err(e) =
+            await_acks(stream, None, &count, &mut unconfirmed, send_timeout, close).await
+    {
+        count.take_back_unacked(stream);
+        settle(&mut unconfirmed, count.handed, Some(&e));
+        return Err(e);
     }
     let mut stream = stream;
     stream.flush().await
 }
 
+/// A message written in full, waiting for the peer to acknowledge its last byte before
+/// it is reported.
+struct Unconfirmed<B> {
+    message: B,
+    /// Of its bytes, and of its file region, what was written.
+    bytes: usize,
+    file: u64,
+    /// Where it ends in the connection's stream: the writer's count after its last byte.
+    end: u64,
+}
+
+/// Reports the messages in `unconfirmed` that end within `acked` bytes of the stream as
+/// written; with `failed`, every other one too, as far as `acked` reaches into it
+/// (head first, then file) and stopped by that error.
+fn settle<B: Outgoing>(
+    unconfirmed: &mut VecDeque<Unconfirmed<B>>,
+    acked: u64,
+    failed: Option<&io::Error>,
+) {
+    while let Some(u) = unconfirmed.front() {
+        if u.end > acked && failed.is_none() {
+            break;
+        }
+        let mut u = unconfirmed.pop_front().expect("a front message");
+        let len = u.bytes as u64 + u.file;
+        let start = u.end - len;
+        let got = acked.clamp(start, u.end) - start;
+        if got == len {
+            u.message.written(u.bytes, u.file, None);
+        } else {
+            let bytes = got.min(u.bytes as u64);
+            u.message.written(bytes as usize, got - bytes, failed);
+        }
+    }
+}
+
+/// [`settle`] with what the peer has acknowledged now (the writer's count less the send
+/// queue); everything, if the kernel will not say.
+fn settle_acked<B: Outgoing>(
+    stream: &TcpStream,
+    count: &Counter<'_>,
+    unconfirmed: &mut VecDeque<Unconfirmed<B>>,
+) {
+    let queued = unsent(stream).map_or(0, |n| n.max(0) as u64);
+    settle(unconfirmed, count.handed.saturating_sub(queued), None);
+}
+
+/// While messages wait for the peer's acknowledgement and the mailbox is empty: waits for
+/// the next message (`Ok(None)`: every sender is gone), looking at the send queue now
+/// and then (from 1 ms, doubling to [`STALL_CHECK`]) to report what was acknowledged.
+/// A reset seen meanwhile, a send queue that does not shrink for `send_timeout`, or
+/// `close` firing is an error, as for a write. Without `writer_rx` (every sender is
+/// gone): waits until all is acknowledged; without a send timeout as well, reports
+/// everything as written at once (nothing would bound the wait).
+async fn await_acks<B: Outgoing>(
+    stream: &TcpStream,
+    writer_rx: Option<&flume::Receiver<B>>,
+    count: &Counter<'_>,
+    unconfirmed: &mut VecDeque<Unconfirmed<B>>,
+    send_timeout: Option<Duration>,
+    close: Option<&Shutdown>,
+) -> io::Result<Option<B>> {
+    let mut delay = Duration::from_millis(1);
+    let mut queued = unsent(stream);
+    let mut since = Instant::now();
+    loop {
+        if unconfirmed.is_empty() {
+            return match writer_rx {
+                Some(rx) => Ok(rx.recv_async().await.ok()),
+                None => Ok(None),
+            };
+        }
+        if close.is_some_and(Shutdown::is_fired) {
+            return Err(io::Error::other(ServerClosing));
+        }
+        match writer_rx {
+            // (A flume receive dropped on the timeout loses no message.)
+            Some(rx) => match rt::timeout(delay, rx.recv_async()).await {
+                Some(Ok(b)) => return Ok(Some(b)),
+                Some(Err(_)) => {
+                    // The last sender went: a peer that reset is why, often.
+                    if connection_gone(stream) {
+                        return Err(io::ErrorKind::ConnectionReset.into());
+                    }
+                    return Ok(None);
+                }
+                None => {}
+            },
+            None if send_timeout.is_none() => {
+                settle(unconfirmed, u64::MAX, None);
+                return Ok(None);
+            }
+            None => rt::sleep(delay).await,
+        }
+        if connection_gone(stream) {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        settle_acked(stream, count, unconfirmed);
+        let now = unsent(stream);
+        if now.is_some_and(|now| queued.is_some_and(|before| now < before)) {
+            since = Instant::now();
+        } else if let Some(limit) = send_timeout.filter(|l| since.elapsed() >= *l) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, SendTimeout(limit)));
+        }
+        queued = now;
+        delay = (delay * 2).min(STALL_CHECK);
+    }
+}
+
+/// Whether, after a write failed with `e`, bytes still in the send queue may never reach
+/// the peer: the connection is gone (a reset), or we give up on it (the send timeout,
+/// the server closing). Not after a file shrank under `sendfile`, nor after a write
+/// refused because our own side shut the socket (a proxy session ending): the socket
+/// then still delivers what it holds, and the count stays what was handed over.
+fn peer_may_lack(e: &io::Error, stream: &TcpStream) -> bool {
+    is_send_timeout(e)
+        || e.get_ref().is_some_and(|inner| inner.is::<ServerClosing>())
+        || connection_gone(stream)
+}
+
+/// A writer's byte counts: `Stats::bytes_out`, a [`Handoff`]'s own count, and what this
+/// writer has handed to the kernel.
+struct Counter<'a> {
+    stats: &'a Stats,
+    handoff: Option<&'a Progress>,
+    /// Bytes this writer wrote to its socket (for a handoff, its `written` is the
+    /// socket's total, direct writes included).
+    handed: u64,
+}
+
+impl Counter<'_> {
+    /// Counts `n` bytes the socket took, as each write returns.
+    fn add(&mut self, n: u64) {
+        self.handed += n;
+        count_written(self.stats, self.handoff, n as usize);
+    }
+
+    /// After a failed write, before the socket is shut: takes the bytes the peer never
+    /// acknowledged back out of the counts, and returns how many that was.
+    fn take_back_unacked(&mut self, stream: &TcpStream) -> u64 {
+        let lost = match self.handoff {
+            Some(p) => p.take_back_unacked(stream, self.stats),
+            None => {
+                let lost = unacked(stream, self.handed);
+                self.stats.bytes_out.fetch_sub(lost, Ordering::Relaxed);
+                lost
+            }
+        };
+        self.handed = self.handed.saturating_sub(lost);
+        lost
+    }
+}
+
+impl Progress {
+    /// [`Counter::take_back_unacked`] for a handoff's socket, done once whichever of the
+    /// direct path and the writer fails first (the other then finds it done).
+    fn take_back_unacked(&self, stream: &TcpStream, stats: &Stats) -> u64 {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return 0;
+        }
+        let lost = unacked(stream, self.written.load(Ordering::Relaxed));
+        self.written.fetch_sub(lost, Ordering::Relaxed);
+        stats.bytes_out.fetch_sub(lost, Ordering::Relaxed);
+        lost
+    }
+}
+
 /// Writes all of `buf`; returns how much went out and, if it stopped short, why (a
-/// socket error, or no progress for `send_timeout`). The caller counts what went out
-/// either way, so a peer that resets in the middle of a batch leaves the count right.
+/// socket error, no progress for `send_timeout`, or `close` fired). The caller counts
+/// what went out either way, so a peer that resets in the middle of a batch leaves the
+/// count right.
 async fn write_all_counted(
     mut stream: &TcpStream,
     buf: &[u8],
     send_timeout: Option<Duration>,
+    close: Option<&Shutdown>,
 ) -> (usize, Option<io::Error>) {
     let mut done = 0;
     while done < buf.len() {
-        match progress(stream, send_timeout, stream.write(&buf[done..])).await {
+        match progress(stream, send_timeout, close, stream.write(&buf[done..])).await {
             Ok(0) => return (done, Some(io::ErrorKind::WriteZero.into())),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -795,18 +1207,22 @@ fn count_written(stats: &Stats, handoff: Option<&Progress>, n: usize) {
 /// A file that shrank underneath is an error: the promised length cannot be kept.
 pub async fn send_file(stream: &TcpStream, region: &FileRegion) -> io::Result<u64> {
     let mut sent = 0;
-    send_file_counted(stream, region, &mut sent, None).await?;
+    send_file_counted(stream, region, &mut sent, None, None, &mut |_| {}).await?;
     Ok(sent)
 }
 
 /// [`send_file`], counting into `sent` the bytes of the region sent so far, so a caller
-/// knows how far it got when it fails; a wait for room that lasts `send_timeout` fails
-/// (every `sendfile` or write that moves bytes starts that clock again).
+/// knows how far it got when it fails, and telling `on_sent` each call's bytes as it
+/// returns (so the server's counters move during a long transfer); a wait for room that
+/// lasts `send_timeout` fails (every `sendfile` or write that moves bytes starts that
+/// clock again), as does one still waiting when `close` fires.
 async fn send_file_counted(
     mut stream: &TcpStream,
     region: &FileRegion,
     sent: &mut u64,
     send_timeout: Option<Duration>,
+    close: Option<&Shutdown>,
+    on_sent: &mut (dyn FnMut(u64) + Send),
 ) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let (sock, file) = (stream.as_raw_fd(), region.file.as_raw_fd());
@@ -815,11 +1231,15 @@ async fn send_file_counted(
     let mut fallback = [0u8; 4096];
     while (offset as u64) < end {
         *sent = offset as u64 - region.offset;
+        if close.is_some_and(Shutdown::is_fired) {
+            return Err(io::Error::other(ServerClosing));
+        }
         let want = (end - offset as u64).min(1 << 30) as usize;
         // SAFETY: both descriptors are open for the duration (we hold the stream and the
         // file), and `offset` is a valid off_t the kernel advances.
         let n = unsafe { libc::sendfile(sock, file, &mut offset, want) };
         if n > 0 {
+            on_sent(n as u64);
             continue;
         }
         if n == 0 {
@@ -840,7 +1260,9 @@ async fn send_file_counted(
                         "the file shrank while it was being sent",
                     ));
                 }
-                let wrote = progress(stream, send_timeout, stream.write(&fallback[..got])).await?;
+                let wrote =
+                    progress(stream, send_timeout, close, stream.write(&fallback[..got])).await?;
+                on_sent(wrote as u64);
                 offset += wrote as libc::off_t;
             }
             _ => return Err(e),

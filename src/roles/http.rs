@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::Result;
 use crate::net::conn::{
-    FileRegion, Input, Outgoing, Reader, WRITER_MAILBOX, WriterEnd, spawn_writer_watched,
-    writer_ended,
+    FileRegion, Input, Outgoing, Reader, WRITER_MAILBOX, WriterEnd, spawn_writer_closing,
+    spawn_writer_watched, writer_ended,
 };
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::Shutdown;
@@ -87,13 +87,16 @@ pub async fn run(
 ) {
     server.full_notice.get_or_insert_with(|| BUSY.to_vec());
     let http = Arc::new(http);
+    // At the end of the drain each connection's writer stops where it is, so every
+    // response still being sent logs its line ("server shutting down") before the summary.
+    let close_now = server.close_now.clone();
     listener::serve(
         "http",
         listener,
         Arc::new(server),
         stats,
         shutdown,
-        move |conn| connection(conn, http.clone()),
+        move |conn| connection(conn, http.clone(), close_now.clone()),
     )
     .await;
 }
@@ -174,7 +177,7 @@ async fn file_done(
 /// A client that stops reading is closed by the writer: a write that makes no progress
 /// for the keep-alive limit fails, the writer shuts the socket and ends, and that ends
 /// whatever this loop waits on (the mailbox closes; the file's message is dropped).
-async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
+async fn connection(conn: Conn, cfg: Arc<HttpConfig>, close_now: Option<Shutdown>) -> Result<()> {
     let Conn {
         stream,
         peer,
@@ -183,7 +186,12 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
     } = conn;
     let keepalive = idle_timeout.unwrap_or(KEEPALIVE_DEFAULT);
     let (writer_tx, writer_rx) = flume::bounded::<Out>(WRITER_MAILBOX);
-    let writer_ended_rx = spawn_writer_watched(stream.clone(), writer_rx, &stats, Some(keepalive));
+    let writer_ended_rx = match close_now {
+        Some(close) => {
+            spawn_writer_closing(stream.clone(), writer_rx, &stats, Some(keepalive), close)
+        }
+        None => spawn_writer_watched(stream.clone(), writer_rx, &stats, Some(keepalive)),
+    };
     let mut reader = Reader::new(stream, None);
     let peer_text: Arc<str> = peer.to_string().into();
     let mut heads = HeadBuffer::default();
@@ -284,8 +292,10 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
 }
 
 /// One access-log line, travelling with its response and written once the writer says
-/// what it wrote (or the response is dropped unwritten): the bytes logged are bytes
-/// that reached the socket, and `us` runs until then.
+/// what it wrote (or the response is dropped unwritten): the bytes logged are bytes the
+/// client's kernel acknowledged (the writer reports a response once its last byte is
+/// acknowledged, or how far the acknowledgement got when it failed), and `us` runs
+/// until then.
 struct AccessLog {
     peer: Arc<str>,
     req: Option<Request>,
