@@ -566,47 +566,15 @@ struct Stalled {
 
 impl Stalled {
     fn connect(addr: SocketAddr) -> Stalled {
-        use std::os::fd::FromRawFd;
-        let SocketAddr::V4(v4) = addr else {
-            panic!("IPv4 only")
-        };
-        // SAFETY: a fresh socket we own; setsockopt and connect get correctly sized
-        // structs; from_raw_fd takes sole ownership of the descriptor.
-        let s = unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-            let s = std::net::TcpStream::from_raw_fd(fd);
-            // A small receive buffer, and segments to match (loopback's 64 KiB segments
-            // would not fit, and the window would reopen only on the persist timer).
-            for (level, option, value) in [
+        // A small receive buffer, and segments to match (loopback's 64 KiB segments
+        // would not fit, and the window would reopen only on the persist timer).
+        let s = client_with_options(
+            addr,
+            &[
                 (libc::SOL_SOCKET, libc::SO_RCVBUF, 16 * 1024),
                 (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 1400),
-            ] {
-                let value: libc::c_int = value;
-                libc::setsockopt(
-                    fd,
-                    level,
-                    option,
-                    &value as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as u32,
-                );
-            }
-            let sa = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            let rc = libc::connect(
-                fd,
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            );
-            assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-            s
-        };
+            ],
+        );
         s.set_nonblocking(true).unwrap();
         Stalled {
             s,

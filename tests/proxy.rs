@@ -767,48 +767,9 @@ fn a_slow_steady_reader_is_not_cut_by_the_idle_or_fin_timeout() {
 /// on a real network (loopback's are 64 KiB), and, if `rcvbuf` is above zero, with that
 /// receive buffer. Read timeout [`DEADLINE`].
 fn client_with_mss(addr: SocketAddr, mss: i32, rcvbuf: i32) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 only")
-    };
-    let set = |fd, level, name, value: i32| {
-        // SAFETY: setsockopt with a correctly sized int on a socket we own.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                &value as *const _ as *const libc::c_void,
-                std::mem::size_of::<i32>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
-    };
-    // SAFETY: a new socket we own; connect with a correctly filled sockaddr_in; the
-    // descriptor is handed to TcpStream, which closes it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        set(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, mss);
-        if rcvbuf > 0 {
-            set(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf);
-        }
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::connect(
-            fd,
-            &sin as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-        let s = TcpStream::from_raw_fd(fd);
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        s
+    let mut options = vec![(libc::IPPROTO_TCP, libc::TCP_MAXSEG, mss)];
+    if rcvbuf > 0 {
+        options.push((libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf));
     }
+    client_with_options(addr, &options)
 }

@@ -317,26 +317,33 @@ impl User {
     }
 }
 
-/// A connected blocking client whose receive buffer is `bytes` (set before connecting,
-/// so the window it offers stays that small): a client that stops reading fills it at
-/// once, and the server's writes then wait. Read timeout [`DEADLINE`].
-pub fn client_with_rcvbuf(addr: SocketAddr, bytes: i32) -> std::net::TcpStream {
+/// A connected blocking client with socket options set before connecting (so the window
+/// it offers, or the segment size, holds from the first byte): `(level, option, value)`
+/// for `setsockopt`. Read timeout [`DEADLINE`].
+pub fn client_with_options(
+    addr: SocketAddr,
+    options: &[(libc::c_int, libc::c_int, libc::c_int)],
+) -> std::net::TcpStream {
     use std::os::fd::FromRawFd;
     let SocketAddr::V4(v4) = addr else {
         panic!("IPv4 only")
     };
-    // SAFETY: a new socket we own; setsockopt with a correctly sized int; connect with a
-    // correctly filled sockaddr_in; the descriptor is handed to TcpStream, which closes it.
-    unsafe {
+    // SAFETY: a new socket we own, handed at once to TcpStream, which closes it;
+    // setsockopt with a correctly sized int; connect with a correctly filled sockaddr_in.
+    let s = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &bytes as *const _ as *const libc::c_void,
-            std::mem::size_of::<i32>() as u32,
-        );
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let s = std::net::TcpStream::from_raw_fd(fd);
+        for &(level, option, value) in options {
+            let rc = libc::setsockopt(
+                fd,
+                level,
+                option,
+                &value as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+            assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+        }
         let sin = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: v4.port().to_be(),
@@ -351,10 +358,17 @@ pub fn client_with_rcvbuf(addr: SocketAddr, bytes: i32) -> std::net::TcpStream {
             std::mem::size_of::<libc::sockaddr_in>() as u32,
         );
         assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-        let s = std::net::TcpStream::from_raw_fd(fd);
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
         s
-    }
+    };
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// A connected blocking client whose receive buffer is `bytes` (set before connecting,
+/// so the window it offers stays that small): a client that stops reading fills it at
+/// once, and the server's writes then wait. Read timeout [`DEADLINE`].
+pub fn client_with_rcvbuf(addr: SocketAddr, bytes: i32) -> std::net::TcpStream {
+    client_with_options(addr, &[(libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)])
 }
 
 /// Reads until EOF or a reset, after the server has closed: how many bytes came first.
