@@ -730,21 +730,15 @@ fn request_smuggling_shapes_get_400_and_a_close() {
 fn a_malformed_request_line_is_400_not_505() {
     let site = site();
     let server = default_server(&site);
-    for raw in [
-        &b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n"[..],
-        b"GET /a.txt HTTP/1.1 extra\r\nHost: t\r\n\r\n",
-        b"GET /a.txt HTTP/1.1x\r\nHost: t\r\n\r\n",
-        b"GET /a.txt FTP/1.1\r\nHost: t\r\n\r\n",
-    ] {
-        let (r, rest) = one_response_then_close(server.addr, raw);
-        assert_eq!(
-            (r.status, r.headers["connection"].as_str()),
-            (400, "close"),
-            "{:?}",
-            String::from_utf8_lossy(raw)
-        );
-        assert!(rest.is_empty());
-    }
+    each_gets_400_and_a_close(
+        server.addr,
+        &[
+            &b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+            b"GET /a.txt HTTP/1.1 extra\r\nHost: t\r\n\r\n",
+            b"GET /a.txt HTTP/1.1x\r\nHost: t\r\n\r\n",
+            b"GET /a.txt FTP/1.1\r\nHost: t\r\n\r\n",
+        ],
+    );
     let (r, _) = one_response_then_close(server.addr, b"GET / HTTP/2.0\r\nHost: t\r\n\r\n");
     assert_eq!(r.status, 505);
 }
@@ -1285,21 +1279,15 @@ fn connection_close_in_a_later_header_closes() {
 fn two_hosts_or_a_host_list_is_400() {
     let site = site();
     let server = default_server(&site);
-    for raw in [
-        &b"GET /a.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
-        b"GET /a.txt HTTP/1.1\r\nHost: a, b\r\n\r\n",
-        b"GET /a.txt HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
-        b"GET /a.txt HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
-    ] {
-        let (r, rest) = one_response_then_close(server.addr, raw);
-        assert_eq!(
-            (r.status, r.headers["connection"].as_str()),
-            (400, "close"),
-            "{:?}",
-            String::from_utf8_lossy(raw)
-        );
-        assert!(rest.is_empty());
-    }
+    each_gets_400_and_a_close(
+        server.addr,
+        &[
+            &b"GET /a.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+            b"GET /a.txt HTTP/1.1\r\nHost: a, b\r\n\r\n",
+            b"GET /a.txt HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+            b"GET /a.txt HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+        ],
+    );
     assert_eq!(get(server.addr, "/a.txt", "").status, 200);
 }
 
@@ -1715,4 +1703,19 @@ fn pipelined_answers_the_client_never_acknowledged_are_logged_as_stopped() {
         "logged {logged} bytes of bodies; the client read {read} with a {rcvbuf}-byte buffer: {records:?}"
     );
     assert!(stopped > 0, "{records:?}");
+}
+
+/// Sends each request on a connection of its own: each gets a 400 with `Connection:
+/// close`, and nothing after it before the close.
+fn each_gets_400_and_a_close(addr: SocketAddr, requests: &[&[u8]]) {
+    for raw in requests {
+        let (r, rest) = one_response_then_close(addr, raw);
+        assert_eq!(
+            (r.status, r.headers["connection"].as_str()),
+            (400, "close"),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+        assert!(rest.is_empty());
+    }
 }
