@@ -75,6 +75,13 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// the timer is kept and reused).
 pub const STALL_CHECK: Duration = Duration::from_millis(250);
 
+/// How soon a writer with nothing to send first looks whether the answers it wrote were
+/// acknowledged (then doubling up to [`STALL_CHECK`]). Later than a busy keep-alive
+/// client's next request usually comes, so under load the look made after each write
+/// settles them and no timer fires; soon enough that an access line is not held back
+/// noticeably on an idle connection.
+const ACK_CHECK_FIRST: Duration = Duration::from_millis(10);
+
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
@@ -1053,7 +1060,8 @@ fn settle_acked<B: Outgoing>(
 
 /// While messages wait for the peer's acknowledgement and the mailbox is empty: waits for
 /// the next message (`Ok(None)`: every sender is gone), looking at the send queue now
-/// and then (from 1 ms, doubling to [`STALL_CHECK`]) to report what was acknowledged.
+/// and then (from [`ACK_CHECK_FIRST`], doubling to [`STALL_CHECK`]) to report what was
+/// acknowledged.
 /// A reset seen meanwhile, a send queue that does not shrink for `send_timeout`, or
 /// `close` firing is an error, as for a write. Without `writer_rx` (every sender is
 /// gone): waits until all is acknowledged; without a send timeout as well, reports
@@ -1066,8 +1074,10 @@ async fn await_acks<B: Outgoing>(
     send_timeout: Option<Duration>,
     close: Option<&Shutdown>,
 ) -> io::Result<Option<B>> {
-    let mut delay = Duration::from_millis(1);
-    let mut queued = unsent(stream);
+    let mut delay = ACK_CHECK_FIRST;
+    // The send queue as last seen (first at the first look: the write loop has just
+    // looked, so a look here would only repeat it).
+    let mut queued = None;
     let mut since = Instant::now();
     loop {
         if unconfirmed.is_empty() {
