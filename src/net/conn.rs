@@ -636,9 +636,19 @@ fn start_writer<B: Outgoing>(
                 let _ = stream.shutdown(Halves::Write);
             }
             Err(e) => {
-                // Both halves: the reader (waiting to read, or for room in this mailbox,
-                // which closes when this task ends) wakes and ends too.
-                let _ = stream.shutdown(Halves::Both);
+                if gave_up(&e) {
+                    // The counts have taken back what the peer has not acknowledged, so
+                    // the socket must not go on delivering it after we let go (an
+                    // orphaned socket would, through a zero window, for minutes): its
+                    // close resets and discards the queue. The read half is shut so the
+                    // reader wakes and ends; no FIN, which would queue behind the data.
+                    let _ = reset_on_close(&stream);
+                    let _ = stream.shutdown(Halves::Read);
+                } else {
+                    // Both halves: the reader (waiting to read, or for room in this
+                    // mailbox, which closes when this task ends) wakes and ends too.
+                    let _ = stream.shutdown(Halves::Both);
+                }
                 if is_send_timeout(&e) {
                     let peer = stream
                         .peer_addr()
@@ -1129,9 +1139,37 @@ async fn await_acks<B: Outgoing>(
 /// refused because our own side shut the socket (a proxy session ending): the socket
 /// then still delivers what it holds, and the count stays what was handed over.
 fn peer_may_lack(e: &io::Error, stream: &TcpStream) -> bool {
-    is_send_timeout(e)
-        || e.get_ref().is_some_and(|inner| inner.is::<ServerClosing>())
-        || connection_gone(stream)
+    gave_up(e) || connection_gone(stream)
+}
+
+/// Whether the writer gave up on the peer (the send timeout, the server closing) rather
+/// than the socket failing: what is still queued is then thrown away with a reset.
+fn gave_up(e: &io::Error) -> bool {
+    is_send_timeout(e) || e.get_ref().is_some_and(|inner| inner.is::<ServerClosing>())
+}
+
+/// Makes the socket's close send a reset and discard what it still holds
+/// (`SO_LINGER` {on, 0}) instead of delivering it.
+pub(crate) fn reset_on_close(stream: &TcpStream) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket, with a correctly sized linger struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A writer's byte counts: `Stats::bytes_out`, a [`Handoff`]'s own count, and what this
@@ -1403,20 +1441,7 @@ mod tests {
             far.write_all(b"unread").await.unwrap();
             let mut near_w = near.clone();
             near_w.write_all(b"to be refused").await.unwrap();
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: setsockopt on an open socket; linger {on, 0} makes close reset.
-            unsafe {
-                libc::setsockopt(
-                    far.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    &linger as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::linger>() as u32,
-                )
-            };
+            reset_on_close(&far).unwrap();
             drop(far);
             let mut reader = Reader::new(near, None);
             let out = rt::timeout(
@@ -1438,20 +1463,7 @@ mod tests {
             let mut far_w = far.clone();
             far_w.write_all(b"x").await.unwrap();
             drop(far_w);
-            // SAFETY: linger {on, 0} makes close send a reset.
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            unsafe {
-                libc::setsockopt(
-                    far.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    &linger as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::linger>() as u32,
-                )
-            };
+            reset_on_close(&far).unwrap();
             drop(far);
             let deadline = Instant::now() + Duration::from_secs(10);
             let mut gone = false;
