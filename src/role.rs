@@ -149,13 +149,15 @@ pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()>
     if flow == Flow::Close {
         reader.linger().await;
     }
+    // Counted now, not after the wait below: a summary written while the writer still
+    // waits on a stalled client must not leave out what that client sent.
+    Stats::add(&stats.bytes_in, reader.bytes);
     // The connection (its `--max-conns` slot, its close line) lasts as long as the
     // socket: until the writer has written what it holds, or has given up on a client
     // that stopped reading. Its end says the true reason when it did not flush.
     if let Some(why) = writer_ended(&ended_rx).await.reason() {
         reason = why;
     }
-    Stats::add(&stats.bytes_in, reader.bytes);
     log::debug!(peer = peer.to_string().as_str(), reason = reason, bytes_in = reader.bytes,
         ms = started.elapsed().as_millis() as u64; "connection closed");
     Ok(())
