@@ -128,7 +128,12 @@ pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()>
     } else if flow == Flow::Continue {
         reason = loop {
             let reply = match reader.next().await {
-                Ok(Input::Data(data)) => session.data(data),
+                Ok(Input::Data(data)) => {
+                    // Counted as it arrives: a reader held in the writer's full mailbox
+                    // by a client that stopped reading may never get to count it later.
+                    Stats::add(&stats.bytes_in, data.len() as u64);
+                    session.data(data)
+                }
                 Ok(Input::Eof) => {
                     let last = session.end();
                     if !last.is_empty() {
@@ -147,11 +152,10 @@ pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()>
     // The writer flushes what it holds and half-closes once this last sender is gone.
     drop(writer_tx);
     if flow == Flow::Close {
+        let before = reader.bytes;
         reader.linger().await;
+        Stats::add(&stats.bytes_in, reader.bytes - before);
     }
-    // Counted now, not after the wait below: a summary written while the writer still
-    // waits on a stalled client must not leave out what that client sent.
-    Stats::add(&stats.bytes_in, reader.bytes);
     // The connection (its `--max-conns` slot, its close line) lasts as long as the
     // socket: until the writer has written what it holds, or has given up on a client
     // that stopped reading. Its end says the true reason when it did not flush.

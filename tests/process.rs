@@ -740,3 +740,52 @@ fn a_proxy_session_cut_by_the_fin_timeout_says_so_in_its_line() {
     assert!(session.contains("cut_by fin timeout"), "{session}");
     assert!(session.contains("bytes_down 6"), "{session}");
 }
+
+/// What a client sent is in the summary even when the process ends while the server
+/// still waits to write to it: echo to a client that sends and never reads, then
+/// SIGTERM. (The reader's count was once added only after the writer ended, which a
+/// stalled client put off past the summary: `bytes_in=0` beside megabytes out.)
+#[test]
+fn a_summary_counts_what_a_stalled_client_sent() {
+    let mut proc = spawn(&["echo", "--tcp", "127.0.0.1:0"]);
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    let lines = log_lines(log);
+    let c = client_with_rcvbuf(addr, 4096);
+    c.set_nonblocking(true).unwrap();
+    // Send until neither the server's buffers nor ours take more: the server's writer
+    // now waits on us, and its reader on the writer.
+    let chunk = vec![b'e'; 64 * 1024];
+    let mut sent = 0u64;
+    let mut refused = 0;
+    while refused < 20 {
+        match (&c).write(&chunk) {
+            Ok(n) => {
+                sent += n as u64;
+                refused = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                refused += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("send: {e}"),
+        }
+        assert!(sent < 1 << 30, "the server never stopped taking bytes");
+    }
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    let log: Vec<String> = lines.iter().collect();
+    let summary = record(&log, "stopped:");
+    let count = |key: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {summary}"))
+    };
+    let (bytes_in, bytes_out) = (count("bytes_in="), count("bytes_out="));
+    assert!(bytes_in > 0 && bytes_in <= sent, "{summary} (sent {sent})");
+    assert!(
+        bytes_out <= bytes_in,
+        "echo sent more than it got: {summary}"
+    );
+    drop(c);
+}
