@@ -402,17 +402,7 @@ pub fn spawn_writer_watched<B: Outgoing>(
     stats: &Arc<Stats>,
     send_timeout: Option<Duration>,
 ) -> flume::Receiver<WriterEnd> {
-    let (ended_tx, ended_rx) = flume::bounded(1);
-    start_writer(
-        stream,
-        writer_rx,
-        None,
-        stats,
-        Some(ended_tx),
-        send_timeout,
-        None,
-    );
-    ended_rx
+    spawn_watched(stream, writer_rx, stats, send_timeout, None)
 }
 
 /// Like [`spawn_writer_watched`], for a connection that must end when `close` fires
@@ -426,16 +416,20 @@ pub fn spawn_writer_closing<B: Outgoing>(
     send_timeout: Option<Duration>,
     close: Shutdown,
 ) -> flume::Receiver<WriterEnd> {
+    spawn_watched(stream, writer_rx, stats, send_timeout, Some(close))
+}
+
+/// The writer of [`spawn_writer_watched`] and [`spawn_writer_closing`].
+fn spawn_watched<B: Outgoing>(
+    stream: TcpStream,
+    writer_rx: flume::Receiver<B>,
+    stats: &Arc<Stats>,
+    send_timeout: Option<Duration>,
+    close: Option<Shutdown>,
+) -> flume::Receiver<WriterEnd> {
     let (ended_tx, ended_rx) = flume::bounded(1);
-    start_writer(
-        stream,
-        writer_rx,
-        None,
-        stats,
-        Some(ended_tx),
-        send_timeout,
-        Some(close),
-    );
+    let ended = Some(ended_tx);
+    start_writer(stream, writer_rx, None, stats, ended, send_timeout, close);
     ended_rx
 }
 
