@@ -254,16 +254,8 @@ fn an_unread_stdout_neither_stalls_the_server_nor_hides_what_it_dropped() {
 
 #[test]
 fn a_proxy_session_still_open_at_shutdown_is_counted_and_logged() {
-    // An echo upstream on a test thread; the session stays open past the drain.
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_addr = upstream.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for s in upstream.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut &s, &mut &s);
-            });
-        }
-    });
+    // The session stays open past the drain.
+    let up_addr = echo_upstream().to_string();
     let mut proc = spawn(&[
         "proxy",
         "--listen",
@@ -312,21 +304,7 @@ fn record(log: &[String], what: &str) -> String {
         text.push('\n');
         text.push_str(l);
     }
-    // Strip ANSI colour sequences (ESC [ ... m).
-    let mut plain = String::new();
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
+    strip_ansi(&text)
 }
 
 /// The rest of a child's log, line by line, read on a thread until it ends.
@@ -359,16 +337,7 @@ fn a_proxy_out_of_descriptors_blames_no_upstream_named_by_host_name() {
 /// A proxy with 40 descriptors and an upstream named `host:PORT`: a burst of clients
 /// larger than the descriptors left waits for them, and no upstream is blamed.
 fn proxy_out_of_descriptors(host: &str) {
-    // An echo upstream on test threads.
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_addr = format!("{host}:{}", upstream.local_addr().unwrap().port());
-    std::thread::spawn(move || {
-        for s in upstream.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut &s, &mut &s);
-            });
-        }
-    });
+    let up_addr = format!("{host}:{}", echo_upstream().port());
     // The proxy with a few dozen descriptors: room for a handful of sessions (two each).
     let mut cmd = binary();
     cmd.args([
@@ -458,15 +427,7 @@ fn a_proxy_out_of_descriptors_blames_no_host_name_upstream_while_sessions_churn(
     // hold descriptors so the proxy stays at its limit.
     const CHURNERS: usize = 16;
     const ROUNDS: usize = 60;
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_addr = format!("localhost:{}", upstream.local_addr().unwrap().port());
-    std::thread::spawn(move || {
-        for s in upstream.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut &s, &mut &s);
-            });
-        }
-    });
+    let up_addr = format!("localhost:{}", echo_upstream().port());
     let mut proc = proxy_with_nofile(&up_addr, 40);
     let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
     let lines = log_lines(log);
@@ -554,15 +515,7 @@ fn a_stalled_stdout_at_shutdown_sends_the_last_lines_to_stderr() {
     // `switchboard proxy --tap | less`, left unscrolled: the pipe and the 1 MiB queue are
     // full when SIGTERM comes, so "shutting down", the summary and the dropped-lines
     // warning cannot go to stdout. They must reach stderr.
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let up_addr = upstream.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for s in upstream.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut &s, &mut &s);
-            });
-        }
-    });
+    let up_addr = echo_upstream().to_string();
     let mut proc = spawn(&[
         "proxy",
         "--listen",
@@ -788,4 +741,18 @@ fn a_summary_counts_what_a_stalled_client_sent() {
         "echo sent more than it got: {summary}"
     );
     drop(c);
+}
+
+/// An echo server on test threads (one per connection), as an upstream for the proxy.
+fn echo_upstream() -> std::net::SocketAddr {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = upstream.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in upstream.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &s, &mut &s);
+            });
+        }
+    });
+    addr
 }
