@@ -902,19 +902,7 @@ fn spawn_http_args(root: &std::path::Path, extra: &[&str]) -> Child {
         use std::io::BufRead;
         let mut line = String::new();
         while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-            let mut plain = String::with_capacity(line.len());
-            let mut chars = line.chars();
-            while let Some(c) = chars.next() {
-                if c == '\x1b' {
-                    for c in chars.by_ref() {
-                        if c == 'm' {
-                            break;
-                        }
-                    }
-                } else {
-                    plain.push(c);
-                }
-            }
+            let plain = strip_ansi(&line);
             collected.lock().unwrap().push_str(&plain);
             line.clear();
         }

@@ -425,3 +425,21 @@ pub fn udp_chat_hello(sock: &std::net::UdpSocket, server: SocketAddr) -> String 
     let n = sock.recv(&mut buf).expect("no answer to /hello");
     String::from_utf8(buf[..n].to_vec()).unwrap()
 }
+
+/// `text` without its ANSI colour sequences (ESC [ ... m), as the debug log prints them.
+pub fn strip_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
