@@ -70,13 +70,11 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// be what limits the figure.
 pub const BUSY_LOADGEN: f64 = 0.45;
 
-/// CPU time (user + system) this process has used.
+/// CPU time (user + system) this process has used, all threads together.
 fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    use rustix::time::{ClockId, clock_gettime};
+    let t = clock_gettime(ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// What a run measured.

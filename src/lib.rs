@@ -12,6 +12,8 @@
 //! - [`service`]: running a server as a process (signals, drain, summary).
 //! - [`logging`]: the servers' log output, which a stalled or closed stdout cannot stop.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod bench;
 pub mod client;
 pub mod logging;

@@ -28,7 +28,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -86,9 +86,9 @@ impl LogOutput {
         let Ok(null) = File::options().write(true).open("/dev/null") else {
             return;
         };
-        // SAFETY: dup2 onto fd 1 from a descriptor we own; it closes the pipe's last
-        // write end, so the drain thread reads to the end of what was logged.
-        if unsafe { libc::dup2(null.as_raw_fd(), 1) } < 0 {
+        // Closes the pipe's last write end, so the drain thread reads to the end of what
+        // was logged.
+        if rustix::stdio::dup2_stdout(&null).is_err() {
             return;
         }
         let deadline = Instant::now() + FINISH_WAIT;
@@ -178,17 +178,13 @@ impl Shared {
 /// Puts a pipe on fd 1 and starts the threads that empty it into the real stdout.
 fn redirect_stdout() -> io::Result<LogOutput> {
     // The real stdout, moved above the standard descriptors; none if it was closed.
-    let real = dup_above_stdio(1).ok().map(File::from);
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills both descriptors on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just opened both; the OwnedFds close them.
-    let fresh = fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    let real = dup_above_stdio(rustix::stdio::stdout())
+        .ok()
+        .map(File::from);
+    let fresh = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     // Either end may have landed on fd 0..2 if those were closed: move both up.
-    let pipe = File::from(dup_above_stdio(fresh[0].as_raw_fd())?);
-    let write_end = dup_above_stdio(fresh[1].as_raw_fd())?;
+    let pipe = File::from(dup_above_stdio(&fresh.0)?);
+    let write_end = dup_above_stdio(&fresh.1)?;
     drop(fresh);
 
     // The threads start before fd 1 changes, so nothing is ever written to a pipe that
@@ -215,11 +211,8 @@ fn redirect_stdout() -> io::Result<LogOutput> {
         }),
         None => None,
     };
-    // SAFETY: both descriptors are open; on success fd 1 is the pipe's write end. On
-    // failure dropping `write_end` closes the pipe and the threads end.
-    if unsafe { libc::dup2(write_end.as_raw_fd(), 1) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // On failure dropping `write_end` closes the pipe and the threads end.
+    rustix::stdio::dup2_stdout(&write_end)?;
     Ok(LogOutput {
         threads: Some((drain, output)),
         shared,
@@ -227,15 +220,8 @@ fn redirect_stdout() -> io::Result<LogOutput> {
 }
 
 /// Duplicates `fd` onto the lowest free descriptor above 2, close-on-exec.
-fn dup_above_stdio(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: fcntl F_DUPFD_CLOEXEC only creates a descriptor; it fails cleanly on a bad `fd`.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if new < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        // SAFETY: fcntl just opened `new`, and nothing else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(new) })
-    }
+fn dup_above_stdio(fd: impl AsFd) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 3)?)
 }
 
 /// Reads the pipe until its end, queueing whole lines while there is room.

@@ -28,7 +28,6 @@
 //! The server's flood control must allow the rate (`switchboard chat --rate 0`); a
 //! `! slow down` from the server is reported as an error.
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -86,7 +85,8 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     // The deliveries are read with epoll on a few OS threads (see `many`), one per core:
     // the observer's own cost is CPU the server under test does not get on a small
     // machine, and a fan-out of N-1 copies is absorbed in parallel.
-    let fds: Vec<RawFd> = streams.iter().map(|s| s.as_raw_fd()).collect();
+    // Clones share the socket (no new descriptor), and keep it open while it is read.
+    let sockets = streams.clone();
     let receivers: Vec<Receiver> = readers
         .iter()
         .enumerate()
@@ -101,7 +101,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         progress: progress.clone(),
     };
     let deadline = clock + SETTLE_MAX + opts.duration + GRACE + REPLY_TIMEOUT;
-    let reading = receive_on_threads(fds, receivers, senders, deadline, shared);
+    let reading = receive_on_threads(sockets, receivers, senders, deadline, shared);
     // Let the join notices (N joins, each announced to everyone) drain first, so the run
     // measures the steady state and not the connection storm.
     let settle_end = Instant::now() + SETTLE_MAX;
@@ -281,16 +281,16 @@ const MAX_RECEIVING_THREADS: usize = 8;
 /// [`MAX_RECEIVING_THREADS`]); the future returns every thread's part and the deliveries
 /// seen per sender, summed.
 fn receive_on_threads(
-    fds: Vec<RawFd>,
+    sockets: Vec<rt::TcpStream>,
     mut receivers: Vec<Receiver>,
     senders: usize,
     deadline: Instant,
     shared: Shared,
 ) -> impl std::future::Future<Output = Result<(Vec<Part>, Vec<u64>)>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = cores.clamp(1, MAX_RECEIVING_THREADS).min(fds.len());
+    let threads = cores.clamp(1, MAX_RECEIVING_THREADS).min(sockets.len());
     let mut handles = Vec::new();
-    for chunk in fds.chunks(fds.len().div_ceil(threads)) {
+    for chunk in sockets.chunks(sockets.len().div_ceil(threads)) {
         let mine: Vec<Receiver> = receivers.drain(..chunk.len()).collect();
         let (chunk, shared) = (chunk.to_vec(), shared.clone());
         handles.push(rt::spawn_blocking(move || {
@@ -314,7 +314,7 @@ fn receive_on_threads(
 /// Reads every client's socket until all are shut (by `run`, after the grace period) and
 /// returns what they saw, with the deliveries seen per sender.
 fn receive_all(
-    fds: Vec<RawFd>,
+    sockets: Vec<rt::TcpStream>,
     mut receivers: Vec<Receiver>,
     senders: usize,
     deadline: Instant,
@@ -329,7 +329,7 @@ fn receive_all(
         let buffered = std::mem::take(&mut r.pending);
         tally.take(r, &buffered, shared.clock.elapsed());
     }
-    let finished = many::read_until_closed(&fds, deadline, |i, event| match event {
+    let finished = many::read_until_closed(&sockets, deadline, |i, event| match event {
         many::Event::Data(data) => {
             let now = shared.clock.elapsed();
             shared.heard.store(now.as_micros() as u64, Relaxed);

@@ -7,13 +7,15 @@
 //! one-shot registration, plus a wake-up of the task's thread. Here a readable socket
 //! costs one `recv(2)`: the registration is level-triggered, so it never needs re-arming,
 //! and a socket that still holds data is simply reported again by the next `epoll_wait`.
-//! With 500 chat clients at 300,000 deliveries/s that took the load generator from about
-//! one core to about 0.8 (the rest is the kernel's receive path), CPU that on a 2-core
-//! machine the server under test gets back.
+//! The CPU this saves is CPU the server under test gets back on a small machine
+//! (benches/RESULTS.md has the figure).
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use rustix::event::epoll;
+use rustix::net::RecvFlags;
 
 /// What one socket did.
 pub enum Event<'a> {
@@ -26,21 +28,24 @@ pub enum Event<'a> {
 /// The most bytes read from one socket in one `recv(2)`.
 const READ_SIZE: usize = 64 * 1024;
 
-/// Calls `on_event(i, event)` for whatever arrives on `fds[i]`, in arrival order per
-/// socket, until every socket has closed or `deadline` passes (`Ok(false)` then). The
-/// caller keeps the sockets open until this returns.
+/// Calls `on_event(i, event)` for whatever arrives on `sockets[i]`, in arrival order per
+/// socket, until every socket has closed or `deadline` passes (`Ok(false)` then).
 pub fn read_until_closed(
-    fds: &[RawFd],
+    sockets: &[impl AsFd],
     deadline: Instant,
     mut on_event: impl FnMut(usize, Event<'_>),
 ) -> io::Result<bool> {
     let epoll = Epoll::new()?;
-    for (i, &fd) in fds.iter().enumerate() {
-        epoll.add(fd, i as u64)?;
+    for (i, socket) in sockets.iter().enumerate() {
+        epoll.add(socket, i as u64)?;
     }
-    let mut open = vec![true; fds.len()];
-    let mut left = fds.len();
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut open = vec![true; sockets.len()];
+    let mut left = sockets.len();
+    let idle = epoll::Event {
+        flags: epoll::EventFlags::empty(),
+        data: epoll::EventData::new_u64(0),
+    };
+    let mut events = vec![idle; 256];
     let mut buf = vec![0u8; READ_SIZE];
     while left > 0 {
         let now = Instant::now();
@@ -50,37 +55,23 @@ pub fn read_until_closed(
         let wait = (deadline - now).min(Duration::from_millis(100));
         let ready = epoll.wait(&mut events, wait)?;
         for ev in &events[..ready] {
-            let i = ev.u64 as usize;
+            let i = { ev.data }.u64() as usize;
             if !open[i] {
                 continue;
             }
-            // SAFETY: `buf` is valid for `buf.len()` bytes and the caller keeps the
-            // socket open; MSG_DONTWAIT keeps a spurious report from blocking the loop.
-            let n = unsafe {
-                libc::recv(
-                    fds[i],
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            let end = match n {
-                n if n > 0 => {
-                    on_event(i, Event::Data(&buf[..n as usize]));
+            // MSG_DONTWAIT keeps a spurious report from blocking the loop.
+            let end = match rustix::net::recv(&sockets[i], &mut buf[..], RecvFlags::DONTWAIT) {
+                Ok((n, _)) if n > 0 => {
+                    on_event(i, Event::Data(&buf[..n]));
                     continue;
                 }
-                0 => None,
-                _ => {
-                    let e = io::Error::last_os_error();
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => continue,
-                        _ => Some(e),
-                    }
-                }
+                Ok(_) => None,
+                Err(rustix::io::Errno::WOULDBLOCK | rustix::io::Errno::INTR) => continue,
+                Err(e) => Some(e.into()),
             };
             open[i] = false;
             left -= 1;
-            epoll.delete(fds[i]);
+            epoll.delete(&sockets[i]);
             on_event(i, Event::Closed(end));
         }
     }
@@ -88,57 +79,42 @@ pub fn read_until_closed(
 }
 
 /// An epoll instance, closed on drop.
-struct Epoll(RawFd);
+struct Epoll(OwnedFd);
 
 impl Epoll {
     fn new() -> io::Result<Self> {
-        // SAFETY: no pointers; the result is checked.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Epoll(fd))
+        Ok(Epoll(epoll::create(epoll::CreateFlags::CLOEXEC)?))
     }
 
-    fn add(&self, fd: RawFd, key: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-            u64: key,
-        };
-        // SAFETY: `ev` lives across the call.
-        if unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+    fn add(&self, socket: impl AsFd, key: u64) -> io::Result<()> {
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
+        Ok(epoll::add(
+            &self.0,
+            socket,
+            epoll::EventData::new_u64(key),
+            flags,
+        )?)
     }
 
-    fn delete(&self, fd: RawFd) {
-        // SAFETY: a null event is allowed for EPOLL_CTL_DEL. A failure only means the fd
-        // was no longer registered, which is the goal.
-        unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+    fn delete(&self, socket: impl AsFd) {
+        // A failure only means the socket was no longer registered, which is the goal.
+        let _ = epoll::delete(&self.0, socket);
     }
 
     /// Waits up to `timeout` and returns how many of `events` were filled.
-    fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> io::Result<usize> {
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: `events` is valid for `events.len()` entries.
-        let n = unsafe { libc::epoll_wait(self.0, events.as_mut_ptr(), events.len() as i32, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(0)
-            } else {
-                Err(e)
-            };
+    fn wait(&self, events: &mut [epoll::Event], timeout: Duration) -> io::Result<usize> {
+        // Whole milliseconds, at least one, as `epoll_wait` takes them: a shorter wait
+        // would only spin.
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i64;
+        let timeout = rustix::time::Timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
+        };
+        match epoll::wait(&self.0, events, Some(&timeout)) {
+            Ok(n) => Ok(n),
+            Err(rustix::io::Errno::INTR) => Ok(0),
+            Err(e) => Err(e.into()),
         }
-        Ok(n as usize)
-    }
-}
-
-impl Drop for Epoll {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor.
-        unsafe { libc::close(self.0) };
     }
 }
 
@@ -147,7 +123,6 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn reads_every_socket_in_order_until_each_closes() {
@@ -167,22 +142,20 @@ mod tests {
             }
             drop(served);
         });
-        let fds: Vec<RawFd> = clients.iter().map(|c| c.as_raw_fd()).collect();
         let mut got = vec![Vec::new(); 3];
         let mut closed = vec![false; 3];
-        let done =
-            read_until_closed(
-                &fds,
-                Instant::now() + Duration::from_secs(30),
-                |i, ev| match ev {
-                    Event::Data(d) => got[i].extend_from_slice(d),
-                    Event::Closed(e) => {
-                        assert!(e.is_none(), "{e:?}");
-                        closed[i] = true;
-                    }
-                },
-            )
-            .unwrap();
+        let done = read_until_closed(
+            &clients,
+            Instant::now() + Duration::from_secs(30),
+            |i, ev| match ev {
+                Event::Data(d) => got[i].extend_from_slice(d),
+                Event::Closed(e) => {
+                    assert!(e.is_none(), "{e:?}");
+                    closed[i] = true;
+                }
+            },
+        )
+        .unwrap();
         writer.join().unwrap();
         assert!(done);
         assert_eq!(closed, vec![true; 3]);
@@ -202,7 +175,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let _served = listener.accept().unwrap();
         let done = read_until_closed(
-            &[client.as_raw_fd()],
+            &[client],
             Instant::now() + Duration::from_millis(200),
             |_, _| panic!("nothing was sent"),
         )

@@ -6,27 +6,19 @@
 /// Each connection costs one descriptor (two for a proxy session), and the default soft
 /// limit (often 1024) is far below what a server is allowed.
 pub fn raise_nofile_limit() -> std::io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let wanted = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            lim = wanted;
-        }
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY, which no real count reaches.
+    let count = |limit: Option<u64>| limit.unwrap_or(u64::MAX);
+    if count(lim.current) < count(lim.maximum) {
+        let wanted = rustix::process::Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        setrlimit(Resource::Nofile, wanted)?;
+        return Ok(count(lim.maximum));
     }
-    Ok(lim.rlim_cur)
+    Ok(count(lim.current))
 }
 
 /// Errors that mean "this process or the system is out of something" (descriptors,
@@ -64,48 +56,23 @@ pub fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 /// `EMFILE` in errno. That errno, read on the thread that made the lookup right after it,
 /// is the lookup's own evidence, whereas probing for a descriptor later races with
 /// sessions that free theirs meanwhile. errno is cleared first, so a value left by an
-/// earlier call on this thread is not taken for it. `None` where errno cannot be reached.
+/// earlier call on this thread is not taken for it.
 pub fn errno_left_by<T>(f: impl FnOnce() -> T) -> (T, Option<i32>) {
-    let Some(errno) = errno_location() else {
-        return (f(), None);
-    };
-    // SAFETY: errno is this thread's own int, valid for the thread's lifetime.
-    unsafe { *errno = 0 };
+    // The C library's errno, which the resolver sets; rustix's calls bypass libc and
+    // never touch it, so it is reached through the `errno` crate.
+    errno::set_errno(errno::Errno(0));
     let out = f();
-    // SAFETY: as above; `f` ran on this thread.
-    let left = unsafe { *errno };
+    let left = errno::errno().0;
     (out, (left != 0).then_some(left))
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn errno_location() -> Option<*mut libc::c_int> {
-    // SAFETY: returns a pointer to this thread's errno; no preconditions.
-    Some(unsafe { libc::__errno_location() })
-}
-
-#[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
-fn errno_location() -> Option<*mut libc::c_int> {
-    // SAFETY: returns a pointer to this thread's errno; no preconditions.
-    Some(unsafe { libc::__error() })
-}
-
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd"
-)))]
-fn errno_location() -> Option<*mut libc::c_int> {
-    None
 }
 
 /// Whether `errno` means "out of descriptors, buffers or memory" (see
 /// [`is_resource_exhaustion`]).
 pub fn exhausted(errno: Option<i32>) -> bool {
+    use rustix::io::Errno;
     matches!(
-        errno,
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        errno.map(Errno::from_raw_os_error),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
     )
 }
 
@@ -116,24 +83,24 @@ pub fn exhausted(errno: Option<i32>) -> bool {
 /// make for want of a descriptor as a plain "temporary failure". A caller whose
 /// operation failed that way asks this before blaming the other side.
 pub fn socket_available() -> std::io::Result<()> {
-    // SAFETY: socket(2) with constant arguments; the descriptor, if any, is closed here.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd >= 0 {
-        // SAFETY: `fd` was just opened by us and is closed once.
-        unsafe { libc::close(fd) };
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if is_resource_exhaustion(&e) {
-        Err(e)
-    } else {
-        Ok(()) // another reason (no IPv4 here, a sandbox): not a shortage
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socket_with};
+    // The probe is dropped, so closed, at once.
+    match socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    ) {
+        Ok(_probe) => Ok(()),
+        Err(e) if is_resource_exhaustion(&e.into()) => Err(e.into()),
+        Err(_) => Ok(()), // another reason (no IPv4 here, a sandbox): not a shortage
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::io::Errno;
 
     #[test]
     fn exhaustion_is_found_under_a_wrapping_error() {
@@ -149,16 +116,14 @@ mod tests {
                 Some(&self.0)
             }
         }
-        let emfile = || std::io::Error::from_raw_os_error(libc::EMFILE);
+        let emfile = || std::io::Error::from(Errno::MFILE);
         assert!(is_resource_exhaustion(&emfile()));
         let wrapped = std::io::Error::other(Wrapper(emfile()));
         assert_eq!(wrapped.raw_os_error(), None);
         assert!(is_resource_exhaustion(&wrapped));
         let twice = std::io::Error::other(Wrapper(std::io::Error::other(Wrapper(emfile()))));
         assert!(is_resource_exhaustion(&twice));
-        let refused = std::io::Error::other(Wrapper(std::io::Error::from_raw_os_error(
-            libc::ECONNREFUSED,
-        )));
+        let refused = std::io::Error::other(Wrapper(std::io::Error::from(Errno::CONNREFUSED)));
         assert!(!is_resource_exhaustion(&refused));
         assert!(!is_resource_exhaustion(&std::io::Error::other(
             "no such host"
@@ -170,10 +135,8 @@ mod tests {
     fn the_errno_a_call_leaves_is_its_own() {
         // A stale errno from an earlier call is not reported for the next one.
         let (_, left) = errno_left_by(|| std::fs::File::open("/nonexistent/x").is_err());
-        if errno_location().is_some() {
-            assert_eq!(left, Some(libc::ENOENT));
-            let (_, left) = errno_left_by(|| 1 + 1);
-            assert_eq!(left, None);
-        }
+        assert_eq!(left, Some(Errno::NOENT.raw_os_error()));
+        let (_, left) = errno_left_by(|| 1 + 1);
+        assert_eq!(left, None);
     }
 }

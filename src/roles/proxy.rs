@@ -490,7 +490,7 @@ async fn session(
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Movement {
     written: u64,
-    queued: [Option<libc::c_int>; 2],
+    queued: [Option<std::ffi::c_int>; 2],
 }
 
 impl Movement {

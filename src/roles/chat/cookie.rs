@@ -100,18 +100,12 @@ pub fn random_key() -> [u8; 16] {
     let mut key = [0u8; 16];
     let mut filled = 0;
     while filled < key.len() {
-        // SAFETY: getrandom writes at most the given length into the buffer we own.
-        let n = unsafe {
-            libc::getrandom(
-                key[filled..].as_mut_ptr() as *mut libc::c_void,
-                key.len() - filled,
-                0,
-            )
-        };
-        if n > 0 {
-            filled += n as usize;
-        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            break;
+        use rustix::rand::{GetRandomFlags, getrandom};
+        match getrandom(&mut key[filled..], GetRandomFlags::empty()) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
         }
     }
     if filled < key.len() {

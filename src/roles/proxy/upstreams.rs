@@ -278,6 +278,7 @@ fn lookup_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::io::Errno;
 
     fn table(balance: Balance) -> Arc<Upstreams> {
         Upstreams::new(
@@ -291,32 +292,29 @@ mod tests {
     fn a_failed_lookup_is_local_only_with_evidence_of_a_shortage() {
         let nxdomain = || std::io::Error::other("Name or service not known");
         let fine = || Ok(());
-        let short = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        let short = || Err(std::io::Error::from(Errno::MFILE));
         // Plenty of descriptors and no errno: the name's fault, failed over at once.
         assert!(matches!(
             lookup_failure(nxdomain(), None, fine),
             Failure::Remote(_)
         ));
-        let other = Some(libc::ENOENT);
+        let other = Some(Errno::NOENT.raw_os_error());
         assert!(matches!(
             lookup_failure(nxdomain(), other, fine),
             Failure::Remote(_)
         ));
         // The lookup left EMFILE: local, even though a descriptor is free by now.
-        let emfile = Some(libc::EMFILE);
+        let emfile = Some(Errno::MFILE.raw_os_error());
         match lookup_failure(nxdomain(), emfile, fine) {
-            Failure::Local(e) => assert_eq!(
-                e.kind(),
-                std::io::Error::from_raw_os_error(libc::EMFILE).kind()
-            ),
+            Failure::Local(e) => assert_eq!(e.kind(), std::io::Error::from(Errno::MFILE).kind()),
             Failure::Remote(why) => panic!("blamed the name: {why}"),
         }
         assert!(matches!(
-            lookup_failure(nxdomain(), Some(libc::ENFILE), fine),
+            lookup_failure(nxdomain(), Some(Errno::NFILE.raw_os_error()), fine),
             Failure::Local(_)
         ));
         // The error carries it, or no socket can be had now: local.
-        let wrapped = std::io::Error::other(std::io::Error::from_raw_os_error(libc::EMFILE));
+        let wrapped = std::io::Error::other(std::io::Error::from(Errno::MFILE));
         assert!(matches!(
             lookup_failure(wrapped, None, fine),
             Failure::Local(_)
