@@ -264,29 +264,33 @@ fn a_large_random_stream_crosses_each_way_intact_with_exact_counts() {
     }
 }
 
+/// Sends `bytes` and a FIN from `w`; `r` must get exactly those bytes and then EOF (the
+/// relay shut its destination's write half), and the relay carrying them must end at
+/// the FIN with exact counts.
+fn half_close_through(
+    w: &mut TcpStream,
+    r: &mut TcpStream,
+    (steps, running): (Arc<Steps>, Running),
+    bytes: &[u8],
+) {
+    w.write_all(bytes).unwrap();
+    w.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(r), bytes);
+    let (relay, end) = finish(running);
+    assert_eq!(end.unwrap(), End::Eof);
+    let n = bytes.len() as u64;
+    assert_eq!((relay.tally().read(), relay.tally().written()), (n, n));
+    assert_eq!((steps.read(), steps.wrote()), (n, n));
+}
+
 #[test]
 fn a_half_close_carries_over_in_each_direction_and_the_other_goes_on() {
     let mut r = relayed(None, None);
-    let (up_steps, up) = start(Relay::new(PIPE_CAPACITY).unwrap(), &r.near, &r.far);
-    let (down_steps, down) = start(Relay::new(PIPE_CAPACITY).unwrap(), &r.far, &r.near);
-
-    r.client.write_all(b"ping").unwrap();
-    r.client.shutdown(Shutdown::Write).unwrap();
-    // EOF after exactly the client's bytes: the relay shut the far write half.
-    assert_eq!(read_to_end(&mut r.server), b"ping");
-    let (relay, end) = finish(up);
-    assert_eq!(end.unwrap(), End::Eof);
-    assert_eq!((relay.tally().read(), relay.tally().written()), (4, 4));
-    assert_eq!((up_steps.read(), up_steps.wrote()), (4, 4));
-
+    let up = start(Relay::new(PIPE_CAPACITY).unwrap(), &r.near, &r.far);
+    let down = start(Relay::new(PIPE_CAPACITY).unwrap(), &r.far, &r.near);
+    half_close_through(&mut r.client, &mut r.server, up, b"ping");
     // The server's direction is still open after the client's FIN.
-    r.server.write_all(b"pong from the server").unwrap();
-    r.server.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut r.client), b"pong from the server");
-    let (relay, end) = finish(down);
-    assert_eq!(end.unwrap(), End::Eof);
-    assert_eq!((relay.tally().read(), relay.tally().written()), (20, 20));
-    assert_eq!((down_steps.read(), down_steps.wrote()), (20, 20));
+    half_close_through(&mut r.server, &mut r.client, down, b"pong from the server");
 }
 
 #[test]
@@ -307,23 +311,28 @@ fn keep_open_leaves_the_destination_write_half_to_the_caller() {
     assert_eq!(read_to_end(&mut r.server), b"ping and more");
 }
 
+/// Starts `relay` from `near` to `far`, and has the client send stream `seed` without
+/// blocking, up to `step` bytes at each look, until the relay stalls on a server that
+/// reads nothing. The client is left non-blocking.
+fn stall(r: &mut Relayed, relay: Relay, seed: u64, step: u64) -> (Arc<Steps>, Running, Pusher) {
+    let tally = relay.tally();
+    let (steps, running) = start(relay, &r.near, &r.far);
+    r.client.set_nonblocking(true).unwrap();
+    let mut pusher = Pusher::new(seed);
+    wait_until("the relay to stall on a server that reads nothing", || {
+        pusher.push(&mut r.client, pusher.sent.saturating_add(step));
+        tally.stalled()
+    });
+    (steps, running, pusher)
+}
+
 #[test]
 fn a_receiver_that_reads_nothing_holds_the_sender_back_with_one_pipe_in_between() {
     const TOTAL: u64 = 16 << 20;
     let mut r = relayed(Some(SMALL_BUFFER), Some(SMALL_BUFFER));
     let relay = Relay::new(PIPE_CAPACITY).unwrap();
     let (capacity, tally) = (relay.capacity() as u64, relay.tally());
-    let (steps, up) = start(relay, &r.near, &r.far);
-
-    r.client.set_nonblocking(true).unwrap();
-    let mut pusher = Pusher::new(3);
-    wait_until(
-        "the relay to stall on a receiver that reads nothing",
-        || {
-            pusher.push(&mut r.client, TOTAL);
-            tally.stalled()
-        },
-    );
+    let (steps, up, mut pusher) = stall(&mut r, relay, 3, 1 << 20);
     // Fill what is left between the sender and the relay; the socket then refuses.
     assert!(
         pusher.push(&mut r.client, TOTAL),
@@ -368,17 +377,8 @@ fn a_stalled_relay_sees_its_source_fin_and_then_its_reset() {
     let mut r = relayed(None, Some(TINY_BUFFER));
     let relay = Relay::new(TINY_BUFFER).unwrap();
     let tally = relay.tally();
-    let (steps, up) = start(relay, &r.near, &r.far);
-    r.client.set_nonblocking(true).unwrap();
-    let mut pusher = Pusher::new(4);
-    wait_until(
-        "the relay to stall on a receiver that reads nothing",
-        || {
-            // A little at a time, so little is left in flight once it stalls.
-            pusher.push(&mut r.client, pusher.sent + 1024);
-            tally.stalled()
-        },
-    );
+    // A little at a time, so little is left in flight once it stalls.
+    let (steps, up, mut pusher) = stall(&mut r, relay, 4, 1024);
     // Some bytes more behind the stall, so the relay cannot reach the FIN by reading
     // even if the path to the server takes a little more meanwhile.
     let behind = pusher.sent + 16 * 1024;
