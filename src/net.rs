@@ -1,5 +1,6 @@
 //! Plumbing every role stands on: addresses and access lists, the accept loop, the
-//! reader/writer pair of a TCP connection, the UDP endpoint, shutdown and counters.
+//! reader/writer pair of a TCP connection, the zero-copy relay (splice), the UDP endpoint,
+//! shutdown and counters.
 //!
 //! Nothing here knows about a role; roles are built from these pieces.
 
@@ -8,5 +9,6 @@ pub mod conn;
 pub mod limits;
 pub mod listener;
 pub mod shutdown;
+pub mod splice;
 pub mod stats;
 pub mod udp;

@@ -1,0 +1,455 @@
+//! Zero-copy relay of one direction of a TCP stream: socket → pipe → socket with
+//! `splice(2)`, so the bytes a proxy forwards never pass through user space.
+//!
+//! ```text
+//!   from ──splice──▶ pipe (F_SETPIPE_SZ-capped) ──splice──▶ to
+//!          counts `read`      in_pipe = read − written      counts `written`
+//! ```
+//!
+//! - **The pipe is the buffer.** A [`Relay`] owns one pipe, its capacity set with
+//!   `F_SETPIPE_SZ`. Nothing is read from the source while the pipe holds what the
+//!   destination has not taken, so a slow receiver holds back the sender through TCP
+//!   flow control and memory stays at one pipe per direction, however fast the sender.
+//! - **Readiness-driven.** Bytes are spliced in until the source says `EAGAIN` or a splice
+//!   comes back short (a short read means drained: wait for `readable()` before the next
+//!   one), and spliced out until the pipe is empty or the destination is full (then wait
+//!   for `writable()`). `EAGAIN` on the way in while the pipe holds bytes means the pipe
+//!   is full (it counts buffers, not bytes: many small segments fill it early), so reading
+//!   stops until the pipe has been emptied instead of spinning on a readable socket. No
+//!   call blocks a thread; a relay that never has to wait yields now and then, so one
+//!   fast stream cannot hold a thread's other tasks.
+//! - **Counted as it moves.** A shared [`Tally`] says how many bytes were read and how
+//!   many written, live, and each step is also reported to the caller's `on_step` (for
+//!   byte counters and idle timers). The counts are updated right after each `splice`
+//!   returns, before any wait, so dropping the future at any await point (a timer racing
+//!   it) loses no count; and because the pipe and the state live in the `Relay`, not in
+//!   the future, calling [`Relay::run`] again carries on where it stopped.
+//! - **Half-close.** The source's EOF ends the relay only once the pipe is empty; the
+//!   destination's write half is then shut (unless [`Relay::keep_open`] was asked), as
+//!   the copying writer does when its producer is gone.
+//! - **Failures say what was lost.** A failed splice ends the relay with a [`Failure`]:
+//!   which side failed, what was written, and what is still in the pipe (dropped, unless
+//!   the caller runs the relay again). While the relay waits for the destination with
+//!   the source unread, it looks at the source every [`STALL_CHECK`] (`poll` with
+//!   `POLLRDHUP`, which reads nothing), as [`Reader::watch`] does for the copying pump:
+//!   a reset ends the relay, a FIN is reported once as [`Step::SourceFin`].
+//! - **Fallback.** A stream `splice` cannot move (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`) ends
+//!   the relay with [`End::Unsupported`], which hands back whatever was in the pipe so
+//!   the caller can copy from there on without losing a byte.
+//!
+//! A splice into a socket whose peer has gone may raise `SIGPIPE` (the kernel offers no
+//! `MSG_NOSIGNAL` for it); Rust programs ignore that signal from the start, so it
+//! surfaces as `EPIPE`.
+//!
+//! Try it once the proxy uses it: `switchboard hello & switchboard proxy --splice
+//! --upstream 127.0.0.1:7009`, then `nc 127.0.0.1 7001`.
+//!
+//! [`Reader::watch`]: crate::net::conn::Reader::watch
+
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown as Halves, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
+
+use async_io::Async;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::pipe::{PipeFlags, SpliceFlags};
+
+use crate::net::conn::{Hangup, STALL_CHECK};
+use crate::rt;
+
+/// The pipe capacity a relay asks for by default: the kernel's own default pipe size,
+/// and as much as one read of the copying path takes in (`conn::READ_CHUNK`), so the two
+/// paths hold the same amount per direction.
+pub const PIPE_CAPACITY: usize = 64 * 1024;
+
+/// Bytes a relay may move without waiting before it yields to other tasks: a few pipes'
+/// worth, so a yield is rare next to the splices it follows, yet a stream that never
+/// waits (a fast sender to a fast receiver) still lets a pinned thread's other sessions
+/// run.
+const YIELD_AFTER: u64 = 16 * PIPE_CAPACITY as u64;
+
+/// A relay's live counts, shared with whoever reports on it ([`Relay::tally`]). Only the
+/// relay writes them; they outlive its future and the relay itself.
+#[derive(Debug, Default)]
+pub struct Tally {
+    read: AtomicU64,
+    written: AtomicU64,
+    stalled: AtomicBool,
+}
+
+impl Tally {
+    /// Bytes taken from the source so far.
+    pub fn read(&self) -> u64 {
+        self.read.load(Relaxed)
+    }
+
+    /// Bytes handed to the destination socket so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Relaxed)
+    }
+
+    /// Bytes read and not written: in the pipe, or handed back by [`End::Unsupported`].
+    pub fn unwritten(&self) -> u64 {
+        self.read().saturating_sub(self.written())
+    }
+
+    /// Whether the relay is waiting for the destination to take bytes with the pipe
+    /// full, leaving the source unread: a slow receiver is holding the sender back.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Relaxed)
+    }
+}
+
+/// One step of a relay, told to `on_step` as it happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// This many bytes came from the source into the pipe.
+    Read(usize),
+    /// This many bytes went from the pipe into the destination socket.
+    Wrote(usize),
+    /// The source shut its write half while the relay could not read it (the pipe was
+    /// full): the bytes before the FIN are still to come. Told at most once.
+    SourceFin,
+}
+
+/// How a relay ended without failing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The source closed its write half and every byte read was written (and the
+    /// destination's write half shut, unless [`Relay::keep_open`]).
+    Eof,
+    /// `splice` cannot move these streams. `pending` is what was in the pipe (read, not
+    /// written): the caller writes it first and copies from there on.
+    Unsupported { pending: Vec<u8> },
+}
+
+/// Which socket a failure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Reading failed, or the source was seen to reset while the relay waited.
+    Source,
+    /// Writing failed: the destination's peer is gone.
+    Destination,
+}
+
+/// A relay that failed, and what it had moved by then.
+#[derive(Debug)]
+pub struct Failure {
+    pub side: Side,
+    pub error: io::Error,
+    /// Bytes handed to the destination socket before the failure.
+    pub written: u64,
+    /// Bytes read and still in the pipe: never delivered, unless the relay runs again.
+    pub in_pipe: u64,
+}
+
+/// One direction of a stream, relayed through a pipe of its own (see the module notes).
+pub struct Relay {
+    /// The pipe's read end (spliced into the destination) and write end (filled from the
+    /// source); both non-blocking, so a splice never waits on the pipe either.
+    pipe_out: OwnedFd,
+    pipe_in: OwnedFd,
+    /// The pipe's capacity as the kernel set it.
+    capacity: usize,
+    /// Bytes in the pipe.
+    in_pipe: usize,
+    /// Whether the pipe may take more: cleared when it refused bytes it should have had
+    /// room for (all its buffers in use), set again once it is empty.
+    room: bool,
+    /// The source's EOF has been read.
+    eof: bool,
+    /// Shut the destination's write half after the source's EOF.
+    half_close: bool,
+    /// [`Step::SourceFin`] has been told.
+    fin_told: bool,
+    tally: Arc<Tally>,
+}
+
+impl Relay {
+    /// A relay with a pipe of `capacity` bytes (the kernel rounds it up to a power of two
+    /// pages). A capacity the kernel refuses to an unprivileged process (above
+    /// `fs.pipe-max-size`, or once the user's pipes pass `fs.pipe-user-pages-soft`) leaves
+    /// the pipe at the size the kernel gave it, which still bounds the relay. Fails only
+    /// when no pipe can be made (out of descriptors): the caller copies instead.
+    pub fn new(capacity: usize) -> io::Result<Relay> {
+        let (pipe_out, pipe_in) =
+            rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        let capacity = match rustix::pipe::fcntl_setpipe_size(&pipe_in, capacity.max(1)) {
+            Ok(set) => set,
+            Err(Errno::PERM) => rustix::pipe::fcntl_getpipe_size(&pipe_in)?,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Relay {
+            pipe_out,
+            pipe_in,
+            capacity,
+            in_pipe: 0,
+            room: true,
+            eof: false,
+            half_close: true,
+            fin_told: false,
+            tally: Arc::default(),
+        })
+    }
+
+    /// Leaves the destination's write half open after the source's EOF (the caller shuts
+    /// it, or carries on writing).
+    pub fn keep_open(mut self) -> Self {
+        self.half_close = false;
+        self
+    }
+
+    /// The pipe's capacity in bytes: the most the relay holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The relay's live counts.
+    pub fn tally(&self) -> Arc<Tally> {
+        self.tally.clone()
+    }
+
+    /// Relays `from` to `to` until the source's EOF has been written through, a splice
+    /// fails, or `splice` turns out not to work on these streams. `on_step` hears every
+    /// byte count as it moves. Safe to drop at any await point; running it again resumes.
+    pub async fn run(
+        &mut self,
+        from: &Async<TcpStream>,
+        to: &Async<TcpStream>,
+        mut on_step: impl FnMut(Step),
+    ) -> Result<End, Failure> {
+        let tally = self.tally.clone();
+        let _stalled = ClearOnDrop(&tally.stalled);
+        // Whether a splice is worth trying before waiting; a new run tries both, as a
+        // resumed one does not know what happened meanwhile.
+        let (mut can_read, mut can_write) = (true, true);
+        let mut moved_since_wait = 0u64;
+        // The next look at a source the relay cannot read; kept across stalls, so a
+        // destination that keeps taking a little does not put the look off for ever.
+        let mut look: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+        loop {
+            if can_read && self.room && !self.eof && self.in_pipe < self.capacity {
+                let want = self.capacity - self.in_pipe;
+                match splice(from.get_ref(), &self.pipe_in, want) {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => {
+                        self.in_pipe += n;
+                        tally.read.fetch_add(n as u64, Relaxed);
+                        moved_since_wait += n as u64;
+                        on_step(Step::Read(n));
+                        if n < want {
+                            can_read = false;
+                        }
+                    }
+                    Err(Errno::INTR) => continue,
+                    // The socket is drained, or the pipe is out of buffers; the second can
+                    // only be when it holds bytes, and waiting for `readable` would then
+                    // wake at once, again and again.
+                    Err(Errno::AGAIN) if self.in_pipe > 0 => self.room = false,
+                    Err(Errno::AGAIN) => can_read = false,
+                    Err(e) if unsupported(e) => return self.fall_back(),
+                    Err(e) => return Err(self.failure(Side::Source, e.into())),
+                }
+            }
+            if can_write && self.in_pipe > 0 {
+                match splice(&self.pipe_out, to.get_ref(), self.in_pipe) {
+                    Ok(0) => {
+                        let e = io::Error::from(io::ErrorKind::WriteZero);
+                        return Err(self.failure(Side::Destination, e));
+                    }
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        tally.written.fetch_add(n as u64, Relaxed);
+                        moved_since_wait += n as u64;
+                        on_step(Step::Wrote(n));
+                        if self.in_pipe == 0 {
+                            self.room = true;
+                        } else {
+                            // Short: the socket's send buffer is full.
+                            can_write = false;
+                        }
+                    }
+                    Err(Errno::INTR) => continue,
+                    Err(Errno::AGAIN) => can_write = false,
+                    Err(e) if unsupported(e) => return self.fall_back(),
+                    Err(e) => return Err(self.failure(Side::Destination, e.into())),
+                }
+            }
+            if self.eof && self.in_pipe == 0 {
+                if self.half_close {
+                    let _ = to.get_ref().shutdown(Halves::Write);
+                }
+                return Ok(End::Eof);
+            }
+            // Whether the pipe would take bytes, and whether it has bytes to give.
+            let read_open = self.room && !self.eof && self.in_pipe < self.capacity;
+            let write_open = self.in_pipe > 0;
+            if (can_read && read_open) || (can_write && write_open) {
+                // A splice can be tried at once: every pass that gets here moved bytes.
+                if moved_since_wait >= YIELD_AFTER {
+                    moved_since_wait = 0;
+                    yield_now().await;
+                }
+                continue;
+            }
+            moved_since_wait = 0;
+            let (want_read, want_write) = (read_open, write_open);
+            let stalled = !read_open && !self.eof;
+            tally.stalled.store(stalled, Relaxed);
+            if stalled && look.is_none() {
+                look = Some(Box::pin(rt::sleep(STALL_CHECK)));
+            }
+            let mut readable = std::pin::pin!(want_read.then(|| from.readable()));
+            let mut writable = std::pin::pin!(want_write.then(|| to.writable()));
+            let woke = futures::future::poll_fn(|cx| {
+                if let Some(r) = readable.as_mut().as_pin_mut()
+                    && let Poll::Ready(r) = r.poll(cx)
+                {
+                    return Poll::Ready(Woke::Readable(r));
+                }
+                if let Some(w) = writable.as_mut().as_pin_mut()
+                    && let Poll::Ready(w) = w.poll(cx)
+                {
+                    return Poll::Ready(Woke::Writable(w));
+                }
+                match look
+                    .as_mut()
+                    .filter(|_| stalled)
+                    .map(|l| l.as_mut().poll(cx))
+                {
+                    Some(Poll::Ready(())) => Poll::Ready(Woke::Look),
+                    _ => Poll::Pending,
+                }
+            })
+            .await;
+            tally.stalled.store(false, Relaxed);
+            match woke {
+                Woke::Readable(Ok(())) => can_read = true,
+                Woke::Writable(Ok(())) => can_write = true,
+                Woke::Readable(Err(e)) => return Err(self.failure(Side::Source, e)),
+                Woke::Writable(Err(e)) => return Err(self.failure(Side::Destination, e)),
+                Woke::Look => {
+                    look = None;
+                    match hangup(from.get_ref()) {
+                        Some(Hangup::Reset) => {
+                            let e = io::Error::from(io::ErrorKind::ConnectionReset);
+                            return Err(self.failure(Side::Source, e));
+                        }
+                        Some(Hangup::Fin) if !self.fin_told => {
+                            self.fin_told = true;
+                            on_step(Step::SourceFin);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn failure(&self, side: Side, error: io::Error) -> Failure {
+        Failure {
+            side,
+            error,
+            written: self.tally.written(),
+            in_pipe: self.in_pipe as u64,
+        }
+    }
+
+    /// Empties the pipe into a buffer for the caller to write: `splice` cannot go on.
+    fn fall_back(&mut self) -> Result<End, Failure> {
+        let mut pending = vec![0; self.in_pipe];
+        let mut at = 0;
+        while at < pending.len() {
+            match rustix::io::read(&self.pipe_out, &mut pending[at..]) {
+                Ok(0) => break,
+                Ok(n) => at += n,
+                Err(Errno::INTR) => continue,
+                // The bytes are ours and in the pipe; a read that fails leaves them there
+                // and counted as unwritten, which is what the failure says.
+                Err(e) => return Err(self.failure(Side::Source, e.into())),
+            }
+        }
+        pending.truncate(at);
+        self.in_pipe -= at;
+        self.room = self.in_pipe == 0;
+        Ok(End::Unsupported { pending })
+    }
+}
+
+/// What ended a relay's wait.
+enum Woke {
+    Readable(io::Result<()>),
+    Writable(io::Result<()>),
+    /// Time to look at a source the relay has not been able to read.
+    Look,
+}
+
+/// Clears a flag when the relay's future ends or is dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Relaxed);
+    }
+}
+
+/// One non-blocking `splice` of up to `len` bytes (whole pages moved, not copied).
+fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> Result<usize, Errno> {
+    rustix::pipe::splice(
+        from,
+        None,
+        to,
+        None,
+        len,
+        SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+    )
+}
+
+/// Whether an error says `splice` cannot work on this descriptor at all, rather than
+/// that the connection failed.
+fn unsupported(e: Errno) -> bool {
+    matches!(e, Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP)
+}
+
+/// Whether the peer of `socket` has sent a FIN or reset, without reading anything:
+/// `poll(2)` with `POLLRDHUP` and a zero timeout (unread bytes stay where they are).
+pub(crate) fn hangup(socket: impl AsFd) -> Option<Hangup> {
+    let mut fds = [PollFd::new(&socket, PollFlags::RDHUP)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match rustix::event::poll(&mut fds, Some(&now)) {
+        Ok(n) if n > 0 => {}
+        _ => return None,
+    }
+    let seen = fds[0].revents();
+    if seen.contains(PollFlags::ERR) {
+        Some(Hangup::Reset)
+    } else if seen.intersects(PollFlags::RDHUP | PollFlags::HUP) {
+        Some(Hangup::Fin)
+    } else {
+        None
+    }
+}
+
+/// Lets the executor run other tasks once before this one goes on.
+async fn yield_now() {
+    let mut yielded = false;
+    futures::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
