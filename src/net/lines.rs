@@ -321,7 +321,8 @@ impl<'a> Iterator for DatagramLines<'a> {
 
     fn next(&mut self) -> Option<Frame<'a>> {
         let payload = self.payload;
-        self.next_span().map(|(kind, span)| kind.frame(&payload[span]))
+        self.next_span()
+            .map(|(kind, span)| kind.frame(&payload[span]))
     }
 }
 
@@ -350,6 +351,9 @@ struct Cut {
     end: u32,
     kind: Kind,
 }
+
+/// What each frame of a [`Datagram`] takes beside its bytes.
+pub const CUT_SIZE: usize = std::mem::size_of::<Cut>();
 
 /// A datagram already cut into lines, to hand to another task: the cutting is done where
 /// the datagram arrives, and the task that takes it only reads the lines.
@@ -540,13 +544,24 @@ mod tests {
                 let want = [line(input)];
                 assert_eq!(stream(5, overlong, &[input]), want, "{input:?}");
                 let bytes: Vec<&[u8]> = input.chunks(1).collect();
-                assert_eq!(stream(5, overlong, &bytes), want, "{input:?} a byte at a time");
-                assert_eq!(datagram(5, overlong, input), want, "{input:?} as a datagram");
+                assert_eq!(
+                    stream(5, overlong, &bytes),
+                    want,
+                    "{input:?} a byte at a time"
+                );
+                assert_eq!(
+                    datagram(5, overlong, input),
+                    want,
+                    "{input:?} as a datagram"
+                );
             }
         }
         assert_eq!(stream(5, Overlong::Drop, &[b"123456\n"]), [Owned::TooLong]);
         assert_eq!(stream(5, Overlong::Drop, &[b"123456"]), [Owned::TooLong]);
-        assert_eq!(stream(5, Overlong::Drop, &[b"12345\r\r\n"]), [Owned::TooLong]);
+        assert_eq!(
+            stream(5, Overlong::Drop, &[b"12345\r\r\n"]),
+            [Owned::TooLong]
+        );
         assert_eq!(
             stream(5, Overlong::Split, &[b"123456\r\n"]),
             [Owned::Piece(b"12345".to_vec()), line(b"6\r\n")]
