@@ -85,33 +85,17 @@ fn invisible(c: char) -> bool {
         | 0x2028 | 0x2029)
 }
 
-/// The chat line path: the input is a byte stream framed into lines (in two chunkings),
-/// each line sanitised and parsed; the whole input is also sanitised as one line.
+/// The chat line path: the input is a byte stream framed into lines as the chat frames
+/// them (held to the framer's properties, as in [`lines`]), each line sanitised and
+/// parsed; the whole input is also sanitised as one line.
 pub fn chat_line(data: &[u8]) -> Vec<Violation> {
     let mut v = Vec::new();
     sanitize_and_parse(data, &mut v);
 
-    // Framing as the chat does it: the same lines whatever the chunking, none longer
-    // than the limit (the framer's own properties are the `lines` target's).
+    // Framing as the chat does it, held to the framer's properties (`framer`).
     let max = 1 + data.first().map_or(0, |&b| usize::from(b % 64));
-    let whole = frames(max, Overlong::Drop, &mut std::iter::once(data));
-    let chunked = frames(max, Overlong::Drop, &mut chunks(data));
-    check!(
-        v,
-        "framer_chunking",
-        whole == chunked,
-        "max {max}: whole {whole:?} vs chunked {chunked:?}"
-    );
-    for line in whole.iter().flatten() {
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let body = line.strip_suffix(b"\r").unwrap_or(line);
-        check!(
-            v,
-            "framer_lines",
-            body.len() <= max && !line.contains(&b'\n'),
-            "max {max}: line {line:?}"
-        );
-        sanitize_and_parse(line, &mut v);
+    for line in framer(data, max, Overlong::Drop, &mut v).iter().flatten() {
+        sanitize_and_parse(line.strip_suffix(b"\n").unwrap_or(line), &mut v);
     }
     v
 }
@@ -226,7 +210,17 @@ pub fn lines(data: &[u8]) -> Vec<Violation> {
     } else {
         Overlong::Drop
     };
+    framer(data, max, overlong, &mut v);
+    v
+}
 
+/// The framer's properties on `data` (see [`lines`]); returns its frames.
+fn framer(
+    data: &[u8],
+    max: usize,
+    overlong: Overlong,
+    v: &mut Vec<Violation>,
+) -> Vec<Option<Vec<u8>>> {
     let whole = frames(max, overlong, &mut std::iter::once(data));
     let chunked = frames(max, overlong, &mut chunks(data));
     let bytewise = frames(max, overlong, &mut data.chunks(1));
@@ -301,7 +295,7 @@ pub fn lines(data: &[u8]) -> Vec<Violation> {
         borrowed == want && kept == want,
         "{overlong:?} {max}: datagram {borrowed:?} / kept {kept:?} vs stream {want:?}"
     );
-    v
+    whole
 }
 
 // ---------------------------------------------------------------------------------------

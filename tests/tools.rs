@@ -329,20 +329,7 @@ fn listen_out_of_descriptors_pauses_until_clients_leave_then_takes_the_rest() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: only setrlimit between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 32,
-                rlim_max: 32,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_open_files(&mut cmd, 32);
     let mut proc = Proc(cmd.spawn().unwrap());
     let mut stderr = BufReader::new(proc.0.stderr.take().unwrap());
     let mut line = String::new();
