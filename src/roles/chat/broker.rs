@@ -1413,6 +1413,17 @@ mod tests {
     }
 
     #[test]
+    fn the_receive_gate_counts_a_datagrams_cuts_beyond_its_first_line() {
+        let gate = ReceiveGate::new(100);
+        // Ten empty lines: 10 bytes and nine more cuts.
+        let lines = gate.admit(vec![b'\n'; 10], 4096).unwrap();
+        assert_eq!(lines.datagram.frames(), 10);
+        assert_eq!(lines.weight, 10 + 9 * lines::CUT_SIZE);
+        assert!(gate.admit(vec![0; 100 - lines.weight + 1], 4096).is_none());
+        assert!(gate.admit(vec![0; 100 - lines.weight], 4096).is_some());
+    }
+
+    #[test]
     fn token_bucket_allows_the_burst_then_the_rate() {
         let start = Instant::now();
         let mut b = TokenBucket {
