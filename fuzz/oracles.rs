@@ -12,7 +12,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 
-use switchboard::roles::chat::protocol::{self, Command, Frame, LineFramer, TelnetFilter};
+use switchboard::net::lines::{self, Datagram, Frame, LineFramer, Overlong};
+use switchboard::roles::chat::protocol::{self, Command, TelnetFilter};
 use switchboard::roles::http::files::{self, RangeSpec};
 use switchboard::roles::http::request::{self, Request};
 use switchboard::roles::proxy::header::{self, Header, ParseError, Version};
@@ -30,6 +31,7 @@ pub type Oracle = fn(&[u8]) -> Vec<Violation>;
 /// Every target by name, as the directories under `fuzz/corpus/` are named.
 pub const TARGETS: &[(&str, Oracle)] = &[
     ("chat_line", chat_line),
+    ("lines", lines),
     ("telnet", telnet),
     ("http_request", http_request),
     ("http_range", http_range),
@@ -83,46 +85,40 @@ fn invisible(c: char) -> bool {
         | 0x2028 | 0x2029)
 }
 
-/// The chat line path: the input is a byte stream framed into lines (in two chunkings),
-/// each line sanitised and parsed; the whole input is also sanitised as one line.
+/// The chat line path: the input is a byte stream framed into lines as the chat frames
+/// them (held to the framer's properties, as in [`lines`]), each line sanitised and
+/// parsed; the whole input is also sanitised as one line.
 pub fn chat_line(data: &[u8]) -> Vec<Violation> {
     let mut v = Vec::new();
     sanitize_and_parse(data, &mut v);
 
-    // Framing: the same lines whatever the chunking, none longer than the limit.
+    // Framing as the chat does it, held to the framer's properties (`framer`).
     let max = 1 + data.first().map_or(0, |&b| usize::from(b % 64));
-    let frames = |chunks: &mut dyn Iterator<Item = &[u8]>| {
-        let mut framer = LineFramer::new(max);
-        let mut out = Vec::new();
-        for chunk in chunks {
-            framer.push(chunk, |f| {
-                out.push(match f {
-                    Frame::Line(l) => Some(l.to_vec()),
-                    Frame::TooLong => None,
-                })
-            });
-        }
-        (out, framer.finish())
-    };
-    let whole = frames(&mut std::iter::once(data));
-    let chunked = frames(&mut chunks(data));
-    check!(
-        v,
-        "framer_chunking",
-        whole == chunked,
-        "max {max}: whole {whole:?} vs chunked {chunked:?}"
-    );
-    for line in whole.0.iter().flatten() {
-        let body = line.strip_suffix(b"\r").unwrap_or(line);
-        check!(
-            v,
-            "framer_lines",
-            body.len() <= max && !line.contains(&b'\n'),
-            "max {max}: line {line:?}"
-        );
-        sanitize_and_parse(line, &mut v);
+    for line in framer(data, max, Overlong::Drop, &mut v).iter().flatten() {
+        sanitize_and_parse(line.strip_suffix(b"\n").unwrap_or(line), &mut v);
     }
     v
+}
+
+/// A stream's frames, fed in `chunks`: the bytes of each line or piece, `None` for a
+/// line dropped as too long.
+fn frames(
+    max: usize,
+    overlong: Overlong,
+    chunks: &mut dyn Iterator<Item = &[u8]>,
+) -> Vec<Option<Vec<u8>>> {
+    let mut framer = LineFramer::new(max, overlong);
+    let mut out = Vec::new();
+    for chunk in chunks {
+        let mut rest = chunk;
+        while let Some(frame) = framer.next(&mut rest) {
+            out.push(frame.bytes().map(<[u8]>::to_vec));
+        }
+    }
+    while let Some(frame) = framer.finish() {
+        out.push(frame.bytes().map(<[u8]>::to_vec));
+    }
+    out
 }
 
 fn sanitize_and_parse(bytes: &[u8], v: &mut Vec<Violation>) {
@@ -194,6 +190,112 @@ fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
         rest = tail;
         Some(chunk)
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// lines
+
+/// The line framer (`net::lines`), in both of its ways with an over-long line. The first
+/// byte picks the limit (1 to 16) and, by its top bit, splitting rather than dropping.
+/// Chunking never matters; every byte is a line's, a piece's or counted as dropped; no
+/// more than the limit (and a `\r`) is ever held; lines and pieces keep to the limit and
+/// splitting gives every byte back in order; a datagram of the same bytes gives the same
+/// frames, kept or borrowed.
+pub fn lines(data: &[u8]) -> Vec<Violation> {
+    let mut v = Vec::new();
+    let first = data.first().copied().unwrap_or(0);
+    let max = 1 + usize::from(first % 16);
+    let overlong = if first & 0x80 != 0 {
+        Overlong::Split
+    } else {
+        Overlong::Drop
+    };
+    framer(data, max, overlong, &mut v);
+    v
+}
+
+/// The framer's properties on `data` (see [`lines`]); returns its frames.
+fn framer(
+    data: &[u8],
+    max: usize,
+    overlong: Overlong,
+    v: &mut Vec<Violation>,
+) -> Vec<Option<Vec<u8>>> {
+    let whole = frames(max, overlong, &mut std::iter::once(data));
+    let chunked = frames(max, overlong, &mut chunks(data));
+    let bytewise = frames(max, overlong, &mut data.chunks(1));
+    check!(
+        v,
+        "lines_chunking",
+        whole == chunked && whole == bytewise,
+        "{overlong:?} {max}: whole {whole:?}, chunked {chunked:?}, bytewise {bytewise:?}"
+    );
+
+    // Accounting and the carry's bound, after every chunk.
+    let mut framer = LineFramer::new(max, overlong);
+    let (mut fed, mut given) = (0u64, 0u64);
+    for chunk in chunks(data) {
+        let mut rest = chunk;
+        while let Some(frame) = framer.next(&mut rest) {
+            given += frame.bytes().map_or(0, <[u8]>::len) as u64;
+        }
+        fed += chunk.len() as u64;
+        let held = framer.carried();
+        check!(
+            v,
+            "lines_carry",
+            held <= max + 1,
+            "{overlong:?} {max}: {held} bytes held"
+        );
+        let accounted = given + framer.discarded() + held as u64;
+        check!(
+            v,
+            "lines_accounting",
+            accounted == fed,
+            "{overlong:?} {max}: {accounted} bytes accounted for, {fed} fed"
+        );
+    }
+
+    let mut joined = Vec::new();
+    for frame in whole.iter().flatten() {
+        let line = frame.strip_suffix(b"\n").unwrap_or(frame);
+        let body = line.strip_suffix(b"\r").unwrap_or(line);
+        check!(
+            v,
+            "lines_limit",
+            body.len() <= max && !line.contains(&b'\n'),
+            "{overlong:?} {max}: frame {frame:?}"
+        );
+        joined.extend_from_slice(frame);
+    }
+    if overlong == Overlong::Split {
+        check!(
+            v,
+            "lines_split_whole",
+            joined == data && whole.iter().all(Option::is_some),
+            "{max}: split frames do not give back the input"
+        );
+    }
+
+    let borrowed: Vec<Option<Vec<u8>>> = lines::datagram_lines(data, max, overlong)
+        .map(|f| f.bytes().map(<[u8]>::to_vec))
+        .collect();
+    let kept: Vec<Option<Vec<u8>>> = Datagram::new(data.to_vec(), max, overlong)
+        .lines()
+        .map(|f: Frame<'_>| f.bytes().map(<[u8]>::to_vec))
+        .collect();
+    let want = if data.is_empty() {
+        vec![Some(Vec::new())]
+    } else {
+        whole.clone()
+    };
+    check!(
+        v,
+        "lines_datagram",
+        borrowed == want && kept == want,
+        "{overlong:?} {max}: datagram {borrowed:?} / kept {kept:?} vs stream {want:?}"
+    );
+    whole
 }
 
 // ---------------------------------------------------------------------------------------

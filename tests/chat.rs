@@ -430,6 +430,31 @@ fn long_lines_control_characters_and_telnet_negotiation_are_handled() {
 }
 
 #[test]
+fn a_udp_datagram_is_cut_into_lines_as_a_tcp_stream_is() {
+    // The receive loop frames a datagram with the TCP readers' rules: `\r\n` or `\n`,
+    // a blank line ignored, a line over the limit dropped and reported alone, and a last
+    // line without a newline.
+    let chat = default_chat();
+    let mut alice = User::join(chat.tcp);
+    let carol = UdpUser::new(&chat);
+    let guest = carol.join().split(' ').nth(6).unwrap().to_string();
+    assert_eq!(alice.line(), format!("* {guest} joined"));
+    let long = "y".repeat(5000);
+    carol
+        .s
+        .send_to(format!("one\r\n{long}\ntwo\n\nthree").as_bytes(), chat.udp)
+        .unwrap();
+    assert_eq!(
+        carol.datagram(),
+        "! line too long (the limit is 4096 bytes)\n"
+    );
+    for text in ["one", "two", "three"] {
+        assert_eq!(alice.line(), format!("<{guest}> {text}"));
+    }
+    chat.stop();
+}
+
+#[test]
 fn silent_udp_users_time_out() {
     let config = ChatConfig {
         udp_idle: Duration::from_millis(300),

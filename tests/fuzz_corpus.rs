@@ -164,6 +164,11 @@ fn chat_line_corpus() {
 }
 
 #[test]
+fn lines_corpus() {
+    replay("lines");
+}
+
+#[test]
 fn telnet_corpus() {
     replay("telnet");
 }
@@ -191,6 +196,7 @@ fn every_target_is_replayed() {
         names,
         [
             "chat_line",
+            "lines",
             "telnet",
             "http_request",
             "http_range",

@@ -274,3 +274,103 @@ fn listen_udp_prints_a_65520_byte_ipv6_datagram_whole() {
     assert_eq!(line.len(), expected.len(), "the datagram was cut");
     assert!(line == expected, "bytes changed");
 }
+
+/// Reads `n` lines from `out` on a thread, so a test fails at the deadline instead of
+/// hanging on a line that never comes.
+fn read_lines(out: BufReader<ChildStdout>, n: usize) -> Vec<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = out;
+        for _ in 0..n {
+            let mut line = Vec::new();
+            if out.read_until(b'\n', &mut line).unwrap_or(0) == 0 || tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (0..n)
+        .map(|i| {
+            rx.recv_timeout(DEADLINE)
+                .unwrap_or_else(|_| panic!("line {} of {n} never printed", i + 1))
+        })
+        .collect()
+}
+
+#[test]
+fn listen_prints_a_long_line_in_pieces_cut_between_characters() {
+    // '€' is 3 bytes: a 64 KiB piece would end inside one, so the first piece stops
+    // before it (65,535 bytes) and the rest of the line follows as its own line.
+    let (_proc, addr, _stderr, stdout) = start_listen(&["127.0.0.1:0"]);
+    let mut c = client(addr);
+    let text = "€".repeat(30_000);
+    c.write_all(text.as_bytes()).unwrap();
+    c.write_all(b"\n").unwrap();
+    let me = c.local_addr().unwrap();
+    let lines = read_lines(stdout, 2);
+    let (first, second) = text.split_at(65_535);
+    for (got, want) in lines.iter().zip([first, second]) {
+        let want = format!("[{me}] {want}\n").into_bytes();
+        assert!(
+            *got == want,
+            "a piece of {} bytes, not {}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+#[test]
+fn listen_out_of_descriptors_pauses_until_clients_leave_then_takes_the_rest() {
+    // `listen` takes clients through the servers' accept loop: out of descriptors it says
+    // so once and waits for a client to leave, instead of retrying at once (and printing
+    // an error each time); then it takes every client that waited.
+    let mut cmd = binary();
+    cmd.args(["listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    limit_open_files(&mut cmd, 32);
+    let mut proc = Proc(cmd.spawn().unwrap());
+    let mut stderr = BufReader::new(proc.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = find_addr(&line).unwrap_or_else(|| panic!("no address in {line:?}"));
+    let stdout = BufReader::new(proc.0.stdout.take().unwrap());
+
+    // More clients than descriptors, each with a line sent and the connection kept open.
+    let mut clients: Vec<_> = (0..64).map(|_| client(addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("client {i}\n").as_bytes()).unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = tx.send(std::mem::take(&mut line));
+        }
+    });
+    loop {
+        let note = rx
+            .recv_timeout(DEADLINE)
+            .expect("no note that accepting paused");
+        assert!(!note.contains("accept failed"), "{note}");
+        if note.contains("pausing until connections close") {
+            break;
+        }
+    }
+
+    // The clients leave; each one leaving makes room for one that waited.
+    for c in &clients {
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut got: Vec<Vec<u8>> = read_lines(stdout, clients.len());
+    let mut want: Vec<Vec<u8>> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("[{}] client {i}\n", c.local_addr().unwrap()).into_bytes())
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    clients.clear();
+}

@@ -37,6 +37,21 @@ for n, d in chat.items():
 # Known defect (issue 13, sanitiser): zero-width and bidi marks pass through.
 put("regressions", "chat_line", "known-zero-width", "a\u200bd\u200dm\u2060i\ufeffn\u200e\u200f\u061c\u2028\n".encode())
 
+# lines: the framer alone; the first byte picks the limit (1 + b % 16) and, with its top
+# bit, splitting over-long lines rather than dropping them.
+lines = {
+    "drop-crlf": b"\x04ab\r\ncdef\r\n\r\nabcde\r\n",
+    "drop-long": b"\x03toolong\nok\nlast-too-long",
+    "drop-cr-at-limit": b"\x03abc\r\nabc\r\rabc\r",
+    "split-utf8": "\x83abcé€xyz\n€€€\nπ".encode(),
+    "split-invalid": b"\x81\xff\xe2\x82\xac\xe0\x80\xc0\xf0\x9f\x98\n",
+    "split-cr": b"\x82ab\r\nabc\r\nab\r\r\n",
+    "newlines": b"\x80\n\n\n\r\n",
+    "no-newline": b"\x8funfinished line without an end",
+}
+for n, d in lines.items():
+    put("seeds", "lines", n, d)
+
 # telnet: option negotiation, subnegotiation, escapes, chunk borders.
 telnet = {
     "plain": b"hello\r\n/who\n",

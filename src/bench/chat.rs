@@ -36,6 +36,7 @@ use futures::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::{BenchOptions, GRACE, Part, Progress, REPLY_TIMEOUT, Report, many, open_all};
 use crate::Result;
+use crate::net::lines::{LineFramer, Overlong};
 use crate::rt;
 
 /// How often a sender wakes to send the lines that are due (it sends them in one write).
@@ -239,16 +240,20 @@ struct Receiver {
     me: usize,
     /// The sequence number expected next from each sender.
     next: Vec<u64>,
-    /// Bytes of a line not yet complete.
-    pending: Vec<u8>,
+    /// Cuts what arrives into lines. No limit, as the lines are the server's relay of
+    /// our own senders' short ones: a longer line is still read whole.
+    framer: LineFramer,
+    /// What the welcome's reader took beyond the first line, to be read first.
+    buffered: Vec<u8>,
 }
 
 impl Receiver {
-    fn new(me: usize, senders: usize, pending: Vec<u8>) -> Self {
+    fn new(me: usize, senders: usize, buffered: Vec<u8>) -> Self {
         Receiver {
             me,
             next: vec![0; senders],
-            pending,
+            framer: LineFramer::new(usize::MAX, Overlong::Drop),
+            buffered,
         }
     }
 }
@@ -326,7 +331,7 @@ fn receive_all(
     };
     // What the welcome reads buffered beyond the first line.
     for r in &mut receivers {
-        let buffered = std::mem::take(&mut r.pending);
+        let buffered = std::mem::take(&mut r.buffered);
         tally.take(r, &buffered, shared.clock.elapsed());
     }
     let finished = many::read_until_closed(&sockets, deadline, |i, event| match event {
@@ -363,28 +368,19 @@ impl Tally {
     fn take(&mut self, r: &mut Receiver, data: &[u8], now: Duration) -> u64 {
         let mut delivered = 0;
         let mut rest = data;
-        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-            let line = &rest[..=end];
-            rest = &rest[end + 1..];
-            let whole = if r.pending.is_empty() {
-                self.line(r, line, now)
-            } else {
-                let mut joined = std::mem::take(&mut r.pending);
-                joined.extend_from_slice(line);
-                let counted = self.line(r, &joined, now);
-                joined.clear();
-                r.pending = joined;
-                counted
-            };
-            delivered += u64::from(whole);
+        while let Some(frame) = r.framer.next(&mut rest) {
+            if let Some(line) = frame.bytes() {
+                delivered += u64::from(self.line(r.me, &mut r.next, line, now));
+            }
         }
-        r.pending.extend_from_slice(rest);
         self.part.bytes_received += data.len() as u64;
         delivered
     }
 
-    /// Checks one line; true when it was a delivery seen for the first time.
-    fn line(&mut self, r: &mut Receiver, line: &[u8], now: Duration) -> bool {
+    /// Checks one line (with its `\n`) that client `me` received, given the sequence
+    /// number it expects next from each sender; true when it was a delivery seen for the
+    /// first time.
+    fn line(&mut self, me: usize, next: &mut [u64], line: &[u8], now: Duration) -> bool {
         let text = String::from_utf8_lossy(line);
         if text.starts_with("! slow down") {
             self.part
@@ -415,21 +411,21 @@ impl Tally {
             return false;
         };
         let from = from as usize;
-        if from == r.me || from >= self.seen.len() {
+        if from == me || from >= self.seen.len() {
             self.part.error("a line came back to its sender");
             return false;
         }
         let now = now.as_micros() as u64;
         self.part
             .record(Duration::from_micros(now.saturating_sub(micros)));
-        if seq < r.next[from] {
+        if seq < next[from] {
             self.part.count("duplicated", 1);
             return false;
         }
-        if seq > r.next[from] {
+        if seq > next[from] {
             self.part.count("out of order or gap", 1);
         }
-        r.next[from] = seq + 1;
+        next[from] = seq + 1;
         self.seen[from] += 1;
         self.part.ops += 1;
         true

@@ -14,24 +14,33 @@
 //! Every byte can still be read back from the output.
 //!
 //! Every client has its own reader task; they all hand finished lines to one stdout
-//! writer actor, so lines from different clients never interleave mid-line.
+//! writer actor, so lines from different clients never interleave mid-line. A line longer
+//! than 64 KiB is printed in pieces of at most that, each cut before an unfinished UTF-8
+//! character ([`crate::net::lines`]). TCP clients are taken by the servers' accept loop
+//! ([`crate::net::listener`]): out of descriptors, it pauses until a client leaves (one
+//! note on stderr says so) instead of retrying at once.
 //!
 //! Try it: `switchboard listen 127.0.0.1:9000`, then `echo hi | nc 127.0.0.1 9000`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use futures::io::AsyncWriteExt;
 
 use crate::Result;
 use crate::net::addr::{bind_tcp, bind_udp};
 use crate::net::conn::{Input, Reader};
+use crate::net::lines::{LineFramer, Overlong, datagram_lines};
+use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::shutdown;
+use crate::net::stats::Stats;
 use crate::net::udp::RECV_BUFFER;
 use crate::rt;
 
 /// Lines queued for stdout; a full queue holds the readers back (and so the clients).
 const STDOUT_MAILBOX: usize = 256;
 
-/// A line held this long without a newline is printed in pieces of this size.
+/// A line longer than this is printed in pieces of at most this size.
 const MAX_LINE: usize = 64 * 1024;
 
 /// Runs `listen` until the process is stopped.
@@ -93,72 +102,72 @@ pub fn escape_into(text: &[u8], out: &mut Vec<u8>) {
 /// Every line of `payload` tagged with `peer` (one line, `[peer] `, for an empty one):
 /// a datagram carrying `\n[other] ...` must not print as a line from `other`.
 pub fn tagged_lines(peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    if payload.is_empty() {
-        return tagged(peer, payload);
-    }
     let mut out = Vec::with_capacity(payload.len() + 32);
-    for line in payload.split_inclusive(|&b| b == b'\n') {
+    for line in datagram_lines(payload, MAX_LINE, Overlong::Split).filter_map(|f| f.bytes()) {
         out.extend_from_slice(&tagged(peer, line));
     }
     out
 }
 
-/// Where to cut `piece` so a UTF-8 character it ends inside is left for the next piece:
-/// its length, less the bytes of an unfinished character at its end (never all of it).
-fn char_start(piece: &[u8]) -> usize {
-    match std::str::from_utf8(piece) {
-        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
-        _ => piece.len(),
-    }
-}
-
 async fn listen_tcp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()> {
     let listener = bind_tcp(addr).await?;
     crate::note!("listening on {} (TCP)", listener.local_addr()?);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                crate::note!("accept failed: {e}");
-                rt::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        crate::note!("[{peer}] connected");
-        let stdout_tx = stdout_tx.clone();
-        rt::spawn(async move {
-            let mut reader = Reader::new(stream, None);
-            let mut pending = Vec::new();
-            let why = loop {
-                match reader.next().await {
-                    Ok(Input::Data(data)) => {
-                        pending.extend_from_slice(&data);
-                        let mut start = 0;
-                        while let Some(i) = pending[start..].iter().position(|&b| b == b'\n') {
-                            let _ = stdout_tx
-                                .send_async(tagged(peer, &pending[start..start + i + 1]))
-                                .await;
-                            start += i + 1;
-                        }
-                        while pending.len() - start >= MAX_LINE {
-                            // Not inside a character, which would print as escapes.
-                            let cut = start + char_start(&pending[start..start + MAX_LINE]);
-                            let _ = stdout_tx
-                                .send_async(tagged(peer, &pending[start..cut]))
-                                .await;
-                            start = cut;
-                        }
-                        pending.drain(..start);
-                    }
-                    Ok(_) => break "closed".to_string(),
-                    Err(e) => break format!("lost: {e}"),
+    notes_for_warnings();
+    // `listen` runs until the process is stopped: this shutdown never fires.
+    let (_never, shutdown) = shutdown::channel();
+    let config = Arc::new(ServerConfig::default());
+    listener::serve("listen", listener, config, Stats::new(), shutdown, |conn| {
+        crate::note!("[{}] connected", conn.peer);
+        print_lines(conn, stdout_tx.clone())
+    })
+    .await;
+    Ok(())
+}
+
+/// One TCP client: its lines, tagged, to the stdout writer; a note when it leaves.
+async fn print_lines(conn: Conn, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()> {
+    let peer = conn.peer;
+    let mut reader = Reader::new(conn.stream, conn.idle_timeout);
+    let mut framer = LineFramer::new(MAX_LINE, Overlong::Split);
+    let why = loop {
+        match reader.next().await {
+            Ok(Input::Data(data)) => {
+                let mut rest = data.as_slice();
+                while let Some(frame) = framer.next(&mut rest) {
+                    let line = frame.bytes().unwrap_or_default(); // split, never dropped
+                    let _ = stdout_tx.send_async(tagged(peer, line)).await;
                 }
-            };
-            if !pending.is_empty() {
-                let _ = stdout_tx.send_async(tagged(peer, &pending)).await;
             }
-            crate::note!("[{peer}] {why} ({} bytes)", reader.bytes);
-        });
+            Ok(_) => break "closed".to_string(),
+            Err(e) => break format!("lost: {e}"),
+        }
+    };
+    while let Some(frame) = framer.finish() {
+        let line = frame.bytes().unwrap_or_default();
+        let _ = stdout_tx.send_async(tagged(peer, line)).await;
+    }
+    crate::note!("[{peer}] {why} ({} bytes)", reader.bytes);
+    Ok(())
+}
+
+/// The accept loop says through `log` when it pauses for want of descriptors; a tool
+/// starts no logger (stdout is data), so its warnings become stderr notes. Nothing is
+/// installed if the program already has a logger.
+fn notes_for_warnings() {
+    struct Notes;
+    impl log::Log for Notes {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                crate::note!("{}", record.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    if log::set_logger(&Notes).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
     }
 }
 
@@ -210,10 +219,14 @@ mod tests {
     }
 
     #[test]
-    fn a_long_line_is_cut_before_an_unfinished_character() {
-        assert_eq!(char_start("ab€".as_bytes()), 5);
-        assert_eq!(char_start(&"ab€".as_bytes()[..4]), 2);
-        assert_eq!(char_start(&"€".as_bytes()[..2]), 2); // nothing before it: cut anyway
-        assert_eq!(char_start(b"a\xff"), 2);
+    fn a_datagram_is_tagged_line_by_line() {
+        let peer: SocketAddr = "10.0.0.1:9".parse().unwrap();
+        assert_eq!(tagged_lines(peer, b""), b"[10.0.0.1:9] \n");
+        assert_eq!(tagged_lines(peer, b"a\n"), b"[10.0.0.1:9] a\n");
+        assert_eq!(
+            tagged_lines(peer, b"a\n\nb"),
+            b"[10.0.0.1:9] a\n[10.0.0.1:9] \n[10.0.0.1:9] b\n"
+        );
+        // (Cutting long lines before an unfinished character: `net::lines::piece_end`.)
     }
 }

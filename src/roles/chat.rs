@@ -2,12 +2,13 @@
 //!
 //! ```text
 //!   TCP client ─▶ reader (telnet filter, line framer) ─broker_tx─▶ Broker ─writer_tx─▶ writer ─▶ TCP client
-//!   UDP peer ──▶ receive loop ─────────────────────────broker_tx─▶ Broker ─sender_tx─▶ send actor ─▶ UDP peer
+//!   UDP peer ──▶ receive loop (line framer) ───────────broker_tx─▶ Broker ─sender_tx─▶ send actor ─▶ UDP peer
 //! ```
 //!
 //! The protocol is in [`protocol`], the registry and fan-out in [`broker`]. Each TCP
-//! client's reader only frames input and forwards it; everything a client sees comes
-//! from the broker through the client's own writer.
+//! client's reader only frames input and forwards it, and the UDP receive loop cuts each
+//! datagram into lines the same way ([`crate::net::lines`]); everything a client sees
+//! comes from the broker through the client's own writer.
 //!
 //! Try it: `switchboard chat`, then `telnet 127.0.0.1 7000` in two terminals, or
 //! `nc -u 127.0.0.1 7000` for a UDP user in the same room.
@@ -24,10 +25,11 @@ use broker::{
     BrokerHandle, BrokerMsg, ChatConfig, LeaveReason, LocalOnly, Outbox, ReceiveGate,
     UDP_QUEUED_BYTES, next_client_id,
 };
-use protocol::{Frame, LineFramer, TelnetFilter};
+use protocol::TelnetFilter;
 
 use crate::Result;
 use crate::net::conn::{Input, Reader, set_keepalive, spawn_writer_with};
+use crate::net::lines::{LineFramer, Overlong};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
@@ -83,6 +85,7 @@ pub async fn run(
             }
         }
     };
+    let max_line = chat.max_line;
     let tcp_loop = {
         let (broker, stats, loops_shutdown) =
             (broker.clone(), stats.clone(), loops_shutdown.clone());
@@ -108,7 +111,9 @@ pub async fn run(
                 let mut dropped = 0u64;
                 udp::receive_loop(socket, stats, loops_shutdown, |peer, data| {
                     let broker = broker.clone();
-                    let data = gate.admit(data);
+                    // Cut into lines here, as a TCP reader cuts its stream: the broker
+                    // only reads them.
+                    let data = gate.admit(data, max_line);
                     dropped += u64::from(data.is_none());
                     async move {
                         if let Some(data) = data {
@@ -169,32 +174,23 @@ async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Res
     }
     let mut reader = Reader::new(stream, idle_timeout);
     let mut telnet = TelnetFilter::default();
-    let mut framer = LineFramer::new(chat.max_line);
+    let mut framer = LineFramer::new(chat.max_line, Overlong::Drop);
     let mut clean = Vec::new();
-    let mut frames = Vec::new();
     let reason = 'read: loop {
         match reader.next().await {
             Ok(Input::Data(data)) => {
                 clean.clear();
                 telnet.filter(&data, &mut clean);
-                framer.push(&clean, |frame| {
-                    frames.push(match frame {
-                        Frame::Line(line) => BrokerMsg::Line {
-                            id,
-                            line: line.to_vec(),
-                        },
-                        Frame::TooLong => BrokerMsg::TooLong { id },
-                    })
-                });
-                for msg in frames.drain(..) {
-                    if !broker.send(msg).await {
+                let mut rest = clean.as_slice();
+                while let Some(frame) = framer.next(&mut rest) {
+                    if !broker.send(BrokerMsg::said(id, frame)).await {
                         break 'read LeaveReason::ShuttingDown;
                     }
                 }
             }
             Ok(Input::Eof) => {
-                if let Some(line) = framer.finish() {
-                    broker.send(BrokerMsg::Line { id, line }).await;
+                while let Some(frame) = framer.finish() {
+                    broker.send(BrokerMsg::said(id, frame)).await;
                 }
                 break LeaveReason::Closed;
             }

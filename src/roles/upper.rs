@@ -3,8 +3,9 @@
 //! dropped connection. Line ends (`\n`, `\r\n`) are kept; a last line without one comes
 //! back at end of input.
 //!
-//! A line longer than [`MAX_PENDING`] is not held whole: what has arrived is sent on,
-//! cut at a character boundary, so a client without newlines cannot grow memory.
+//! A line longer than [`MAX_PENDING`] is not held whole: it is sent on in pieces of at
+//! most that many bytes, each cut at a character boundary, so a client without newlines
+//! cannot grow memory ([`crate::net::lines`], [`Overlong::Split`]).
 //!
 //! Upper-casing can lengthen text (`ß` → `SS`, `ŉ` → `ʼN`, `ΐ` → `Ϊ́`, and each invalid
 //! byte → U+FFFD, 3 bytes). Over TCP the client gets all of it. Over UDP a reply is never
@@ -17,6 +18,7 @@
 
 use std::net::SocketAddr;
 
+use crate::net::lines::{LineFramer, Overlong};
 use crate::role::{Role, Session};
 
 /// Default address for TCP and UDP.
@@ -59,73 +61,39 @@ pub fn upper(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// One TCP client: the unfinished line so far.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UpperSession {
-    pending: Vec<u8>,
+    framer: LineFramer,
+}
+
+impl Default for UpperSession {
+    fn default() -> Self {
+        UpperSession {
+            framer: LineFramer::new(MAX_PENDING, Overlong::Split),
+        }
+    }
 }
 
 impl Session for UpperSession {
     fn data(&mut self, input: Vec<u8>) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut rest: &[u8] = &input;
-        if !self.pending.is_empty() {
-            // Finish the held line first.
-            match memchr(rest) {
-                Some(i) => {
-                    self.pending.extend_from_slice(&rest[..=i]);
-                    out = upper(&self.pending);
-                    self.pending.clear();
-                    rest = &rest[i + 1..];
-                }
-                None => {
-                    self.pending.extend_from_slice(rest);
-                    rest = &[];
-                }
-            }
+        // The lines and pieces of one read are upper-cased in one call: a piece ends at a
+        // character boundary and a line with its `\n`, so that is the same as one call
+        // each, with one allocation per read instead of one per line.
+        let mut text = Vec::with_capacity(input.len());
+        let mut rest = input.as_slice();
+        while let Some(frame) = self.framer.next(&mut rest) {
+            text.extend_from_slice(frame.bytes().unwrap_or_default());
         }
-        // Whole lines in this chunk go out in one piece.
-        if let Some(last_nl) = rest.iter().rposition(|&b| b == b'\n') {
-            out.extend_from_slice(&upper(&rest[..=last_nl]));
-            rest = &rest[last_nl + 1..];
-        }
-        self.pending.extend_from_slice(rest);
-        if self.pending.len() >= MAX_PENDING {
-            let cut = char_boundary(&self.pending);
-            out.extend_from_slice(&upper(&self.pending[..cut]));
-            self.pending.drain(..cut);
-        }
-        if self.pending.capacity() > MAX_PENDING * 2 {
-            self.pending.shrink_to(MAX_PENDING);
-        }
-        out
+        upper(&text)
     }
 
     fn end(&mut self) -> Vec<u8> {
-        upper(&std::mem::take(&mut self.pending))
-    }
-}
-
-fn memchr(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
-}
-
-/// Where to cut `bytes` so an unfinished multi-byte character at the end stays behind.
-fn char_boundary(bytes: &[u8]) -> usize {
-    let len = bytes.len();
-    // A UTF-8 sequence is at most 4 bytes: look back at most 3 for its lead byte.
-    for back in 1..=3.min(len) {
-        let b = bytes[len - back];
-        if b & 0xC0 != 0x80 {
-            let needed = match b {
-                0xC0..=0xDF => 2,
-                0xE0..=0xEF => 3,
-                0xF0..=0xF7 => 4,
-                _ => 1,
-            };
-            return if needed > back { len - back } else { len };
+        let mut text = Vec::new();
+        while let Some(frame) = self.framer.finish() {
+            text.extend_from_slice(frame.bytes().unwrap_or_default());
         }
+        upper(&text)
     }
-    len
 }
 
 #[cfg(test)]
@@ -183,6 +151,25 @@ mod tests {
     }
 
     #[test]
+    fn a_line_over_the_limit_comes_back_whole_in_any_chunking() {
+        // Pieces are cut at character boundaries, so upper-casing them one by one gives
+        // what the whole line gives (2-byte 'é' and an invalid byte across the cuts).
+        let mut line = "é".repeat(MAX_PENDING).into_bytes();
+        line.extend_from_slice(b"\xff\xe2\x82\xac\r\nnext");
+        let expected = upper(&line);
+        for size in [
+            1000,
+            MAX_PENDING - 1,
+            MAX_PENDING,
+            MAX_PENDING + 1,
+            line.len(),
+        ] {
+            let chunks: Vec<&[u8]> = line.chunks(size).collect();
+            assert!(run(&chunks) == expected, "chunks of {size}");
+        }
+    }
+
+    #[test]
     fn invalid_utf8_is_replaced() {
         assert_eq!(run(&[b"ab\xffc\n"]), "AB\u{FFFD}C\n".as_bytes());
     }
@@ -198,9 +185,6 @@ mod tests {
         assert!(out.len() == MAX_PENDING - 1 && out.iter().all(|&b| b == b'A'));
         assert_eq!(s.data(euro[2..].to_vec()), Vec::<u8>::new());
         assert_eq!(s.end(), "€".as_bytes());
-        assert_eq!(char_boundary("aé".as_bytes()), 3);
-        assert_eq!(char_boundary(&"aé".as_bytes()[..2]), 1);
-        assert_eq!(char_boundary(&"a€".as_bytes()[..3]), 1);
-        assert_eq!(char_boundary(&[0x80, 0x80, 0x80, 0x80]), 4);
+        // The cut itself is `net::lines::piece_end`, tested there.
     }
 }

@@ -227,6 +227,24 @@ pub fn stderr_of(proc: &mut Proc) -> String {
     err
 }
 
+/// Makes the process `cmd` starts run with at most `n` open files (soft and hard limit).
+pub fn limit_open_files(cmd: &mut Command, n: libc::rlim_t) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Sends a signal to the child.
 pub fn signal(proc: &Proc, sig: i32) {
     // SAFETY: kill(2) on our own child's pid.

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   TCP readers ──Join/Line/TooLong/Leave──┐
-//!   UDP receive loop ──Datagram────────────┼──▶ broker_rx ──▶ Broker ──try_send──▶ writer mailboxes (TCP)
+//!   UDP receive loop ──Datagram (lines)────┼──▶ broker_rx ──▶ Broker ──try_send──▶ writer mailboxes (TCP)
 //!   ticker ──Tick──────────────────────────┤                    │    └─try_send──▶ UDP send actor
 //!   chat::run ──Shutdown { done }──────────┘                    └──▶ RoomBus (the cluster seam)
 //! ```
@@ -32,6 +32,7 @@ use futures::channel::oneshot;
 use super::cookie::Cookies;
 use super::protocol::{self, Command, HELP, HELP_SHORT};
 use crate::net::conn::Outgoing;
+use crate::net::lines::{self, Datagram, Frame, Overlong};
 use crate::net::udp::{self, DatagramSender};
 use crate::rt::{self, TcpStream};
 
@@ -175,12 +176,30 @@ pub enum BrokerMsg {
     TooLong { id: ClientId },
     /// A TCP client's reader ended.
     Leave { id: ClientId, reason: LeaveReason },
-    /// A UDP datagram (one or more lines).
+    /// A UDP datagram, already cut into its lines (one or more) by the receive loop.
     Datagram { peer: SocketAddr, data: Received },
     /// Time passes: expire silent UDP clients.
     Tick,
     /// Tell everyone, let go of every writer, and stop.
     Shutdown { done: oneshot::Sender<()> },
+}
+
+impl BrokerMsg {
+    /// What a TCP client's reader sends for a frame of its input: the line without its
+    /// `\n` (a `\r` before it goes with the sanitising), or that it was too long.
+    pub fn said(id: ClientId, frame: Frame<'_>) -> BrokerMsg {
+        match frame {
+            Frame::Line(line) | Frame::Piece(line) => BrokerMsg::Line {
+                id,
+                line: without_newline(line).to_vec(),
+            },
+            Frame::TooLong => BrokerMsg::TooLong { id },
+        }
+    }
+}
+
+fn without_newline(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\n").unwrap_or(line)
 }
 
 /// The bytes of UDP datagrams waiting in the broker's mailbox may add up to this much;
@@ -197,11 +216,14 @@ pub struct ReceiveGate {
     max: usize,
 }
 
-/// A received datagram on its way to the broker; its bytes count against its
-/// [`ReceiveGate`] until the broker has handled it (dropped it).
+/// A received datagram on its way to the broker, cut into lines; its bytes count against
+/// its [`ReceiveGate`] until the broker has handled it (dropped it).
 pub struct Received {
-    /// The datagram.
-    pub bytes: Vec<u8>,
+    /// The datagram and its lines.
+    pub datagram: Datagram,
+    /// What it counts at the gate: its bytes, and its cuts beyond the first, so that a
+    /// datagram of newlines does not hold many times the bytes the gate allows.
+    weight: usize,
     queued: Arc<AtomicUsize>,
 }
 
@@ -214,16 +236,21 @@ impl ReceiveGate {
         }
     }
 
-    /// `bytes`, counted, if they fit; `None` (drop it) if not. One datagram alone always
-    /// fits.
-    pub fn admit(&self, bytes: Vec<u8>) -> Option<Received> {
+    /// `bytes` cut into lines of at most `max_line` bytes (longer ones are dropped and
+    /// reported, as from a TCP reader), counted, if they fit; `None` (drop it) if not. One
+    /// datagram alone always fits.
+    pub fn admit(&self, bytes: Vec<u8>, max_line: usize) -> Option<Received> {
+        let datagram = Datagram::new(bytes, max_line, Overlong::Drop);
+        let cuts = (datagram.frames() - 1) * lines::CUT_SIZE;
+        let weight = datagram.len() + cuts;
         let before = self.queued.load(Ordering::Relaxed);
-        if before > 0 && before + bytes.len() > self.max {
+        if before > 0 && before + weight > self.max {
             return None;
         }
-        self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        self.queued.fetch_add(weight, Ordering::Relaxed);
         Some(Received {
-            bytes,
+            datagram,
+            weight,
             queued: self.queued.clone(),
         })
     }
@@ -231,7 +258,7 @@ impl ReceiveGate {
 
 impl Drop for Received {
     fn drop(&mut self) {
-        self.queued.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+        self.queued.fetch_sub(self.weight, Ordering::Relaxed);
     }
 }
 
@@ -568,7 +595,7 @@ impl Broker {
                 BrokerMsg::Line { id, line } => self.on_line(id, &line),
                 BrokerMsg::TooLong { id } => self.line_too_long(id),
                 BrokerMsg::Leave { id, reason } => self.remove(id, reason),
-                BrokerMsg::Datagram { peer, data } => self.on_datagram(peer, &data.bytes),
+                BrokerMsg::Datagram { peer, data } => self.on_datagram(peer, &data.datagram),
                 BrokerMsg::Tick => self.expire_udp(),
                 BrokerMsg::Shutdown { done } => {
                     let bye = line(&["* server shutting down"]);
@@ -878,17 +905,18 @@ impl Broker {
         }
     }
 
-    fn on_datagram(&mut self, peer: SocketAddr, data: &[u8]) {
+    fn on_datagram(&mut self, peer: SocketAddr, data: &Datagram) {
         let asked = data.len();
-        let data = data.strip_suffix(b"\n").unwrap_or(data);
-        let mut lines = data.split(|&b| b == b'\n');
+        let mut lines = data.lines();
         let id = match self.udp_peers.get(&peer) {
             Some(&id) => id,
             None => {
                 // An address that has not joined must show that it receives what is sent
                 // to it: its first line must be `/hello TOKEN`. Until then nothing about
                 // it is stored, and all it gets is one short reply (see `reply_unjoined`).
-                let first = lines.next().unwrap_or_default();
+                // (A datagram is at least one line; a line over `--max-line` is no hello.)
+                let first = lines.next().and_then(Frame::bytes).unwrap_or_default();
+                let first = without_newline(first);
                 let first = first.strip_suffix(b"\r").unwrap_or(first);
                 let now = Instant::now();
                 // Only a line that starts like a short `/hello` is worth sanitising and
@@ -953,15 +981,13 @@ impl Broker {
             c.last_seen = Instant::now();
             c.replies.earn(asked);
         }
-        for raw in lines {
+        for frame in lines {
             if !self.clients.contains_key(&id) {
                 break; // a /quit earlier in the datagram
             }
-            let content = raw.strip_suffix(b"\r").unwrap_or(raw);
-            if content.len() > self.config.max_line {
-                self.line_too_long(id);
-            } else {
-                self.on_line(id, raw);
+            match frame.bytes() {
+                Some(raw) => self.on_line(id, without_newline(raw)),
+                None => self.line_too_long(id),
             }
         }
     }
@@ -1375,15 +1401,26 @@ mod tests {
     fn the_receive_gate_bounds_the_bytes_waiting_for_the_broker() {
         let gate = ReceiveGate::new(100);
         let big = gate
-            .admit(vec![0; 150])
+            .admit(vec![0; 150], 4096)
             .expect("one datagram alone always fits");
-        assert!(gate.admit(vec![0; 1]).is_none());
+        assert!(gate.admit(vec![0; 1], 4096).is_none());
         drop(big);
-        let a = gate.admit(vec![0; 60]).unwrap();
-        let _b = gate.admit(vec![0; 40]).unwrap();
-        assert!(gate.admit(vec![0; 1]).is_none());
+        let a = gate.admit(vec![0; 60], 4096).unwrap();
+        let _b = gate.admit(vec![0; 40], 4096).unwrap();
+        assert!(gate.admit(vec![0; 1], 4096).is_none());
         drop(a);
-        assert!(gate.admit(vec![0; 60]).is_some());
+        assert!(gate.admit(vec![0; 60], 4096).is_some());
+    }
+
+    #[test]
+    fn the_receive_gate_counts_a_datagrams_cuts_beyond_its_first_line() {
+        let gate = ReceiveGate::new(100);
+        // Ten empty lines: 10 bytes and nine more cuts.
+        let lines = gate.admit(vec![b'\n'; 10], 4096).unwrap();
+        assert_eq!(lines.datagram.frames(), 10);
+        assert_eq!(lines.weight, 10 + 9 * lines::CUT_SIZE);
+        assert!(gate.admit(vec![0; 100 - lines.weight + 1], 4096).is_none());
+        assert!(gate.admit(vec![0; 100 - lines.weight], 4096).is_some());
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The chat wire protocol as pure functions: framing, telnet filtering, sanitising and
-//! command parsing. No I/O here, so every piece is tested on its own (with property tests
-//! over arbitrary bytes).
+//! The chat wire protocol as pure functions: telnet filtering, sanitising and command
+//! parsing (lines are cut by the shared framer, [`crate::net::lines`]). No I/O here, so
+//! every piece is tested on its own (with property tests over arbitrary bytes).
 //!
 //! Lines are UTF-8 ending in `\n` or `\r\n`. Lines the server writes start with `* `
 //! (notice) or `! ` (error to the sender only). Commands: `/nick NAME`, `/msg NAME TEXT`,
@@ -229,85 +229,6 @@ impl TelnetFilter {
     }
 }
 
-/// What [`LineFramer::push`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Frame<'a> {
-    /// A complete line, without its `\n` (a `\r` before it is removed by [`sanitize`]).
-    Line(&'a [u8]),
-    /// A line went over the limit; it is being discarded up to its newline.
-    TooLong,
-}
-
-/// Splits a byte stream into lines of at most `max` bytes. An over-long line is reported
-/// once and dropped whole, and the connection carries on with the next line.
-#[derive(Debug)]
-pub struct LineFramer {
-    pending: Vec<u8>,
-    max: usize,
-    discarding: bool,
-}
-
-impl LineFramer {
-    /// A framer for lines of at most `max` bytes (not counting the line end).
-    pub fn new(max: usize) -> Self {
-        LineFramer {
-            pending: Vec::new(),
-            max,
-            discarding: false,
-        }
-    }
-
-    /// Feeds `input`, calling `on_frame` for each complete line or over-long line.
-    pub fn push(&mut self, mut input: &[u8], mut on_frame: impl FnMut(Frame<'_>)) {
-        while !input.is_empty() {
-            match input.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    let ends_cr = if i > 0 {
-                        input[i - 1] == b'\r'
-                    } else {
-                        self.pending.last() == Some(&b'\r')
-                    };
-                    let length = self.pending.len() + i - usize::from(ends_cr);
-                    if self.discarding {
-                        self.discarding = false;
-                    } else if length > self.max {
-                        on_frame(Frame::TooLong);
-                    } else if self.pending.is_empty() {
-                        on_frame(Frame::Line(&input[..i]));
-                    } else {
-                        self.pending.extend_from_slice(&input[..i]);
-                        on_frame(Frame::Line(&self.pending));
-                    }
-                    self.pending.clear();
-                    input = &input[i + 1..];
-                }
-                None => {
-                    if !self.discarding {
-                        // `max + 1`: the `\r` of a `\r\n` may still be waiting for its `\n`.
-                        if self.pending.len() + input.len() > self.max + 1 {
-                            self.pending = Vec::new();
-                            self.discarding = true;
-                            on_frame(Frame::TooLong);
-                        } else {
-                            self.pending.extend_from_slice(input);
-                        }
-                    }
-                    input = &[];
-                }
-            }
-        }
-        if self.pending.is_empty() && self.pending.capacity() > 4096 {
-            self.pending = Vec::new(); // an idle client keeps no big buffer
-        }
-    }
-
-    /// The unfinished last line at end of input, if any.
-    pub fn finish(&mut self) -> Option<Vec<u8>> {
-        let rest = std::mem::take(&mut self.pending);
-        (!rest.is_empty() && !self.discarding).then_some(rest)
-    }
-}
-
 /// The `/help` text for a UDP user: one short line, since every byte answering a UDP
 /// address is paid for by the bytes that came from it.
 pub const HELP_SHORT: &str = "* commands: /nick NAME, /msg NAME TEXT, /who, /join ROOM, /rooms, /me TEXT, /quit [REASON], //text";
@@ -472,33 +393,6 @@ mod tests {
         }
     }
 
-    fn frames(framer: &mut LineFramer, input: &[u8]) -> Vec<Option<Vec<u8>>> {
-        let mut out = Vec::new();
-        framer.push(input, |f| {
-            out.push(match f {
-                Frame::Line(l) => Some(l.to_vec()),
-                Frame::TooLong => None,
-            })
-        });
-        out
-    }
-
-    #[test]
-    fn framing_drops_only_the_long_line() {
-        let mut f = LineFramer::new(5);
-        assert_eq!(frames(&mut f, b"ab\r\ncd"), vec![Some(b"ab\r".to_vec())]);
-        assert_eq!(frames(&mut f, b"efg\n"), vec![Some(b"cdefg".to_vec())]);
-        assert_eq!(frames(&mut f, b"123456789"), vec![None]);
-        assert_eq!(frames(&mut f, b"more of it"), vec![]);
-        assert_eq!(frames(&mut f, b"\nok\n"), vec![Some(b"ok".to_vec())]);
-        assert_eq!(
-            frames(&mut f, b"toolongline\nfine\n"),
-            vec![None, Some(b"fine".to_vec())]
-        );
-        assert_eq!(frames(&mut f, b"last"), vec![]);
-        assert_eq!(f.finish(), Some(b"last".to_vec()));
-    }
-
     proptest! {
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -510,29 +404,6 @@ mod tests {
         fn sanitized_text_has_no_control_characters(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let clean = sanitize(&bytes);
             prop_assert!(clean.chars().all(|c| c == '\t' || !c.is_control()));
-        }
-
-        #[test]
-        fn framing_is_independent_of_chunk_borders(
-            lines in proptest::collection::vec("[a-z]{0,12}", 0..20),
-            cuts in proptest::collection::vec(0usize..300, 0..10),
-        ) {
-            let stream: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect();
-            let mut whole = LineFramer::new(8);
-            let expected = frames(&mut whole, &stream);
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(stream.len())).collect();
-            cuts.sort();
-            let mut f = LineFramer::new(8);
-            let mut got = Vec::new();
-            let mut at = 0;
-            for c in cuts.into_iter().chain([stream.len()]) {
-                got.extend(frames(&mut f, &stream[at..c]));
-                at = c;
-            }
-            prop_assert_eq!(got, expected);
-            // Every line of at most 8 bytes arrives; longer ones are reported as such.
-            let want: Vec<Option<Vec<u8>>> = lines.iter().map(|l| (l.len() <= 8).then(|| l.as_bytes().to_vec())).collect();
-            prop_assert_eq!(frames(&mut LineFramer::new(8), &stream), want);
         }
 
         #[test]
