@@ -367,7 +367,7 @@ pub async fn open_all(target: SocketAddr, n: usize) -> Result<Vec<rt::TcpStream>
         let s = match rt::timeout(REPLY_TIMEOUT, rt::TcpStream::connect(target)).await {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                let why = crate::net::addr::describe(&e);
+                let why = crate::net::describe::describe(&e);
                 return Err(format!("connection {} of {n} to {target}: {why}", i + 1).into());
             }
             None => {

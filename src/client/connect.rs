@@ -18,10 +18,11 @@ use futures::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::Result;
 use crate::client::resolve_target;
-use crate::net::addr::describe;
-use crate::net::conn::{Input, READ_CHUNK, Reader, spawn_writer};
+use crate::net::describe::describe;
+use crate::net::reader::{Input, READ_CHUNK, Reader};
 use crate::net::stats::Stats;
 use crate::net::udp::{MAX_DATAGRAM, RECV_BUFFER};
+use crate::net::writer::spawn_writer;
 use crate::rt::{self, TcpStream, UdpSocket};
 
 /// What `connect` was asked to do.

@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 use futures::io::AsyncWriteExt;
 
 use crate::Result;
-use crate::net::addr::{bind_tcp, bind_udp};
-use crate::net::conn::{Input, Reader};
+use crate::net::bind::{bind_tcp, bind_udp};
+use crate::net::reader::{Input, Reader};
 use crate::net::udp::RECV_BUFFER;
 use crate::rt;
 

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{Shutdown as Halves, SocketAddr};
+use std::net::{Shutdown as Direction, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -21,7 +21,7 @@ use futures::FutureExt;
 use futures::io::AsyncWriteExt;
 
 use crate::Result;
-use crate::net::addr::AccessList;
+use crate::net::access::AccessList;
 use crate::net::limits::is_resource_exhaustion;
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
@@ -181,7 +181,7 @@ pub async fn serve<H, F>(
                     let _task = task;
                     let mut s = &stream;
                     let _ = rt::timeout(NOTICE_TIMEOUT, s.write_all(&notice)).await;
-                    let _ = stream.shutdown(Halves::Both);
+                    let _ = stream.shutdown(Direction::Both);
                 });
             }
             continue;
@@ -222,6 +222,6 @@ pub async fn serve<H, F>(
     }
     log::log!(announce, role = role, open = open.len(); "stopped accepting; closing connections");
     for stream in open.values() {
-        let _ = stream.shutdown(Halves::Read);
+        let _ = stream.shutdown(Direction::Read);
     }
 }

@@ -27,11 +27,13 @@ use broker::{
 use protocol::{Frame, LineFramer, TelnetFilter};
 
 use crate::Result;
-use crate::net::conn::{Input, Reader, set_keepalive, spawn_writer_with};
 use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::reader::{Input, Reader};
 use crate::net::shutdown::{self, Shutdown};
+use crate::net::socket::set_keepalive;
 use crate::net::stats::Stats;
 use crate::net::udp;
+use crate::net::writer::spawn_writer_with;
 use crate::rt::{self, TcpListener, UdpSocket};
 
 /// Default address for TCP and UDP.

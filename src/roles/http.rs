@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::Result;
-use crate::net::conn::{
-    FileRegion, Input, Outgoing, Reader, WRITER_MAILBOX, WriterEnd, spawn_writer_closing,
-    spawn_writer_watched, writer_ended,
-};
 use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::reader::{Input, Reader};
+use crate::net::sendfile::FileRegion;
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
+use crate::net::writer::{
+    Outgoing, WRITER_MAILBOX, WriterEnd, spawn_writer_closing, spawn_writer_watched, writer_ended,
+};
 use crate::rt::{self, TcpListener};
 use files::{Body, Response};
 use request::{HeadBuffer, HeadError, Request};

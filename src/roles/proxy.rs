@@ -25,7 +25,7 @@
 pub mod header;
 pub mod upstreams;
 
-use std::net::{Shutdown as Halves, SocketAddr};
+use std::net::{Shutdown as Direction, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -34,10 +34,12 @@ use futures::io::AsyncReadExt;
 use futures::{FutureExt, StreamExt};
 
 use crate::Result;
-use crate::net::addr::AccessList;
-use crate::net::conn::{Delivery, Handoff, Hangup, Input, Reader, unsent};
+use crate::net::access::AccessList;
+use crate::net::handoff::{Delivery, Handoff};
 use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::reader::{Input, Reader};
 use crate::net::shutdown::Shutdown;
+use crate::net::socket::{Hangup, unsent};
 use crate::net::stats::Stats;
 use crate::rt::{self, TcpListener, TcpStream};
 use header::Version;
@@ -204,7 +206,7 @@ type FinNotice = &'static str;
 /// One direction of a session: reads one socket, feeds the other side's writer. Bytes
 /// are counted into `stats.bytes_in` as they are read, so the summary is right while
 /// the session is open. Returns the bytes read (the other writer's
-/// [`Delivery`](crate::net::conn::Delivery) says how many of them were written) and how
+/// [`Delivery`](crate::net::handoff::Delivery) says how many of them were written) and how
 /// the direction ended.
 async fn pump(
     mut reader: Reader,
@@ -504,7 +506,7 @@ impl Movement {
 
 fn shut(sockets: &[&TcpStream]) {
     for s in sockets {
-        let _ = s.shutdown(Halves::Both);
+        let _ = s.shutdown(Direction::Both);
     }
 }
 

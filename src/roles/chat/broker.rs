@@ -31,8 +31,8 @@ use futures::channel::oneshot;
 
 use super::cookie::Cookies;
 use super::protocol::{self, Command, HELP, HELP_SHORT};
-use crate::net::conn::Outgoing;
 use crate::net::udp::{self, DatagramSender};
+use crate::net::writer::Outgoing;
 use crate::rt::{self, TcpStream};
 
 /// Identifies one client for the broker's life.

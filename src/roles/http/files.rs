@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::request::{self, Request, TargetError};
-use crate::net::conn::FileRegion;
+use crate::net::sendfile::FileRegion;
 
 /// Bodies up to this size are read into the response; larger ones are sent from the file.
 pub const SMALL_FILE: u64 = 64 * 1024;

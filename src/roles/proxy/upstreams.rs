@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use crate::net::addr::describe;
+use crate::net::describe::describe;
 use crate::net::limits::{errno_left_by, exhausted, is_resource_exhaustion, socket_available};
 use crate::rt::{self, TcpStream};
 
