@@ -16,5 +16,7 @@ pub mod sendfile;
 pub mod shutdown;
 pub mod socket;
 pub mod stats;
+pub mod stream;
+mod sys;
 pub mod udp;
 pub mod writer;

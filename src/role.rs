@@ -118,8 +118,9 @@ pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()>
     // limit, or SEND_TIMEOUT_DEFAULT when it is off) closes it instead.
     let (writer_tx, writer_rx) = flume::bounded::<Vec<u8>>(WRITER_MAILBOX);
     let send_timeout = idle_timeout.unwrap_or(SEND_TIMEOUT_DEFAULT);
-    let ended_rx = spawn_writer_watched(stream.clone(), writer_rx, &stats, Some(send_timeout));
-    let mut reader = Reader::new(stream, idle_timeout);
+    let (read, write) = stream.split();
+    let ended_rx = spawn_writer_watched(write, writer_rx, &stats, Some(send_timeout));
+    let mut reader = Reader::new(read, idle_timeout);
     let started = std::time::Instant::now();
 
     let (greeting, flow) = session.open();

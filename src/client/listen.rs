@@ -25,6 +25,7 @@ use futures::io::AsyncWriteExt;
 use crate::Result;
 use crate::net::bind::{bind_tcp, bind_udp};
 use crate::net::reader::{Input, Reader};
+use crate::net::stream::Stream;
 use crate::net::udp::RECV_BUFFER;
 use crate::rt;
 
@@ -116,7 +117,11 @@ async fn listen_tcp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()>
     let listener = bind_tcp(addr).await?;
     crate::note!("listening on {} (TCP)", listener.local_addr()?);
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener
+            .accept()
+            .await
+            .and_then(|(s, peer)| Ok((Stream::new(s)?, peer)))
+        {
             Ok(pair) => pair,
             Err(e) => {
                 crate::note!("accept failed: {e}");
@@ -127,7 +132,7 @@ async fn listen_tcp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()>
         crate::note!("[{peer}] connected");
         let stdout_tx = stdout_tx.clone();
         rt::spawn(async move {
-            let mut reader = Reader::new(stream, None);
+            let mut reader = Reader::new(stream.split().0, None);
             let mut pending = Vec::new();
             let why = loop {
                 match reader.next().await {

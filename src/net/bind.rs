@@ -67,70 +67,16 @@ pub async fn bind_udp(addr: &str) -> Result<UdpSocket> {
 /// Binds a TCP listener with `SO_REUSEPORT`, so several threads can each own a listener
 /// on the same address and the kernel spreads new connections across them.
 pub fn bind_tcp_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use std::os::fd::FromRawFd;
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
     let family = if addr.is_ipv4() {
-        libc::AF_INET
+        AddressFamily::INET
     } else {
-        libc::AF_INET6
+        AddressFamily::INET6
     };
-    // SAFETY: plain socket calls on a descriptor we own until it is handed to TcpListener;
-    // the sockaddr structs are built to the sizes we pass.
-    unsafe {
-        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let listener = std::net::TcpListener::from_raw_fd(fd); // closes fd on any error below
-        let one: libc::c_int = 1;
-        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-            let p = &one as *const _ as *const libc::c_void;
-            if libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                p,
-                std::mem::size_of::<libc::c_int>() as u32,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        let rc = match addr {
-            SocketAddr::V4(a) => {
-                let sin = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(a.ip().octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
-                libc::bind(
-                    fd,
-                    &sin as *const _ as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            }
-            SocketAddr::V6(a) => {
-                let sin6 = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: a.port().to_be(),
-                    sin6_flowinfo: a.flowinfo(),
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: a.ip().octets(),
-                    },
-                    sin6_scope_id: a.scope_id(),
-                };
-                libc::bind(
-                    fd,
-                    &sin6 as *const _ as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
-                )
-            }
-        };
-        if rc != 0 || libc::listen(fd, 1024) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(listener)
-    }
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 1024)?;
+    Ok(std::net::TcpListener::from(fd))
 }

@@ -4,18 +4,20 @@
 //! mailbox as usual. Byte order is kept because the producer writes directly only when
 //! everything it queued before has been written. It also counts the bytes that reached
 //! its socket (direct and by the writer), and its [`Delivery`] tells when the writer has
-//! ended: what a proxy session logs as delivered.
+//! ended: what a proxy session logs as delivered. Only a plain stream has a direct
+//! path; under a session every byte goes through the writer.
 
 use std::io;
-use std::net::Shutdown as Direction;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::net::socket::unacked;
+use rustix::io::Errno;
+use rustix::net::SendFlags;
+
+use crate::net::socket::Socket;
 use crate::net::stats::Stats;
+use crate::net::stream::WriteHalf;
 use crate::net::writer::{WRITER_MAILBOX, WriterEnd, count_written, peer_may_lack, start_writer};
-use crate::rt::TcpStream;
 
 /// The one producer's handle to a writer actor: a mailbox plus a direct path to the
 /// socket that is taken while the writer is idle (see the module notes).
@@ -24,7 +26,8 @@ use crate::rt::TcpStream;
 /// and shuts the write half.
 pub struct Handoff {
     tx: flume::Sender<Vec<u8>>,
-    stream: TcpStream,
+    /// The socket, for writes around the writer; `None` under a session.
+    direct: Option<Socket>,
     /// What the writer and this handle share.
     progress: Arc<Progress>,
     /// Where bytes written on the direct path are counted, as they are written.
@@ -72,12 +75,13 @@ pub struct WriterGone;
 
 impl Handoff {
     /// Spawns the writer actor for `stream` with a [`WRITER_MAILBOX`]-chunk mailbox.
-    pub fn spawn(stream: TcpStream, stats: &Arc<Stats>) -> Self {
+    pub fn spawn(stream: WriteHalf, stats: &Arc<Stats>) -> Self {
+        let direct = stream.raw().cloned();
         let (tx, rx) = flume::bounded(WRITER_MAILBOX);
         let (ended_tx, ended_rx) = flume::bounded(1);
         let progress = Arc::new(Progress::default());
         start_writer(
-            stream.clone(),
+            stream,
             rx,
             Some(progress.clone()),
             stats,
@@ -87,7 +91,7 @@ impl Handoff {
         );
         Handoff {
             tx,
-            stream,
+            direct,
             progress,
             stats: stats.clone(),
             ended_rx,
@@ -108,8 +112,10 @@ impl Handoff {
     pub async fn send(&mut self, mut data: Vec<u8>) -> Result<(), WriterGone> {
         // Acquire pairs with the writer's Release after a write: when nothing is pending,
         // every byte sent before is in the socket, so writing now keeps the order.
-        if self.progress.pending.load(Ordering::Acquire) == 0 {
-            match try_send_now(&self.stream, &data) {
+        if let Some(socket) = &self.direct
+            && self.progress.pending.load(Ordering::Acquire) == 0
+        {
+            match try_send_now(socket, &data) {
                 Ok(n) if n == data.len() => {
                     count_written(&self.stats, Some(&self.progress), n);
                     return Ok(());
@@ -122,10 +128,10 @@ impl Handoff {
                     log::debug!("write failed: {e}");
                     // What the peer never acknowledged is not delivered (before the
                     // shutdown, whose FIN would count in the send queue).
-                    if peer_may_lack(&e, &self.stream) {
-                        self.progress.take_back_unacked(&self.stream, &self.stats);
+                    if peer_may_lack(&e, socket) {
+                        self.progress.take_back_unacked(socket, &self.stats);
                     }
-                    let _ = self.stream.shutdown(Direction::Both);
+                    let _ = socket.shut_both();
                     return Err(WriterGone);
                 }
             }
@@ -136,26 +142,14 @@ impl Handoff {
 }
 
 /// One non-blocking `send` of as much of `data` as the socket takes now (0 when full).
-fn try_send_now(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
+/// MSG_NOSIGNAL: a reset peer gives EPIPE, not SIGPIPE.
+fn try_send_now(socket: &Socket, data: &[u8]) -> io::Result<usize> {
     loop {
-        // SAFETY: the descriptor is open (we hold the stream) and `data` is a valid
-        // buffer of `data.len()` bytes. MSG_NOSIGNAL: a reset peer gives EPIPE, not SIGPIPE.
-        let n = unsafe {
-            libc::send(
-                stream.as_raw_fd(),
-                data.as_ptr() as *const libc::c_void,
-                data.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(0),
-            _ => return Err(e),
+        match rustix::net::send(socket, data, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Ok(0),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -163,11 +157,11 @@ fn try_send_now(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
 impl Progress {
     /// [`Counter::take_back_unacked`] for a handoff's socket, done once whichever of the
     /// direct path and the writer fails first (the other then finds it done).
-    pub(crate) fn take_back_unacked(&self, stream: &TcpStream, stats: &Stats) -> u64 {
+    pub(crate) fn take_back_unacked(&self, socket: &Socket, stats: &Stats) -> u64 {
         if self.settled.swap(true, Ordering::AcqRel) {
             return 0;
         }
-        let lost = unacked(stream, self.written.load(Ordering::Relaxed));
+        let lost = socket.unacked(self.written.load(Ordering::Relaxed));
         self.written.fetch_sub(lost, Ordering::Relaxed);
         stats.bytes_out.fetch_sub(lost, Ordering::Relaxed);
         lost
@@ -177,68 +171,62 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::socket::{reset_on_close, set_int_option};
+    use crate::net::stream::tests::{layered, pair};
     use crate::rt;
     use futures::io::AsyncWriteExt;
     use std::time::{Duration, Instant};
-
-    /// A connected pair of streams on loopback.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = rt::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let near = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (far, _) = listener.accept().await.unwrap();
-        (near, far)
-    }
 
     #[test]
     fn handoff_keeps_order_across_direct_and_queued_writes() {
         use futures::io::AsyncReadExt;
         rt::block_on(async {
-            let (near, mut far) = pair().await;
-            // A small send buffer fills after a few chunks, so the sends below keep
-            // switching between the direct path and the writer's mailbox.
-            set_int_option(near.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 4096).unwrap();
-            let stats = Stats::new();
-            let mut handoff = Handoff::spawn(near.clone(), &stats);
-            let delivery = handoff.delivery();
-            let expected: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
-            let sending = expected.clone();
-            let sender = rt::spawn(async move {
-                let mut at = 0;
-                for n in [1usize, 700, 65_536, 3, 40_000, 9_000].into_iter().cycle() {
-                    if at >= sending.len() {
-                        break;
+            for wrap in [false, true] {
+                let (near, far) = pair().await;
+                // A small send buffer fills after a few chunks, so the sends below keep
+                // switching between the direct path and the writer's mailbox.
+                rustix::net::sockopt::set_socket_send_buffer_size(near.socket(), 4096).unwrap();
+                let near = if wrap { layered(near) } else { near };
+                let stats = Stats::new();
+                let mut handoff = Handoff::spawn(near.split().1, &stats);
+                let delivery = handoff.delivery();
+                let expected: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+                let sending = expected.clone();
+                let sender = rt::spawn(async move {
+                    let mut at = 0;
+                    for n in [1usize, 700, 65_536, 3, 40_000, 9_000].into_iter().cycle() {
+                        if at >= sending.len() {
+                            break;
+                        }
+                        let end = (at + n).min(sending.len());
+                        handoff.send(sending[at..end].to_vec()).await.unwrap();
+                        at = end;
                     }
-                    let end = (at + n).min(sending.len());
-                    handoff.send(sending[at..end].to_vec()).await.unwrap();
-                    at = end;
+                    // Dropping the handoff lets the writer flush and shut the write half.
+                });
+                let (mut far, _far_w) = far.split();
+                let mut got = Vec::new();
+                far.read_to_end(&mut got).await.unwrap();
+                sender.await;
+                assert_eq!(got.len(), expected.len());
+                assert!(got == expected, "bytes reordered or changed");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while stats.live_tasks() > 0 && Instant::now() < deadline {
+                    rt::sleep(Duration::from_millis(5)).await;
                 }
-                // Dropping the handoff lets the writer flush and shut the write half.
-            });
-            let mut got = Vec::new();
-            far.read_to_end(&mut got).await.unwrap();
-            sender.await;
-            assert_eq!(got.len(), expected.len());
-            assert!(got == expected, "bytes reordered or changed");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while stats.live_tasks() > 0 && Instant::now() < deadline {
-                rt::sleep(Duration::from_millis(5)).await;
+                assert_eq!(stats.live_tasks(), 0, "the writer outlived its handoff");
+                assert_eq!(
+                    stats.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+                    expected.len() as u64
+                );
+                // The handoff's own count (direct and queued writes) says the same, and its
+                // writer is seen to have ended.
+                assert!(
+                    rt::timeout(Duration::from_secs(10), delivery.ended())
+                        .await
+                        .is_some()
+                );
+                assert_eq!(delivery.written(), expected.len() as u64);
             }
-            assert_eq!(stats.live_tasks(), 0, "the writer outlived its handoff");
-            assert_eq!(
-                stats.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
-                expected.len() as u64
-            );
-            // The handoff's own count (direct and queued writes) says the same, and its
-            // writer is seen to have ended.
-            assert!(
-                rt::timeout(Duration::from_secs(10), delivery.ended())
-                    .await
-                    .is_some()
-            );
-            assert_eq!(delivery.written(), expected.len() as u64);
         });
     }
 
@@ -247,13 +235,12 @@ mod tests {
         rt::block_on(async {
             let (near, far) = pair().await;
             let stats = Stats::new();
-            let mut handoff = Handoff::spawn(near, &stats);
+            let mut handoff = Handoff::spawn(near.split().1, &stats);
             // Close the far side with unread input so it resets the connection.
-            let mut far_w = far.clone();
+            let (far_r, mut far_w) = far.split();
             far_w.write_all(b"x").await.unwrap();
-            drop(far_w);
-            reset_on_close(&far).unwrap();
-            drop(far);
+            far_w.socket().reset_on_close().unwrap();
+            drop((far_r, far_w));
             let deadline = Instant::now() + Duration::from_secs(10);
             let mut gone = false;
             while Instant::now() < deadline {

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use futures::io::AsyncRead;
 
-use crate::net::socket::{Hangup, hangup};
-use crate::rt::{self, TcpStream};
+use crate::net::socket::{Hangup, Socket};
+use crate::net::stream::ReadHalf;
+use crate::rt;
 
 /// The most one read takes in; also the size of the per-thread scratch buffer.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -50,7 +51,7 @@ pub enum Input {
 
 /// The read side of a connection, with an optional idle timeout.
 pub struct Reader {
-    stream: TcpStream,
+    stream: ReadHalf,
     idle: Option<Duration>,
     last_input: Instant,
     timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -63,8 +64,8 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Reads from `stream` (a clone of the connection; the reader never writes to it).
-    pub fn new(stream: TcpStream, idle: Option<Duration>) -> Self {
+    /// Reads from `stream`, the read half of a connection (the reader never writes).
+    pub fn new(stream: ReadHalf, idle: Option<Duration>) -> Self {
         Reader {
             stream,
             idle,
@@ -74,6 +75,11 @@ impl Reader {
             fin_noticed: false,
             bytes: 0,
         }
+    }
+
+    /// The socket beneath, for what is done to it without reading.
+    pub fn socket(&self) -> &Socket {
+        self.stream.socket()
     }
 
     /// The next chunk, end of input, or idle timeout.
@@ -145,7 +151,7 @@ impl Reader {
                     return Poll::Pending;
                 }
                 self.stall_timer = None;
-                match hangup(&self.stream) {
+                match self.stream.socket().hangup() {
                     Some(Hangup::Reset) => return Poll::Ready(Err(Hangup::Reset)),
                     Some(Hangup::Fin) if !self.fin_noticed => {
                         self.fin_noticed = true;
@@ -176,7 +182,7 @@ impl Reader {
 }
 
 /// Polls one read into this thread's scratch buffer and copies out what arrived.
-fn poll_read_scratch(stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<Vec<u8>>> {
+fn poll_read_scratch(stream: &mut ReadHalf, cx: &mut Context<'_>) -> Poll<io::Result<Vec<u8>>> {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         Pin::new(stream)
@@ -188,55 +194,76 @@ fn poll_read_scratch(stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::socket::reset_on_close;
+    use crate::net::stream::tests::{layered, pair};
     use futures::io::AsyncWriteExt;
-    use std::net::Shutdown as Direction;
-
-    /// A connected pair of streams on loopback.
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = rt::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let near = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (far, _) = listener.accept().await.unwrap();
-        (near, far)
-    }
 
     #[test]
     fn watch_sees_a_fin_behind_unread_bytes_and_then_a_reset_without_reading() {
         rt::block_on(async {
-            let (near, mut far) = pair().await;
-            far.write_all(b"unread").await.unwrap();
-            far.shutdown(Direction::Write).unwrap();
-            let mut reader = Reader::new(near.clone(), None);
-            // The work ends when the FIN is reported: the wait itself reads nothing.
-            let (fin_tx, fin_rx) = flume::bounded::<()>(1);
-            let out = reader
-                .watch(fin_rx.recv_async(), move || {
-                    let _ = fin_tx.try_send(());
-                })
-                .await;
-            assert_eq!(out, Ok(Ok(())));
-            assert_eq!(
-                reader.next().await.unwrap(),
-                Input::Data(b"unread".to_vec())
-            );
-            assert_eq!(reader.next().await.unwrap(), Input::Eof);
+            for wrap in [false, true] {
+                let (near, far) = pair().await;
+                let near = if wrap { layered(near) } else { near };
+                let (_far_r, mut far_w) = far.split();
+                far_w.write_all(b"unread").await.unwrap();
+                far_w.socket().shut_write().unwrap();
+                let (near_r, _near_w) = near.split();
+                let mut reader = Reader::new(near_r, None);
+                // The work ends when the FIN is reported: the wait itself reads nothing.
+                let (fin_tx, fin_rx) = flume::bounded::<()>(1);
+                let out = reader
+                    .watch(fin_rx.recv_async(), move || {
+                        let _ = fin_tx.try_send(());
+                    })
+                    .await;
+                assert_eq!(out, Ok(Ok(())));
+                assert_eq!(
+                    reader.next().await.unwrap(),
+                    Input::Data(b"unread".to_vec())
+                );
+                assert_eq!(reader.next().await.unwrap(), Input::Eof);
+            }
 
             // A reset, with bytes still unread, ends a wait that would never end.
-            let (near, mut far) = pair().await;
-            far.write_all(b"unread").await.unwrap();
-            let mut near_w = near.clone();
+            let (near, far) = pair().await;
+            let (_far_r, mut far_w) = far.split();
+            far_w.write_all(b"unread").await.unwrap();
+            let (near_r, mut near_w) = near.split();
             near_w.write_all(b"to be refused").await.unwrap();
-            reset_on_close(&far).unwrap();
-            drop(far);
-            let mut reader = Reader::new(near, None);
+            far_w.socket().reset_on_close().unwrap();
+            drop((_far_r, far_w));
+            let mut reader = Reader::new(near_r, None);
             let out = rt::timeout(
                 Duration::from_secs(20),
                 reader.watch(futures::future::pending::<()>(), || {}),
             )
             .await;
             assert_eq!(out, Some(Err(Hangup::Reset)));
+        });
+    }
+
+    #[test]
+    fn a_short_read_waits_for_readiness_and_a_full_one_reads_again() {
+        rt::block_on(async {
+            let (near, far) = pair().await;
+            let (_far_r, mut far_w) = far.split();
+            let (near_r, _near_w) = near.split();
+            let mut reader = Reader::new(near_r, None);
+            // More than one chunk arrives at once: the first read fills the buffer and
+            // the next takes the rest straight away; then, drained, the reader waits.
+            let sent: Vec<u8> = (0..READ_CHUNK + 100).map(|i| (i % 7) as u8).collect();
+            far_w.write_all(&sent).await.unwrap();
+            let mut got = Vec::new();
+            while got.len() < sent.len() {
+                match reader.next().await.unwrap() {
+                    Input::Data(d) => got.extend(d),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(got, sent);
+            far_w.write_all(b"more").await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Input::Data(b"more".to_vec()));
+            far_w.close().await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Input::Eof);
         });
     }
 }

@@ -1,16 +1,17 @@
-//! Sending part of a file with `sendfile(2)`, so large files never pass through user
-//! space.
+//! Sending part of a file: with `sendfile(2)` on a plain socket, so large files never
+//! pass through user space; through the session, in chunks, on a layered stream.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::io::AsyncWriteExt;
+use rustix::io::Errno;
 
 use crate::net::shutdown::Shutdown;
+use crate::net::socket::Socket;
+use crate::net::stream::WriteHalf;
 use crate::net::writer::deadline::{ServerClosing, progress};
-use crate::rt::TcpStream;
 
 /// Part of an open file, to be sent as it is.
 #[derive(Clone, Debug)]
@@ -20,72 +21,89 @@ pub struct FileRegion {
     pub len: u64,
 }
 
-/// Sends a file region with `sendfile`. When the socket is full, one ordinary write of
-/// the next few bytes waits for room (the runtime offers no bare "wait until writable").
-/// A file that shrank underneath is an error: the promised length cannot be kept.
-pub async fn send_file(stream: &TcpStream, region: &FileRegion) -> io::Result<u64> {
+/// The most one copy through a session reads from the file at a time.
+const COPY_CHUNK: usize = 64 * 1024;
+
+/// Sends a file region: `sendfile` on a plain stream, waiting on the reactor whenever the
+/// socket is full; a copy through the session on a layered one. A file that shrank
+/// underneath is an error: the promised length cannot be kept.
+pub async fn send_file(stream: &mut WriteHalf, region: &FileRegion) -> io::Result<u64> {
     let mut sent = 0;
-    send_file_counted(stream, region, &mut sent, None, None, &mut |_| {}).await?;
+    let socket = stream.socket().clone();
+    send_file_counted(stream, &socket, region, &mut sent, None, None, &mut |_| {}).await?;
     Ok(sent)
 }
 
 /// [`send_file`], counting into `sent` the bytes of the region sent so far, so a caller
 /// knows how far it got when it fails, and telling `on_sent` each call's bytes as it
 /// returns (so the server's counters move during a long transfer); a wait for room that
-/// lasts `send_timeout` fails (every `sendfile` or write that moves bytes starts that
-/// clock again), as does one still waiting when `close` fires.
+/// makes no progress for `send_timeout` fails ([`progress`]), as does one still waiting
+/// when `close` fires.
 pub(crate) async fn send_file_counted(
-    mut stream: &TcpStream,
+    stream: &mut WriteHalf,
+    socket: &Socket,
     region: &FileRegion,
     sent: &mut u64,
     send_timeout: Option<Duration>,
     close: Option<&Shutdown>,
     on_sent: &mut (dyn FnMut(u64) + Send),
 ) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let (sock, file) = (stream.as_raw_fd(), region.file.as_raw_fd());
     let end = region.offset + region.len;
-    let mut offset = region.offset as libc::off_t;
-    let mut fallback = [0u8; 4096];
-    while (offset as u64) < end {
-        *sent = offset as u64 - region.offset;
+    let mut offset = region.offset;
+    let mut copy = Vec::new();
+    while offset < end {
+        *sent = offset - region.offset;
         if close.is_some_and(Shutdown::is_fired) {
             return Err(io::Error::other(ServerClosing));
         }
-        let want = (end - offset as u64).min(1 << 30) as usize;
-        // SAFETY: both descriptors are open for the duration (we hold the stream and the
-        // file), and `offset` is a valid off_t the kernel advances.
-        let n = unsafe { libc::sendfile(sock, file, &mut offset, want) };
-        if n > 0 {
-            on_sent(n as u64);
+        if let Some(raw) = stream.raw() {
+            let want = (end - offset).min(1 << 30) as usize;
+            match rustix::fs::sendfile(raw, &*region.file, Some(&mut offset), want) {
+                Ok(0) => return Err(shrank()),
+                Ok(n) => {
+                    *sent = offset - region.offset;
+                    on_sent(n as u64);
+                    if n < want {
+                        // The socket took what it had room for: wait for more room
+                        // rather than ask again for an EAGAIN.
+                        progress(socket, send_timeout, close, socket.writable()).await?;
+                    }
+                }
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => {
+                    progress(socket, send_timeout, close, socket.writable()).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
             continue;
         }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file shrank while it was being sent",
-            ));
+        // Under a session: the bytes must pass through it.
+        use std::os::unix::fs::FileExt;
+        copy.resize(COPY_CHUNK, 0);
+        let chunk = (end - offset).min(COPY_CHUNK as u64) as usize;
+        let got = region.file.read_at(&mut copy[..chunk], offset)?;
+        if got == 0 {
+            return Err(shrank());
         }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => {
-                let chunk = (end - offset as u64).min(fallback.len() as u64) as usize;
-                let got = region.file.read_at(&mut fallback[..chunk], offset as u64)?;
-                if got == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the file shrank while it was being sent",
-                    ));
-                }
-                let wrote =
-                    progress(stream, send_timeout, close, stream.write(&fallback[..got])).await?;
-                on_sent(wrote as u64);
-                offset += wrote as libc::off_t;
+        let mut done = 0;
+        while done < got {
+            let n = progress(socket, send_timeout, close, stream.write(&copy[done..got])).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
             }
-            _ => return Err(e),
+            done += n;
+            offset += n as u64;
+            *sent = offset - region.offset;
+            on_sent(n as u64);
         }
     }
     *sent = region.len;
     Ok(())
+}
+
+fn shrank() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the file shrank while it was being sent",
+    )
 }

@@ -30,7 +30,6 @@ pub mod deadline;
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::Shutdown as Direction;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -40,9 +39,10 @@ use futures::io::AsyncWriteExt;
 use crate::net::handoff::Progress;
 use crate::net::sendfile::{FileRegion, send_file_counted};
 use crate::net::shutdown::Shutdown;
-use crate::net::socket::{connection_gone, reset_on_close, unacked};
+use crate::net::socket::Socket;
 use crate::net::stats::Stats;
-use crate::rt::{self, TcpStream};
+use crate::net::stream::WriteHalf;
+use crate::rt;
 use acks::{Unconfirmed, await_acks, settle, settle_acked};
 use deadline::progress;
 pub use deadline::{ServerClosing, is_send_timeout};
@@ -102,7 +102,7 @@ impl Outgoing for Arc<[u8]> {
 /// half) or when a write fails (then it shuts both halves). It adds the bytes it writes to
 /// `stats.bytes_out` as it writes them and counts itself in `stats.live_tasks()`. Its
 /// writes have no deadline (see [`spawn_writer_timed`]).
-pub fn spawn_writer<B: Outgoing>(stream: TcpStream, stats: &Arc<Stats>) -> flume::Sender<B> {
+pub fn spawn_writer<B: Outgoing>(stream: WriteHalf, stats: &Arc<Stats>) -> flume::Sender<B> {
     spawn_writer_timed(stream, stats, None)
 }
 
@@ -112,7 +112,7 @@ pub fn spawn_writer<B: Outgoing>(stream: TcpStream, stats: &Arc<Stats>) -> flume
 /// counts, not the length of the transfer: every write that moves bytes starts the clock
 /// again, so a slow reader that keeps reading is never cut. `None`: no deadline.
 pub fn spawn_writer_timed<B: Outgoing>(
-    stream: TcpStream,
+    stream: WriteHalf,
     stats: &Arc<Stats>,
     send_timeout: Option<Duration>,
 ) -> flume::Sender<B> {
@@ -152,7 +152,7 @@ impl WriterEnd {
 /// before it lets its `--max-conns` slot go, so no socket is held by a writer after its
 /// connection was counted closed ([`writer_ended`]).
 pub fn spawn_writer_watched<B: Outgoing>(
-    stream: TcpStream,
+    stream: WriteHalf,
     writer_rx: flume::Receiver<B>,
     stats: &Arc<Stats>,
     send_timeout: Option<Duration>,
@@ -165,7 +165,7 @@ pub fn spawn_writer_watched<B: Outgoing>(
 /// [`ServerClosing`] error ("server shutting down"), which the messages' reports carry,
 /// and the writer ends as after any failed write.
 pub fn spawn_writer_closing<B: Outgoing>(
-    stream: TcpStream,
+    stream: WriteHalf,
     writer_rx: flume::Receiver<B>,
     stats: &Arc<Stats>,
     send_timeout: Option<Duration>,
@@ -176,7 +176,7 @@ pub fn spawn_writer_closing<B: Outgoing>(
 
 /// The writer of [`spawn_writer_watched`] and [`spawn_writer_closing`].
 fn spawn_watched<B: Outgoing>(
-    stream: TcpStream,
+    stream: WriteHalf,
     writer_rx: flume::Receiver<B>,
     stats: &Arc<Stats>,
     send_timeout: Option<Duration>,
@@ -197,7 +197,7 @@ pub async fn writer_ended(ended_rx: &flume::Receiver<WriterEnd>) -> WriterEnd {
 
 /// Like [`spawn_writer`] for a mailbox the caller made (a role that needs another capacity).
 pub fn spawn_writer_with<B: Outgoing>(
-    stream: TcpStream,
+    stream: WriteHalf,
     writer_rx: flume::Receiver<B>,
     stats: &Arc<Stats>,
 ) {
@@ -205,7 +205,7 @@ pub fn spawn_writer_with<B: Outgoing>(
 }
 
 pub(crate) fn start_writer<B: Outgoing>(
-    stream: TcpStream,
+    stream: WriteHalf,
     writer_rx: flume::Receiver<B>,
     handoff: Option<Arc<Progress>>,
     stats: &Arc<Stats>,
@@ -217,8 +217,11 @@ pub(crate) fn start_writer<B: Outgoing>(
     let stats = stats.clone();
     rt::spawn_here(async move {
         let _task = task;
+        let mut stream = stream;
+        let socket = stream.socket().clone();
         let written = write_loop(
-            &stream,
+            &mut stream,
+            &socket,
             &writer_rx,
             handoff.as_deref(),
             &stats,
@@ -233,7 +236,8 @@ pub(crate) fn start_writer<B: Outgoing>(
         };
         match written {
             Ok(()) => {
-                let _ = stream.shutdown(Direction::Write);
+                // A plain socket's FIN; a session's closing message first.
+                let _ = progress(&socket, send_timeout, close.as_ref(), stream.close()).await;
             }
             Err(e) => {
                 if gave_up(&e) {
@@ -242,15 +246,15 @@ pub(crate) fn start_writer<B: Outgoing>(
                     // orphaned socket would, through a zero window, for minutes): its
                     // close resets and discards the queue. The read half is shut so the
                     // reader wakes and ends; no FIN, which would queue behind the data.
-                    let _ = reset_on_close(&stream);
-                    let _ = stream.shutdown(Direction::Read);
+                    let _ = socket.reset_on_close();
+                    let _ = socket.shut_read();
                 } else {
                     // Both halves: the reader (waiting to read, or for room in this
                     // mailbox, which closes when this task ends) wakes and ends too.
-                    let _ = stream.shutdown(Direction::Both);
+                    let _ = socket.shut_both();
                 }
                 if is_send_timeout(&e) {
-                    let peer = stream
+                    let peer = socket
                         .peer_addr()
                         .map(|a| a.to_string())
                         .unwrap_or_default();
@@ -265,6 +269,7 @@ pub(crate) fn start_writer<B: Outgoing>(
         // was queued is gone: a waiter may then count the connection closed.
         drop(writer_rx);
         drop(stream);
+        drop(socket);
         if let Some(ended_tx) = ended_tx {
             let _ = ended_tx.try_send(end);
         }
@@ -285,7 +290,8 @@ pub(crate) fn start_writer<B: Outgoing>(
 /// acknowledgement still reports it stopped; what is unacknowledged when every sender
 /// is gone is reported as written (the kernel delivers it after our FIN).
 async fn write_loop<B: Outgoing>(
-    stream: &TcpStream,
+    stream: &mut WriteHalf,
+    socket: &Socket,
     writer_rx: &flume::Receiver<B>,
     handoff: Option<&Progress>,
     stats: &Stats,
@@ -308,7 +314,7 @@ async fn write_loop<B: Outgoing>(
             Some(b) => b,
             None if !unconfirmed.is_empty() => {
                 match await_acks(
-                    stream,
+                    socket,
                     Some(writer_rx),
                     &count,
                     &mut unconfirmed,
@@ -320,7 +326,7 @@ async fn write_loop<B: Outgoing>(
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(e) => {
-                        count.take_back_unacked(stream);
+                        count.take_back_unacked(socket);
                         settle(&mut unconfirmed, count.handed, Some(&e));
                         return Err(e);
                     }
@@ -335,23 +341,27 @@ async fn write_loop<B: Outgoing>(
         let stopped = if let Some(region) = first.file() {
             // Head, then the region with sendfile; never batched.
             let (head, head_err) =
-                write_all_counted(stream, first.bytes(), send_timeout, close).await;
+                write_all_counted(stream, socket, first.bytes(), send_timeout, close).await;
             count.add(head as u64);
             let mut sent = 0;
             let err = match head_err {
                 Some(e) => Some(e),
-                None => {
-                    send_file_counted(stream, region, &mut sent, send_timeout, close, &mut |n| {
-                        count.add(n)
-                    })
-                    .await
-                    .err()
-                }
+                None => send_file_counted(
+                    stream,
+                    socket,
+                    region,
+                    &mut sent,
+                    send_timeout,
+                    close,
+                    &mut |n| count.add(n),
+                )
+                .await
+                .err(),
             };
             let (mut head, mut sent) = (head, sent);
-            if err.as_ref().is_some_and(|e| peer_may_lack(e, stream)) {
+            if err.as_ref().is_some_and(|e| peer_may_lack(e, socket)) {
                 // What the peer did not acknowledge comes off the file first, then the head.
-                let lost = count.take_back_unacked(stream);
+                let lost = count.take_back_unacked(socket);
                 let off_file = lost.min(sent);
                 sent -= off_file;
                 head = head.saturating_sub((lost - off_file) as usize);
@@ -377,10 +387,10 @@ async fn write_loop<B: Outgoing>(
                 // The common case: one message waiting, written straight from its buffer.
                 Err(_) => {
                     let (mut done, err) =
-                        write_all_counted(stream, first.bytes(), send_timeout, close).await;
+                        write_all_counted(stream, socket, first.bytes(), send_timeout, close).await;
                     count.add(done as u64);
-                    if err.as_ref().is_some_and(|e| peer_may_lack(e, stream)) {
-                        let lost = count.take_back_unacked(stream);
+                    if err.as_ref().is_some_and(|e| peer_may_lack(e, socket)) {
+                        let lost = count.take_back_unacked(socket);
                         done = done.saturating_sub(lost as usize);
                     }
                     if B::REPORTS {
@@ -424,10 +434,10 @@ async fn write_loop<B: Outgoing>(
                     }
                     let before = count.handed;
                     let (mut done, err) =
-                        write_all_counted(stream, &batch, send_timeout, close).await;
+                        write_all_counted(stream, socket, &batch, send_timeout, close).await;
                     count.add(done as u64);
-                    if err.as_ref().is_some_and(|e| peer_may_lack(e, stream)) {
-                        let lost = count.take_back_unacked(stream);
+                    if err.as_ref().is_some_and(|e| peer_may_lack(e, socket)) {
+                        let lost = count.take_back_unacked(socket);
                         done = done.saturating_sub(lost as usize);
                     }
                     if err.is_some() {
@@ -461,20 +471,19 @@ async fn write_loop<B: Outgoing>(
             handoff.pending.fetch_sub(messages, Ordering::Release);
         }
         if !unconfirmed.is_empty() {
-            settle_acked(stream, &count, &mut unconfirmed);
+            settle_acked(socket, &count, &mut unconfirmed);
         }
     }
     // Every sender is gone: the last messages are reported once the peer has
     // acknowledged them (waited for as a write is: the send timeout, a reset, `close`).
     if !unconfirmed.is_empty()
         && let Err(e) =
-            await_acks(stream, None, &count, &mut unconfirmed, send_timeout, close).await
+            await_acks(socket, None, &count, &mut unconfirmed, send_timeout, close).await
     {
-        count.take_back_unacked(stream);
+        count.take_back_unacked(socket);
         settle(&mut unconfirmed, count.handed, Some(&e));
         return Err(e);
     }
-    let mut stream = stream;
     stream.flush().await
 }
 
@@ -483,8 +492,8 @@ async fn write_loop<B: Outgoing>(
 /// the server closing). Not after a file shrank under `sendfile`, nor after a write
 /// refused because our own side shut the socket (a proxy session ending): the socket
 /// then still delivers what it holds, and the count stays what was handed over.
-pub(crate) fn peer_may_lack(e: &io::Error, stream: &TcpStream) -> bool {
-    gave_up(e) || connection_gone(stream)
+pub(crate) fn peer_may_lack(e: &io::Error, socket: &Socket) -> bool {
+    gave_up(e) || socket.connection_gone()
 }
 
 /// Whether the writer gave up on the peer (the send timeout, the server closing) rather
@@ -493,7 +502,6 @@ fn gave_up(e: &io::Error) -> bool {
     is_send_timeout(e) || e.get_ref().is_some_and(|inner| inner.is::<ServerClosing>())
 }
 
-/// Makes the socket's close send a reset and discard what it still holds
 /// A writer's byte counts: `Stats::bytes_out`, a [`Handoff`]'s own count, and what this
 /// writer has handed to the kernel.
 pub(crate) struct Counter<'a> {
@@ -513,11 +521,11 @@ impl Counter<'_> {
 
     /// After a failed write, before the socket is shut: takes the bytes the peer never
     /// acknowledged back out of the counts, and returns how many that was.
-    fn take_back_unacked(&mut self, stream: &TcpStream) -> u64 {
+    fn take_back_unacked(&mut self, socket: &Socket) -> u64 {
         let lost = match self.handoff {
-            Some(p) => p.take_back_unacked(stream, self.stats),
+            Some(p) => p.take_back_unacked(socket, self.stats),
             None => {
-                let lost = unacked(stream, self.handed);
+                let lost = socket.unacked(self.handed);
                 self.stats.bytes_out.fetch_sub(lost, Ordering::Relaxed);
                 lost
             }
@@ -532,14 +540,15 @@ impl Counter<'_> {
 /// what went out either way, so a peer that resets in the middle of a batch leaves the
 /// count right.
 async fn write_all_counted(
-    mut stream: &TcpStream,
+    stream: &mut WriteHalf,
+    socket: &Socket,
     buf: &[u8],
     send_timeout: Option<Duration>,
     close: Option<&Shutdown>,
 ) -> (usize, Option<io::Error>) {
     let mut done = 0;
     while done < buf.len() {
-        match progress(stream, send_timeout, close, stream.write(&buf[done..])).await {
+        match progress(socket, send_timeout, close, stream.write(&buf[done..])).await {
             Ok(0) => return (done, Some(io::ErrorKind::WriteZero.into())),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::net::reader::STALL_CHECK;
 use crate::net::shutdown::Shutdown;
-use crate::net::socket::{connection_gone, unsent};
+use crate::net::socket::Socket;
 use crate::net::writer::deadline::{SendTimeout, ServerClosing};
 use crate::net::writer::{ACK_CHECK_FIRST, Counter, Outgoing};
-use crate::rt::{self, TcpStream};
+use crate::rt;
 
 /// A message written in full, waiting for the peer to acknowledge its last byte before
 /// it is reported.
@@ -51,11 +51,11 @@ pub(crate) fn settle<B: Outgoing>(
 /// [`settle`] with what the peer has acknowledged now (the writer's count less the send
 /// queue); everything, if the kernel will not say.
 pub(crate) fn settle_acked<B: Outgoing>(
-    stream: &TcpStream,
+    socket: &Socket,
     count: &Counter<'_>,
     unconfirmed: &mut VecDeque<Unconfirmed<B>>,
 ) {
-    let queued = unsent(stream).map_or(0, |n| n.max(0) as u64);
+    let queued = socket.unsent().map_or(0, |n| n.max(0) as u64);
     settle(unconfirmed, count.handed.saturating_sub(queued), None);
 }
 
@@ -68,7 +68,7 @@ pub(crate) fn settle_acked<B: Outgoing>(
 /// gone): waits until all is acknowledged; without a send timeout as well, reports
 /// everything as written at once (nothing would bound the wait).
 pub(crate) async fn await_acks<B: Outgoing>(
-    stream: &TcpStream,
+    socket: &Socket,
     writer_rx: Option<&flume::Receiver<B>>,
     count: &Counter<'_>,
     unconfirmed: &mut VecDeque<Unconfirmed<B>>,
@@ -96,7 +96,7 @@ pub(crate) async fn await_acks<B: Outgoing>(
                 Some(Ok(b)) => return Ok(Some(b)),
                 Some(Err(_)) => {
                     // The last sender went: a peer that reset is why, often.
-                    if connection_gone(stream) {
+                    if socket.connection_gone() {
                         return Err(io::ErrorKind::ConnectionReset.into());
                     }
                     return Ok(None);
@@ -109,11 +109,11 @@ pub(crate) async fn await_acks<B: Outgoing>(
             }
             None => rt::sleep(delay).await,
         }
-        if connection_gone(stream) {
+        if socket.connection_gone() {
             return Err(io::ErrorKind::ConnectionReset.into());
         }
-        settle_acked(stream, count, unconfirmed);
-        let now = unsent(stream);
+        settle_acked(socket, count, unconfirmed);
+        let now = socket.unsent();
         if now.is_some_and(|now| queued.is_some_and(|before| now < before)) {
             since = Instant::now();
         } else if let Some(limit) = send_timeout.filter(|l| since.elapsed() >= *l) {

@@ -7,8 +7,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::net::shutdown::Shutdown;
-use crate::net::socket::unsent;
-use crate::rt::{self, TcpStream};
+use crate::net::socket::Socket;
+use crate::rt;
 
 /// The error of a write that made no progress for the writer's send timeout.
 #[derive(Debug)]
@@ -45,7 +45,7 @@ pub fn is_send_timeout(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<SendTimeout>())
 }
 
-/// Runs one write-side wait (a `write` that waits for room in `stream`) under the send
+/// Runs one write-side wait (a `write` that waits for room in `socket`) under the send
 /// timeout `limit`: it fails with `TimedOut` ([`SendTimeout`]) once the peer has taken
 /// nothing for that long. A write that completes at once (the common case) arms no timer,
 /// and each completed write gets a fresh clock. While the write waits, the clock is also
@@ -56,18 +56,18 @@ pub fn is_send_timeout(e: &io::Error) -> bool {
 /// reader of a large buffer may take longer than `limit` to free.) So a peer that stops
 /// reading is cut between `limit` and `limit` and a quarter after it took its last byte.
 pub(crate) async fn progress<T>(
-    stream: &TcpStream,
+    socket: &Socket,
     limit: Option<Duration>,
     close: Option<&Shutdown>,
     wait: impl Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
     let Some(close) = close else {
-        return timed(stream, limit, wait).await;
+        return timed(socket, limit, wait).await;
     };
     if close.is_fired() {
         return Err(io::Error::other(ServerClosing));
     }
-    let timed = std::pin::pin!(timed(stream, limit, wait));
+    let timed = std::pin::pin!(timed(socket, limit, wait));
     let closed = std::pin::pin!(close.wait());
     match futures::future::select(timed, closed).await {
         futures::future::Either::Left((done, _)) => done,
@@ -77,7 +77,7 @@ pub(crate) async fn progress<T>(
 
 /// [`progress`] without the close signal: the send timeout alone.
 async fn timed<T>(
-    stream: &TcpStream,
+    socket: &Socket,
     limit: Option<Duration>,
     wait: impl Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
@@ -88,13 +88,13 @@ async fn timed<T>(
     if let Poll::Ready(done) = futures::poll!(wait.as_mut()) {
         return done;
     }
-    let mut queued = unsent(stream);
+    let mut queued = socket.unsent();
     let mut since = Instant::now();
     loop {
         if let Some(done) = rt::timeout(limit / 4, wait.as_mut()).await {
             return done;
         }
-        let now = unsent(stream);
+        let now = socket.unsent();
         if now.is_some_and(|now| queued.is_some_and(|before| now < before)) {
             since = Instant::now();
         } else if since.elapsed() >= limit {
