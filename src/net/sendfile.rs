@@ -107,3 +107,42 @@ fn shrank() -> io::Error {
         "the file shrank while it was being sent",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::stream::tests::{layered, pair};
+    use crate::rt;
+    use futures::io::AsyncReadExt;
+
+    #[test]
+    fn a_region_arrives_whole_by_sendfile_and_through_a_session() {
+        let path = std::env::temp_dir().join(format!("sb-sendfile-{}", std::process::id()));
+        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let file = Arc::new(std::fs::File::open(&path).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        rt::block_on(async {
+            for wrap in [false, true] {
+                let (near, far) = pair().await;
+                let near = if wrap { layered(near) } else { near };
+                let (_near_r, mut near_w) = near.split();
+                let region = FileRegion {
+                    file: file.clone(),
+                    offset: 1000,
+                    len: 2_500_000,
+                };
+                let sender = rt::spawn(async move {
+                    let sent = send_file(&mut near_w, &region).await.unwrap();
+                    near_w.close().await.unwrap();
+                    sent
+                });
+                let (mut far_r, _far_w) = far.split();
+                let mut got = Vec::new();
+                far_r.read_to_end(&mut got).await.unwrap();
+                assert_eq!(sender.await, 2_500_000);
+                assert!(got == content[1000..2_501_000], "bytes changed on the way");
+            }
+        });
+    }
+}

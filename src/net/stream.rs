@@ -85,8 +85,15 @@ impl Readiness {
     ) -> Poll<io::Result<usize>> {
         loop {
             if self.armed {
+                // Woken: make the call. Asking for readiness first is only to consume the
+                // event, which would otherwise be taken as a fresh one after the next
+                // short call; a `Pending` here has registered again, and that
+                // registration serves the next wait.
                 self.armed = false;
                 self.spent = false;
+                if let Poll::Ready(Err(e)) = poll_ready(cx) {
+                    return Poll::Ready(Err(e));
+                }
             } else if self.spent {
                 match poll_ready(cx) {
                     Poll::Ready(Ok(())) => self.spent = false,
