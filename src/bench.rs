@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::Result;
+use crate::net::stream::Stream;
 use crate::rt;
 
 /// What to measure.
@@ -359,20 +360,20 @@ pub async fn run(opts: BenchOptions) -> Result<()> {
 }
 
 /// Opens `n` TCP connections to `target` (with TCP_NODELAY); a refusal is an error.
-pub async fn open_all(target: SocketAddr, n: usize) -> Result<Vec<rt::TcpStream>> {
+pub async fn open_all(target: SocketAddr, n: usize) -> Result<Vec<Stream>> {
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
-        let s = match rt::timeout(REPLY_TIMEOUT, rt::TcpStream::connect(target)).await {
+        let s = match rt::timeout(REPLY_TIMEOUT, Stream::connect(target)).await {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                let why = crate::net::addr::describe(&e);
+                let why = crate::net::describe::describe(&e);
                 return Err(format!("connection {} of {n} to {target}: {why}", i + 1).into());
             }
             None => {
                 return Err(format!("connection {} of {n} to {target}: timed out", i + 1).into());
             }
         };
-        s.set_nodelay(true)?;
+        s.socket().set_nodelay(true)?;
         conns.push(s);
     }
     Ok(conns)

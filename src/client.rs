@@ -9,7 +9,7 @@ pub mod listen;
 use std::net::SocketAddr;
 
 use crate::Result;
-use crate::net::addr::describe;
+use crate::net::describe::describe;
 use crate::rt;
 
 /// Resolves a `HOST:PORT` the user typed, with errors a user can act on.

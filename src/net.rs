@@ -1,15 +1,24 @@
-//! Plumbing every role stands on: addresses and access lists, the accept loop, the
-//! reader/writer pair of a TCP connection, the zero-copy relay (splice), the UDP endpoint,
-//! the line framer, shutdown and counters.
+//! Plumbing every role stands on: the accept loop, the reader/writer pair of a TCP
+//! connection, the zero-copy relay (splice), the UDP endpoint, the line framer, shutdown
+//! and counters, and the parsing of what users type (addresses, durations, access lists).
 //!
 //! Nothing here knows about a role; roles are built from these pieces.
 
-pub mod addr;
-pub mod conn;
+pub mod access;
+pub mod bind;
+pub mod describe;
+pub mod duration;
+pub mod handoff;
 pub mod limits;
 pub mod lines;
 pub mod listener;
+pub mod reader;
+pub mod sendfile;
 pub mod shutdown;
+pub mod socket;
 pub mod splice;
 pub mod stats;
+pub mod stream;
+mod sys;
 pub mod udp;
+pub mod writer;

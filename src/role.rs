@@ -11,18 +11,19 @@
 //! inside the reader's task: a separate task would add one cross-thread wake-up per
 //! message and buy nothing, since the transform has no one else to talk to. Roles that
 //! do talk to others (chat's broker, the proxy's origin) wire their own actors from
-//! [`crate::net::conn`].
+//! [`crate::net::reader`] and [`crate::net::writer`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Result;
-use crate::net::conn::{Input, Reader, WRITER_MAILBOX, spawn_writer_watched, writer_ended};
 use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::reader::{Input, Reader};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::net::udp;
+use crate::net::writer::{WRITER_MAILBOX, spawn_writer_watched, writer_ended};
 use crate::rt::{TcpListener, UdpSocket};
 
 /// What a session wants after speaking first.
@@ -117,8 +118,9 @@ pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()>
     // limit, or SEND_TIMEOUT_DEFAULT when it is off) closes it instead.
     let (writer_tx, writer_rx) = flume::bounded::<Vec<u8>>(WRITER_MAILBOX);
     let send_timeout = idle_timeout.unwrap_or(SEND_TIMEOUT_DEFAULT);
-    let ended_rx = spawn_writer_watched(stream.clone(), writer_rx, &stats, Some(send_timeout));
-    let mut reader = Reader::new(stream, idle_timeout);
+    let (read, write) = stream.split();
+    let ended_rx = spawn_writer_watched(write, writer_rx, &stats, Some(send_timeout));
+    let mut reader = Reader::new(read, idle_timeout);
     let started = std::time::Instant::now();
 
     let (greeting, flow) = session.open();

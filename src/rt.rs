@@ -1,14 +1,21 @@
-//! The runtime seam: the only module that names async-std (and its signal helper).
+//! The runtime seam: the only module that names async-std (and its signal helper) and,
+//! with `net`, async-io.
 //!
-//! async-std is the runtime the design card asks for; upstream it is deprecated in favour
-//! of smol, on whose crates it is built. Everything else in the crate takes its tasks,
-//! timers, sockets and stdio from here, so moving runtime is a change to this one file.
+//! Tasks, timers, stdio and signals come from async-std, the runtime the design card
+//! asks for; upstream it is deprecated in favour of smol, on whose crates it is built.
+//! Sockets are async-io's `Async` (the reactor async-std itself runs on) wrapped around
+//! std's sockets directly, so a read is one `recv` and a wait is one readiness
+//! registration: `net::stream` builds the connection type on it. Everything else in the
+//! crate takes its tasks, timers, sockets and stdio from here, so moving runtime is a
+//! change to this one file (and `net::stream`).
 
 use std::cell::Cell;
 use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-pub use async_std::net::{TcpListener, TcpStream, UdpSocket};
+pub use async_io::Async;
 pub use async_std::task::{JoinHandle, block_on, sleep, spawn, spawn_blocking};
 
 thread_local! {
@@ -52,9 +59,76 @@ where
 }
 
 /// Wraps a bound, listening std socket (set non-blocking here) for the runtime.
-pub fn listener_from_std(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
-    listener.set_nonblocking(true)?;
-    Ok(TcpListener::from(listener))
+pub fn listener_from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+    Ok(TcpListener(Async::new(listener)?))
+}
+
+/// A listening TCP socket on the reactor.
+pub struct TcpListener(Async<std::net::TcpListener>);
+
+impl TcpListener {
+    /// Binds and listens on the first of `addr`'s addresses that can be bound. A host
+    /// name is resolved on the calling thread: `net::bind` resolves names off-thread
+    /// first and passes addresses.
+    pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        listener_from_std(std::net::TcpListener::bind(addr)?)
+    }
+
+    /// The next connection: a non-blocking std socket (`net::stream::Stream::new` puts it
+    /// on the reactor) and the peer's address.
+    pub async fn accept(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+        self.0.read_with(|l| l.accept()).await
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().local_addr()
+    }
+}
+
+/// Connects to `addr`, waiting on the reactor while the connection is in progress.
+pub async fn connect(addr: SocketAddr) -> io::Result<Async<std::net::TcpStream>> {
+    Async::<std::net::TcpStream>::connect(addr).await
+}
+
+/// A UDP socket on the reactor.
+pub struct UdpSocket(Async<std::net::UdpSocket>);
+
+impl UdpSocket {
+    /// Binds the first of `addr`'s addresses that can be bound.
+    pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
+        Ok(UdpSocket(Async::new(std::net::UdpSocket::bind(addr)?)?))
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().local_addr()
+    }
+
+    /// Sets the one peer [`UdpSocket::send`] sends to and [`UdpSocket::recv`] hears from.
+    pub async fn connect(&self, addr: SocketAddr) -> io::Result<()> {
+        self.0.get_ref().connect(addr)
+    }
+
+    /// Receives one datagram and says who sent it.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.0.recv_from(buf).await
+    }
+
+    /// Sends one datagram to `addr`.
+    pub async fn send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
+        self.0.send_to(buf, addr).await
+    }
+
+    /// Receives one datagram from the connected peer.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.recv(buf).await
+    }
+
+    /// Sends one datagram to the connected peer.
+    pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send(buf).await
+    }
 }
 
 /// Runs `fut` for at most `limit`; `None` when the time ran out first.
@@ -73,9 +147,10 @@ pub fn stdout() -> async_std::io::Stdout {
 }
 
 /// Resolves `addr` ("host:port", "[::1]:80", "1.2.3.4:5") to every address it names.
-pub async fn resolve(addr: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
-    use async_std::net::ToSocketAddrs;
-    Ok(addr.to_socket_addrs().await?.collect())
+pub async fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
+    Ok(async_std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .await?
+        .collect())
 }
 
 /// Completes at the first SIGINT (Ctrl-C) or SIGTERM after it is called, then again at

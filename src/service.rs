@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 
 use crate::Result;
+use crate::net::describe::describe;
 use crate::net::listener::ServerConfig;
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
-use crate::net::{addr, limits};
+use crate::net::{bind, limits};
 use crate::role::{self, Role};
 use crate::rt::{self, TcpListener, UdpSocket};
 
@@ -41,11 +42,11 @@ pub struct Bound {
 /// Binds the addresses given; the error names the address that failed.
 pub async fn bind(tcp: Option<&str>, udp: Option<&str>) -> Result<Bound> {
     let tcp = match tcp {
-        Some(a) => Some(addr::bind_tcp(a).await?),
+        Some(a) => Some(bind::bind_tcp(a).await?),
         None => None,
     };
     let udp = match udp {
-        Some(a) => Some(addr::bind_udp(a).await?),
+        Some(a) => Some(bind::bind_udp(a).await?),
         None => None,
     };
     Ok(Bound { tcp, udp })
@@ -55,20 +56,20 @@ pub async fn bind(tcp: Option<&str>, udp: Option<&str>) -> Result<Bound> {
 pub async fn bind_reuseport(addr: &str, n: usize) -> Result<Vec<std::net::TcpListener>> {
     let mut target = *rt::resolve(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr} (TCP): {}", addr::describe(&e)))?
+        .map_err(|e| format!("cannot listen on {addr} (TCP): {}", describe(&e)))?
         .first()
         .ok_or_else(|| format!("cannot listen on {addr} (TCP): it resolves to no address"))?;
     // SO_REUSEPORT would let this process join a port another process already listens
     // on with the option (a second switchboard, say) and split its clients. A plain bind
     // first fails on any listener, so a busy port is an error here as everywhere.
     let probe = std::net::TcpListener::bind(target)
-        .map_err(|e| format!("cannot listen on {target} (TCP): {}", addr::describe(&e)))?;
+        .map_err(|e| format!("cannot listen on {target} (TCP): {}", describe(&e)))?;
     target = probe.local_addr()?; // the port picked, when 0 was asked for
     drop(probe);
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
-        let l = addr::bind_tcp_reuseport(target)
-            .map_err(|e| format!("cannot listen on {target} (TCP): {}", addr::describe(&e)))?;
+        let l = bind::bind_tcp_reuseport(target)
+            .map_err(|e| format!("cannot listen on {target} (TCP): {}", describe(&e)))?;
         target = l.local_addr()?; // the port the first bind picked, for the rest
         listeners.push(l);
     }

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
-use switchboard::net::addr::{AccessList, parse_cidr};
+use switchboard::net::access::{AccessList, parse_cidr};
 use switchboard::net::listener::ServerConfig;
 use switchboard::roles::echo::Echo;
 

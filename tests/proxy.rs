@@ -447,9 +447,9 @@ fn accept_proxy_applies_the_access_list_to_the_real_client() {
     let echo = start_role(Echo, ServerConfig::default());
     let mut cfg = config(&[echo.tcp], Balance::First);
     cfg.accept_proxy = Some(Duration::from_secs(5));
-    let deny = switchboard::net::addr::AccessList::new(
+    let deny = switchboard::net::access::AccessList::new(
         vec![],
-        vec![switchboard::net::addr::parse_cidr("203.0.113.0/24").unwrap()],
+        vec![switchboard::net::access::parse_cidr("203.0.113.0/24").unwrap()],
     );
     let proxy = start_proxy(
         cfg,
@@ -664,7 +664,7 @@ fn unacked(s: &TcpStream) -> i32 {
 
 #[test]
 fn accept_proxy_judges_the_header_address_and_proxy_from_judges_the_sender() {
-    use switchboard::net::addr::{AccessList, parse_cidr};
+    use switchboard::net::access::{AccessList, parse_cidr};
     let echo = start_role(Echo, ServerConfig::default());
     let ten = || vec![parse_cidr("10.0.0.0/8").unwrap()];
     let start = |allow, deny, from: &str| {

@@ -37,6 +37,8 @@ use futures::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::{BenchOptions, GRACE, Part, Progress, REPLY_TIMEOUT, Report, many, open_all};
 use crate::Result;
 use crate::net::lines::{LineFramer, Overlong};
+use crate::net::socket::Socket;
+use crate::net::stream::{Stream, WriteHalf};
 use crate::rt;
 
 /// How often a sender wakes to send the lines that are due (it sends them in one write).
@@ -57,11 +59,13 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     }
     let senders = opts.senders.clamp(1, opts.conns);
     let streams = open_all(opts.target, opts.conns).await?;
+    let sockets: Vec<Socket> = streams.iter().map(|s| s.socket().clone()).collect();
+    let (reads, mut writes): (Vec<_>, Vec<_>) = streams.into_iter().map(Stream::split).unzip();
     // Wait for each client's first line (welcome or announce): once the last one has
     // arrived, every client is registered and no line can miss a reader.
     let mut readers = Vec::new();
-    for (i, s) in streams.iter().enumerate() {
-        let mut r = BufReader::with_capacity(64 * 1024, s.clone());
+    for (i, s) in reads.into_iter().enumerate() {
+        let mut r = BufReader::with_capacity(64 * 1024, s);
         let mut line = String::new();
         match rt::timeout(REPLY_TIMEOUT, r.read_line(&mut line)).await {
             Some(Ok(n)) if n > 0 => {}
@@ -86,8 +90,6 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     // The deliveries are read with epoll on a few OS threads (see `many`), one per core:
     // the observer's own cost is CPU the server under test does not get on a small
     // machine, and a fan-out of N-1 copies is absorbed in parallel.
-    // Clones share the socket (no new descriptor), and keep it open while it is read.
-    let sockets = streams.clone();
     let receivers: Vec<Receiver> = readers
         .iter()
         .enumerate()
@@ -102,7 +104,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         progress: progress.clone(),
     };
     let deadline = clock + SETTLE_MAX + opts.duration + GRACE + REPLY_TIMEOUT;
-    let reading = receive_on_threads(sockets, receivers, senders, deadline, shared);
+    let reading = receive_on_threads(sockets.clone(), receivers, senders, deadline, shared);
     // Let the join notices (N joins, each announced to everyone) drain first, so the run
     // measures the steady state and not the connection storm.
     let settle_end = Instant::now() + SETTLE_MAX;
@@ -114,7 +116,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
             break;
         }
         if Instant::now() >= settle_end {
-            close_all(&streams, &ending);
+            close_all(&sockets, &ending);
             let _ = reading.await;
             return Err(format!(
                 "{} kept sending for {}s after every client joined; nothing measured",
@@ -128,7 +130,8 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     let started = Instant::now();
     let end = started + opts.duration;
     let mut sending = Vec::new();
-    for (i, s) in streams.iter().take(senders).enumerate() {
+    writes.truncate(senders);
+    for (i, s) in writes.into_iter().enumerate() {
         let phase = if opts.in_step {
             0.0
         } else {
@@ -141,7 +144,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
             started,
             end,
         };
-        let (s, sent, size) = (s.clone(), sent.clone(), opts.size);
+        let (sent, size) = (sent.clone(), opts.size);
         sending.push(rt::spawn(send_lines(s, i, sent, schedule, size)));
     }
     let mut report = Report::new("chat", "deliveries", opts.conns);
@@ -158,7 +161,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     // spent waiting for deliveries that never came is not part of it.
     let last = clock + Duration::from_micros(last_delivery.load(Relaxed));
     let measured = last.saturating_duration_since(started).max(opts.duration);
-    close_all(&streams, &ending);
+    close_all(&sockets, &ending);
     let (parts, seen) = reading.await?;
     for part in parts {
         report.merge(part);
@@ -175,10 +178,10 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
 
 /// Ends the run for every client: marks it ending (so the receiving thread takes the
 /// closes that follow as expected) and shuts each socket, which ends its reads.
-fn close_all(streams: &[rt::TcpStream], ending: &AtomicBool) {
+fn close_all(sockets: &[Socket], ending: &AtomicBool) {
     ending.store(true, Relaxed);
-    for s in streams {
-        let _ = s.shutdown(std::net::Shutdown::Both);
+    for s in sockets {
+        let _ = s.shut_both();
     }
 }
 
@@ -203,7 +206,7 @@ impl Schedule {
 }
 
 async fn send_lines(
-    mut s: rt::TcpStream,
+    mut s: WriteHalf,
     index: usize,
     sent: Arc<Vec<AtomicU64>>,
     schedule: Schedule,
@@ -286,7 +289,7 @@ const MAX_RECEIVING_THREADS: usize = 8;
 /// [`MAX_RECEIVING_THREADS`]); the future returns every thread's part and the deliveries
 /// seen per sender, summed.
 fn receive_on_threads(
-    sockets: Vec<rt::TcpStream>,
+    sockets: Vec<Socket>,
     mut receivers: Vec<Receiver>,
     senders: usize,
     deadline: Instant,
@@ -319,7 +322,7 @@ fn receive_on_threads(
 /// Reads every client's socket until all are shut (by `run`, after the grace period) and
 /// returns what they saw, with the deliveries seen per sender.
 fn receive_all(
-    sockets: Vec<rt::TcpStream>,
+    sockets: Vec<Socket>,
     mut receivers: Vec<Receiver>,
     senders: usize,
     deadline: Instant,

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::{BenchOptions, Part, Progress, REPLY_TIMEOUT, Report, collect};
 use crate::Result;
+use crate::net::stream::Stream;
 use crate::rt;
 
 pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
@@ -20,7 +21,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
                 let mut part = Part::timed();
                 while Instant::now() < end {
                     let t = Instant::now();
-                    match rt::timeout(REPLY_TIMEOUT, rt::TcpStream::connect(target)).await {
+                    match rt::timeout(REPLY_TIMEOUT, Stream::connect(target)).await {
                         Some(Ok(s)) => {
                             part.record(t.elapsed());
                             part.ops += 1;

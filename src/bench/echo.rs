@@ -8,6 +8,7 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{BenchOptions, Part, Progress, REPLY_TIMEOUT, Report, collect, open_all};
 use crate::Result;
+use crate::net::stream::Stream;
 use crate::rt::{self, UdpSocket};
 
 /// How long a UDP reply may take before it counts as lost.
@@ -69,7 +70,7 @@ fn fill(buf: &mut [u8], conn: u8, round: u64) {
 }
 
 async fn tcp_conn(
-    mut stream: rt::TcpStream,
+    mut stream: Stream,
     size: usize,
     conn: u8,
     end: Instant,

@@ -7,6 +7,7 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{BenchOptions, Part, Progress, REPLY_TIMEOUT, Report, collect, open_all};
 use crate::Result;
+use crate::net::stream::Stream;
 use crate::rt;
 
 pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
@@ -32,7 +33,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
 }
 
 async fn one(
-    mut stream: rt::TcpStream,
+    mut stream: Stream,
     request: String,
     end: Instant,
     pause: Option<Duration>,

@@ -13,6 +13,7 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{BenchOptions, GRACE, Part, Progress, Report, collect, open_all};
 use crate::Result;
+use crate::net::stream::Stream;
 use crate::rt;
 
 pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
@@ -61,7 +62,7 @@ impl Payload {
 }
 
 async fn one(
-    stream: rt::TcpStream,
+    stream: Stream,
     size: usize,
     seed: u64,
     verify: bool,
@@ -69,7 +70,7 @@ async fn one(
     end: Instant,
     progress: Progress,
 ) -> Part {
-    let mut reader = stream.clone();
+    let (mut reader, mut writer) = stream.split();
     let receiving = rt::spawn(async move {
         let mut part = Part::default();
         let mut buf = vec![0u8; 256 * 1024];
@@ -116,7 +117,6 @@ async fn one(
     let mut part = Part::default();
     let mut chunk = vec![0u8; size];
     let mut payload = Payload(seed);
-    let mut writer = stream;
     while Instant::now() < end {
         if verify {
             payload.fill(&mut chunk);
@@ -137,7 +137,7 @@ async fn one(
             }
         }
     }
-    let _ = writer.shutdown(std::net::Shutdown::Write);
+    let _ = writer.socket().shut_write();
     let received = receiving.await;
     if duplex && received.bytes_received != part.bytes_sent && received.errors.is_empty() {
         part.error(format!(

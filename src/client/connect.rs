@@ -18,11 +18,13 @@ use futures::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::Result;
 use crate::client::resolve_target;
-use crate::net::addr::describe;
-use crate::net::conn::{Input, READ_CHUNK, Reader, spawn_writer};
+use crate::net::describe::describe;
+use crate::net::reader::{Input, READ_CHUNK, Reader};
 use crate::net::stats::Stats;
+use crate::net::stream::Stream;
 use crate::net::udp::{MAX_DATAGRAM, RECV_BUFFER};
-use crate::rt::{self, TcpStream, UdpSocket};
+use crate::net::writer::spawn_writer;
+use crate::rt::{self, UdpSocket};
 
 /// What `connect` was asked to do.
 #[derive(Clone, Debug)]
@@ -46,10 +48,10 @@ pub async fn run(opts: ConnectOptions) -> Result<()> {
 }
 
 /// Connects to the first address that answers, trying each in turn.
-pub async fn connect_any(target: &str, addrs: &[SocketAddr], limit: Duration) -> Result<TcpStream> {
+pub async fn connect_any(target: &str, addrs: &[SocketAddr], limit: Duration) -> Result<Stream> {
     let mut last = String::new();
     for &addr in addrs {
-        match rt::timeout(limit, TcpStream::connect(addr)).await {
+        match rt::timeout(limit, Stream::connect(addr)).await {
             Some(Ok(stream)) => return Ok(stream),
             Some(Err(e)) => last = format!("{target} ({addr}): {}", describe(&e)),
             None => last = format!("{target} ({addr}): connect timed out after {limit:?}"),
@@ -60,12 +62,13 @@ pub async fn connect_any(target: &str, addrs: &[SocketAddr], limit: Duration) ->
 
 async fn tcp(opts: &ConnectOptions, addrs: Vec<SocketAddr>) -> Result<()> {
     let stream = connect_any(&opts.target, &addrs, opts.connect_timeout).await?;
-    let _ = stream.set_nodelay(true);
+    let _ = stream.socket().set_nodelay(true);
+    let (read, write) = stream.split();
     let stats = Stats::new();
 
     // stdin → socket: the stdin pump is this socket's only sender; at stdin EOF it drops
     // the sender, and the writer flushes and half-closes.
-    let writer_tx = spawn_writer::<Vec<u8>>(stream.clone(), &stats);
+    let writer_tx = spawn_writer::<Vec<u8>>(write, &stats);
     rt::spawn(async move {
         let mut stdin = rt::stdin();
         let mut buf = vec![0u8; READ_CHUNK];
@@ -82,7 +85,7 @@ async fn tcp(opts: &ConnectOptions, addrs: Vec<SocketAddr>) -> Result<()> {
     });
 
     // socket → stdout, until the server closes.
-    let mut reader = Reader::new(stream, None);
+    let mut reader = Reader::new(read, None);
     let mut stdout = rt::stdout();
     loop {
         match reader.next().await {

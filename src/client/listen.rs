@@ -28,10 +28,10 @@ use std::sync::Arc;
 use futures::io::AsyncWriteExt;
 
 use crate::Result;
-use crate::net::addr::{bind_tcp, bind_udp};
-use crate::net::conn::{Input, Reader};
+use crate::net::bind::{bind_tcp, bind_udp};
 use crate::net::lines::{LineFramer, Overlong, datagram_lines};
 use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::reader::{Input, Reader};
 use crate::net::shutdown;
 use crate::net::stats::Stats;
 use crate::net::udp::RECV_BUFFER;
@@ -127,7 +127,7 @@ async fn listen_tcp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()>
 /// One TCP client: its lines, tagged, to the stdout writer; a note when it leaves.
 async fn print_lines(conn: Conn, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()> {
     let peer = conn.peer;
-    let mut reader = Reader::new(conn.stream, conn.idle_timeout);
+    let mut reader = Reader::new(conn.stream.split().0, conn.idle_timeout);
     let mut framer = LineFramer::new(MAX_LINE, Overlong::Split);
     let why = loop {
         match reader.next().await {

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{Shutdown as Halves, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -21,11 +21,13 @@ use futures::FutureExt;
 use futures::io::AsyncWriteExt;
 
 use crate::Result;
-use crate::net::addr::AccessList;
+use crate::net::access::AccessList;
 use crate::net::limits::is_resource_exhaustion;
 use crate::net::shutdown::Shutdown;
+use crate::net::socket::Socket;
 use crate::net::stats::Stats;
-use crate::rt::{self, TcpListener, TcpStream};
+use crate::net::stream::Stream;
+use crate::rt::{self, TcpListener};
 
 /// Longest pause after the process runs out of descriptors before accepting again
 /// (a closing connection ends the pause sooner).
@@ -76,8 +78,8 @@ pub struct ServerConfig {
 
 /// One accepted connection, handed to the role.
 pub struct Conn {
-    /// The socket; clone it for the reader and the writer.
-    pub stream: TcpStream,
+    /// The connection; split it for the reader and the writer.
+    pub stream: Stream,
     /// The client's address.
     pub peer: SocketAddr,
     /// The server's counters.
@@ -102,7 +104,7 @@ pub async fn serve<H, F>(
     F: Future<Output = Result<()>> + Send + 'static,
 {
     let (closed_tx, closed_rx) = flume::bounded::<u64>(CLOSED_MAILBOX);
-    let mut open: HashMap<u64, TcpStream> = HashMap::new();
+    let mut open: HashMap<u64, Socket> = HashMap::new();
     let mut next_id = 0u64;
     let mut backoff = Duration::ZERO;
     let local = listener
@@ -143,7 +145,7 @@ pub async fn serve<H, F>(
             }
             _ = shutdown.wait().fuse() => break,
         };
-        let (stream, peer) = match accepted {
+        let (stream, peer) = match accepted.and_then(|(s, peer)| Ok((Stream::new(s)?, peer))) {
             Ok(pair) => {
                 backoff = Duration::ZERO;
                 pair
@@ -179,19 +181,19 @@ pub async fn serve<H, F>(
                 let task = stats.task();
                 rt::spawn_here(async move {
                     let _task = task;
-                    let mut s = &stream;
-                    let _ = rt::timeout(NOTICE_TIMEOUT, s.write_all(&notice)).await;
-                    let _ = stream.shutdown(Halves::Both);
+                    let mut stream = stream;
+                    let _ = rt::timeout(NOTICE_TIMEOUT, stream.write_all(&notice)).await;
+                    let _ = stream.socket().shut_both();
                 });
             }
             continue;
         }
 
-        let _ = stream.set_nodelay(true);
+        let _ = stream.socket().set_nodelay(true);
         next_id += 1;
         let id = next_id;
-        // async-std streams share one socket between clones: this costs no descriptor.
-        open.insert(id, stream.clone());
+        // A handle to the socket, which costs no descriptor.
+        open.insert(id, stream.socket().clone());
         let conn = Conn {
             stream,
             peer,
@@ -221,7 +223,7 @@ pub async fn serve<H, F>(
         return;
     }
     log::log!(announce, role = role, open = open.len(); "stopped accepting; closing connections");
-    for stream in open.values() {
-        let _ = stream.shutdown(Halves::Read);
+    for socket in open.values() {
+        let _ = socket.shut_read();
     }
 }

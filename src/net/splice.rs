@@ -60,7 +60,8 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 
-use crate::net::conn::{Hangup, STALL_CHECK};
+use crate::net::reader::STALL_CHECK;
+use crate::net::socket::Hangup;
 use crate::rt;
 
 /// The pipe capacity a relay asks for by default: the kernel's own default pipe size,

@@ -28,12 +28,13 @@ use broker::{
 use protocol::TelnetFilter;
 
 use crate::Result;
-use crate::net::conn::{Input, Reader, set_keepalive, spawn_writer_with};
 use crate::net::lines::{LineFramer, Overlong};
 use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::reader::{Input, Reader};
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
 use crate::net::udp;
+use crate::net::writer::spawn_writer_with;
 use crate::rt::{self, TcpListener, UdpSocket};
 
 /// Default address for TCP and UDP.
@@ -154,9 +155,11 @@ async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Res
         idle_timeout,
     } = conn;
     // A client that vanished without a reset (half-open) must not stay a ghost nick.
-    let _ = set_keepalive(&stream, KEEPALIVE_IDLE);
+    let _ = stream.socket().set_keepalive(KEEPALIVE_IDLE);
+    let socket = stream.socket().clone();
+    let (read, write) = stream.split();
     let (writer_tx, writer_rx) = flume::bounded(chat.sendq);
-    spawn_writer_with(stream.clone(), writer_rx, &stats);
+    spawn_writer_with(write, writer_rx, &stats);
     let id = next_client_id();
     log::info!(peer = peer.to_string().as_str(), id = id; "chat: TCP client joined");
     if !broker
@@ -165,14 +168,14 @@ async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Res
             outbox: Outbox::Tcp {
                 writer_tx,
                 queued: Default::default(),
-                stream: stream.clone(),
+                socket,
             },
         })
         .await
     {
         return Ok(()); // shutting down
     }
-    let mut reader = Reader::new(stream, idle_timeout);
+    let mut reader = Reader::new(read, idle_timeout);
     let mut telnet = TelnetFilter::default();
     let mut framer = LineFramer::new(chat.max_line, Overlong::Drop);
     let mut clean = Vec::new();

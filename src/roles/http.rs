@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::Result;
-use crate::net::conn::{
-    FileRegion, Input, Outgoing, Reader, WRITER_MAILBOX, WriterEnd, spawn_writer_closing,
-    spawn_writer_watched, writer_ended,
-};
 use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::reader::{Input, Reader};
+use crate::net::sendfile::FileRegion;
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
+use crate::net::writer::{
+    Outgoing, WRITER_MAILBOX, WriterEnd, spawn_writer_closing, spawn_writer_watched, writer_ended,
+};
 use crate::rt::{self, TcpListener};
 use files::{Body, Response};
 use request::{HeadBuffer, HeadError, Request};
@@ -186,13 +187,12 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>, close_now: Option<Shutdown
     } = conn;
     let keepalive = idle_timeout.unwrap_or(KEEPALIVE_DEFAULT);
     let (writer_tx, writer_rx) = flume::bounded::<Out>(WRITER_MAILBOX);
+    let (read, write) = stream.split();
     let writer_ended_rx = match close_now {
-        Some(close) => {
-            spawn_writer_closing(stream.clone(), writer_rx, &stats, Some(keepalive), close)
-        }
-        None => spawn_writer_watched(stream.clone(), writer_rx, &stats, Some(keepalive)),
+        Some(close) => spawn_writer_closing(write, writer_rx, &stats, Some(keepalive), close),
+        None => spawn_writer_watched(write, writer_rx, &stats, Some(keepalive)),
     };
-    let mut reader = Reader::new(stream, None);
+    let mut reader = Reader::new(read, None);
     let peer_text: Arc<str> = peer.to_string().into();
     let mut heads = HeadBuffer::default();
     // When the head now being waited for began: at accept, then at its first byte.

@@ -25,7 +25,7 @@
 pub mod header;
 pub mod upstreams;
 
-use std::net::{Shutdown as Halves, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -34,12 +34,15 @@ use futures::io::AsyncReadExt;
 use futures::{FutureExt, StreamExt};
 
 use crate::Result;
-use crate::net::addr::AccessList;
-use crate::net::conn::{Delivery, Handoff, Hangup, Input, Reader, unsent};
+use crate::net::access::AccessList;
+use crate::net::handoff::{Delivery, Handoff};
 use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::reader::{Input, Reader};
 use crate::net::shutdown::Shutdown;
+use crate::net::socket::{Hangup, Socket};
 use crate::net::stats::Stats;
-use crate::rt::{self, TcpListener, TcpStream};
+use crate::net::stream::ReadHalf;
+use crate::rt::{self, TcpListener};
 use header::Version;
 use upstreams::{ConnectError, Upstreams};
 
@@ -204,7 +207,7 @@ type FinNotice = &'static str;
 /// One direction of a session: reads one socket, feeds the other side's writer. Bytes
 /// are counted into `stats.bytes_in` as they are read, so the summary is right while
 /// the session is open. Returns the bytes read (the other writer's
-/// [`Delivery`](crate::net::conn::Delivery) says how many of them were written) and how
+/// [`Delivery`](crate::net::handoff::Delivery) says how many of them were written) and how
 /// the direction ended.
 async fn pump(
     mut reader: Reader,
@@ -244,13 +247,12 @@ async fn pump(
 
 /// Reads a PROXY protocol header; returns it and any client data that came with it.
 async fn read_proxy_header(
-    client: &TcpStream,
+    reader: &mut ReadHalf,
     limit: Duration,
 ) -> std::result::Result<(header::Header, Vec<u8>), String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
     let deadline = Instant::now() + limit;
-    let mut reader = client.clone();
     loop {
         match header::parse(&buf) {
             Ok(h) => return Ok((h, buf.split_off(h.len))),
@@ -281,10 +283,12 @@ async fn session(
         stats,
         idle_timeout,
     } = conn;
-    let local = client.local_addr()?;
+    let local = client.socket().local_addr()?;
+    let client_socket = client.socket().clone();
+    let (mut client_read, client_write) = client.split();
     let (mut src, mut dst, mut early) = (peer, local, Vec::new());
     if let Some(limit) = cfg.accept_proxy {
-        match read_proxy_header(&client, limit).await {
+        match read_proxy_header(&mut client_read, limit).await {
             Ok((h, rest)) => {
                 if let Some((s, d)) = h.addrs {
                     (src, dst) = (s, d);
@@ -316,8 +320,10 @@ async fn session(
 
     // Each writer has one producer (the other side's pump), so each is fed through a
     // `Handoff`: a chunk goes straight to the socket while that writer is idle.
-    let mut upstream_tx = Handoff::spawn(up.stream.clone(), &stats);
-    let client_tx = Handoff::spawn(client.clone(), &stats);
+    let up_socket = up.stream.socket().clone();
+    let (up_read, up_write) = up.stream.split();
+    let mut upstream_tx = Handoff::spawn(up_write, &stats);
+    let client_tx = Handoff::spawn(client_write, &stats);
     // What reaches each socket, counted by its writer; watched until the writer ends.
     let (to_upstream, to_client) = (upstream_tx.delivery(), client_tx.delivery());
     // The header is ours, not the client's: it is not part of what the client sent.
@@ -339,7 +345,7 @@ async fn session(
     let task = stats.task();
     let up_pump = rt::spawn_here({
         let (reader, activity, stats, fin, tap) = (
-            Reader::new(client.clone(), None),
+            Reader::new(client_read, None),
             activity.clone(),
             stats.clone(),
             ("client FIN", notes_tx.clone()),
@@ -353,7 +359,7 @@ async fn session(
     let task = stats.task();
     let down_pump = rt::spawn_here({
         let (reader, activity, stats, fin, tap) = (
-            Reader::new(up.stream.clone(), None),
+            Reader::new(up_read, None),
             activity.clone(),
             stats.clone(),
             ("server FIN", notes_tx),
@@ -365,7 +371,7 @@ async fn session(
         }
     });
 
-    let sockets = [&client, &up.stream];
+    let sockets = [&client_socket, &up_socket];
     let (mut up_pump, mut down_pump) = (up_pump.fuse(), down_pump.fuse());
     let mut notes = notes_rx.into_stream().fuse();
     let mut close_now = std::pin::pin!(
@@ -490,21 +496,21 @@ async fn session(
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Movement {
     written: u64,
-    queued: [Option<std::ffi::c_int>; 2],
+    queued: [Option<i32>; 2],
 }
 
 impl Movement {
-    fn now(to_upstream: &Delivery, to_client: &Delivery, sockets: &[&TcpStream; 2]) -> Self {
+    fn now(to_upstream: &Delivery, to_client: &Delivery, sockets: &[&Socket; 2]) -> Self {
         Movement {
             written: to_upstream.written() + to_client.written(),
-            queued: sockets.map(unsent),
+            queued: sockets.map(Socket::unsent),
         }
     }
 }
 
-fn shut(sockets: &[&TcpStream]) {
+fn shut(sockets: &[&Socket]) {
     for s in sockets {
-        let _ = s.shutdown(Halves::Both);
+        let _ = s.shut_both();
     }
 }
 

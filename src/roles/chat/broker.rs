@@ -31,10 +31,11 @@ use futures::channel::oneshot;
 
 use super::cookie::Cookies;
 use super::protocol::{self, Command, HELP, HELP_SHORT};
-use crate::net::conn::Outgoing;
 use crate::net::lines::{self, Datagram, Frame, Overlong};
+use crate::net::socket::Socket;
 use crate::net::udp::{self, DatagramSender};
-use crate::rt::{self, TcpStream};
+use crate::net::writer::Outgoing;
+use crate::rt;
 
 /// Identifies one client for the broker's life.
 pub type ClientId = u64;
@@ -160,7 +161,7 @@ pub enum Outbox {
     Tcp {
         writer_tx: flume::Sender<Queued>,
         queued: Arc<AtomicUsize>,
-        stream: TcpStream,
+        socket: Socket,
     },
     /// A UDP client, reached through the endpoint's send actor.
     Udp { peer: SocketAddr },
@@ -786,10 +787,10 @@ impl Broker {
         self.nicks.remove(&client.nick.to_ascii_lowercase());
         self.leave_room(id, &client.room);
         match &client.outbox {
-            Outbox::Tcp { stream, .. } => {
+            Outbox::Tcp { socket, .. } => {
                 if reason == LeaveReason::SendQueue {
                     // Its writer may be stuck on a full socket: cut it off.
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    let _ = socket.shut_both();
                 }
             }
             Outbox::Udp { peer } => {
@@ -1120,10 +1121,10 @@ impl Broker {
             Command::Quit(reason) => {
                 self.reply(id, line(&["* bye"]));
                 let reason = LeaveReason::Quit(reason.map(str::to_string));
-                if let Some(Outbox::Tcp { stream, .. }) = self.clients.get(&id).map(|c| &c.outbox) {
+                if let Some(Outbox::Tcp { socket, .. }) = self.clients.get(&id).map(|c| &c.outbox) {
                     // The writer flushes `* bye` and closes once we drop its sender below;
                     // the reader stops here, whatever the client does.
-                    let _ = stream.shutdown(std::net::Shutdown::Read);
+                    let _ = socket.shut_read();
                 }
                 self.remove(id, reason);
             }

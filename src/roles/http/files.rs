@@ -23,7 +23,7 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use super::request::{self, Request, TargetError};
-use crate::net::conn::FileRegion;
+use crate::net::sendfile::FileRegion;
 
 /// Bodies up to this size are read into the response; larger ones are sent from the file.
 pub const SMALL_FILE: u64 = 64 * 1024;

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use crate::net::addr::describe;
+use crate::net::describe::describe;
 use crate::net::limits::{errno_left_by, exhausted, is_resource_exhaustion, socket_available};
-use crate::rt::{self, TcpStream};
+use crate::net::stream::Stream;
+use crate::rt;
 
 /// First pause before a connect that met a local shortage is tried again; it doubles.
 const LOCAL_RETRY_MIN: Duration = Duration::from_millis(5);
@@ -96,7 +97,7 @@ impl Drop for ActiveGuard {
 
 /// A connected upstream.
 pub struct Connected {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// The upstream as configured (for logs).
     pub name: String,
     /// The address actually reached.
@@ -211,16 +212,16 @@ impl Upstreams {
     }
 }
 
-async fn connect_one(target: &str, timeout: Duration) -> Result<(TcpStream, SocketAddr), Failure> {
+async fn connect_one(target: &str, timeout: Duration) -> Result<(Stream, SocketAddr), Failure> {
     // A lookup needs descriptors too (the hosts file, a socket to the DNS server); see
     // [`lookup_failure`] for how a lookup that failed for want of one is told apart.
     let (looked_up, errno_left) = resolve(target).await;
     let addrs = looked_up.map_err(|e| lookup_failure(e, errno_left, socket_available))?;
     let mut last = String::from("resolves to no address");
     for addr in addrs {
-        match rt::timeout(timeout, TcpStream::connect(addr)).await {
+        match rt::timeout(timeout, Stream::connect(addr)).await {
             Some(Ok(s)) => {
-                let _ = s.set_nodelay(true);
+                let _ = s.socket().set_nodelay(true);
                 return Ok((s, addr));
             }
             Some(Err(e)) if is_resource_exhaustion(&e) => return Err(Failure::Local(e)),

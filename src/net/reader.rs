@@ -1,0 +1,269 @@
+//! The read side of a TCP connection: a [`Reader`] that takes what arrives, with an
+//! optional idle timeout, a watch for the peer leaving while it cannot read, and the
+//! linger that drains a peer's input before a close.
+//!
+//! - The reader holds no buffer while it waits: each read borrows a per-thread scratch
+//!   buffer and copies out exactly the bytes that arrived, so an idle connection costs a
+//!   few hundred bytes of task state, not a read buffer.
+//! - The idle timer is armed once per idle period, not per read: a read only notes the
+//!   time, and when the timer fires it re-arms itself for the time still left.
+//! - A reader that cannot read because what it read last is still waiting for mailbox
+//!   room can [`Reader::watch`] that wait: the socket is checked for the peer's FIN or
+//!   reset (`poll(POLLRDHUP)`, which consumes nothing) every [`STALL_CHECK`], so a peer
+//!   that leaves is noticed even while nothing can be read.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::io::AsyncRead;
+
+use crate::net::socket::{Hangup, Socket};
+use crate::net::stream::ReadHalf;
+use crate::rt;
+
+/// The most one read takes in; also the size of the per-thread scratch buffer.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// How often [`Reader::watch`] looks at a socket it cannot read for the peer's FIN or
+/// reset. One `poll(2)` per stalled reader per period, and only while it is stalled; a
+/// peer that leaves is noticed within this time (a stall ending sooner costs nothing:
+/// the timer is kept and reused).
+pub const STALL_CHECK: Duration = Duration::from_millis(250);
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// What one call to [`Reader::next`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Bytes, never empty.
+    Data(Vec<u8>),
+    /// The peer closed its write half.
+    Eof,
+    /// Nothing arrived for the idle timeout.
+    Idle,
+}
+
+/// The read side of a connection, with an optional idle timeout.
+pub struct Reader {
+    stream: ReadHalf,
+    idle: Option<Duration>,
+    last_input: Instant,
+    timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The next look at the socket while [`Reader::watch`] waits (kept across stalls).
+    stall_timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// [`Reader::watch`] has seen the peer's FIN (reported once).
+    fin_noticed: bool,
+    /// Bytes read so far.
+    pub bytes: u64,
+}
+
+impl Reader {
+    /// Reads from `stream`, the read half of a connection (the reader never writes).
+    pub fn new(stream: ReadHalf, idle: Option<Duration>) -> Self {
+        Reader {
+            stream,
+            idle,
+            last_input: Instant::now(),
+            timer: None,
+            stall_timer: None,
+            fin_noticed: false,
+            bytes: 0,
+        }
+    }
+
+    /// The socket beneath, for what is done to it without reading.
+    pub fn socket(&self) -> &Socket {
+        self.stream.socket()
+    }
+
+    /// The next chunk, end of input, or idle timeout.
+    pub async fn next(&mut self) -> io::Result<Input> {
+        futures::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Input>> {
+        loop {
+            match poll_read_scratch(&mut self.stream, cx) {
+                Poll::Ready(Ok(data)) if data.is_empty() => return Poll::Ready(Ok(Input::Eof)),
+                Poll::Ready(Ok(data)) => {
+                    self.bytes += data.len() as u64;
+                    if self.idle.is_some() {
+                        self.last_input = Instant::now();
+                    }
+                    return Poll::Ready(Ok(Input::Data(data)));
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        let Some(limit) = self.idle else {
+            return Poll::Pending;
+        };
+        loop {
+            let last = self.last_input;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(rt::sleep(limit.saturating_sub(last.elapsed()))));
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    self.timer = None;
+                    if self.last_input.elapsed() >= limit {
+                        return Poll::Ready(Ok(Input::Idle));
+                    }
+                    // Input came since the timer was armed: arm it for the time left.
+                }
+            }
+        }
+    }
+}
+
+impl Reader {
+    /// Runs `work` — a wait that keeps this reader from reading, such as a send into a
+    /// full mailbox — while watching the socket for the peer leaving. Returns
+    /// `Ok(output)` when `work` completes, or `Err(Hangup::Reset)` as soon as a reset is
+    /// seen (within about [`STALL_CHECK`]); `work` is then dropped. A FIN seen meanwhile
+    /// calls `on_fin` (once per reader) and the wait goes on: the bytes before the FIN
+    /// are still to be read and forwarded.
+    pub async fn watch<F: Future>(
+        &mut self,
+        work: F,
+        on_fin: impl FnOnce(),
+    ) -> Result<F::Output, Hangup> {
+        let mut work = std::pin::pin!(work);
+        let mut on_fin = Some(on_fin);
+        futures::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = work.as_mut().poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            loop {
+                let timer = self
+                    .stall_timer
+                    .get_or_insert_with(|| Box::pin(rt::sleep(STALL_CHECK)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.stall_timer = None;
+                match self.stream.socket().hangup() {
+                    Some(Hangup::Reset) => return Poll::Ready(Err(Hangup::Reset)),
+                    Some(Hangup::Fin) if !self.fin_noticed => {
+                        self.fin_noticed = true;
+                        if let Some(f) = on_fin.take() {
+                            f();
+                        }
+                    }
+                    _ => {}
+                }
+                // Arm the next look (polled at once, so it holds this task's waker).
+            }
+        })
+        .await
+    }
+}
+
+/// How long [`Reader::linger`] waits for the peer to close.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+impl Reader {
+    /// After our side has finished writing: discards the peer's input until it closes,
+    /// for at most [`LINGER`]. Closing a socket with unread input makes the kernel send a
+    /// reset, which can destroy the last reply before the peer has read it.
+    pub async fn linger(&mut self) {
+        let drain = async { while let Ok(Input::Data(_)) = self.next().await {} };
+        let _ = rt::timeout(LINGER, drain).await;
+    }
+}
+
+/// Polls one read into this thread's scratch buffer and copies out what arrived.
+fn poll_read_scratch(stream: &mut ReadHalf, cx: &mut Context<'_>) -> Poll<io::Result<Vec<u8>>> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        Pin::new(stream)
+            .poll_read(cx, &mut scratch[..])
+            .map_ok(|n| scratch[..n].to_vec())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::stream::tests::{layered, pair};
+    use futures::io::AsyncWriteExt;
+
+    #[test]
+    fn watch_sees_a_fin_behind_unread_bytes_and_then_a_reset_without_reading() {
+        rt::block_on(async {
+            for wrap in [false, true] {
+                let (near, far) = pair().await;
+                let near = if wrap { layered(near) } else { near };
+                let (_far_r, mut far_w) = far.split();
+                far_w.write_all(b"unread").await.unwrap();
+                far_w.socket().shut_write().unwrap();
+                let (near_r, _near_w) = near.split();
+                let mut reader = Reader::new(near_r, None);
+                // The work ends when the FIN is reported: the wait itself reads nothing.
+                let (fin_tx, fin_rx) = flume::bounded::<()>(1);
+                let out = reader
+                    .watch(fin_rx.recv_async(), move || {
+                        let _ = fin_tx.try_send(());
+                    })
+                    .await;
+                assert_eq!(out, Ok(Ok(())));
+                assert_eq!(
+                    reader.next().await.unwrap(),
+                    Input::Data(b"unread".to_vec())
+                );
+                assert_eq!(reader.next().await.unwrap(), Input::Eof);
+            }
+
+            // A reset, with bytes still unread, ends a wait that would never end.
+            let (near, far) = pair().await;
+            let (_far_r, mut far_w) = far.split();
+            far_w.write_all(b"unread").await.unwrap();
+            let (near_r, mut near_w) = near.split();
+            near_w.write_all(b"to be refused").await.unwrap();
+            far_w.socket().reset_on_close().unwrap();
+            drop((_far_r, far_w));
+            let mut reader = Reader::new(near_r, None);
+            let out = rt::timeout(
+                Duration::from_secs(20),
+                reader.watch(futures::future::pending::<()>(), || {}),
+            )
+            .await;
+            assert_eq!(out, Some(Err(Hangup::Reset)));
+        });
+    }
+
+    #[test]
+    fn a_short_read_waits_for_readiness_and_a_full_one_reads_again() {
+        rt::block_on(async {
+            let (near, far) = pair().await;
+            let (_far_r, mut far_w) = far.split();
+            let (near_r, _near_w) = near.split();
+            let mut reader = Reader::new(near_r, None);
+            // More than one chunk arrives at once: the first read fills the buffer and
+            // the next takes the rest straight away; then, drained, the reader waits.
+            let sent: Vec<u8> = (0..READ_CHUNK + 100).map(|i| (i % 7) as u8).collect();
+            far_w.write_all(&sent).await.unwrap();
+            let mut got = Vec::new();
+            while got.len() < sent.len() {
+                match reader.next().await.unwrap() {
+                    Input::Data(d) => got.extend(d),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(got, sent);
+            far_w.write_all(b"more").await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Input::Data(b"more".to_vec()));
+            far_w.close().await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Input::Eof);
+        });
+    }
+}
