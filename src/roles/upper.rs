@@ -17,7 +17,7 @@
 
 use std::net::SocketAddr;
 
-use crate::role::{Role, Session};
+use crate::role::{Flow, NewSession, Role, Session};
 
 /// Default address for TCP and UDP.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7008";
@@ -36,12 +36,14 @@ impl Role for Upper {
         "upper"
     }
 
-    fn session(&self, _peer: SocketAddr) -> UpperSession {
-        UpperSession::default()
-    }
-
     fn datagram(&self, _peer: SocketAddr, input: Vec<u8>) -> Option<Vec<u8>> {
         Some(upper_datagram(&input))
+    }
+}
+
+impl NewSession for Upper {
+    fn session(&self, _peer: SocketAddr) -> UpperSession {
+        UpperSession::default()
     }
 }
 
@@ -65,7 +67,7 @@ pub struct UpperSession {
 }
 
 impl Session for UpperSession {
-    fn data(&mut self, input: Vec<u8>) -> Vec<u8> {
+    fn data(&mut self, input: Vec<u8>) -> (Vec<u8>, Flow) {
         let mut out = Vec::new();
         let mut rest: &[u8] = &input;
         if !self.pending.is_empty() {
@@ -97,7 +99,7 @@ impl Session for UpperSession {
         if self.pending.capacity() > MAX_PENDING * 2 {
             self.pending.shrink_to(MAX_PENDING);
         }
-        out
+        (out, Flow::Continue)
     }
 
     fn end(&mut self) -> Vec<u8> {
@@ -136,7 +138,7 @@ mod tests {
         let mut s = UpperSession::default();
         let mut out = Vec::new();
         for c in chunks {
-            out.extend(s.data(c.to_vec()));
+            out.extend(s.data(c.to_vec()).0);
         }
         out.extend(s.end());
         out
@@ -193,10 +195,10 @@ mod tests {
         let mut s = UpperSession::default();
         let mut line = vec![b'a'; MAX_PENDING - 1];
         line.extend_from_slice(&euro[..2]);
-        let out = s.data(line);
+        let (out, _) = s.data(line);
         // Compared without printing: a failure must not dump 64 KiB.
         assert!(out.len() == MAX_PENDING - 1 && out.iter().all(|&b| b == b'A'));
-        assert_eq!(s.data(euro[2..].to_vec()), Vec::<u8>::new());
+        assert_eq!(s.data(euro[2..].to_vec()).0, Vec::<u8>::new());
         assert_eq!(s.end(), "€".as_bytes());
         assert_eq!(char_boundary("aé".as_bytes()), 3);
         assert_eq!(char_boundary(&"aé".as_bytes()[..2]), 1);
