@@ -102,34 +102,30 @@ pub enum Command {
 /// Parses one line (without its line ending); the error is the reason sent after `ERR`.
 pub fn parse(line: &[u8], limits: &Limits) -> Result<Command, &'static str> {
     let (word, rest) = split_word(line);
+    let (key, value) = split_word(rest);
     let word = word.to_ascii_uppercase();
-    let (key, rest) = split_word(rest);
-    let usage = match word.as_slice() {
+    let (usage, takes_value) = match word.as_slice() {
         b"" => return Ok(Command::Nothing),
-        b"QUIT" if key.is_empty() => return Ok(Command::Quit),
+        b"QUIT" if rest.is_empty() => return Ok(Command::Quit),
         b"QUIT" => return Err("usage: QUIT"),
-        b"SET" => "usage: SET key value",
-        b"GET" => "usage: GET key",
-        b"DEL" => "usage: DEL key",
-        b"WATCH" => "usage: WATCH key",
+        b"SET" => ("usage: SET key value", true),
+        b"GET" => ("usage: GET key", false),
+        b"DEL" => ("usage: DEL key", false),
+        b"WATCH" => ("usage: WATCH key", false),
         _ => return Err("unknown command"),
     };
-    if key.is_empty() || (word != b"SET" && !rest.is_empty()) || (word == b"SET" && rest.is_empty())
-    {
+    if key.is_empty() || value.is_empty() == takes_value {
         return Err(usage);
     }
     if key.len() > limits.max_key {
         return Err("key too long");
     }
-    if rest.len() > limits.max_value {
+    if value.len() > limits.max_value {
         return Err("value too long");
     }
-    let key = key.to_vec();
+    let (key, value) = (key.to_vec(), value.to_vec());
     Ok(match word.as_slice() {
-        b"SET" => Command::Set {
-            key,
-            value: rest.to_vec(),
-        },
+        b"SET" => Command::Set { key, value },
         b"GET" => Command::Get { key },
         b"DEL" => Command::Del { key },
         _ => Command::Watch { key },
@@ -222,6 +218,7 @@ impl StoreHandle {
         StoreHandle { store_tx }
     }
 
+    /// Stores `value` under `key` and tells the key's watchers.
     pub async fn set(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
         self.ask(|respond_to| StoreMsg::Set {
             key,
@@ -231,12 +228,13 @@ impl StoreHandle {
         .await?
     }
 
+    /// The value under `key`, if any.
     pub async fn get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
         self.ask(|respond_to| StoreMsg::Get { key, respond_to })
             .await
     }
 
-    /// Whether the key was there.
+    /// Deletes `key` and tells its watchers; whether it was there.
     pub async fn del(&self, key: Vec<u8>) -> Result<bool, StoreError> {
         self.ask(|respond_to| StoreMsg::Del { key, respond_to })
             .await
@@ -267,6 +265,7 @@ impl StoreHandle {
 }
 
 impl Store {
+    /// Answers requests in order until every handle is gone.
     async fn run(mut self, store_rx: flume::Receiver<StoreMsg>) {
         while let Ok(msg) = store_rx.recv_async().await {
             // A requester that went away is normal: its answer is dropped.

@@ -188,6 +188,42 @@ fn kv_says_what_is_wrong_and_keeps_its_caps() {
 }
 
 #[test]
+fn kv_parses_a_line_into_one_command_or_the_reason_it_cannot() {
+    use kv::{Command, parse};
+    let limits = Limits::default();
+    let set = |k: &str, v: &str| Command::Set {
+        key: k.into(),
+        value: v.into(),
+    };
+    assert_eq!(
+        parse(b"SET k  two words ", &limits),
+        Ok(set("k", " two words "))
+    );
+    assert_eq!(parse(b"  set\tk v", &limits), Err("unknown command"));
+    assert_eq!(
+        parse(b"  wAtCh k", &limits),
+        Ok(Command::Watch { key: b"k".to_vec() })
+    );
+    assert_eq!(
+        parse(b"GET k ", &limits),
+        Ok(Command::Get { key: b"k".to_vec() })
+    );
+    assert_eq!(
+        parse(b"GET  k", &limits),
+        Ok(Command::Get { key: b"k".to_vec() })
+    );
+    assert_eq!(parse(b"SET k ", &limits), Err("usage: SET key value"));
+    assert_eq!(parse(b"QUIT ", &limits), Ok(Command::Quit));
+    assert_eq!(parse(b"   ", &limits), Ok(Command::Nothing));
+    assert_eq!(
+        parse(b"DEL \xff\x00", &limits),
+        Ok(Command::Del {
+            key: b"\xff\x00".to_vec()
+        })
+    );
+}
+
+#[test]
 fn kv_quit_answers_then_closes() {
     let server = start_role(Kv::new(Limits::default()), ServerConfig::default());
     let mut s = client(server.tcp);
