@@ -1,19 +1,19 @@
 //! A complete new role in one file: ROT13 over TCP and UDP, on switchboard's public API.
 //!
-//! Run it: `cargo run --example rot13 -- 127.0.0.1:7013`, then
-//! `printf 'Hello\n' | nc -N 127.0.0.1 7013` prints `Uryyb`, and
-//! `printf 'Hello' | nc -u -w1 127.0.0.1 7013` answers the datagram.
+//! Run it: `cargo run --example rot13 -- --listen 127.0.0.1:7013` (`--help` lists the
+//! options every server takes), then `printf 'Hello\n' | nc -N 127.0.0.1 7013` prints
+//! `Uryyb`, and `printf 'Hello' | nc -u -w1 127.0.0.1 7013` answers the datagram.
 //!
 //! Everything a built-in role gets comes with it: reader and writer actors per client,
-//! `--max-conns`-style limits through `ServerConfig`, graceful shutdown on Ctrl-C.
+//! `--max-conns`, access lists, timeouts, the log pipe, graceful shutdown on Ctrl-C.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use switchboard::net::listener::ServerConfig;
-use switchboard::role::{Role, Session};
+use clap::Parser;
+use switchboard::role::{Flow, Role, Session};
+use switchboard::service::{self, Addrs, ServerArgs, Verbosity};
 
-/// The role: stateless, so it is its own session too.
+/// The role: stateless, so it is its own session (each client gets a copy).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Rot13;
 
@@ -36,10 +36,6 @@ impl Role for Rot13 {
         "rot13"
     }
 
-    fn session(&self, _peer: SocketAddr) -> Rot13 {
-        Rot13
-    }
-
     fn datagram(&self, _peer: SocketAddr, mut input: Vec<u8>) -> Option<Vec<u8>> {
         rot13(&mut input);
         Some(input)
@@ -47,25 +43,29 @@ impl Role for Rot13 {
 }
 
 impl Session for Rot13 {
-    fn data(&mut self, mut input: Vec<u8>) -> Vec<u8> {
+    fn data(&mut self, mut input: Vec<u8>) -> (Vec<u8>, Flow) {
         // ROT13 is byte-wise, so chunk borders do not matter: transform and send on.
         rot13(&mut input);
-        input
+        (input, Flow::Continue)
     }
 }
 
-#[allow(dead_code)] // the tests include this file for `Rot13` and do not call main
-fn main() {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7013".into());
-    femme::with_level(log::LevelFilter::Info);
-    let served = (Some(addr.clone()), Some(addr));
-    let config = Arc::new(ServerConfig::default());
-    if let Err(e) =
-        switchboard::rt::block_on(switchboard::service::serve_role(Rot13, served, config))
-    {
-        eprintln!("rot13: {e}");
-        std::process::exit(1);
-    }
+/// ROT13 over TCP and UDP.
+#[derive(Parser)]
+#[command(name = "rot13")]
+pub struct Args {
+    /// Address to serve, TCP and UDP.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7013")]
+    pub listen: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub verbosity: Verbosity,
+}
+
+#[allow(dead_code)] // the tests include this file for `Rot13` and `Args`, not `main`
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let addrs = Addrs::both(&args.listen);
+    service::serve_role(Rot13, addrs, args.server.config(), args.verbosity.level())
 }

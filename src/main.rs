@@ -2,7 +2,6 @@
 //! library. Every behaviour lives in the library, where tests and examples reach it.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -10,7 +9,6 @@ use ipnet::IpNet;
 
 use switchboard::bench;
 use switchboard::client::{connect, listen};
-use switchboard::logging;
 use switchboard::net::access::{AccessList, parse_cidr};
 use switchboard::net::duration::{nonzero, parse_duration};
 use switchboard::net::listener::ServerConfig;
@@ -22,6 +20,7 @@ use switchboard::roles::proxy::{
     upstreams::{Balance, Upstreams},
 };
 use switchboard::roles::{discard, echo, hello, http, upper};
+use switchboard::service::{Addrs, ServerArgs, Verbosity};
 use switchboard::{Result, rt, service};
 
 #[derive(Parser)]
@@ -31,12 +30,8 @@ use switchboard::{Result, rt, service};
     about = "Small network services as actors: chat, echo, upper, hello, and nc-style tools"
 )]
 struct Cli {
-    /// More log output (-v debug, -vv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Less log output (-q warnings only, -qq errors only).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    quiet: u8,
+    #[command(flatten)]
+    verbosity: Verbosity,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,39 +65,6 @@ enum Command {
     Listen(ListenArgs),
 }
 
-/// Options every server takes.
-#[derive(Args, Clone)]
-struct ServerArgs {
-    /// Most TCP clients served at once (0 = no limit); over it new clients are closed.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    max_conns: usize,
-    /// Close a TCP client after this long without input (30s, 5m; 0 = never).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
-    idle_timeout: Duration,
-    /// Accept only clients in this block (repeatable; e.g. 10.0.0.0/8 or ::1).
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    allow: Vec<IpNet>,
-    /// Refuse clients in this block (repeatable; wins over --allow).
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    deny: Vec<IpNet>,
-}
-
-impl ServerArgs {
-    fn config(&self) -> Arc<ServerConfig> {
-        Arc::new(ServerConfig {
-            max_conns: self.max_conns,
-            idle_timeout: nonzero(self.idle_timeout),
-            access: AccessList::new(self.allow.clone(), self.deny.clone()),
-            full_notice: None,
-            keep_open_on_shutdown: false,
-            quiet: false,
-            hold_accepts: None,
-            close_now: None,
-            proxy_from: AccessList::default(),
-        })
-    }
-}
-
 #[derive(Args)]
 struct Transports {
     /// TCP address to serve (given alone, only TCP is served).
@@ -117,10 +79,13 @@ struct Transports {
 
 impl Transports {
     /// Both on `default` when neither is named, else just the ones named.
-    fn addrs(&self, default: &str) -> (Option<String>, Option<String>) {
+    fn addrs(&self, default: &str) -> Addrs {
         match (&self.tcp, &self.udp) {
-            (None, None) => (Some(default.into()), Some(default.into())),
-            (tcp, udp) => (tcp.clone(), udp.clone()),
+            (None, None) => Addrs::both(default),
+            (tcp, udp) => Addrs {
+                tcp: tcp.clone(),
+                udp: udp.clone(),
+            },
         }
     }
 }
@@ -347,28 +312,9 @@ fn main() -> ExitCode {
         }
         Command::Listen(args) => ("listen", rt::block_on(listen::run(&args.addr, args.udp))),
         Command::Bench(args) => ("bench", rt::block_on(run_bench(args))),
-        server => {
-            let log = start_logger(cli.verbose, cli.quiet);
-            service::prepare();
-            let result = rt::block_on(run_server(server));
-            log.finish();
-            result
-        }
+        server => service::run_process(cli.verbosity.level(), run_server(server)),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            switchboard::note!("switchboard {name}: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn start_logger(verbose: u8, quiet: u8) -> logging::LogOutput {
-    use log::LevelFilter::*;
-    let levels = [Off, Error, Warn, Info, Debug, Trace];
-    let index = (3 + verbose as i32 - quiet as i32).clamp(0, 5) as usize;
-    logging::start(levels[index])
+    service::exit_code(&format!("switchboard {name}"), result)
 }
 
 async fn run_server(command: Command) -> (&'static str, Result<()>) {
@@ -378,11 +324,11 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
         Command::Http(h) => ("http", serve_http(h).await),
         Command::Echo(t) => (
             "echo",
-            service::serve_role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), t.server.config()).await,
+            service::run_role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), t.server.config()).await,
         ),
         Command::Upper(t) => (
             "upper",
-            service::serve_role(
+            service::run_role(
                 upper::Upper,
                 t.addrs(upper::DEFAULT_ADDR),
                 t.server.config(),
@@ -391,16 +337,16 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
         ),
         Command::Hello(h) => (
             "hello",
-            service::serve_role(
+            service::run_role(
                 hello::Hello::new(&h.message),
-                (Some(h.tcp), None),
+                Addrs::tcp(&h.tcp),
                 h.server.config(),
             )
             .await,
         ),
         Command::Discard(t) => (
             "discard",
-            service::serve_role(
+            service::run_role(
                 discard::Discard,
                 t.addrs(discard::DEFAULT_ADDR),
                 t.server.config(),
@@ -431,8 +377,8 @@ async fn serve_chat(args: ChatArgs) -> Result<()> {
     if !args.udp_joins_per_ip.is_finite() || args.udp_joins_per_ip <= 0.0 {
         return Err("--udp-joins-per-ip must be a number above 0".into());
     }
-    let (tcp, udp) = args.transports.addrs(chat::DEFAULT_ADDR);
-    let bound = service::bind(tcp.as_deref(), udp.as_deref()).await?;
+    let addrs = args.transports.addrs(chat::DEFAULT_ADDR);
+    let bound = service::bind(addrs.tcp.as_deref(), addrs.udp.as_deref()).await?;
     let server = (*args.transports.server.config()).clone();
     let config = ChatConfig {
         max_line: args.max_line,

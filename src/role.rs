@@ -1,21 +1,40 @@
-//! The public API for byte-transforming roles: implement [`Role`] and [`Session`], and
-//! [`run`] serves it over TCP and UDP with every server option (limits, access lists,
-//! idle timeout, shutdown). `examples/rot13.rs` is a complete role in one small file.
+//! The public API for writing a role, in two tiers, and [`run`], which serves one over
+//! TCP and UDP with every server option (limits, access lists, idle and send timeouts,
+//! shutdown).
+//!
+//! - **Tier one, a transform** ([`Session`]): each chunk a client sends becomes the bytes
+//!   sent back, computed on the spot. `examples/rot13.rs` is a complete one.
+//! - **Tier two, a session that talks to others** ([`AsyncSession`]): its methods are
+//!   async, so it can ask an actor of the role's own and wait for the answer, and it
+//!   replies through its [`Client`], whose [`Pusher`] other actors use to send to the
+//!   client at any time. `examples/kv.rs` (a key-value store shared by all clients, with
+//!   changes pushed to watchers) is a complete one.
 //!
 //! ```text
-//!   TCP:  socket ─▶ Reader ─▶ Session::data ─writer_tx─▶ writer ─▶ socket
+//!   TCP:  socket ─▶ Reader ─▶ session (data) ──client.send──▶ writer ─▶ socket
+//!                                │ ask, await reply      ▲
+//!                                ▼                       │ Pusher::push (try_send)
+//!                             role's actor ──────────────┘
 //!   UDP:  socket ─▶ receive loop ─▶ Role::datagram ─sender_tx─▶ send actor ─▶ socket
 //! ```
 //!
-//! A session is the upstream actor of its connection. For a pure transform it runs
-//! inside the reader's task: a separate task would add one cross-thread wake-up per
-//! message and buy nothing, since the transform has no one else to talk to. Roles that
-//! do talk to others (chat's broker, the proxy's origin) wire their own actors from
-//! [`crate::net::reader`] and [`crate::net::writer`].
+//! A session is the upstream actor of its connection and runs inside the reader's task:
+//! a separate task would add one cross-thread wake-up per message and buy nothing, since
+//! everything a session says to others goes through their own mailboxes. The plumbing
+//! around it is the same for both tiers: the writer actor, byte counts, the idle timer,
+//! the linger after a close, and the close reason (see [`serve_session`]). A line
+//! protocol frames its input with [`Lines`].
 
+pub mod client;
+pub mod lines;
+
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use client::{Client, ClientGone, Pusher};
+pub use lines::{LineTooLong, Lines};
 
 use crate::Result;
 use crate::net::listener::{self, Conn, ServerConfig};
@@ -26,7 +45,7 @@ use crate::net::udp;
 use crate::net::writer::{WRITER_MAILBOX, spawn_writer_watched, writer_ended};
 use crate::rt::{TcpListener, UdpSocket};
 
-/// What a session wants after speaking first.
+/// What a session wants after it has spoken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
     /// Keep reading and replying.
@@ -35,7 +54,9 @@ pub enum Flow {
     Close,
 }
 
-/// One TCP client's state in a role. Runs in the connection's reader task.
+/// Tier one: one TCP client's state in a role that transforms what it reads. Runs in
+/// the connection's reader task; what a method returns is sent before the next input
+/// is read.
 pub trait Session: Send + 'static {
     /// Called once when the client connects: bytes to send first, and whether to go on.
     fn open(&mut self) -> (Vec<u8>, Flow) {
@@ -43,8 +64,8 @@ pub trait Session: Send + 'static {
     }
 
     /// Called for each chunk the client sends, in order (chunk borders are wherever TCP
-    /// put them). Returns the bytes to send back, possibly none.
-    fn data(&mut self, input: Vec<u8>) -> Vec<u8>;
+    /// put them): the bytes to send back (possibly none), and whether to go on.
+    fn data(&mut self, input: Vec<u8>) -> (Vec<u8>, Flow);
 
     /// Called once when the client has finished sending: last bytes to send back.
     fn end(&mut self) -> Vec<u8> {
@@ -52,20 +73,85 @@ pub trait Session: Send + 'static {
     }
 }
 
-/// A service that answers TCP clients (one [`Session`] each) and, optionally, UDP datagrams.
+/// Tier two: one TCP client's state in a role whose sessions talk to others (an actor
+/// of the role's own, each other). Runs in the connection's reader task; while a method
+/// awaits, the client is not read, so a slow answer slows the client, not the server.
+///
+/// Replies go through the [`Client`]; to let another actor send to this client later,
+/// give it [`Client::pusher`]. Every [`Session`] is an `AsyncSession` too.
+pub trait AsyncSession: Send + 'static {
+    /// Messages the client's writer holds. A session's own [`Client::send`] waits when
+    /// it is full (backpressure: the client is not read until it reads); a
+    /// [`Pusher::push`] into a full one closes the client as too slow. A role that fans
+    /// out many small messages wants more than the default, which bounds a transform's
+    /// chunks of up to 64 KiB.
+    const MAILBOX: usize = WRITER_MAILBOX;
+
+    /// Called once when the client connects, before anything is read.
+    fn open(&mut self, _client: &Client) -> impl Future<Output = Flow> + Send {
+        async { Flow::Continue }
+    }
+
+    /// Called for each chunk the client sends, in order (chunk borders are wherever TCP
+    /// put them).
+    fn data(&mut self, input: Vec<u8>, client: &Client) -> impl Future<Output = Flow> + Send;
+
+    /// Called once when the client has finished sending (not after a reset, an idle
+    /// timeout or [`Flow::Close`]).
+    fn end(&mut self, _client: &Client) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+impl<S: Session> AsyncSession for S {
+    async fn open(&mut self, client: &Client) -> Flow {
+        let (greeting, flow) = Session::open(self);
+        sent(client.send(greeting).await, flow)
+    }
+
+    async fn data(&mut self, input: Vec<u8>, client: &Client) -> Flow {
+        let (reply, flow) = Session::data(self, input);
+        sent(client.send(reply).await, flow)
+    }
+
+    async fn end(&mut self, client: &Client) {
+        let _ = client.send(Session::end(self)).await;
+    }
+}
+
+/// The flow after a send: a client that is gone is closed whatever the session wanted.
+fn sent(result: Result<(), ClientGone>, flow: Flow) -> Flow {
+    if result.is_ok() { flow } else { Flow::Close }
+}
+
+/// A service that answers TCP clients (one session each) and, optionally, UDP datagrams.
+///
+/// A role that is `Clone` and its own session (`type Session = Self`) is complete with
+/// this trait: each client gets a clone ([`NewSession`]). A role with a separate session
+/// type says how one starts by implementing [`NewSession`].
 pub trait Role: Send + Sync + 'static {
-    /// Per-client state.
-    type Session: Session;
+    /// Per-client state: a [`Session`] or an [`AsyncSession`].
+    type Session: AsyncSession;
 
     /// A name for logs.
     fn name(&self) -> &'static str;
 
-    /// Starts a session for a new TCP client.
-    fn session(&self, peer: SocketAddr) -> Self::Session;
-
     /// Answers one UDP datagram: `Some` reply (possibly empty) or `None` for no reply.
     fn datagram(&self, _peer: SocketAddr, _input: Vec<u8>) -> Option<Vec<u8>> {
         None
+    }
+}
+
+/// How a role starts a session for a new TCP client. Implemented already for a `Clone`
+/// role that is its own session.
+pub trait NewSession: Role {
+    /// Starts a session for the client at `peer`.
+    fn session(&self, peer: SocketAddr) -> Self::Session;
+}
+
+impl<R: Role<Session = R> + Clone> NewSession for R {
+    fn session(&self, _peer: SocketAddr) -> R {
+        self.clone()
     }
 }
 
@@ -76,7 +162,7 @@ pub const SEND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 
 /// Serves `role` on the sockets given until `shutdown` fires; returns when both loops
 /// have stopped (connections may still be flushing: see [`Stats::live_tasks`]).
-pub async fn run<R: Role>(
+pub async fn run<R: NewSession>(
     role: Arc<R>,
     tcp: Option<TcpListener>,
     udp: Option<UdpSocket>,
@@ -106,7 +192,7 @@ pub async fn run<R: Role>(
 }
 
 /// Runs one TCP session: the reader loop here, the writer as its own actor.
-pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()> {
+pub async fn serve_session<S: AsyncSession>(conn: Conn, mut session: S) -> Result<()> {
     let Conn {
         stream,
         peer,
@@ -116,44 +202,43 @@ pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()>
     // A client that stops reading while it sends would hold this reader in the writer's
     // full mailbox, where its idle timer never runs: the writer's send timeout (the same
     // limit, or SEND_TIMEOUT_DEFAULT when it is off) closes it instead.
-    let (writer_tx, writer_rx) = flume::bounded::<Vec<u8>>(WRITER_MAILBOX);
+    let (writer_tx, writer_rx) = flume::bounded::<Vec<u8>>(S::MAILBOX.max(1));
     let send_timeout = idle_timeout.unwrap_or(SEND_TIMEOUT_DEFAULT);
     let (read, write) = stream.split();
+    let client = Client::new(peer, writer_tx, read.socket().clone());
     let ended_rx = spawn_writer_watched(write, writer_rx, &stats, Some(send_timeout));
     let mut reader = Reader::new(read, idle_timeout);
     let started = std::time::Instant::now();
 
-    let (greeting, flow) = session.open();
+    let mut flow = session.open(&client).await;
     let mut reason = "role closed";
-    if !greeting.is_empty() && writer_tx.send_async(greeting).await.is_err() {
-        reason = "write failed";
-    } else if flow == Flow::Continue {
+    if flow == Flow::Continue {
         reason = loop {
-            let reply = match reader.next().await {
+            match reader.next().await {
                 Ok(Input::Data(data)) => {
                     // Counted as it arrives: a reader held in the writer's full mailbox
                     // by a client that stopped reading may never get to count it later.
                     Stats::add(&stats.bytes_in, data.len() as u64);
-                    session.data(data)
+                    flow = session.data(data, &client).await;
+                    if flow == Flow::Close {
+                        break "role closed";
+                    }
                 }
                 Ok(Input::Eof) => {
-                    let last = session.end();
-                    if !last.is_empty() {
-                        let _ = writer_tx.send_async(last).await;
-                    }
+                    session.end(&client).await;
                     break "client closed";
                 }
                 Ok(Input::Idle) => break "idle timeout",
                 Err(_) => break "reset",
-            };
-            if !reply.is_empty() && writer_tx.send_async(reply).await.is_err() {
-                break "write failed";
             }
         };
     }
-    // The writer flushes what it holds and half-closes once this last sender is gone.
-    drop(writer_tx);
-    if flow == Flow::Close {
+    let evicted = client.evicted();
+    let cut_off = evicted || client.send_failed();
+    // The writer flushes what it holds and half-closes once this, the one strong
+    // sender, is gone; pushers hold weak ones, so no other actor keeps the socket open.
+    drop(client);
+    if flow == Flow::Close && !cut_off {
         let before = reader.bytes;
         reader.linger().await;
         Stats::add(&stats.bytes_in, reader.bytes - before);
@@ -163,6 +248,9 @@ pub async fn serve_session<S: Session>(conn: Conn, mut session: S) -> Result<()>
     // that stopped reading. Its end says the true reason when it did not flush.
     if let Some(why) = writer_ended(&ended_rx).await.reason() {
         reason = why;
+    }
+    if evicted {
+        reason = "too slow";
     }
     log::debug!(peer = peer.to_string().as_str(), reason = reason, bytes_in = reader.bytes,
         ms = started.elapsed().as_millis() as u64; "connection closed");

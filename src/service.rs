@@ -1,4 +1,7 @@
-//! Running a server as a process: bind, serve until SIGINT or SIGTERM, drain, summarise.
+//! Running a server as a process: the command-line options every server takes, the log
+//! pipe and open-files limit, bind, serve until SIGINT or SIGTERM, drain, summarise.
+//! [`serve_role`] is all of it for a [`Role`](crate::role::Role) in one call, the same path the binary's
+//! echo, upper, hello and discard take.
 //!
 //! Shutdown order: the signal fires the [`Trigger`]; accept loops close their listeners and
 //! shut the read half of every connection; readers end as on a client's EOF and drop
@@ -10,18 +13,23 @@
 //! process logs one summary line and returns.
 
 use std::future::Future;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use ipnet::IpNet;
 
 use crate::Result;
+use crate::logging;
+use crate::net::access::{AccessList, parse_cidr};
 use crate::net::describe::describe;
+use crate::net::duration::{nonzero, parse_duration};
 use crate::net::listener::ServerConfig;
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
 use crate::net::{bind, limits};
-use crate::role::{self, Role};
+use crate::role::{self, NewSession};
 use crate::rt::{self, TcpListener, UdpSocket};
 
 /// Default time given to open connections to finish after a shutdown signal.
@@ -149,14 +157,99 @@ where
     Ok(())
 }
 
-/// Binds `tcp` and `udp` (either may be `None`), serves `role` on them until SIGINT or
-/// SIGTERM, drains and logs a summary: a whole server process in one call.
-pub async fn serve_role<R: Role>(
+/// The addresses a server serves on: TCP, UDP, or both (`None`: not that transport).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Addrs {
+    pub tcp: Option<String>,
+    pub udp: Option<String>,
+}
+
+impl Addrs {
+    /// TCP and UDP on the same address.
+    pub fn both(addr: &str) -> Self {
+        Addrs {
+            tcp: Some(addr.into()),
+            udp: Some(addr.into()),
+        }
+    }
+
+    /// TCP only.
+    pub fn tcp(addr: &str) -> Self {
+        Addrs {
+            tcp: Some(addr.into()),
+            udp: None,
+        }
+    }
+}
+
+/// Options every server takes on the command line (flatten them into a clap command).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ServerArgs {
+    /// Most TCP clients served at once (0 = no limit); over it new clients are closed.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_conns: usize,
+    /// Close a TCP client after this long without input (30s, 5m; 0 = never).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
+    pub idle_timeout: Duration,
+    /// Accept only clients in this block (repeatable; e.g. 10.0.0.0/8 or ::1).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub allow: Vec<IpNet>,
+    /// Refuse clients in this block (repeatable; wins over --allow).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub deny: Vec<IpNet>,
+}
+
+impl ServerArgs {
+    /// The accept loop's settings these options ask for.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        Arc::new(ServerConfig {
+            max_conns: self.max_conns,
+            idle_timeout: nonzero(self.idle_timeout),
+            access: AccessList::new(self.allow.clone(), self.deny.clone()),
+            ..ServerConfig::default()
+        })
+    }
+}
+
+/// `-v` and `-q` (flatten them into a clap command; they may come after a subcommand).
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct Verbosity {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
+}
+
+impl Verbosity {
+    /// The log level asked for: info, one step per `-v` or `-q`.
+    pub fn level(&self) -> log::LevelFilter {
+        use log::LevelFilter::*;
+        let levels = [Off, Error, Warn, Info, Debug, Trace];
+        levels[(3 + i32::from(self.verbose) - i32::from(self.quiet)).clamp(0, 5) as usize]
+    }
+}
+
+/// Runs `server` to its end as a server process: logs through the log pipe at `level`
+/// (so a closed or stalled stdout cannot stop it), raises the open-files limit, and
+/// writes out what is logged before it returns.
+pub fn run_process<T>(level: log::LevelFilter, server: impl Future<Output = T>) -> T {
+    let log = logging::start(level);
+    prepare();
+    let result = rt::block_on(server);
+    log.finish();
+    result
+}
+
+/// Binds `addrs`, serves `role` on them until SIGINT or SIGTERM, drains and logs a
+/// summary. Inside a process set up by [`run_process`]; [`serve_role`] does both.
+pub async fn run_role<R: NewSession>(
     role: R,
-    (tcp, udp): (Option<String>, Option<String>),
+    addrs: Addrs,
     config: Arc<ServerConfig>,
 ) -> Result<()> {
-    let bound = bind(tcp.as_deref(), udp.as_deref()).await?;
+    let bound = bind(addrs.tcp.as_deref(), addrs.udp.as_deref()).await?;
     let stats = Stats::new();
     let role = Arc::new(role);
     let name = role.name();
@@ -165,4 +258,30 @@ pub async fn serve_role<R: Role>(
         role::run(role, bound.tcp, bound.udp, config, serve_stats, shutdown)
     })
     .await
+}
+
+/// The exit code for a process that ended with `result`; an error is printed on stderr
+/// first, after `name` (`rot13: cannot listen on ...`).
+pub fn exit_code(name: &str, result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            crate::note!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A whole server process in one call: serves `role` on `addrs` until SIGINT or
+/// SIGTERM, with the log pipe at `level` and the open-files limit raised, then drains
+/// and logs a summary. An error (an address that cannot be bound) is printed on stderr
+/// after the role's name, and the exit code says so.
+pub fn serve_role<R: NewSession>(
+    role: R,
+    addrs: Addrs,
+    config: Arc<ServerConfig>,
+    level: log::LevelFilter,
+) -> ExitCode {
+    let name = role.name();
+    exit_code(name, run_process(level, run_role(role, addrs, config)))
 }

@@ -328,14 +328,17 @@ impl switchboard::role::Role for BigGoodbye {
     fn name(&self) -> &'static str {
         "big-goodbye"
     }
+}
+
+impl switchboard::role::NewSession for BigGoodbye {
     fn session(&self, _peer: std::net::SocketAddr) -> BigGoodbye {
         BigGoodbye(self.0.clone())
     }
 }
 
 impl switchboard::role::Session for BigGoodbye {
-    fn data(&mut self, input: Vec<u8>) -> Vec<u8> {
-        input
+    fn data(&mut self, input: Vec<u8>) -> (Vec<u8>, switchboard::role::Flow) {
+        (input, switchboard::role::Flow::Continue)
     }
     fn end(&mut self) -> Vec<u8> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

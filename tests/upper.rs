@@ -1,12 +1,8 @@
-//! Upper-case and greeting roles over real sockets, and the rot13 example role.
+//! Upper-case and greeting roles over real sockets.
 
 mod common;
 
-#[path = "../examples/rot13.rs"]
-mod rot13;
-
 use std::io::Write;
-use std::net::UdpSocket;
 
 use std::sync::Arc;
 
@@ -18,16 +14,6 @@ use switchboard::role;
 use switchboard::roles::hello::Hello;
 use switchboard::roles::upper::Upper;
 use switchboard::rt;
-
-fn udp_round_trip(server: std::net::SocketAddr, data: &[u8]) -> Vec<u8> {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    sock.send_to(data, server).unwrap();
-    let mut buf = vec![0; 70_000];
-    let n = sock.recv(&mut buf).unwrap();
-    buf.truncate(n);
-    buf
-}
 
 #[test]
 fn upper_over_tcp_handles_multibyte_and_invalid_utf8() {
@@ -167,16 +153,5 @@ fn hello_greets_and_closes() {
     assert_eq!(read_to_end(&mut chatty), b"Good morning\n");
     drop((s, chatty));
     wait_until("connection tasks to end", || server.stats.live_tasks() == 0);
-    server.stop();
-}
-
-#[test]
-fn rot13_example_is_a_complete_role() {
-    let server = start_role(rot13::Rot13, ServerConfig::default());
-    let mut s = client(server.tcp);
-    s.write_all(b"Hello, World! \xff").unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut s), b"Uryyb, Jbeyq! \xff");
-    assert_eq!(udp_round_trip(server.udp, b"Uryyb"), b"Hello");
     server.stop();
 }

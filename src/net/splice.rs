@@ -44,7 +44,7 @@
 //! Try it once the proxy uses it: `switchboard hello & switchboard proxy --splice
 //! --upstream 127.0.0.1:7009`, then `nc 127.0.0.1 7001`.
 //!
-//! [`Reader::watch`]: crate::net::conn::Reader::watch
+//! [`Reader::watch`]: crate::net::reader::Reader::watch
 
 use std::future::Future;
 use std::io;

@@ -3,9 +3,7 @@
 //!
 //! Try it: `switchboard discard`, then `head -c 1G /dev/zero | nc -N 127.0.0.1 7010`.
 
-use std::net::SocketAddr;
-
-use crate::role::{Role, Session};
+use crate::role::{Flow, Role, Session};
 
 /// Default address for TCP and UDP.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7010";
@@ -20,14 +18,10 @@ impl Role for Discard {
     fn name(&self) -> &'static str {
         "discard"
     }
-
-    fn session(&self, _peer: SocketAddr) -> Discard {
-        Discard
-    }
 }
 
 impl Session for Discard {
-    fn data(&mut self, _input: Vec<u8>) -> Vec<u8> {
-        Vec::new()
+    fn data(&mut self, _input: Vec<u8>) -> (Vec<u8>, Flow) {
+        (Vec::new(), Flow::Continue)
     }
 }

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use crate::role::{Role, Session};
+use crate::role::{Flow, Role, Session};
 
 /// Default address for TCP and UDP.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7007";
@@ -21,18 +21,14 @@ impl Role for Echo {
         "echo"
     }
 
-    fn session(&self, _peer: SocketAddr) -> Echo {
-        Echo
-    }
-
     fn datagram(&self, _peer: SocketAddr, input: Vec<u8>) -> Option<Vec<u8>> {
         Some(input)
     }
 }
 
 impl Session for Echo {
-    fn data(&mut self, input: Vec<u8>) -> Vec<u8> {
+    fn data(&mut self, input: Vec<u8>) -> (Vec<u8>, Flow) {
         // The buffer the reader filled goes straight to the writer: no copy.
-        input
+        (input, Flow::Continue)
     }
 }

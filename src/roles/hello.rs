@@ -4,8 +4,6 @@
 //!
 //! Try it: `switchboard hello --message "hi there"`, then `nc 127.0.0.1 7009`.
 
-use std::net::SocketAddr;
-
 use crate::role::{Flow, Role, Session};
 
 /// Default TCP address.
@@ -35,10 +33,6 @@ impl Role for Hello {
     fn name(&self) -> &'static str {
         "hello"
     }
-
-    fn session(&self, _peer: SocketAddr) -> Hello {
-        self.clone()
-    }
 }
 
 impl Session for Hello {
@@ -46,7 +40,7 @@ impl Session for Hello {
         (std::mem::take(&mut self.message), Flow::Close)
     }
 
-    fn data(&mut self, _input: Vec<u8>) -> Vec<u8> {
-        Vec::new()
+    fn data(&mut self, _input: Vec<u8>) -> (Vec<u8>, Flow) {
+        (Vec::new(), Flow::Continue)
     }
 }

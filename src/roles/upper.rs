@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 
 use crate::net::lines::{LineFramer, Overlong};
-use crate::role::{Role, Session};
+use crate::role::{Flow, NewSession, Role, Session};
 
 /// Default address for TCP and UDP.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7008";
@@ -38,12 +38,14 @@ impl Role for Upper {
         "upper"
     }
 
-    fn session(&self, _peer: SocketAddr) -> UpperSession {
-        UpperSession::default()
-    }
-
     fn datagram(&self, _peer: SocketAddr, input: Vec<u8>) -> Option<Vec<u8>> {
         Some(upper_datagram(&input))
+    }
+}
+
+impl NewSession for Upper {
+    fn session(&self, _peer: SocketAddr) -> UpperSession {
+        UpperSession::default()
     }
 }
 
@@ -75,7 +77,7 @@ impl Default for UpperSession {
 }
 
 impl Session for UpperSession {
-    fn data(&mut self, input: Vec<u8>) -> Vec<u8> {
+    fn data(&mut self, input: Vec<u8>) -> (Vec<u8>, Flow) {
         // The lines and pieces of one read are upper-cased in one call: a piece ends at a
         // character boundary and a line with its `\n`, so that is the same as one call
         // each, with one allocation per read instead of one per line.
@@ -84,7 +86,7 @@ impl Session for UpperSession {
         while let Some(frame) = self.framer.next(&mut rest) {
             text.extend_from_slice(frame.bytes().unwrap_or_default());
         }
-        upper(&text)
+        (upper(&text), Flow::Continue)
     }
 
     fn end(&mut self) -> Vec<u8> {
@@ -104,7 +106,7 @@ mod tests {
         let mut s = UpperSession::default();
         let mut out = Vec::new();
         for c in chunks {
-            out.extend(s.data(c.to_vec()));
+            out.extend(s.data(c.to_vec()).0);
         }
         out.extend(s.end());
         out
@@ -180,10 +182,10 @@ mod tests {
         let mut s = UpperSession::default();
         let mut line = vec![b'a'; MAX_PENDING - 1];
         line.extend_from_slice(&euro[..2]);
-        let out = s.data(line);
+        let (out, _) = s.data(line);
         // Compared without printing: a failure must not dump 64 KiB.
         assert!(out.len() == MAX_PENDING - 1 && out.iter().all(|&b| b == b'A'));
-        assert_eq!(s.data(euro[2..].to_vec()), Vec::<u8>::new());
+        assert_eq!(s.data(euro[2..].to_vec()).0, Vec::<u8>::new());
         assert_eq!(s.end(), "€".as_bytes());
         // The cut itself is `net::lines::piece_end`, tested there.
     }

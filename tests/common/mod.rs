@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use switchboard::net::listener::ServerConfig;
 use switchboard::net::shutdown::{self, Trigger};
 use switchboard::net::stats::Stats;
-use switchboard::role::{self, Role};
+use switchboard::role::{self, NewSession};
 use switchboard::rt::{self, TcpListener, UdpSocket};
 
 /// Generous: tests must pass on a loaded 2-core machine. Only failures wait this long.
@@ -36,7 +36,7 @@ impl Server {
 }
 
 /// Starts `role` on TCP and UDP 127.0.0.1 port 0.
-pub fn start_role<R: Role>(role: R, config: ServerConfig) -> Server {
+pub fn start_role<R: NewSession>(role: R, config: ServerConfig) -> Server {
     let (tcp, udp) = rt::block_on(async {
         (
             TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -77,6 +77,17 @@ pub fn client(addr: SocketAddr) -> std::net::TcpStream {
     let s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     s
+}
+
+/// Sends one datagram to `server` and returns the one that answers it.
+pub fn udp_round_trip(server: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    sock.send_to(data, server).unwrap();
+    let mut buf = vec![0; 70_000];
+    let n = sock.recv(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
 }
 
 /// Reads exactly `n` bytes.
