@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread;
 
-use async_io::Async;
 use futures::future::Either;
 use rustix::net::sockopt;
 
 use common::{DEADLINE, Rng, read_to_end, reset_on_close, wait_until};
+use switchboard::net::socket::Socket;
 use switchboard::net::splice::{End, Failure, PIPE_CAPACITY, Relay, Side, Step};
+use switchboard::net::stream::Stream;
 use switchboard::rt;
 
 /// Bytes the reproducible streams are made and checked in.
@@ -36,9 +37,9 @@ struct Relayed {
     /// The test's sending end (blocking).
     client: TcpStream,
     /// The relay's socket facing the client.
-    near: Arc<Async<TcpStream>>,
+    near: Socket,
     /// The relay's socket facing the server.
-    far: Arc<Async<TcpStream>>,
+    far: Socket,
     /// The test's receiving end (blocking).
     server: TcpStream,
 }
@@ -72,10 +73,15 @@ fn relayed(front: Option<usize>, back: Option<usize>) -> Relayed {
     }
     Relayed {
         client,
-        near: Arc::new(Async::new(near).unwrap()),
-        far: Arc::new(Async::new(far).unwrap()),
+        near: on_reactor(near),
+        far: on_reactor(far),
         server,
     }
+}
+
+/// The socket beneath a plain stream on the reactor, as the proxy hands it to a relay.
+fn on_reactor(socket: TcpStream) -> Socket {
+    Stream::new(socket).unwrap().socket().clone()
 }
 
 /// What a relay's `on_step` heard, summed as it ran.
@@ -115,11 +121,7 @@ impl Steps {
 type Running = rt::JoinHandle<(Relay, Result<End, Failure>)>;
 
 /// Runs `relay` from `from` to `to` in a task of its own.
-fn start(
-    mut relay: Relay,
-    from: &Arc<Async<TcpStream>>,
-    to: &Arc<Async<TcpStream>>,
-) -> (Arc<Steps>, Running) {
+fn start(mut relay: Relay, from: &Socket, to: &Socket) -> (Arc<Steps>, Running) {
     let steps = Arc::new(Steps::default());
     let (from, to, heard) = (from.clone(), to.clone(), steps.clone());
     let running = rt::spawn(async move {
@@ -306,8 +308,8 @@ fn keep_open_leaves_the_destination_write_half_to_the_caller() {
     let (_, end) = finish(up);
     assert_eq!(end.unwrap(), End::Eof);
     // Still open: the caller writes more and shuts it itself.
-    r.far.get_ref().write_all(b" and more").unwrap();
-    r.far.get_ref().shutdown(Shutdown::Write).unwrap();
+    assert_eq!(rustix::io::write(&r.far, b" and more"), Ok(9));
+    r.far.shut_write().unwrap();
     assert_eq!(read_to_end(&mut r.server), b"ping and more");
 }
 
@@ -345,7 +347,7 @@ fn a_receiver_that_reads_nothing_holds_the_sender_back_with_one_pipe_in_between(
     // All the sender got out beyond what the relay read sits in the kernel's buffers on
     // the way (its send buffer, the relay's receive buffer): nothing piles up in between.
     let kernel = sockopt::socket_send_buffer_size(&r.client).unwrap()
-        + sockopt::socket_recv_buffer_size(r.near.get_ref()).unwrap();
+        + sockopt::socket_recv_buffer_size(&r.near).unwrap();
     assert!(
         pusher.sent - tally.read() <= 2 * kernel as u64,
         "{} bytes sent, {} read by the relay",
@@ -444,7 +446,7 @@ fn a_receiver_reset_mid_stream_reports_what_was_written_and_what_the_pipe_held()
         (tally.read(), tally.written())
     );
     // Closing the relay's side with the sender's bytes unread resets the sender.
-    let _ = r.near.get_ref().shutdown(Shutdown::Both);
+    let _ = r.near.shut_both();
     drop(r.near);
     sender.join().unwrap();
 }
@@ -475,7 +477,7 @@ fn a_sender_reset_mid_stream_reports_a_source_failure_after_what_it_delivered() 
     );
     // What the failure calls written is what the server gets, and it is the stream's start.
     drop(relay);
-    r.far.get_ref().shutdown(Shutdown::Write).unwrap();
+    r.far.shut_write().unwrap();
     let got = read_to_end(&mut r.server);
     assert_eq!(got.len() as u64, failure.written);
     assert_prefix(&got, 6);
@@ -535,10 +537,10 @@ fn dropping_the_future_mid_transfer_keeps_the_counts_and_running_again_resumes()
 
 /// A descriptor `splice` refuses (`EINVAL`) dressed as a socket: an eventfd, which the
 /// reactor can still watch. Its count starts at 1, so it reads as readable.
-fn unspliceable() -> Arc<Async<TcpStream>> {
+fn unspliceable() -> Socket {
     use rustix::event::{EventfdFlags, eventfd};
     let fd = eventfd(1, EventfdFlags::CLOEXEC).unwrap();
-    Arc::new(Async::new(TcpStream::from(fd)).unwrap())
+    on_reactor(TcpStream::from(fd))
 }
 
 #[test]

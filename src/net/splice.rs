@@ -30,8 +30,8 @@
 //! - **Failures say what was lost.** A failed splice ends the relay with a [`Failure`]:
 //!   which side failed, what was written, and what is still in the pipe (dropped, unless
 //!   the caller runs the relay again). While the relay waits for the destination with
-//!   the source unread, it looks at the source every [`STALL_CHECK`] (`poll` with
-//!   `POLLRDHUP`, which reads nothing), as [`Reader::watch`] does for the copying pump:
+//!   the source unread, it looks at the source every [`STALL_CHECK`]
+//!   ([`Socket::hangup`], which reads nothing), as [`Reader::watch`] does for the copying pump:
 //!   a reset ends the relay, a FIN is reported once as [`Step::SourceFin`].
 //! - **Fallback.** A stream `splice` cannot move (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`) ends
 //!   the relay with [`End::Unsupported`], which hands back whatever was in the pipe so
@@ -41,32 +41,35 @@
 //! `MSG_NOSIGNAL` for it); Rust programs ignore that signal from the start, so it
 //! surfaces as `EPIPE`.
 //!
-//! Try it once the proxy uses it: `switchboard hello & switchboard proxy --splice
+//! The relay works on the [`Socket`] beneath a plain stream (`WriteHalf::raw`): its
+//! readiness waits, hangup check and shutdown are the socket's own, as for every other
+//! user of the descriptor.
+//!
+//! Try it (the proxy splices by default): `switchboard hello & switchboard proxy
 //! --upstream 127.0.0.1:7009`, then `nc 127.0.0.1 7001`.
 //!
 //! [`Reader::watch`]: crate::net::reader::Reader::watch
 
 use std::future::Future;
 use std::io;
-use std::net::{Shutdown as Halves, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::Poll;
 
-use async_io::Async;
-use rustix::event::{PollFd, PollFlags, Timespec};
+use futures::future::{Fuse, FusedFuture, FutureExt};
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 
 use crate::net::reader::STALL_CHECK;
-use crate::net::socket::Hangup;
+use crate::net::socket::{Hangup, Socket};
 use crate::rt;
 
 /// The pipe capacity a relay asks for by default: the kernel's own default pipe size,
-/// and as much as one read of the copying path takes in (`conn::READ_CHUNK`), so the two
-/// paths hold the same amount per direction.
+/// and as much as one read of the copying path takes in ([`READ_CHUNK`]).
+///
+/// [`READ_CHUNK`]: crate::net::reader::READ_CHUNK
 pub const PIPE_CAPACITY: usize = 64 * 1024;
 
 /// Bytes a relay may move without waiting before it yields to other tasks: a few pipes'
@@ -221,8 +224,8 @@ impl Relay {
     /// byte count as it moves. Safe to drop at any await point; running it again resumes.
     pub async fn run(
         &mut self,
-        from: &Async<TcpStream>,
-        to: &Async<TcpStream>,
+        from: &Socket,
+        to: &Socket,
         mut on_step: impl FnMut(Step),
     ) -> Result<End, Failure> {
         let tally = self.tally.clone();
@@ -234,10 +237,15 @@ impl Relay {
         // The next look at a source the relay cannot read; kept across stalls, so a
         // destination that keeps taking a little does not put the look off for ever.
         let mut look: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+        // The readiness waits, kept across passes until they complete: a wait dropped
+        // and made again would hand the socket a new waker, and the socket wakes the
+        // one it replaces, so each such pass would cost a spurious wake-up.
+        let mut readable = pin!(Fuse::terminated());
+        let mut writable = pin!(Fuse::terminated());
         loop {
             if can_read && self.room && !self.eof && self.in_pipe < self.capacity {
                 let want = self.capacity - self.in_pipe;
-                match splice(from.get_ref(), &self.pipe_in, want) {
+                match splice(from, &self.pipe_in, want) {
                     Ok(0) => self.eof = true,
                     Ok(n) => {
                         self.in_pipe += n;
@@ -259,7 +267,7 @@ impl Relay {
                 }
             }
             if can_write && self.in_pipe > 0 {
-                match splice(&self.pipe_out, to.get_ref(), self.in_pipe) {
+                match splice(&self.pipe_out, to, self.in_pipe) {
                     Ok(0) => {
                         let e = io::Error::from(io::ErrorKind::WriteZero);
                         return Err(self.failure(Side::Destination, e));
@@ -284,7 +292,7 @@ impl Relay {
             }
             if self.eof && self.in_pipe == 0 {
                 if self.half_close {
-                    let _ = to.get_ref().shutdown(Halves::Write);
+                    let _ = to.shut_write();
                 }
                 return Ok(End::Eof);
             }
@@ -306,17 +314,17 @@ impl Relay {
             if stalled && look.is_none() {
                 look = Some(Box::pin(rt::sleep(STALL_CHECK)));
             }
-            let mut readable = std::pin::pin!(want_read.then(|| from.readable()));
-            let mut writable = std::pin::pin!(want_write.then(|| to.writable()));
+            if want_read && readable.is_terminated() {
+                readable.set(from.readable().fuse());
+            }
+            if want_write && writable.is_terminated() {
+                writable.set(to.writable().fuse());
+            }
             let woke = futures::future::poll_fn(|cx| {
-                if let Some(r) = readable.as_mut().as_pin_mut()
-                    && let Poll::Ready(r) = r.poll(cx)
-                {
+                if want_read && let Poll::Ready(r) = readable.as_mut().poll(cx) {
                     return Poll::Ready(Woke::Readable(r));
                 }
-                if let Some(w) = writable.as_mut().as_pin_mut()
-                    && let Poll::Ready(w) = w.poll(cx)
-                {
+                if want_write && let Poll::Ready(w) = writable.as_mut().poll(cx) {
                     return Poll::Ready(Woke::Writable(w));
                 }
                 match look
@@ -337,7 +345,7 @@ impl Relay {
                 Woke::Writable(Err(e)) => return Err(self.failure(Side::Destination, e)),
                 Woke::Look => {
                     look = None;
-                    match hangup(from.get_ref()) {
+                    match from.hangup() {
                         Some(Hangup::Reset) => {
                             let e = io::Error::from(io::ErrorKind::ConnectionReset);
                             return Err(self.failure(Side::Source, e));
@@ -416,28 +424,6 @@ fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> Result<usize, Errno> {
 /// that the connection failed.
 fn unsupported(e: Errno) -> bool {
     matches!(e, Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP)
-}
-
-/// Whether the peer of `socket` has sent a FIN or reset, without reading anything:
-/// `poll(2)` with `POLLRDHUP` and a zero timeout (unread bytes stay where they are).
-pub(crate) fn hangup(socket: impl AsFd) -> Option<Hangup> {
-    let mut fds = [PollFd::new(&socket, PollFlags::RDHUP)];
-    let now = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    match rustix::event::poll(&mut fds, Some(&now)) {
-        Ok(n) if n > 0 => {}
-        _ => return None,
-    }
-    let seen = fds[0].revents();
-    if seen.contains(PollFlags::ERR) {
-        Some(Hangup::Reset)
-    } else if seen.intersects(PollFlags::RDHUP | PollFlags::HUP) {
-        Some(Hangup::Fin)
-    } else {
-        None
-    }
 }
 
 /// Lets the executor run other tasks once before this one goes on.
