@@ -1,6 +1,7 @@
 //! The zero-copy relay (`net::splice`) on real loopback sockets: integrity of large
-//! streams both ways, half-close, a slow receiver held to one pipe, resets on either
-//! side, a dropped future, and the fallback when `splice` cannot move a stream.
+//! streams both ways, half-close (and a FIN told while bytes wait), a slow receiver held
+//! to one pipe, resets on either side, a dropped future, and the fallback when `splice`
+//! cannot move a stream.
 //!
 //! Each test wires `client ─▶ near ═relay═▶ far ─▶ server` (and back, where a test
 //! needs both directions) with the test holding `client` and `server` as blocking
@@ -293,6 +294,32 @@ fn a_half_close_carries_over_in_each_direction_and_the_other_goes_on() {
     half_close_through(&mut r.client, &mut r.server, up, b"ping");
     // The server's direction is still open after the client's FIN.
     half_close_through(&mut r.server, &mut r.client, down, b"pong from the server");
+}
+
+#[test]
+fn a_fin_read_while_the_pipe_still_holds_bytes_is_told_before_the_end() {
+    // The path to the server holds far less than the client sends, so the relay reads the
+    // FIN with bytes still in its pipe: it says so at once (a session's fin timeout runs
+    // from then, as it does when a copying reader reads the EOF), and once.
+    let mut r = relayed(None, Some(TINY_BUFFER));
+    let relay = Relay::new(PIPE_CAPACITY).unwrap();
+    let tally = relay.tally();
+    let (steps, up) = start(relay, &r.near, &r.far);
+    let sent = Rng::new(8).bytes(48 * 1024);
+    r.client.write_all(&sent).unwrap();
+    r.client.shutdown(Shutdown::Write).unwrap();
+    wait_until("the relay to tell the FIN it read", || {
+        steps.fins.load(Relaxed) == 1
+    });
+    assert!(tally.unwritten() > 0, "told with nothing left to write");
+    assert_eq!(read_to_end(&mut r.server), sent);
+    let (_, end) = finish(up);
+    assert_eq!(end.unwrap(), End::Eof);
+    assert_eq!(steps.fins.load(Relaxed), 1);
+    assert_eq!(
+        (tally.read(), tally.written()),
+        (sent.len() as u64, sent.len() as u64)
+    );
 }
 
 #[test]

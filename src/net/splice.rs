@@ -32,7 +32,11 @@
 //!   the caller runs the relay again). While the relay waits for the destination with
 //!   the source unread, it looks at the source every [`STALL_CHECK`]
 //!   ([`Socket::hangup`], which reads nothing), as [`Reader::watch`] does for the copying pump:
-//!   a reset ends the relay, a FIN is reported once as [`Step::SourceFin`].
+//!   a reset ends the relay, a FIN is reported once as [`Step::SourceFin`] (as is a FIN
+//!   read while the pipe still holds bytes for the destination).
+//! - **Descriptors come first.** A pipe is two descriptors that only speed a connection
+//!   up, so relays' pipes hold at most a quarter of the open-files limit
+//!   ([`PIPE_SHARE`]); past it [`Relay::new`] fails and the caller copies.
 //! - **Fallback.** A stream `splice` cannot move (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`) ends
 //!   the relay with [`End::Unsupported`], which hands back whatever was in the pipe so
 //!   the caller can copy from there on without losing a byte.
@@ -50,9 +54,11 @@
 //!
 //! [`Reader::watch`]: crate::net::reader::Reader::watch
 
+mod pipes;
+
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -60,11 +66,13 @@ use std::task::Poll;
 
 use futures::future::{Fuse, FusedFuture, FutureExt};
 use rustix::io::Errno;
-use rustix::pipe::{PipeFlags, SpliceFlags};
+use rustix::pipe::SpliceFlags;
 
 use crate::net::reader::STALL_CHECK;
 use crate::net::socket::{Hangup, Socket};
 use crate::rt;
+use pipes::Pipe;
+pub use pipes::{PIPE_SHARE, release_spares as release_spare_pipes};
 
 /// The pipe capacity a relay asks for by default: the kernel's own default pipe size,
 /// and as much as one read of the copying path takes in ([`READ_CHUNK`]).
@@ -117,8 +125,11 @@ pub enum Step {
     Read(usize),
     /// This many bytes went from the pipe into the destination socket.
     Wrote(usize),
-    /// The source shut its write half while the relay could not read it (the pipe was
-    /// full): the bytes before the FIN are still to come. Told at most once.
+    /// The source shut its write half while bytes before the FIN are not all written:
+    /// seen by looking while the pipe was full, or read while the pipe still held bytes
+    /// for a slow destination. Told at most once, and not when the FIN finds the pipe
+    /// empty (the relay then ends with [`End::Eof`] at once). A copying reader that
+    /// reads the EOF knows it at that moment too, whatever is still queued behind it.
     SourceFin,
 }
 
@@ -131,6 +142,10 @@ pub enum End {
     /// `splice` cannot move these streams. `pending` is what was in the pipe (read, not
     /// written): the caller writes it first and copies from there on.
     Unsupported { pending: Vec<u8> },
+    /// The relay had given its empty pipe back while it waited, and no pipe could be had
+    /// again (pipes hold their share of the open-files limit, or none can be made):
+    /// nothing is in flight, and the caller copies from here on.
+    NoPipe,
 }
 
 /// Which socket a failure came from.
@@ -155,11 +170,13 @@ pub struct Failure {
 
 /// One direction of a stream, relayed through a pipe of its own (see the module notes).
 pub struct Relay {
-    /// The pipe's read end (spliced into the destination) and write end (filled from the
-    /// source); both non-blocking, so a splice never waits on the pipe either.
-    pipe_out: OwnedFd,
-    pipe_in: OwnedFd,
-    /// The pipe's capacity as the kernel set it.
+    /// The pipe, while the relay has bytes to move (given back while it waits for its
+    /// source with the pipe empty); non-blocking, so a splice never waits on it either.
+    pipe: Option<Pipe>,
+    /// The capacity asked for, which a pipe taken again is made with.
+    asked: usize,
+    /// The first pipe's capacity as the kernel set it: the most the relay holds, whatever
+    /// a later pipe's size.
     capacity: usize,
     /// Bytes in the pipe.
     in_pipe: usize,
@@ -179,20 +196,15 @@ impl Relay {
     /// A relay with a pipe of `capacity` bytes (the kernel rounds it up to a power of two
     /// pages). A capacity the kernel refuses to an unprivileged process (above
     /// `fs.pipe-max-size`, or once the user's pipes pass `fs.pipe-user-pages-soft`) leaves
-    /// the pipe at the size the kernel gave it, which still bounds the relay. Fails only
-    /// when no pipe can be made (out of descriptors): the caller copies instead.
+    /// the pipe at the size the kernel gave it, which still bounds the relay. Fails when
+    /// no pipe can be had: none can be made, or pipes hold their share of the open-files
+    /// limit ([`PIPE_SHARE`], `EMFILE`). The caller copies instead.
     pub fn new(capacity: usize) -> io::Result<Relay> {
-        let (pipe_out, pipe_in) =
-            rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
-        let capacity = match rustix::pipe::fcntl_setpipe_size(&pipe_in, capacity.max(1)) {
-            Ok(set) => set,
-            Err(Errno::PERM) => rustix::pipe::fcntl_getpipe_size(&pipe_in)?,
-            Err(e) => return Err(e.into()),
-        };
+        let pipe = Pipe::take(capacity)?;
         Ok(Relay {
-            pipe_out,
-            pipe_in,
-            capacity,
+            asked: capacity,
+            capacity: pipe.capacity,
+            pipe: Some(pipe),
             in_pipe: 0,
             room: true,
             eof: false,
@@ -209,7 +221,7 @@ impl Relay {
         self
     }
 
-    /// The pipe's capacity in bytes: the most the relay holds.
+    /// The most the relay holds, in bytes: its first pipe's capacity.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -244,9 +256,23 @@ impl Relay {
         let mut writable = pin!(Fuse::terminated());
         loop {
             if can_read && self.room && !self.eof && self.in_pipe < self.capacity {
-                let want = self.capacity - self.in_pipe;
-                match splice(from, &self.pipe_in, want) {
-                    Ok(0) => self.eof = true,
+                if self.pipe.is_none() {
+                    match Pipe::take(self.asked) {
+                        Ok(pipe) => self.pipe = Some(pipe),
+                        // Nothing is in flight: the caller copies from here on.
+                        Err(_) => return Ok(End::NoPipe),
+                    }
+                }
+                let pipe = self.pipe.as_ref().expect("a pipe to read into");
+                let want = self.capacity.min(pipe.capacity) - self.in_pipe;
+                match splice(from, &pipe.into, want) {
+                    Ok(0) => {
+                        self.eof = true;
+                        if self.in_pipe > 0 && !self.fin_told {
+                            self.fin_told = true;
+                            on_step(Step::SourceFin);
+                        }
+                    }
                     Ok(n) => {
                         self.in_pipe += n;
                         tally.read.fetch_add(n as u64, Relaxed);
@@ -266,8 +292,8 @@ impl Relay {
                     Err(e) => return Err(self.failure(Side::Source, e.into())),
                 }
             }
-            if can_write && self.in_pipe > 0 {
-                match splice(&self.pipe_out, to, self.in_pipe) {
+            if can_write && let Some(pipe) = self.pipe.as_ref().filter(|_| self.in_pipe > 0) {
+                match splice(&pipe.out, to, self.in_pipe) {
                     Ok(0) => {
                         let e = io::Error::from(io::ErrorKind::WriteZero);
                         return Err(self.failure(Side::Destination, e));
@@ -308,6 +334,13 @@ impl Relay {
                 continue;
             }
             moved_since_wait = 0;
+            if self.in_pipe == 0
+                && let Some(pipe) = self.pipe.take()
+            {
+                // Waiting for the source with nothing to move: the pipe serves another
+                // relay meanwhile, and this one takes a pipe again when bytes come.
+                pipe.put_back();
+            }
             let (want_read, want_write) = (read_open, write_open);
             let stalled = !read_open && !self.eof;
             tally.stalled.store(stalled, Relaxed);
@@ -374,8 +407,8 @@ impl Relay {
     fn fall_back(&mut self) -> Result<End, Failure> {
         let mut pending = vec![0; self.in_pipe];
         let mut at = 0;
-        while at < pending.len() {
-            match rustix::io::read(&self.pipe_out, &mut pending[at..]) {
+        while let Some(pipe) = self.pipe.as_ref().filter(|_| at < pending.len()) {
+            match rustix::io::read(&pipe.out, &mut pending[at..]) {
                 Ok(0) => break,
                 Ok(n) => at += n,
                 Err(Errno::INTR) => continue,
@@ -388,6 +421,15 @@ impl Relay {
         self.in_pipe -= at;
         self.room = self.in_pipe == 0;
         Ok(End::Unsupported { pending })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // An empty pipe serves the next relay; one still holding bytes is closed with them.
+        if let Some(pipe) = self.pipe.take().filter(|_| self.in_pipe == 0) {
+            pipe.put_back();
+        }
     }
 }
 
@@ -439,4 +481,43 @@ async fn yield_now() {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::stream::tests::pair;
+    use futures::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_relay_waiting_on_its_source_holds_no_pipe_and_takes_one_when_bytes_come() {
+        rt::block_on(async {
+            let (client, near) = pair().await;
+            let (far, server) = pair().await;
+            let (near, far) = (near.socket().clone(), far.socket().clone());
+            let (_client_r, mut client_w) = client.split();
+            let (mut server_r, _server_w) = server.split();
+            let mut relay = Relay::new(PIPE_CAPACITY).unwrap();
+            assert!(relay.pipe.is_some());
+            for message in [&b"ping"[..], b"pong"] {
+                client_w.write_all(message).await.unwrap();
+                let mut got = [0u8; 4];
+                // The relay moves the message and goes back to waiting in one poll, so
+                // once the server has it, the relay is waiting.
+                {
+                    let run = std::pin::pin!(relay.run(&near, &far, |_| {}));
+                    let read = std::pin::pin!(server_r.read_exact(&mut got));
+                    match futures::future::select(run, read).await {
+                        futures::future::Either::Right((read, _)) => read.unwrap(),
+                        futures::future::Either::Left((end, _)) => {
+                            panic!("relay ended: {end:?}")
+                        }
+                    }
+                }
+                assert_eq!(&got, message);
+                assert!(relay.pipe.is_none(), "an idle relay kept its pipe");
+            }
+            assert_eq!(relay.tally().written(), 8);
+        });
+    }
 }
