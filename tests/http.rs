@@ -506,6 +506,7 @@ fn a_keep_alive_exchange_works_through_the_proxy() {
         send_proxy: None,
         accept_proxy: None,
         tap: false,
+        splice: Some(switchboard::net::splice::PIPE_CAPACITY),
     };
     rt::spawn(proxy::run(
         listener,

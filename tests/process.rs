@@ -241,17 +241,19 @@ fn an_unread_stdout_neither_stalls_the_server_nor_hides_what_it_dropped() {
 
 #[test]
 fn a_proxy_session_still_open_at_shutdown_is_counted_and_logged() {
+    session_open_at_shutdown(&[]);
+}
+
+#[test]
+fn a_proxy_session_still_open_at_shutdown_is_counted_and_logged_copying() {
+    session_open_at_shutdown(&["--no-splice"]);
+}
+
+/// The proxy (spliced by default, or with `extra` flags) with a session open past the drain.
+fn session_open_at_shutdown(extra: &[&str]) {
     // The session stays open past the drain.
     let up_addr = echo_upstream().to_string();
-    let mut proc = spawn(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up_addr,
-        "--drain",
-        "300ms",
-    ]);
+    let mut proc = spawn_proxy(&up_addr, &[&["--drain", "300ms"], extra].concat());
     let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
     let lines = log_lines(log);
     let mut c = client(addr);
@@ -479,16 +481,7 @@ fn a_stalled_stdout_at_shutdown_sends_the_last_lines_to_stderr() {
     // full when SIGTERM comes, so "shutting down", the summary and the dropped-lines
     // warning cannot go to stdout. They must reach stderr.
     let up_addr = echo_upstream().to_string();
-    let mut proc = spawn(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up_addr,
-        "--tap",
-        "--drain",
-        "0",
-    ]);
+    let mut proc = spawn_proxy(&up_addr, &["--tap", "--drain", "0"]);
     // The log is never read again; it stays open, full.
     let (addr, _unread_log) = listening_addr_and_log(&mut proc, "TCP");
     // 1 KiB ping-pongs: two tap lines of more than 1 KiB each per round trip, 3,000 of
@@ -513,6 +506,50 @@ fn a_stalled_stdout_at_shutdown_sends_the_last_lines_to_stderr() {
     );
 }
 
+#[test]
+fn a_tapped_session_copies_and_logs_its_bytes_with_splice_on() {
+    // --tap needs the bytes in user space, so a tapped session copies even with --splice:
+    // each chunk is logged with its direction, and the session line counts the bytes.
+    let up_addr = echo_upstream().to_string();
+    let mut proc = spawn_proxy(&up_addr, &["--tap", "--splice"]);
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    let lines = log_lines(log);
+    let mut c = client(addr);
+    c.write_all(b"tapped bytes").unwrap();
+    assert_eq!(read_n(&mut c, 12), b"tapped bytes");
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut c), b"");
+    let mut log = Vec::new();
+    wait_until("the session line", || {
+        log.extend(lines.try_iter());
+        log.iter().any(|l| l.contains("session closed"))
+            && record(&log, "session closed").contains("closed_first")
+    });
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    log.extend(lines.iter());
+    let taps: Vec<String> = log
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"tapped bytes\""))
+        .map(|(i, _)| record(&log[i..], "\"tapped bytes\""))
+        .collect();
+    assert_eq!(taps.len(), 2, "{log:?}");
+    assert!(
+        taps[0].contains("direction client->server") && taps[0].contains("bytes 12"),
+        "{}",
+        taps[0]
+    );
+    assert!(
+        taps[1].contains("direction server->client") && taps[1].contains("bytes 12"),
+        "{}",
+        taps[1]
+    );
+    let session = record(&log, "session closed");
+    assert_eq!(field(&session, "bytes_up"), Some(12), "{session}");
+    assert_eq!(field(&session, "bytes_down"), Some(12), "{session}");
+}
+
 /// The number after `key ` in a log record (femme's development format).
 fn field(record: &str, key: &str) -> Option<u64> {
     record.lines().find_map(|l| {
@@ -525,6 +562,17 @@ fn field(record: &str, key: &str) -> Option<u64> {
 
 #[test]
 fn a_proxy_session_line_counts_bytes_delivered_not_bytes_read() {
+    session_line_counts_delivered(&[]);
+}
+
+#[test]
+fn a_proxy_session_line_counts_bytes_delivered_not_bytes_read_copying() {
+    session_line_counts_delivered(&["--no-splice"]);
+}
+
+/// The proxy (spliced by default, or with `extra` flags) with a client that resets into an
+/// upstream that does not read.
+fn session_line_counts_delivered(extra: &[&str]) {
     // A client pushes into an upstream that does not read, then resets: what the proxy
     // read and had queued for the upstream is never delivered. The session line must
     // say what the upstream got (and how much was dropped), not what was read.
@@ -536,15 +584,7 @@ fn a_proxy_session_line_counts_bytes_delivered_not_bytes_read() {
             let _ = held_tx.send(s); // kept unread by the test
         }
     });
-    let mut proc = spawn(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up_addr,
-        "--threads",
-        "1",
-    ]);
+    let mut proc = spawn_proxy(&up_addr, &[&["--threads", "1"], extra].concat());
     let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
     let lines = log_lines(log);
     let mut c = client(addr);
@@ -552,7 +592,7 @@ fn a_proxy_session_line_counts_bytes_delivered_not_bytes_read() {
         .recv_timeout(DEADLINE)
         .expect("the upstream was reached");
     // Write until a write makes no progress for 500 ms twice in a row: the proxy has
-    // stopped reading, its mailbox to the upstream full.
+    // stopped reading, its mailbox (or, spliced, its pipe) to the upstream full.
     c.set_write_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let chunk = vec![b'x'; 64 * 1024];
@@ -607,6 +647,16 @@ fn a_proxy_session_line_counts_bytes_delivered_not_bytes_read() {
 
 #[test]
 fn a_proxy_session_cut_by_the_fin_timeout_says_so_in_its_line() {
+    session_cut_by_fin_timeout(&[]);
+}
+
+#[test]
+fn a_proxy_session_cut_by_the_fin_timeout_says_so_in_its_line_copying() {
+    session_cut_by_fin_timeout(&["--no-splice"]);
+}
+
+/// The proxy (spliced by default, or with `extra` flags) with a quiet half-closed session.
+fn session_cut_by_fin_timeout(extra: &[&str]) {
     // The upstream says hello and shuts its write half; the client reads and stays
     // quiet, its own half open: after --fin-timeout the proxy cuts the session, and its
     // line says the fin timeout cut it (closed_first still says who closed first).
@@ -622,15 +672,7 @@ fn a_proxy_session_cut_by_the_fin_timeout_says_so_in_its_line() {
             });
         }
     });
-    let mut proc = spawn(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up_addr,
-        "--fin-timeout",
-        "300ms",
-    ]);
+    let mut proc = spawn_proxy(&up_addr, &[&["--fin-timeout", "300ms"], extra].concat());
     let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
     let lines = log_lines(log);
     let mut c = client(addr);
@@ -704,6 +746,16 @@ fn a_summary_counts_what_a_stalled_client_sent() {
         "echo sent more than it got: {summary}"
     );
     drop(c);
+}
+
+/// `switchboard proxy` on 127.0.0.1 port 0 to `upstream`, with `flags`.
+fn spawn_proxy(upstream: &str, flags: &[&str]) -> Proc {
+    let args = [
+        &["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream],
+        flags,
+    ]
+    .concat();
+    spawn(&args)
 }
 
 /// An echo server on test threads (one per connection), as an upstream for the proxy.

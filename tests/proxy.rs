@@ -1,5 +1,9 @@
 //! The proxy over real sockets: integrity, half-close, timeouts, failover, balancing,
 //! PROXY protocol, and real protocols through it.
+//!
+//! Every test of the byte path (integrity, half-close, resets, timers, PROXY headers)
+//! runs twice, as `NAME::spliced` (the binary's default) and `NAME::copied`
+//! (`--no-splice`), asserting the same bytes and counts.
 
 mod common;
 
@@ -12,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use switchboard::net::listener::ServerConfig;
 use switchboard::net::shutdown::{self, Trigger};
+use switchboard::net::splice::PIPE_CAPACITY;
 use switchboard::net::stats::Stats;
 use switchboard::roles::echo::Echo;
 use switchboard::roles::hello::Hello;
@@ -39,8 +44,55 @@ fn config(upstreams: &[SocketAddr], balance: Balance) -> ProxyConfig {
         send_proxy: None,
         accept_proxy: None,
         tap: false,
+        splice: Some(PIPE_CAPACITY),
     }
 }
+
+/// `cfg` spliced, as the binary runs by default, or copying, as with `--no-splice`.
+fn with_splice(cfg: ProxyConfig, splice: bool) -> ProxyConfig {
+    ProxyConfig {
+        splice: splice.then_some(PIPE_CAPACITY),
+        ..cfg
+    }
+}
+
+/// Each named test body (a `fn NAME(splice: bool)`) becomes two tests, `NAME::spliced`
+/// and `NAME::copied`.
+macro_rules! spliced_and_copied {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn spliced() {
+                super::$name(true)
+            }
+            #[test]
+            fn copied() {
+                super::$name(false)
+            }
+        }
+    )+};
+}
+
+spliced_and_copied!(
+    sixteen_clients_carry_eight_mib_each_both_ways_intact,
+    sixteen_clients_intact_on_the_shared_executor,
+    a_server_that_speaks_first_is_heard,
+    both_directions_stream_at_once,
+    a_client_half_close_reaches_the_server_and_the_reply_still_arrives,
+    a_server_half_close_reaches_the_client_and_the_client_can_still_send,
+    a_quiet_half_closed_session_ends_after_fin_timeout,
+    idle_timeout_counts_both_directions,
+    an_upstream_reset_closes_the_client,
+    send_proxy_writes_the_header_first,
+    accept_proxy_takes_the_real_client_and_refuses_garbage,
+    a_line_based_session_like_telnet_works_through_the_proxy,
+    a_client_reset_ends_a_session_whose_upstream_never_reads,
+    an_upstream_reset_ends_a_session_whose_client_never_reads,
+    a_client_fin_seen_while_the_upstream_stalls_starts_the_fin_timeout,
+    a_slow_steady_reader_is_not_cut_by_the_idle_or_fin_timeout,
+    headers_both_ways_then_the_client_bytes_arrive_exact_and_counted,
+    a_client_reset_mid_download_is_counted_with_what_it_acknowledged,
+);
 
 /// The proxy as the binary runs it by default: two pinned threads (`--threads` is one
 /// per core, and the test machine may have any number).
@@ -77,8 +129,11 @@ fn start_shared_proxy(cfg: ProxyConfig, server: ServerConfig) -> Proxy {
     }
 }
 
-fn simple_proxy(upstream: SocketAddr) -> Proxy {
-    start_proxy(config(&[upstream], Balance::First), ServerConfig::default())
+fn simple_proxy(upstream: SocketAddr, splice: bool) -> Proxy {
+    start_proxy(
+        with_splice(config(&[upstream], Balance::First), splice),
+        ServerConfig::default(),
+    )
 }
 
 /// An upstream run by a test thread: `serve` gets each accepted connection.
@@ -104,18 +159,16 @@ fn refused_addr() -> SocketAddr {
         .unwrap()
 }
 
-#[test]
-fn sixteen_clients_carry_eight_mib_each_both_ways_intact() {
+fn sixteen_clients_carry_eight_mib_each_both_ways_intact(splice: bool) {
     let echo = start_role(Echo, ServerConfig::default());
-    sixteen_clients_through(simple_proxy(echo.tcp));
+    sixteen_clients_through(simple_proxy(echo.tcp, splice));
     echo.stop();
 }
 
-#[test]
-fn sixteen_clients_intact_on_the_shared_executor() {
+fn sixteen_clients_intact_on_the_shared_executor(splice: bool) {
     let echo = start_role(Echo, ServerConfig::default());
     sixteen_clients_through(start_shared_proxy(
-        config(&[echo.tcp], Balance::First),
+        with_splice(config(&[echo.tcp], Balance::First), splice),
         ServerConfig::default(),
     ));
     echo.stop();
@@ -154,20 +207,18 @@ fn sixteen_clients_through(proxy: Proxy) {
     wait_until("sessions to end", || proxy.stats.live_tasks() == 0);
 }
 
-#[test]
-fn a_server_that_speaks_first_is_heard() {
+fn a_server_that_speaks_first_is_heard(splice: bool) {
     let hello = start_role(
         Hello::new("220 ftp.example.org ready"),
         ServerConfig::default(),
     );
-    let proxy = simple_proxy(hello.tcp);
+    let proxy = simple_proxy(hello.tcp, splice);
     let mut s = client(proxy.addr);
     assert_eq!(read_to_end(&mut s), b"220 ftp.example.org ready\n");
     hello.stop();
 }
 
-#[test]
-fn both_directions_stream_at_once() {
+fn both_directions_stream_at_once(splice: bool) {
     const N: usize = 4 << 20;
     // The upstream sends N bytes while it reads N bytes, on two threads.
     let upstream = custom_upstream(|s| {
@@ -181,7 +232,7 @@ fn both_directions_stream_at_once() {
         sender.join().unwrap();
         assert!(got == Rng::new(2).bytes(N), "upstream got wrong bytes");
     });
-    let proxy = simple_proxy(upstream);
+    let proxy = simple_proxy(upstream, splice);
     let mut s = client(proxy.addr);
     let mut w = s.try_clone().unwrap();
     let sender = thread::spawn(move || {
@@ -197,8 +248,7 @@ fn both_directions_stream_at_once() {
     );
 }
 
-#[test]
-fn a_client_half_close_reaches_the_server_and_the_reply_still_arrives() {
+fn a_client_half_close_reaches_the_server_and_the_reply_still_arrives(splice: bool) {
     // Like an HTTP/1.0 client or `nc -N`: send, shut the write half, read the answer.
     let upstream = custom_upstream(|mut s| {
         let mut req = Vec::new();
@@ -206,15 +256,14 @@ fn a_client_half_close_reaches_the_server_and_the_reply_still_arrives() {
         let reply = format!("got {} bytes", req.len());
         s.write_all(reply.as_bytes()).unwrap();
     });
-    let proxy = simple_proxy(upstream);
+    let proxy = simple_proxy(upstream, splice);
     let mut s = client(proxy.addr);
     s.write_all(&[7u8; 100_000]).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_end(&mut s), b"got 100000 bytes");
 }
 
-#[test]
-fn a_server_half_close_reaches_the_client_and_the_client_can_still_send() {
+fn a_server_half_close_reaches_the_client_and_the_client_can_still_send(splice: bool) {
     let upstream = custom_upstream(|mut s| {
         s.write_all(b"say something").unwrap();
         s.shutdown(Shutdown::Write).unwrap();
@@ -222,7 +271,7 @@ fn a_server_half_close_reaches_the_client_and_the_client_can_still_send() {
         s.read_to_end(&mut rest).unwrap();
         assert_eq!(rest, b"after your FIN");
     });
-    let proxy = simple_proxy(upstream);
+    let proxy = simple_proxy(upstream, splice);
     let mut s = client(proxy.addr);
     let mut greeting = [0u8; 13];
     s.read_exact(&mut greeting).unwrap();
@@ -237,15 +286,14 @@ fn a_server_half_close_reaches_the_client_and_the_client_can_still_send() {
     wait_until("the session to end", || proxy.stats.active() == 0);
 }
 
-#[test]
-fn a_quiet_half_closed_session_ends_after_fin_timeout() {
+fn a_quiet_half_closed_session_ends_after_fin_timeout(splice: bool) {
     // The upstream never answers and never closes.
     let upstream = custom_upstream(|s| {
         let mut buf = [0u8; 64];
         while (&s).read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
         thread::sleep(DEADLINE); // hold the connection open, silently
     });
-    let mut cfg = config(&[upstream], Balance::First);
+    let mut cfg = with_splice(config(&[upstream], Balance::First), splice);
     cfg.fin_timeout = Some(Duration::from_millis(300));
     let proxy = start_proxy(cfg, ServerConfig::default());
     let mut s = client(proxy.addr);
@@ -257,8 +305,7 @@ fn a_quiet_half_closed_session_ends_after_fin_timeout() {
     wait_until("the session to end", || proxy.stats.active() == 0);
 }
 
-#[test]
-fn idle_timeout_counts_both_directions() {
+fn idle_timeout_counts_both_directions(splice: bool) {
     // The server talks every 100 ms; the client never does. The session stays up.
     let upstream = custom_upstream(|mut s| {
         for _ in 0..12 {
@@ -269,7 +316,7 @@ fn idle_timeout_counts_both_directions() {
         }
     });
     let proxy = start_proxy(
-        config(&[upstream], Balance::First),
+        with_splice(config(&[upstream], Balance::First), splice),
         ServerConfig {
             idle_timeout: Some(Duration::from_millis(500)),
             ..Default::default()
@@ -283,8 +330,7 @@ fn idle_timeout_counts_both_directions() {
     );
 }
 
-#[test]
-fn an_upstream_reset_closes_the_client() {
+fn an_upstream_reset_closes_the_client(splice: bool) {
     let upstream = custom_upstream(|mut s| {
         s.write_all(b"partial").unwrap();
         let mut buf = [0u8; 4];
@@ -292,7 +338,7 @@ fn an_upstream_reset_closes_the_client() {
         // SO_LINGER 0: close with a reset.
         reset_on_close(&s);
     });
-    let proxy = simple_proxy(upstream);
+    let proxy = simple_proxy(upstream, splice);
     let mut s = client(proxy.addr);
     let mut got = [0u8; 7];
     s.read_exact(&mut got).unwrap();
@@ -375,8 +421,7 @@ fn balance_modes() {
     }
 }
 
-#[test]
-fn send_proxy_writes_the_header_first() {
+fn send_proxy_writes_the_header_first(splice: bool) {
     for (version, expect_v2) in [(Version::V1, false), (Version::V2, true)] {
         let (tx, rx) = std::sync::mpsc::channel();
         let upstream = custom_upstream(move |mut s| {
@@ -399,7 +444,7 @@ fn send_proxy_writes_the_header_first() {
                 }
             }
         });
-        let mut cfg = config(&[upstream], Balance::First);
+        let mut cfg = with_splice(config(&[upstream], Balance::First), splice);
         cfg.send_proxy = Some(version);
         let proxy = start_proxy(cfg, ServerConfig::default());
         let mut s = client(proxy.addr);
@@ -411,10 +456,9 @@ fn send_proxy_writes_the_header_first() {
     }
 }
 
-#[test]
-fn accept_proxy_takes_the_real_client_and_refuses_garbage() {
+fn accept_proxy_takes_the_real_client_and_refuses_garbage(splice: bool) {
     let echo = start_role(Echo, ServerConfig::default());
-    let mut cfg = config(&[echo.tcp], Balance::First);
+    let mut cfg = with_splice(config(&[echo.tcp], Balance::First), splice);
     cfg.accept_proxy = Some(Duration::from_millis(500));
     let proxy = start_proxy(cfg, ServerConfig::default());
 
@@ -465,10 +509,9 @@ fn accept_proxy_applies_the_access_list_to_the_real_client() {
     echo.stop();
 }
 
-#[test]
-fn a_line_based_session_like_telnet_works_through_the_proxy() {
+fn a_line_based_session_like_telnet_works_through_the_proxy(splice: bool) {
     let upper = start_role(Upper, ServerConfig::default());
-    let proxy = simple_proxy(upper.tcp);
+    let proxy = simple_proxy(upper.tcp, splice);
     let s = client(proxy.addr);
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
@@ -568,12 +611,11 @@ fn bytes(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-#[test]
-fn a_client_reset_ends_a_session_whose_upstream_never_reads() {
+fn a_client_reset_ends_a_session_whose_upstream_never_reads(splice: bool) {
     // The client→server pump fills the upstream writer's mailbox and waits for room that
     // never comes; it must still notice the client's reset.
     let (upstream, held) = stalled_upstream();
-    let proxy = simple_proxy(upstream);
+    let proxy = simple_proxy(upstream, splice);
     let mut s = client(proxy.addr);
     let written = write_until_blocked(&mut s);
     let mut up = held
@@ -595,11 +637,10 @@ fn a_client_reset_ends_a_session_whose_upstream_never_reads() {
     assert!(bytes(&proxy.stats.bytes_in) <= written);
 }
 
-#[test]
-fn an_upstream_reset_ends_a_session_whose_client_never_reads() {
+fn an_upstream_reset_ends_a_session_whose_client_never_reads(splice: bool) {
     // The mirror image: the server→client pump waits on the client writer's mailbox.
     let (upstream, held) = stalled_upstream();
-    let proxy = simple_proxy(upstream);
+    let proxy = simple_proxy(upstream, splice);
     let mut s = client(proxy.addr);
     s.write_all(b"go").unwrap(); // the session exists once the upstream has accepted
     let mut up = held
@@ -617,14 +658,13 @@ fn an_upstream_reset_ends_a_session_whose_client_never_reads() {
     assert!(got > 0 && bytes(&proxy.stats.bytes_in) <= written + 2);
 }
 
-#[test]
-fn a_client_fin_seen_while_the_upstream_stalls_starts_the_fin_timeout() {
+fn a_client_fin_seen_while_the_upstream_stalls_starts_the_fin_timeout(splice: bool) {
     // The client sends in small steps until the proxy stops reading (the pump waits for
     // mailbox room), then shuts its write half: the FIN gets into the proxy's socket
     // behind a few unread bytes. The session is half-closed from then, so after
     // --fin-timeout with nothing moving it ends.
     let (upstream, _held) = stalled_upstream();
-    let mut cfg = config(&[upstream], Balance::First);
+    let mut cfg = with_splice(config(&[upstream], Balance::First), splice);
     cfg.fin_timeout = Some(Duration::from_millis(300));
     let proxy = start_proxy(cfg, ServerConfig::default());
     let mut s = client(proxy.addr);
@@ -717,8 +757,7 @@ fn accept_proxy_judges_the_header_address_and_proxy_from_judges_the_sender() {
     echo.stop();
 }
 
-#[test]
-fn a_slow_steady_reader_is_not_cut_by_the_idle_or_fin_timeout() {
+fn a_slow_steady_reader_is_not_cut_by_the_idle_or_fin_timeout(splice: bool) {
     // The upstream sends a download at once and closes; the client reads it steadily but
     // slowly, in small steps with short pauses, for several timeout periods. The proxy's
     // writer to the client then waits on a full send buffer, and the kernel wakes it only
@@ -736,7 +775,7 @@ fn a_slow_steady_reader_is_not_cut_by_the_idle_or_fin_timeout() {
     let upstream = custom_upstream(move |mut s| {
         let _ = s.write_all(&sent);
     });
-    let mut cfg = config(&[upstream], Balance::First);
+    let mut cfg = with_splice(config(&[upstream], Balance::First), splice);
     cfg.fin_timeout = Some(Duration::from_secs(1));
     let proxy = start_proxy(
         cfg,
@@ -772,4 +811,157 @@ fn client_with_mss(addr: SocketAddr, mss: i32, rcvbuf: i32) -> TcpStream {
         options.push((libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf));
     }
     client_with_options(addr, &options)
+}
+
+fn headers_both_ways_then_the_client_bytes_arrive_exact_and_counted(splice: bool) {
+    // A PROXY header read from the client (with bytes behind it in the same segment),
+    // another written to the upstream, then a stream too large for one pipe: the
+    // upstream gets our header and then exactly what the client sent after its own.
+    const PAYLOAD: usize = 4 << 20;
+    let (got_tx, got_rx) = std::sync::mpsc::channel();
+    let got_tx = std::sync::Mutex::new(got_tx);
+    let upstream = custom_upstream(move |mut s| {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(b"ok").unwrap();
+        let _ = got_tx.lock().unwrap().send(got);
+    });
+    let mut cfg = with_splice(config(&[upstream], Balance::First), splice);
+    cfg.accept_proxy = Some(Duration::from_secs(5));
+    cfg.send_proxy = Some(Version::V2);
+    let proxy = start_proxy(cfg, ServerConfig::default());
+    let (client_addr, named_dst) = (
+        "203.0.113.7:40000".parse().unwrap(),
+        "192.0.2.1:80".parse().unwrap(),
+    );
+    let ours = header::encode(Version::V2, client_addr, named_dst);
+    let payload = Rng::new(21).bytes(PAYLOAD);
+    let mut s = client(proxy.addr);
+    s.write_all(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 80\r\nhello")
+        .unwrap();
+    s.write_all(&payload).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut s), b"ok");
+    let got = got_rx.recv_timeout(DEADLINE).expect("the upstream's bytes");
+    let h = header::parse(&got).expect("our header first");
+    assert_eq!(h.addrs, Some((client_addr, named_dst)));
+    assert_eq!(&got[..h.len], &ours[..]);
+    let rest = &got[h.len..];
+    assert_eq!(&rest[..5.min(rest.len())], b"hello");
+    assert!(
+        rest.len() == 5 + PAYLOAD && rest[5..] == payload[..],
+        "{} bytes after the header, not the client's {}",
+        rest.len(),
+        5 + PAYLOAD
+    );
+    wait_until("the session to end", || proxy.stats.live_tasks() == 0);
+    // Written: our header, the client's bytes, the upstream's reply.
+    assert_eq!(
+        bytes(&proxy.stats.bytes_out),
+        (ours.len() + 5 + PAYLOAD + 2) as u64
+    );
+}
+
+#[test]
+fn a_spliced_direction_holds_no_more_than_its_pipe_while_the_receiver_reads_nothing() {
+    // The upstream reads nothing: the relay's pipe fills and the client is held back by
+    // TCP flow control. What the proxy holds between read and written is at most the
+    // pipe (`--splice-pipe`), never a growing buffer; once the upstream reads, every
+    // byte arrives in order.
+    const PIPE: usize = 16 * 1024;
+    let (upstream, held) = stalled_upstream();
+    let mut cfg = config(&[upstream], Balance::First);
+    cfg.splice = Some(PIPE);
+    let proxy = start_proxy(cfg, ServerConfig::default());
+    let mut s = client(proxy.addr);
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut pattern = Rng::new(31);
+    let mut written = 0u64;
+    // Until a write has made no progress for a while: the proxy has stopped reading.
+    'blocked: loop {
+        let chunk = pattern.bytes(64 * 1024);
+        let mut at = 0;
+        while at < chunk.len() {
+            match s.write(&chunk[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    written += at as u64;
+                    break 'blocked;
+                }
+            }
+        }
+        written += chunk.len() as u64;
+        assert!(written < 1 << 30, "the client was never held back");
+    }
+    let (read, sent) = (bytes(&proxy.stats.bytes_in), bytes(&proxy.stats.bytes_out));
+    assert!(read > 0 && read <= written);
+    assert!(
+        read - sent <= PIPE as u64,
+        "the proxy holds {} bytes read and not written",
+        read - sent
+    );
+    // The upstream reads: the rest flows through the same pipe, intact.
+    let mut up = held
+        .recv_timeout(DEADLINE)
+        .expect("the upstream was reached");
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    let expected = Rng::new(31).bytes(written.div_ceil(64 * 1024) as usize * 64 * 1024);
+    let expected = &expected[..written as usize];
+    let checker = thread::spawn(move || {
+        up.set_read_timeout(Some(DEADLINE)).unwrap();
+        read_to_end(&mut up)
+    });
+    s.shutdown(Shutdown::Write).unwrap();
+    let got = checker.join().unwrap();
+    assert!(
+        got.len() == expected.len() && got == expected,
+        "{} of {written} bytes arrived intact",
+        got.len()
+    );
+    wait_until("the proxy's counts to settle", || {
+        bytes(&proxy.stats.bytes_out) == written
+    });
+    assert_eq!(bytes(&proxy.stats.bytes_in), written);
+}
+
+fn a_client_reset_mid_download_is_counted_with_what_it_acknowledged(splice: bool) {
+    // The client reads part of a download, stops, and resets. What the proxy handed its
+    // kernel beyond what the client acknowledged never arrived: it comes off the count,
+    // as the copying writer takes it off (the reset empties the send queue, so what the
+    // kernel says was acknowledged is what tells).
+    const READ: usize = 256 * 1024;
+    let upstream = custom_upstream(|mut s| {
+        let chunk = vec![b'd'; 64 * 1024];
+        while s.write_all(&chunk).is_ok() {}
+    });
+    let proxy = simple_proxy(upstream, splice);
+    let mut c = client_with_rcvbuf(proxy.addr, 16 * 1024);
+    assert!(read_n(&mut c, READ).iter().all(|&b| b == b'd'));
+    // All the client can have acknowledged beyond what it read: its receive buffer.
+    let window = rustix::net::sockopt::socket_recv_buffer_size(&c).unwrap() as u64;
+    let mut last = (0, Instant::now());
+    wait_until("the proxy's writes to the client to stall", || {
+        let now = bytes(&proxy.stats.bytes_out);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        last.1.elapsed() > Duration::from_millis(300)
+    });
+    let handed = bytes(&proxy.stats.bytes_out);
+    assert!(
+        handed > READ as u64 + window,
+        "the proxy's send queue to the client never filled: nothing to take back"
+    );
+    reset_on_close(&c);
+    drop(c);
+    wait_until("the session to end", || {
+        proxy.stats.active() == 0 && proxy.stats.live_tasks() == 0
+    });
+    let counted = bytes(&proxy.stats.bytes_out);
+    assert!(
+        counted >= READ as u64 && counted <= READ as u64 + window,
+        "counted {counted} bytes delivered; the client read {READ} and holds at most {window} more"
+    );
 }

@@ -1,6 +1,7 @@
 //! The zero-copy relay (`net::splice`) on real loopback sockets: integrity of large
-//! streams both ways, half-close, a slow receiver held to one pipe, resets on either
-//! side, a dropped future, and the fallback when `splice` cannot move a stream.
+//! streams both ways, half-close (and a FIN told while bytes wait), a slow receiver held
+//! to one pipe, resets on either side, a dropped future, and the fallback when `splice`
+//! cannot move a stream.
 //!
 //! Each test wires `client ─▶ near ═relay═▶ far ─▶ server` (and back, where a test
 //! needs both directions) with the test holding `client` and `server` as blocking
@@ -14,12 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread;
 
-use async_io::Async;
 use futures::future::Either;
 use rustix::net::sockopt;
 
 use common::{DEADLINE, Rng, read_to_end, reset_on_close, wait_until};
+use switchboard::net::socket::Socket;
 use switchboard::net::splice::{End, Failure, PIPE_CAPACITY, Relay, Side, Step};
+use switchboard::net::stream::Stream;
 use switchboard::rt;
 
 /// Bytes the reproducible streams are made and checked in.
@@ -36,9 +38,9 @@ struct Relayed {
     /// The test's sending end (blocking).
     client: TcpStream,
     /// The relay's socket facing the client.
-    near: Arc<Async<TcpStream>>,
+    near: Socket,
     /// The relay's socket facing the server.
-    far: Arc<Async<TcpStream>>,
+    far: Socket,
     /// The test's receiving end (blocking).
     server: TcpStream,
 }
@@ -72,10 +74,15 @@ fn relayed(front: Option<usize>, back: Option<usize>) -> Relayed {
     }
     Relayed {
         client,
-        near: Arc::new(Async::new(near).unwrap()),
-        far: Arc::new(Async::new(far).unwrap()),
+        near: on_reactor(near),
+        far: on_reactor(far),
         server,
     }
+}
+
+/// The socket beneath a plain stream on the reactor, as the proxy hands it to a relay.
+fn on_reactor(socket: TcpStream) -> Socket {
+    Stream::new(socket).unwrap().socket().clone()
 }
 
 /// What a relay's `on_step` heard, summed as it ran.
@@ -115,11 +122,7 @@ impl Steps {
 type Running = rt::JoinHandle<(Relay, Result<End, Failure>)>;
 
 /// Runs `relay` from `from` to `to` in a task of its own.
-fn start(
-    mut relay: Relay,
-    from: &Arc<Async<TcpStream>>,
-    to: &Arc<Async<TcpStream>>,
-) -> (Arc<Steps>, Running) {
+fn start(mut relay: Relay, from: &Socket, to: &Socket) -> (Arc<Steps>, Running) {
     let steps = Arc::new(Steps::default());
     let (from, to, heard) = (from.clone(), to.clone(), steps.clone());
     let running = rt::spawn(async move {
@@ -294,6 +297,32 @@ fn a_half_close_carries_over_in_each_direction_and_the_other_goes_on() {
 }
 
 #[test]
+fn a_fin_read_while_the_pipe_still_holds_bytes_is_told_before_the_end() {
+    // The path to the server holds far less than the client sends, so the relay reads the
+    // FIN with bytes still in its pipe: it says so at once (a session's fin timeout runs
+    // from then, as it does when a copying reader reads the EOF), and once.
+    let mut r = relayed(None, Some(TINY_BUFFER));
+    let relay = Relay::new(PIPE_CAPACITY).unwrap();
+    let tally = relay.tally();
+    let (steps, up) = start(relay, &r.near, &r.far);
+    let sent = Rng::new(8).bytes(48 * 1024);
+    r.client.write_all(&sent).unwrap();
+    r.client.shutdown(Shutdown::Write).unwrap();
+    wait_until("the relay to tell the FIN it read", || {
+        steps.fins.load(Relaxed) == 1
+    });
+    assert!(tally.unwritten() > 0, "told with nothing left to write");
+    assert_eq!(read_to_end(&mut r.server), sent);
+    let (_, end) = finish(up);
+    assert_eq!(end.unwrap(), End::Eof);
+    assert_eq!(steps.fins.load(Relaxed), 1);
+    assert_eq!(
+        (tally.read(), tally.written()),
+        (sent.len() as u64, sent.len() as u64)
+    );
+}
+
+#[test]
 fn keep_open_leaves_the_destination_write_half_to_the_caller() {
     let mut r = relayed(None, None);
     let (_, up) = start(
@@ -306,8 +335,8 @@ fn keep_open_leaves_the_destination_write_half_to_the_caller() {
     let (_, end) = finish(up);
     assert_eq!(end.unwrap(), End::Eof);
     // Still open: the caller writes more and shuts it itself.
-    r.far.get_ref().write_all(b" and more").unwrap();
-    r.far.get_ref().shutdown(Shutdown::Write).unwrap();
+    assert_eq!(rustix::io::write(&r.far, b" and more"), Ok(9));
+    r.far.shut_write().unwrap();
     assert_eq!(read_to_end(&mut r.server), b"ping and more");
 }
 
@@ -345,7 +374,7 @@ fn a_receiver_that_reads_nothing_holds_the_sender_back_with_one_pipe_in_between(
     // All the sender got out beyond what the relay read sits in the kernel's buffers on
     // the way (its send buffer, the relay's receive buffer): nothing piles up in between.
     let kernel = sockopt::socket_send_buffer_size(&r.client).unwrap()
-        + sockopt::socket_recv_buffer_size(r.near.get_ref()).unwrap();
+        + sockopt::socket_recv_buffer_size(&r.near).unwrap();
     assert!(
         pusher.sent - tally.read() <= 2 * kernel as u64,
         "{} bytes sent, {} read by the relay",
@@ -444,7 +473,7 @@ fn a_receiver_reset_mid_stream_reports_what_was_written_and_what_the_pipe_held()
         (tally.read(), tally.written())
     );
     // Closing the relay's side with the sender's bytes unread resets the sender.
-    let _ = r.near.get_ref().shutdown(Shutdown::Both);
+    let _ = r.near.shut_both();
     drop(r.near);
     sender.join().unwrap();
 }
@@ -475,7 +504,7 @@ fn a_sender_reset_mid_stream_reports_a_source_failure_after_what_it_delivered() 
     );
     // What the failure calls written is what the server gets, and it is the stream's start.
     drop(relay);
-    r.far.get_ref().shutdown(Shutdown::Write).unwrap();
+    r.far.shut_write().unwrap();
     let got = read_to_end(&mut r.server);
     assert_eq!(got.len() as u64, failure.written);
     assert_prefix(&got, 6);
@@ -535,10 +564,10 @@ fn dropping_the_future_mid_transfer_keeps_the_counts_and_running_again_resumes()
 
 /// A descriptor `splice` refuses (`EINVAL`) dressed as a socket: an eventfd, which the
 /// reactor can still watch. Its count starts at 1, so it reads as readable.
-fn unspliceable() -> Arc<Async<TcpStream>> {
+fn unspliceable() -> Socket {
     use rustix::event::{EventfdFlags, eventfd};
     let fd = eventfd(1, EventfdFlags::CLOEXEC).unwrap();
-    Arc::new(Async::new(TcpStream::from(fd)).unwrap())
+    on_reactor(TcpStream::from(fd))
 }
 
 #[test]

@@ -6,11 +6,17 @@
 //! its socket (direct and by the writer), and its [`Delivery`] tells when the writer has
 //! ended: what a proxy session logs as delivered. Only a plain stream has a direct
 //! path; under a session every byte goes through the writer.
+//!
+//! A producer that writes its socket entirely by itself (a splice relay, which has no
+//! writer actor) keeps the same count through [`DirectWrites`], so a [`Delivery`] means
+//! the same whichever path carried the bytes, and a relay that must fall back to copying
+//! hands that count on to a writer ([`DirectWrites::into_handoff`]) without a gap.
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use futures::io::AsyncWriteExt;
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
@@ -76,26 +82,7 @@ pub struct WriterGone;
 impl Handoff {
     /// Spawns the writer actor for `stream` with a [`WRITER_MAILBOX`]-chunk mailbox.
     pub fn spawn(stream: WriteHalf, stats: &Arc<Stats>) -> Self {
-        let direct = stream.raw().cloned();
-        let (tx, rx) = flume::bounded(WRITER_MAILBOX);
-        let (ended_tx, ended_rx) = flume::bounded(1);
-        let progress = Arc::new(Progress::default());
-        start_writer(
-            stream,
-            rx,
-            Some(progress.clone()),
-            stats,
-            Some(ended_tx),
-            None,
-            None,
-        );
-        Handoff {
-            tx,
-            direct,
-            progress,
-            stats: stats.clone(),
-            ended_rx,
-        }
+        DirectWrites::new(stats).into_handoff(stream)
     }
 
     /// A watch on what reaches this handoff's socket, which outlives the handoff.
@@ -125,13 +112,7 @@ impl Handoff {
                     data.drain(..n);
                 }
                 Err(e) => {
-                    log::debug!("write failed: {e}");
-                    // What the peer never acknowledged is not delivered (before the
-                    // shutdown, whose FIN would count in the send queue).
-                    if peer_may_lack(&e, socket) {
-                        self.progress.take_back_unacked(socket, &self.stats);
-                    }
-                    let _ = socket.shut_both();
+                    direct_write_failed(&self.progress, &self.stats, &e, socket);
                     return Err(WriterGone);
                 }
             }
@@ -139,6 +120,111 @@ impl Handoff {
         self.progress.pending.fetch_add(1, Ordering::Relaxed);
         self.tx.send_async(data).await.map_err(|_| WriterGone)
     }
+}
+
+/// The count of a producer that writes its socket itself, with no writer actor (a splice
+/// relay): it counts each write as a writer does (`Stats::bytes_out` and the
+/// [`Delivery`]'s count), takes back what the peer never acknowledged after a failure as
+/// a writer does, and ends the delivery when dropped, as a writer does when it ends.
+pub struct DirectWrites {
+    progress: Arc<Progress>,
+    stats: Arc<Stats>,
+    /// Dropped (with this) to tell the [`Delivery`] that nothing more will be written.
+    ended_tx: flume::Sender<WriterEnd>,
+    ended_rx: flume::Receiver<WriterEnd>,
+}
+
+impl DirectWrites {
+    /// A fresh count, adding to `stats.bytes_out` as well.
+    pub fn new(stats: &Arc<Stats>) -> Self {
+        let (ended_tx, ended_rx) = flume::bounded(1);
+        DirectWrites {
+            progress: Arc::new(Progress::default()),
+            stats: stats.clone(),
+            ended_tx,
+            ended_rx,
+        }
+    }
+
+    /// A watch on what this count says reached the socket, which outlives it.
+    pub fn delivery(&self) -> Delivery {
+        Delivery {
+            progress: self.progress.clone(),
+            ended_rx: self.ended_rx.clone(),
+        }
+    }
+
+    /// Counts `n` bytes the socket took, as each write returns.
+    pub fn add(&self, n: u64) {
+        count_written(&self.stats, Some(&self.progress), n as usize);
+    }
+
+    /// Writes all of `bytes` through `stream` (what the producer sends before it writes
+    /// the socket by itself, such as a proxy's PROXY header), counting each write as it
+    /// returns.
+    pub async fn write_all(&self, stream: &mut WriteHalf, bytes: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < bytes.len() {
+            match stream.write(&bytes[at..]).await {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.add(n as u64);
+                    at += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// A write to `socket` failed with `error`: what the peer never acknowledged comes
+    /// off the count when it may never arrive (the writer's rule), and the socket is shut
+    /// both ways, as a writer's failed write shuts it.
+    pub fn failed(&self, error: &io::Error, socket: &Socket) {
+        direct_write_failed(&self.progress, &self.stats, error, socket);
+    }
+
+    /// Hands the count to a writer actor for `stream`, fed by the returned [`Handoff`]:
+    /// for a producer that can no longer write by itself and copies from here on. The
+    /// [`Delivery`] goes on counting and ends when that writer does.
+    pub fn into_handoff(self, stream: WriteHalf) -> Handoff {
+        let direct = stream.raw().cloned();
+        let (tx, rx) = flume::bounded(WRITER_MAILBOX);
+        let DirectWrites {
+            progress,
+            stats,
+            ended_tx,
+            ended_rx,
+        } = self;
+        start_writer(
+            stream,
+            rx,
+            Some(progress.clone()),
+            &stats,
+            Some(ended_tx),
+            None,
+            None,
+        );
+        Handoff {
+            tx,
+            direct,
+            progress,
+            stats,
+            ended_rx,
+        }
+    }
+}
+
+/// A write made around the writer failed: what the peer never acknowledged is not
+/// delivered (taken back before the shutdown, whose FIN would count in the send queue),
+/// and the socket is shut so the reader on it ends too.
+fn direct_write_failed(progress: &Progress, stats: &Stats, e: &io::Error, socket: &Socket) {
+    log::debug!("write failed: {e}");
+    if peer_may_lack(e, socket) {
+        progress.take_back_unacked(socket, stats);
+    }
+    let _ = socket.shut_both();
 }
 
 /// One non-blocking `send` of as much of `data` as the socket takes now (0 when full).
@@ -227,6 +313,50 @@ mod tests {
                 );
                 assert_eq!(delivery.written(), expected.len() as u64);
             }
+        });
+    }
+
+    #[test]
+    fn direct_writes_hand_their_count_to_a_writer_without_a_gap() {
+        use futures::io::AsyncReadExt;
+        rt::block_on(async {
+            let (near, far) = pair().await;
+            let stats = Stats::new();
+            let (_near_r, mut near_w) = near.split();
+            let direct = DirectWrites::new(&stats);
+            let delivery = direct.delivery();
+            // Written by the producer itself, as a relay writes, and counted.
+            near_w.write_all(b"spliced ").await.unwrap();
+            direct.add(8);
+            assert_eq!(delivery.written(), 8);
+            // Then copied through a writer, which ends the delivery when it ends.
+            let mut handoff = direct.into_handoff(near_w);
+            handoff.send(b"then copied".to_vec()).await.unwrap();
+            drop(handoff);
+            let (mut far_r, _far_w) = far.split();
+            let mut got = Vec::new();
+            far_r.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"spliced then copied");
+            assert!(
+                rt::timeout(Duration::from_secs(10), delivery.ended())
+                    .await
+                    .is_some()
+            );
+            assert_eq!(delivery.written(), 19);
+            assert_eq!(
+                stats.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+                19
+            );
+
+            // A producer that ends by itself ends its delivery.
+            let direct = DirectWrites::new(&stats);
+            let delivery = direct.delivery();
+            drop(direct);
+            assert!(
+                rt::timeout(Duration::from_secs(10), delivery.ended())
+                    .await
+                    .is_some()
+            );
         });
     }
 

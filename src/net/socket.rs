@@ -177,6 +177,9 @@ impl Socket {
 /// registered: async-io may call an event stale and answer `Pending` again, though its
 /// wake-up was real (see `stream::Readiness`). Only a real wake-up counts, not a poll
 /// from elsewhere (a timer beside it), so a send timeout around the wait still runs.
+/// The event that woke it is consumed before it completes, as `Readiness` consumes it:
+/// left, the next wait would take it for a fresh one and the caller's next call would
+/// find EAGAIN first.
 async fn woken_or_ready(
     mut poll_ready: impl FnMut(&mut Context<'_>) -> Poll<io::Result<()>>,
 ) -> io::Result<()> {
@@ -185,6 +188,9 @@ async fn woken_or_ready(
     std::future::poll_fn(|cx| {
         flag.task.register(cx.waker());
         if flag.woken.swap(false, Ordering::AcqRel) {
+            if let Poll::Ready(Err(e)) = poll_ready(&mut Context::from_waker(&waker)) {
+                return Poll::Ready(Err(e));
+            }
             return Poll::Ready(Ok(()));
         }
         poll_ready(&mut Context::from_waker(&waker))

@@ -30,9 +30,13 @@
 //! - **Failures say what was lost.** A failed splice ends the relay with a [`Failure`]:
 //!   which side failed, what was written, and what is still in the pipe (dropped, unless
 //!   the caller runs the relay again). While the relay waits for the destination with
-//!   the source unread, it looks at the source every [`STALL_CHECK`] (`poll` with
-//!   `POLLRDHUP`, which reads nothing), as [`Reader::watch`] does for the copying pump:
-//!   a reset ends the relay, a FIN is reported once as [`Step::SourceFin`].
+//!   the source unread, it looks at the source every [`STALL_CHECK`]
+//!   ([`Socket::hangup`], which reads nothing), as [`Reader::watch`] does for the copying pump:
+//!   a reset ends the relay, a FIN is reported once as [`Step::SourceFin`] (as is a FIN
+//!   read while the pipe still holds bytes for the destination).
+//! - **Descriptors come first.** A pipe is two descriptors that only speed a connection
+//!   up, so relays' pipes hold at most a quarter of the open-files limit
+//!   ([`PIPE_SHARE`]); past it [`Relay::new`] fails and the caller copies.
 //! - **Fallback.** A stream `splice` cannot move (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`) ends
 //!   the relay with [`End::Unsupported`], which hands back whatever was in the pipe so
 //!   the caller can copy from there on without losing a byte.
@@ -41,32 +45,39 @@
 //! `MSG_NOSIGNAL` for it); Rust programs ignore that signal from the start, so it
 //! surfaces as `EPIPE`.
 //!
-//! Try it once the proxy uses it: `switchboard hello & switchboard proxy --splice
+//! The relay works on the [`Socket`] beneath a plain stream (`WriteHalf::raw`): its
+//! readiness waits, hangup check and shutdown are the socket's own, as for every other
+//! user of the descriptor.
+//!
+//! Try it (the proxy splices by default): `switchboard hello & switchboard proxy
 //! --upstream 127.0.0.1:7009`, then `nc 127.0.0.1 7001`.
 //!
 //! [`Reader::watch`]: crate::net::reader::Reader::watch
 
+mod pipes;
+
 use std::future::Future;
 use std::io;
-use std::net::{Shutdown as Halves, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
-use std::pin::Pin;
+use std::os::fd::AsFd;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::Poll;
 
-use async_io::Async;
-use rustix::event::{PollFd, PollFlags, Timespec};
+use futures::future::{Fuse, FusedFuture, FutureExt};
 use rustix::io::Errno;
-use rustix::pipe::{PipeFlags, SpliceFlags};
+use rustix::pipe::SpliceFlags;
 
 use crate::net::reader::STALL_CHECK;
-use crate::net::socket::Hangup;
+use crate::net::socket::{Hangup, Socket};
 use crate::rt;
+use pipes::Pipe;
+pub use pipes::{PIPE_SHARE, release_spares as release_spare_pipes};
 
 /// The pipe capacity a relay asks for by default: the kernel's own default pipe size,
-/// and as much as one read of the copying path takes in (`conn::READ_CHUNK`), so the two
-/// paths hold the same amount per direction.
+/// and as much as one read of the copying path takes in ([`READ_CHUNK`]).
+///
+/// [`READ_CHUNK`]: crate::net::reader::READ_CHUNK
 pub const PIPE_CAPACITY: usize = 64 * 1024;
 
 /// Bytes a relay may move without waiting before it yields to other tasks: a few pipes'
@@ -114,8 +125,11 @@ pub enum Step {
     Read(usize),
     /// This many bytes went from the pipe into the destination socket.
     Wrote(usize),
-    /// The source shut its write half while the relay could not read it (the pipe was
-    /// full): the bytes before the FIN are still to come. Told at most once.
+    /// The source shut its write half while bytes before the FIN are not all written:
+    /// seen by looking while the pipe was full, or read while the pipe still held bytes
+    /// for a slow destination. Told at most once, and not when the FIN finds the pipe
+    /// empty (the relay then ends with [`End::Eof`] at once). A copying reader that
+    /// reads the EOF knows it at that moment too, whatever is still queued behind it.
     SourceFin,
 }
 
@@ -128,6 +142,10 @@ pub enum End {
     /// `splice` cannot move these streams. `pending` is what was in the pipe (read, not
     /// written): the caller writes it first and copies from there on.
     Unsupported { pending: Vec<u8> },
+    /// The relay had given its empty pipe back while it waited, and no pipe could be had
+    /// again (pipes hold their share of the open-files limit, or none can be made):
+    /// nothing is in flight, and the caller copies from here on.
+    NoPipe,
 }
 
 /// Which socket a failure came from.
@@ -152,11 +170,13 @@ pub struct Failure {
 
 /// One direction of a stream, relayed through a pipe of its own (see the module notes).
 pub struct Relay {
-    /// The pipe's read end (spliced into the destination) and write end (filled from the
-    /// source); both non-blocking, so a splice never waits on the pipe either.
-    pipe_out: OwnedFd,
-    pipe_in: OwnedFd,
-    /// The pipe's capacity as the kernel set it.
+    /// The pipe, while the relay has bytes to move (given back while it waits for its
+    /// source with the pipe empty); non-blocking, so a splice never waits on it either.
+    pipe: Option<Pipe>,
+    /// The capacity asked for, which a pipe taken again is made with.
+    asked: usize,
+    /// The first pipe's capacity as the kernel set it: the most the relay holds, whatever
+    /// a later pipe's size.
     capacity: usize,
     /// Bytes in the pipe.
     in_pipe: usize,
@@ -176,20 +196,15 @@ impl Relay {
     /// A relay with a pipe of `capacity` bytes (the kernel rounds it up to a power of two
     /// pages). A capacity the kernel refuses to an unprivileged process (above
     /// `fs.pipe-max-size`, or once the user's pipes pass `fs.pipe-user-pages-soft`) leaves
-    /// the pipe at the size the kernel gave it, which still bounds the relay. Fails only
-    /// when no pipe can be made (out of descriptors): the caller copies instead.
+    /// the pipe at the size the kernel gave it, which still bounds the relay. Fails when
+    /// no pipe can be had: none can be made, or pipes hold their share of the open-files
+    /// limit ([`PIPE_SHARE`], `EMFILE`). The caller copies instead.
     pub fn new(capacity: usize) -> io::Result<Relay> {
-        let (pipe_out, pipe_in) =
-            rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
-        let capacity = match rustix::pipe::fcntl_setpipe_size(&pipe_in, capacity.max(1)) {
-            Ok(set) => set,
-            Err(Errno::PERM) => rustix::pipe::fcntl_getpipe_size(&pipe_in)?,
-            Err(e) => return Err(e.into()),
-        };
+        let pipe = Pipe::take(capacity)?;
         Ok(Relay {
-            pipe_out,
-            pipe_in,
-            capacity,
+            asked: capacity,
+            capacity: pipe.capacity,
+            pipe: Some(pipe),
             in_pipe: 0,
             room: true,
             eof: false,
@@ -206,7 +221,7 @@ impl Relay {
         self
     }
 
-    /// The pipe's capacity in bytes: the most the relay holds.
+    /// The most the relay holds, in bytes: its first pipe's capacity.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -221,8 +236,8 @@ impl Relay {
     /// byte count as it moves. Safe to drop at any await point; running it again resumes.
     pub async fn run(
         &mut self,
-        from: &Async<TcpStream>,
-        to: &Async<TcpStream>,
+        from: &Socket,
+        to: &Socket,
         mut on_step: impl FnMut(Step),
     ) -> Result<End, Failure> {
         let tally = self.tally.clone();
@@ -234,11 +249,30 @@ impl Relay {
         // The next look at a source the relay cannot read; kept across stalls, so a
         // destination that keeps taking a little does not put the look off for ever.
         let mut look: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+        // The readiness waits, kept across passes until they complete: a wait dropped
+        // and made again would hand the socket a new waker, and the socket wakes the
+        // one it replaces, so each such pass would cost a spurious wake-up.
+        let mut readable = pin!(Fuse::terminated());
+        let mut writable = pin!(Fuse::terminated());
         loop {
             if can_read && self.room && !self.eof && self.in_pipe < self.capacity {
-                let want = self.capacity - self.in_pipe;
-                match splice(from.get_ref(), &self.pipe_in, want) {
-                    Ok(0) => self.eof = true,
+                if self.pipe.is_none() {
+                    match Pipe::take(self.asked) {
+                        Ok(pipe) => self.pipe = Some(pipe),
+                        // Nothing is in flight: the caller copies from here on.
+                        Err(_) => return Ok(End::NoPipe),
+                    }
+                }
+                let pipe = self.pipe.as_ref().expect("a pipe to read into");
+                let want = self.capacity.min(pipe.capacity) - self.in_pipe;
+                match splice(from, &pipe.into, want) {
+                    Ok(0) => {
+                        self.eof = true;
+                        if self.in_pipe > 0 && !self.fin_told {
+                            self.fin_told = true;
+                            on_step(Step::SourceFin);
+                        }
+                    }
                     Ok(n) => {
                         self.in_pipe += n;
                         tally.read.fetch_add(n as u64, Relaxed);
@@ -258,8 +292,8 @@ impl Relay {
                     Err(e) => return Err(self.failure(Side::Source, e.into())),
                 }
             }
-            if can_write && self.in_pipe > 0 {
-                match splice(&self.pipe_out, to.get_ref(), self.in_pipe) {
+            if can_write && let Some(pipe) = self.pipe.as_ref().filter(|_| self.in_pipe > 0) {
+                match splice(&pipe.out, to, self.in_pipe) {
                     Ok(0) => {
                         let e = io::Error::from(io::ErrorKind::WriteZero);
                         return Err(self.failure(Side::Destination, e));
@@ -284,7 +318,7 @@ impl Relay {
             }
             if self.eof && self.in_pipe == 0 {
                 if self.half_close {
-                    let _ = to.get_ref().shutdown(Halves::Write);
+                    let _ = to.shut_write();
                 }
                 return Ok(End::Eof);
             }
@@ -300,23 +334,30 @@ impl Relay {
                 continue;
             }
             moved_since_wait = 0;
+            if self.in_pipe == 0
+                && let Some(pipe) = self.pipe.take()
+            {
+                // Waiting for the source with nothing to move: the pipe serves another
+                // relay meanwhile, and this one takes a pipe again when bytes come.
+                pipe.put_back();
+            }
             let (want_read, want_write) = (read_open, write_open);
             let stalled = !read_open && !self.eof;
             tally.stalled.store(stalled, Relaxed);
             if stalled && look.is_none() {
                 look = Some(Box::pin(rt::sleep(STALL_CHECK)));
             }
-            let mut readable = std::pin::pin!(want_read.then(|| from.readable()));
-            let mut writable = std::pin::pin!(want_write.then(|| to.writable()));
+            if want_read && readable.is_terminated() {
+                readable.set(from.readable().fuse());
+            }
+            if want_write && writable.is_terminated() {
+                writable.set(to.writable().fuse());
+            }
             let woke = futures::future::poll_fn(|cx| {
-                if let Some(r) = readable.as_mut().as_pin_mut()
-                    && let Poll::Ready(r) = r.poll(cx)
-                {
+                if want_read && let Poll::Ready(r) = readable.as_mut().poll(cx) {
                     return Poll::Ready(Woke::Readable(r));
                 }
-                if let Some(w) = writable.as_mut().as_pin_mut()
-                    && let Poll::Ready(w) = w.poll(cx)
-                {
+                if want_write && let Poll::Ready(w) = writable.as_mut().poll(cx) {
                     return Poll::Ready(Woke::Writable(w));
                 }
                 match look
@@ -337,7 +378,7 @@ impl Relay {
                 Woke::Writable(Err(e)) => return Err(self.failure(Side::Destination, e)),
                 Woke::Look => {
                     look = None;
-                    match hangup(from.get_ref()) {
+                    match from.hangup() {
                         Some(Hangup::Reset) => {
                             let e = io::Error::from(io::ErrorKind::ConnectionReset);
                             return Err(self.failure(Side::Source, e));
@@ -366,8 +407,8 @@ impl Relay {
     fn fall_back(&mut self) -> Result<End, Failure> {
         let mut pending = vec![0; self.in_pipe];
         let mut at = 0;
-        while at < pending.len() {
-            match rustix::io::read(&self.pipe_out, &mut pending[at..]) {
+        while let Some(pipe) = self.pipe.as_ref().filter(|_| at < pending.len()) {
+            match rustix::io::read(&pipe.out, &mut pending[at..]) {
                 Ok(0) => break,
                 Ok(n) => at += n,
                 Err(Errno::INTR) => continue,
@@ -380,6 +421,15 @@ impl Relay {
         self.in_pipe -= at;
         self.room = self.in_pipe == 0;
         Ok(End::Unsupported { pending })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // An empty pipe serves the next relay; one still holding bytes is closed with them.
+        if let Some(pipe) = self.pipe.take().filter(|_| self.in_pipe == 0) {
+            pipe.put_back();
+        }
     }
 }
 
@@ -418,28 +468,6 @@ fn unsupported(e: Errno) -> bool {
     matches!(e, Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP)
 }
 
-/// Whether the peer of `socket` has sent a FIN or reset, without reading anything:
-/// `poll(2)` with `POLLRDHUP` and a zero timeout (unread bytes stay where they are).
-pub(crate) fn hangup(socket: impl AsFd) -> Option<Hangup> {
-    let mut fds = [PollFd::new(&socket, PollFlags::RDHUP)];
-    let now = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    match rustix::event::poll(&mut fds, Some(&now)) {
-        Ok(n) if n > 0 => {}
-        _ => return None,
-    }
-    let seen = fds[0].revents();
-    if seen.contains(PollFlags::ERR) {
-        Some(Hangup::Reset)
-    } else if seen.intersects(PollFlags::RDHUP | PollFlags::HUP) {
-        Some(Hangup::Fin)
-    } else {
-        None
-    }
-}
-
 /// Lets the executor run other tasks once before this one goes on.
 async fn yield_now() {
     let mut yielded = false;
@@ -453,4 +481,43 @@ async fn yield_now() {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::stream::tests::pair;
+    use futures::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_relay_waiting_on_its_source_holds_no_pipe_and_takes_one_when_bytes_come() {
+        rt::block_on(async {
+            let (client, near) = pair().await;
+            let (far, server) = pair().await;
+            let (near, far) = (near.socket().clone(), far.socket().clone());
+            let (_client_r, mut client_w) = client.split();
+            let (mut server_r, _server_w) = server.split();
+            let mut relay = Relay::new(PIPE_CAPACITY).unwrap();
+            assert!(relay.pipe.is_some());
+            for message in [&b"ping"[..], b"pong"] {
+                client_w.write_all(message).await.unwrap();
+                let mut got = [0u8; 4];
+                // The relay moves the message and goes back to waiting in one poll, so
+                // once the server has it, the relay is waiting.
+                {
+                    let run = std::pin::pin!(relay.run(&near, &far, |_| {}));
+                    let read = std::pin::pin!(server_r.read_exact(&mut got));
+                    match futures::future::select(run, read).await {
+                        futures::future::Either::Right((read, _)) => read.unwrap(),
+                        futures::future::Either::Left((end, _)) => {
+                            panic!("relay ended: {end:?}")
+                        }
+                    }
+                }
+                assert_eq!(&got, message);
+                assert!(relay.pipe.is_none(), "an idle relay kept its pipe");
+            }
+            assert_eq!(relay.tally().written(), 8);
+        });
+    }
 }

@@ -14,6 +14,12 @@
 //! A pump that waits for mailbox room still notices its peer's reset or FIN
 //! ([`Reader::watch`]), and bytes are counted as they move.
 //!
+//! Where the bytes need not be seen (no `--tap`) and both sides are plain TCP, each
+//! direction is a zero-copy relay instead (`splice(2)` through a pipe, [`Relay`]): the
+//! relay is that direction's reader and writer in one, its pipe the bounded buffer, and
+//! it reports the same counts, FIN notices and ends as a pump and its writer, so the
+//! session below cannot tell the two apart.
+//!
 //! The session's log line is written once both writers have ended, and gives the bytes
 //! delivered each way (written to the other side's socket), not the bytes read: when a
 //! session ends with bytes read and never written (a reset while the other side had
@@ -35,13 +41,14 @@ use futures::{FutureExt, StreamExt};
 
 use crate::Result;
 use crate::net::access::AccessList;
-use crate::net::handoff::{Delivery, Handoff};
+use crate::net::handoff::{Delivery, DirectWrites, Handoff};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::reader::{Input, Reader};
 use crate::net::shutdown::Shutdown;
 use crate::net::socket::{Hangup, Socket};
+use crate::net::splice::{self, Relay, Side, Step};
 use crate::net::stats::Stats;
-use crate::net::stream::ReadHalf;
+use crate::net::stream::{ReadHalf, WriteHalf};
 use crate::rt::{self, TcpListener};
 use header::Version;
 use upstreams::{ConnectError, Upstreams};
@@ -68,6 +75,10 @@ pub struct ProxyConfig {
     pub accept_proxy: Option<Duration>,
     /// Log the traffic itself.
     pub tap: bool,
+    /// Relay each direction with `splice(2)` through a pipe of this many bytes (the most
+    /// a direction then holds), for sessions whose bytes need not be seen: not with
+    /// `tap`, and only between plain TCP sockets. `None`: copy.
+    pub splice: Option<usize>,
 }
 
 /// Serves the proxy on `listener` until `shutdown` fires; open sessions are left to
@@ -245,6 +256,129 @@ async fn pump(
     (reader.bytes, end)
 }
 
+/// What one direction of a session needs besides its two halves.
+struct Way {
+    activity: Arc<Activity>,
+    stats: Arc<Stats>,
+    fin: (FinNotice, flume::Sender<FinNotice>),
+    tap: Option<(&'static str, SocketAddr)>,
+}
+
+/// Starts one direction: `prefix` (bytes of ours, written first), then what `from`
+/// reads, to `to`. It is a relay when `splice` names a pipe size and a pipe can be had
+/// (out of descriptors, it copies), otherwise a pump feeding `to`'s writer. Returns the
+/// task, which ends as [`pump`] does, and the watch on what reached `to`.
+fn carry(
+    from: ReadHalf,
+    to: WriteHalf,
+    prefix: Vec<u8>,
+    splice: Option<usize>,
+    way: Way,
+) -> (rt::JoinHandle<(u64, End)>, Delivery) {
+    let task = way.stats.task();
+    let relay = splice.and_then(|capacity| match Relay::new(capacity) {
+        Ok(relay) => Some(relay),
+        Err(e) => {
+            log::debug!("proxy: no pipe for splicing ({e}); copying");
+            None
+        }
+    });
+    match relay {
+        Some(relay) => {
+            let written = DirectWrites::new(&way.stats);
+            let delivery = written.delivery();
+            let running = rt::spawn_here(async move {
+                let _task = task;
+                relay_way(relay, from, to, prefix, written, way).await
+            });
+            (running, delivery)
+        }
+        None => {
+            // The writer has one producer, this pump, so it is fed through a `Handoff`:
+            // a chunk goes straight to the socket while the writer is idle.
+            let mut writer = Handoff::spawn(to, &way.stats);
+            let delivery = writer.delivery();
+            let running = rt::spawn_here(async move {
+                let _task = task;
+                if !prefix.is_empty() {
+                    // A failure shows at the pump's first send.
+                    let _ = writer.send(prefix).await;
+                }
+                let Way {
+                    activity,
+                    stats,
+                    fin,
+                    tap,
+                } = way;
+                pump(Reader::new(from, None), writer, activity, stats, fin, tap).await
+            });
+            (running, delivery)
+        }
+    }
+}
+
+/// One direction spliced: `prefix` written first, then `from`'s socket relayed to `to`'s.
+/// It counts and notes what a pump and its writer would (bytes read into
+/// `stats.bytes_in` and the activity clock, bytes written into `written`, a FIN the
+/// relay sees before it has written everything) and ends as [`pump`] does. A relay that
+/// finds `splice` unusable hands what its pipe held to a writer, and a pump copies the
+/// rest.
+async fn relay_way(
+    mut relay: Relay,
+    from: ReadHalf,
+    to: WriteHalf,
+    prefix: Vec<u8>,
+    written: DirectWrites,
+    way: Way,
+) -> (u64, End) {
+    let source = from.socket().clone();
+    let destination = to.socket().clone();
+    let mut to = to;
+    if let Err(e) = written.write_all(&mut to, &prefix).await {
+        written.failed(&e, &destination);
+        return (0, End::WriterGone);
+    }
+    let Way {
+        activity,
+        stats,
+        fin: (label, notes_tx),
+        tap,
+    } = way;
+    let tally = relay.tally();
+    let ended = relay
+        .run(&source, &destination, |step| match step {
+            Step::Read(n) => {
+                activity.touch();
+                Stats::add(&stats.bytes_in, n as u64);
+            }
+            Step::Wrote(n) => written.add(n as u64),
+            Step::SourceFin => {
+                let _ = notes_tx.try_send(label);
+            }
+        })
+        .await;
+    let pending = match ended {
+        // The relay has shut `to`'s write half, as a writer whose producer is gone does.
+        Ok(splice::End::Eof) => return (tally.read(), End::Fin),
+        Ok(splice::End::Unsupported { pending }) => pending,
+        Ok(splice::End::NoPipe) => Vec::new(),
+        // What the pipe held is dropped; the session shuts both sockets.
+        Err(failure) if failure.side == Side::Source => return (tally.read(), End::Reset),
+        Err(failure) => {
+            written.failed(&failure.error, &destination);
+            return (tally.read(), End::WriterGone);
+        }
+    };
+    // `splice` cannot go on: copy from here, what the pipe held first.
+    let mut writer = written.into_handoff(to);
+    if !pending.is_empty() && writer.send(pending).await.is_err() {
+        return (tally.read(), End::WriterGone);
+    }
+    let fin = (label, notes_tx);
+    let (more, end) = pump(Reader::new(from, None), writer, activity, stats, fin, tap).await;
+    (tally.read() + more, end)
+}
+
 /// Reads a PROXY protocol header; returns it and any client data that came with it.
 async fn read_proxy_header(
     reader: &mut ReadHalf,
@@ -318,58 +452,49 @@ async fn session(
         }
     };
 
-    // Each writer has one producer (the other side's pump), so each is fed through a
-    // `Handoff`: a chunk goes straight to the socket while that writer is idle.
     let up_socket = up.stream.socket().clone();
     let (up_read, up_write) = up.stream.split();
-    let mut upstream_tx = Handoff::spawn(up_write, &stats);
-    let client_tx = Handoff::spawn(client_write, &stats);
-    // What reaches each socket, counted by its writer; watched until the writer ends.
-    let (to_upstream, to_client) = (upstream_tx.delivery(), client_tx.delivery());
+    // Splicing moves bytes between the sockets themselves, so both must be plain.
+    let splice = cfg
+        .splice
+        .filter(|_| !cfg.tap && client_write.raw().is_some() && up_write.raw().is_some());
     // The header is ours, not the client's: it is not part of what the client sent.
-    let mut header_len = 0;
-    if let Some(version) = cfg.send_proxy {
-        let header = header::encode(version, src, dst);
-        header_len = header.len() as u64;
-        let _ = upstream_tx.send(header).await;
-    }
-    // Client bytes that came with its PROXY header: read, and forwarded first.
-    let early_len = early.len() as u64;
-    if !early.is_empty() {
-        let _ = upstream_tx.send(early).await;
-    }
+    // Client bytes that came with its PROXY header were read, and are forwarded first.
+    let mut prefix = match cfg.send_proxy {
+        Some(version) => header::encode(version, src, dst),
+        None => Vec::new(),
+    };
+    let (header_len, early_len) = (prefix.len() as u64, early.len() as u64);
+    prefix.append(&mut early);
     let activity = Arc::new(Activity::new());
     let tap = |direction| cfg.tap.then_some((direction, src));
     // One notice per pump at most, so two places: `try_send` never fails for room.
     let (notes_tx, notes_rx) = flume::bounded::<FinNotice>(2);
-    let task = stats.task();
-    let up_pump = rt::spawn_here({
-        let (reader, activity, stats, fin, tap) = (
-            Reader::new(client_read, None),
-            activity.clone(),
-            stats.clone(),
-            ("client FIN", notes_tx.clone()),
-            tap("client->server"),
-        );
-        async move {
-            let _task = task;
-            pump(reader, upstream_tx, activity, stats, fin, tap).await
-        }
-    });
-    let task = stats.task();
-    let down_pump = rt::spawn_here({
-        let (reader, activity, stats, fin, tap) = (
-            Reader::new(up_read, None),
-            activity.clone(),
-            stats.clone(),
-            ("server FIN", notes_tx),
-            tap("server->client"),
-        );
-        async move {
-            let _task = task;
-            pump(reader, client_tx, activity, stats, fin, tap).await
-        }
-    });
+    // What reaches each socket, counted by whatever writes it; watched until that ends.
+    let (up_pump, to_upstream) = carry(
+        client_read,
+        up_write,
+        prefix,
+        splice,
+        Way {
+            activity: activity.clone(),
+            stats: stats.clone(),
+            fin: ("client FIN", notes_tx.clone()),
+            tap: tap("client->server"),
+        },
+    );
+    let (down_pump, to_client) = carry(
+        up_read,
+        client_write,
+        Vec::new(),
+        splice,
+        Way {
+            activity: activity.clone(),
+            stats: stats.clone(),
+            fin: ("server FIN", notes_tx),
+            tap: tap("server->client"),
+        },
+    );
 
     let sockets = [&client_socket, &up_socket];
     let (mut up_pump, mut down_pump) = (up_pump.fuse(), down_pump.fuse());

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::net::describe::describe;
 use crate::net::limits::{errno_left_by, exhausted, is_resource_exhaustion, socket_available};
+use crate::net::splice;
 use crate::net::stream::Stream;
 use crate::rt;
 
@@ -188,6 +189,8 @@ impl Upstreams {
                                 waiting.insert((w, Instant::now())).1
                             }
                         };
+                        // Spare splice pipes are descriptors no connection uses.
+                        splice::release_spare_pipes();
                         let left = timeout.saturating_sub(since.elapsed());
                         if left.is_zero() {
                             return Err(ConnectError::Local(format!(
