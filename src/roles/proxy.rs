@@ -27,7 +27,6 @@ pub mod upstreams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use futures::io::AsyncReadExt;
@@ -36,6 +35,7 @@ use futures::{FutureExt, StreamExt};
 use crate::Result;
 use crate::net::access::AccessList;
 use crate::net::handoff::{Delivery, Handoff};
+use crate::net::idle::{Activity, IdleTimer};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::reader::{Input, Reader};
 use crate::net::shutdown::Shutdown;
@@ -165,30 +165,6 @@ async fn serve(
     .await;
 }
 
-/// When anything last moved in a session, in either direction.
-struct Activity {
-    base: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            base: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-    fn touch(&self) {
-        self.last_ms
-            .store(self.base.elapsed().as_millis() as u64, Relaxed);
-    }
-    fn quiet_for(&self) -> Duration {
-        self.base
-            .elapsed()
-            .saturating_sub(Duration::from_millis(self.last_ms.load(Relaxed)))
-    }
-}
-
 /// How one direction ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum End {
@@ -204,16 +180,15 @@ enum End {
 /// pump could not read (waiting for the other writer's mailbox). At most one per pump.
 type FinNotice = &'static str;
 
-/// One direction of a session: reads one socket, feeds the other side's writer. Bytes
-/// are counted into `stats.bytes_in` as they are read, so the summary is right while
-/// the session is open. Returns the bytes read (the other writer's
+/// One direction of a session: reads one socket, feeds the other side's writer. Its
+/// reader counts bytes into `stats.bytes_in` as they are read ([`Reader::counted`]), so
+/// the summary is right while the session is open. Returns the bytes read (the other writer's
 /// [`Delivery`](crate::net::handoff::Delivery) says how many of them were written) and how
 /// the direction ended.
 async fn pump(
     mut reader: Reader,
     mut writer: Handoff,
     activity: Arc<Activity>,
-    stats: Arc<Stats>,
     fin: (FinNotice, flume::Sender<FinNotice>),
     tap: Option<(&'static str, SocketAddr)>,
 ) -> (u64, End) {
@@ -221,7 +196,6 @@ async fn pump(
         match reader.next().await {
             Ok(Input::Data(data)) => {
                 activity.touch();
-                Stats::add(&stats.bytes_in, data.len() as u64);
                 if let Some((direction, peer)) = tap {
                     log_tap(direction, peer, &data);
                 }
@@ -344,30 +318,28 @@ async fn session(
     let (notes_tx, notes_rx) = flume::bounded::<FinNotice>(2);
     let task = stats.task();
     let up_pump = rt::spawn_here({
-        let (reader, activity, stats, fin, tap) = (
-            Reader::new(client_read, None),
+        let (reader, activity, fin, tap) = (
+            Reader::counted(client_read, None, stats.clone()),
             activity.clone(),
-            stats.clone(),
             ("client FIN", notes_tx.clone()),
             tap("client->server"),
         );
         async move {
             let _task = task;
-            pump(reader, upstream_tx, activity, stats, fin, tap).await
+            pump(reader, upstream_tx, activity, fin, tap).await
         }
     });
     let task = stats.task();
     let down_pump = rt::spawn_here({
-        let (reader, activity, stats, fin, tap) = (
-            Reader::new(up_read, None),
+        let (reader, activity, fin, tap) = (
+            Reader::counted(up_read, None, stats.clone()),
             activity.clone(),
-            stats.clone(),
             ("server FIN", notes_tx),
             tap("server->client"),
         );
         async move {
             let _task = task;
-            pump(reader, client_tx, activity, stats, fin, tap).await
+            pump(reader, client_tx, activity, fin, tap).await
         }
     });
 
@@ -392,8 +364,10 @@ async fn session(
     let (mut upstream_writer_done, mut client_writer_done) = (false, false);
     // What had moved when last looked at: a writer still flushing after its pump has
     // ended is activity too, and so is a peer taking bytes out of a send queue while
-    // its writer waits (a slow, steady reader; see [`Movement`]).
+    // its writer waits (a slow, steady reader; see [`Movement`]). The idle timer looks
+    // each time it fires, and counts a change as activity.
     let mut moved = Movement::now(&to_upstream, &to_client, &sockets);
+    let mut idle = IdleTimer::new();
     let mut closed_first: Option<&'static str> = None;
     // Set when this task shut the session (a timeout, or the end of the drain), which
     // `closed_first` may not show: a side may have half-closed before.
@@ -412,9 +386,10 @@ async fn session(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let wait = limit.map_or(Duration::from_secs(3600), |l| {
-            l.saturating_sub(activity.quiet_for())
-        });
+        let moved_since = || {
+            let now = Movement::now(&to_upstream, &to_client, &sockets);
+            std::mem::replace(&mut moved, now) != now
+        };
         futures::select! {
             (bytes, end) = up_pump => {
                 read_up = Some(bytes);
@@ -441,18 +416,12 @@ async fn session(
                 shut(&sockets);
                 timed_out = true;
             }
-            _ = rt::sleep(wait).fuse() => {
-                let now_moved = Movement::now(&to_upstream, &to_client, &sockets);
-                if now_moved != moved {
-                    moved = now_moved;
-                    activity.touch();
-                } else if limit.is_some_and(|l| activity.quiet_for() >= l) {
-                    let why = if half_closed { "fin timeout" } else { "idle timeout" };
-                    closed_first.get_or_insert(why);
-                    cut_by = Some(why);
-                    shut(&sockets);
-                    timed_out = true;
-                }
+            () = idle.quiet(&activity, limit, moved_since).fuse() => {
+                let why = if half_closed { "fin timeout" } else { "idle timeout" };
+                closed_first.get_or_insert(why);
+                cut_by = Some(why);
+                shut(&sockets);
+                timed_out = true;
             }
         }
     }
