@@ -256,6 +256,29 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_held_elsewhere_longer_than_the_idle_timeout_is_not_idle() {
+        rt::block_on(async {
+            let (near, far) = pair().await;
+            let (_far_r, mut far_w) = far.split();
+            let (near_r, _near_w) = near.split();
+            let idle = Duration::from_millis(100);
+            let mut reader = Reader::new(near_r, Some(idle));
+            far_w.write_all(b"first").await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Input::Data(b"first".to_vec()));
+            // The session spends three idle limits elsewhere (waiting for mailbox room)
+            // while the client goes on sending: the reader was never waiting for input.
+            far_w.write_all(b"second").await.unwrap();
+            rt::sleep(3 * idle).await;
+            assert_eq!(
+                reader.next().await.unwrap(),
+                Input::Data(b"second".to_vec())
+            );
+            // A wait for input that lasts the limit is idle.
+            assert_eq!(reader.next().await.unwrap(), Input::Idle);
+        });
+    }
+
+    #[test]
     fn a_short_read_waits_for_readiness_and_a_full_one_reads_again() {
         rt::block_on(async {
             let (near, far) = pair().await;
