@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use crate::net::listener::Conn;
 use crate::net::reader::{Input, Reader};
-use crate::net::shutdown::Shutdown;
 use crate::net::socket::Socket;
 use crate::net::writer::{Outgoing, WriterEnd, spawn_writer_watched};
 
@@ -35,7 +34,7 @@ pub struct Setup {
     mailbox: usize,
     idle_timeout: Option<Duration>,
     send_timeout: Option<Duration>,
-    close_now: Option<Shutdown>,
+    closing: bool,
     linger: bool,
     handed_off: bool,
 }
@@ -48,7 +47,7 @@ impl Setup {
             mailbox: mailbox.max(1),
             idle_timeout: None,
             send_timeout: None,
-            close_now: None,
+            closing: false,
             linger: false,
             handed_off: false,
         }
@@ -70,10 +69,11 @@ impl Setup {
         self
     }
 
-    /// When `close` fires (the end of the server's drain), the writer fails the write it
-    /// waits on ("server shutting down") and the connection ends.
-    pub fn closing(mut self, close: Option<Shutdown>) -> Self {
-        self.close_now = close;
+    /// At the end of the server's drain ([`Conn::close_now`]), the writer fails the write
+    /// it waits on ("server shutting down") and the connection ends, its reports saying
+    /// so (HTTP's access lines).
+    pub fn closing(mut self) -> Self {
+        self.closing = true;
         self
     }
 
@@ -174,7 +174,8 @@ impl Connection {
             stream,
             peer,
             stats,
-            idle_timeout: _,
+            close_now,
+            ..
         } = conn;
         let (writer_tx, writer_rx) = flume::bounded::<B>(setup.mailbox);
         let (read, write) = stream.split();
@@ -183,7 +184,7 @@ impl Connection {
             writer_rx,
             &stats,
             setup.send_timeout,
-            setup.close_now,
+            close_now.filter(|_| setup.closing),
         );
         let connection = Connection {
             reader: Reader::counted(read, setup.idle_timeout, stats),
@@ -270,5 +271,62 @@ impl Connection {
             bytes_in = self.reader.bytes, ms = self.started.elapsed().as_millis() as u64;
             "connection closed");
         reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::stats::Stats;
+    use crate::net::stream::tests::pair;
+    use crate::rt;
+    use futures::io::{AsyncReadExt, AsyncWriteExt};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn a_client_that_stops_reading_gets_no_byte_beyond_the_count_and_the_reason_says_why() {
+        rt::block_on(async {
+            let (near, far) = pair().await;
+            let stats = Stats::new();
+            let conn = Conn {
+                peer: far.socket().local_addr().unwrap(),
+                stream: near,
+                stats: stats.clone(),
+                idle_timeout: None,
+                close_now: None,
+            };
+            let setup = Setup::new(4).send_timeout(Some(Duration::from_millis(200)));
+            let (mut conn, writer_tx) = Connection::start::<Vec<u8>>(conn, setup);
+            let (mut far_r, mut far_w) = far.split();
+            far_w.write_all(b"hello").await.unwrap();
+            assert_eq!(conn.next().await, Event::Data(b"hello".to_vec()));
+            // More than the two sockets' buffers hold, to a client that reads nothing:
+            // the writer gives up, aborts, and the reader sees the reset.
+            let sender = rt::spawn(async move {
+                for _ in 0..64 {
+                    if writer_tx.send_async(vec![7u8; 1 << 20]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            assert_eq!(conn.next().await, Event::End(Reason::Reset));
+            assert_eq!(conn.close(Reason::Reset).await, Reason::StoppedReading);
+            sender.await;
+            assert_eq!(stats.bytes_in.load(Relaxed), 5);
+            // What the client can still read is what it had acknowledged, to the byte.
+            let mut got = 0u64;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match far_r.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => got += n as u64,
+                    Err(e) => {
+                        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+                        break;
+                    }
+                }
+            }
+            assert_eq!(got, stats.bytes_out.load(Relaxed));
+        });
     }
 }

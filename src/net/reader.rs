@@ -259,10 +259,10 @@ mod tests {
     fn a_reader_held_elsewhere_longer_than_the_idle_timeout_is_not_idle() {
         rt::block_on(async {
             let (near, far) = pair().await;
-            let (_far_r, mut far_w) = far.split();
-            let (near_r, _near_w) = near.split();
+            let mut far_w = far.split().1;
             let idle = Duration::from_millis(100);
-            let mut reader = Reader::new(near_r, Some(idle));
+            let stats = Stats::new();
+            let mut reader = Reader::counted(near.split().0, Some(idle), stats.clone());
             far_w.write_all(b"first").await.unwrap();
             assert_eq!(reader.next().await.unwrap(), Input::Data(b"first".to_vec()));
             // The session spends three idle limits elsewhere (waiting for mailbox room)
@@ -275,6 +275,8 @@ mod tests {
             );
             // A wait for input that lasts the limit is idle.
             assert_eq!(reader.next().await.unwrap(), Input::Idle);
+            let counted = stats.bytes_in.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!((counted, reader.bytes), (11, 11));
         });
     }
 

@@ -256,7 +256,7 @@ async fn write_loop<B: Outgoing>(
     // With B::REPORTS: messages written in full, waiting for the peer's acknowledgement.
     let mut unconfirmed: VecDeque<Unconfirmed<B>> = VecDeque::new();
     loop {
-        let mut first = match next.take() {
+        let first = match next.take() {
             Some(b) => b,
             None if !unconfirmed.is_empty() => {
                 match await_acks(
@@ -311,21 +311,14 @@ async fn write_loop<B: Outgoing>(
                 head.saturating_sub((lost - off_file) as usize),
                 sent - off_file,
             );
-            if B::REPORTS {
-                if err.is_some() {
-                    // Earlier messages first: cut where the acknowledgement ends.
-                    settle(&mut unconfirmed, count.handed, err.as_ref());
-                }
-                match &err {
-                    None => unconfirmed.push_back(Unconfirmed {
-                        message: first,
-                        bytes: head,
-                        file: sent,
-                        end: count.handed,
-                    }),
-                    Some(_) => first.written(head, sent, err.as_ref()),
-                }
-            }
+            written_alone(
+                &mut unconfirmed,
+                first,
+                head,
+                sent,
+                count.handed,
+                err.as_ref(),
+            );
             err
         } else {
             match writer_rx.try_recv() {
@@ -336,21 +329,7 @@ async fn write_loop<B: Outgoing>(
                     count.add(done as u64);
                     let lost = err.as_ref().map_or(0, |e| count.after_failure(socket, e));
                     let done = done.saturating_sub(lost as usize);
-                    if B::REPORTS {
-                        if err.is_some() {
-                            // Earlier messages first: cut where the acknowledgement ends.
-                            settle(&mut unconfirmed, count.handed, err.as_ref());
-                        }
-                        match &err {
-                            None => unconfirmed.push_back(Unconfirmed {
-                                message: first,
-                                bytes: done,
-                                file: 0,
-                                end: count.handed,
-                            }),
-                            Some(_) => first.written(done, 0, err.as_ref()),
-                        }
-                    }
+                    written_alone(&mut unconfirmed, first, done, 0, count.handed, err.as_ref());
                     err
                 }
                 // More waiting: gather plain byte messages into one write (one syscall).
@@ -425,6 +404,35 @@ async fn write_loop<B: Outgoing>(
         return Err(e);
     }
     stream.flush().await
+}
+
+/// With [`Outgoing::REPORTS`], after a message written on its own (`bytes` of its head,
+/// `file` of its region; after a failure, as far as the peer acknowledged): it waits for
+/// the acknowledgement of its last byte, at `end` in the stream, or, when `failed`, is
+/// reported now, after the earlier messages are settled where the acknowledgement ends.
+fn written_alone<B: Outgoing>(
+    unconfirmed: &mut VecDeque<Unconfirmed<B>>,
+    mut message: B,
+    bytes: usize,
+    file: u64,
+    end: u64,
+    failed: Option<&io::Error>,
+) {
+    if !B::REPORTS {
+        return;
+    }
+    match failed {
+        None => unconfirmed.push_back(Unconfirmed {
+            message,
+            bytes,
+            file,
+            end,
+        }),
+        Some(_) => {
+            settle(unconfirmed, end, failed);
+            message.written(bytes, file, failed);
+        }
+    }
 }
 
 /// Whether, after a write failed with `e`, bytes still in the send queue may never reach

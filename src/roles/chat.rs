@@ -55,15 +55,12 @@ const TICK_MAX: Duration = Duration::from_secs(1);
 pub async fn run(
     tcp: Option<TcpListener>,
     udp: Option<UdpSocket>,
-    mut server: ServerConfig,
+    server: ServerConfig,
     chat: ChatConfig,
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    server
-        .full_notice
-        .get_or_insert_with(|| FULL_NOTICE.to_vec());
-    let server = Arc::new(server);
+    let server = Arc::new(server.or_full_notice(FULL_NOTICE));
     let udp = udp.map(Arc::new);
     let udp_sender = udp.as_ref().map(|s| udp::spawn_sender(s.clone(), &stats));
     // Kept to wait, at the end, until every datagram queued (the goodbyes too) is sent and

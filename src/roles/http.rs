@@ -79,24 +79,16 @@ impl HttpConfig {
 /// Serves HTTP on `listener` until `shutdown` fires.
 pub async fn run(
     listener: TcpListener,
-    mut server: ServerConfig,
+    server: ServerConfig,
     http: HttpConfig,
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    server.full_notice.get_or_insert_with(|| BUSY.to_vec());
+    let server = Arc::new(server.or_full_notice(BUSY));
     let http = Arc::new(http);
-    // At the end of the drain each connection's writer stops where it is, so every
-    // response still being sent logs its line ("server shutting down") before the summary.
-    let close_now = server.close_now.clone();
-    listener::serve(
-        "http",
-        listener,
-        Arc::new(server),
-        stats,
-        shutdown,
-        move |conn| connection(conn, http.clone(), close_now.clone()),
-    )
+    listener::serve("http", listener, server, stats, shutdown, move |conn| {
+        connection(conn, http.clone())
+    })
     .await;
 }
 
@@ -173,13 +165,15 @@ async fn file_done(done_rx: flume::Receiver<bool>, conn: &mut Connection) -> boo
 /// A client that stops reading is closed by the writer: a write that makes no progress
 /// for the keep-alive limit fails, the writer shuts the socket and ends, and that ends
 /// whatever this loop waits on (the mailbox closes; the file's message is dropped).
-async fn connection(conn: Conn, cfg: Arc<HttpConfig>, close_now: Option<Shutdown>) -> Result<()> {
+async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
     let keepalive = conn.idle_timeout.unwrap_or(KEEPALIVE_DEFAULT);
     // The waits for a head have their own limits (below); the writer's send timeout is
-    // the keep-alive limit, and the drain's end stops it where it is.
+    // the keep-alive limit. At the end of the drain the writer stops where it is, so
+    // every response still being sent logs its line ("server shutting down") before the
+    // summary.
     let setup = Setup::new(WRITER_MAILBOX)
         .send_timeout(Some(keepalive))
-        .closing(close_now)
+        .closing()
         .linger();
     let (mut conn, writer_tx) = Connection::start::<Out>(conn, setup);
     let peer_text: Arc<str> = conn.peer().to_string().into();

@@ -100,11 +100,7 @@ pub async fn run_pinned(
         .map(|a| a.to_string())
         .unwrap_or_default();
     // Each thread's accept loop logs at debug; the address is announced here, once.
-    let server = ServerConfig {
-        quiet: true,
-        ..server
-    };
-    let (server, proxy) = (Arc::new(server), Arc::new(proxy));
+    let (server, proxy) = (Arc::new(server.quiet()), Arc::new(proxy));
     let (done_tx, done_rx) = flume::bounded::<()>(threads);
     for (i, listener) in listeners.into_iter().enumerate() {
         let (server, proxy, stats, shutdown, done_tx) = (
@@ -142,25 +138,25 @@ async fn serve(
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    let mut server = (*server).clone();
-    server.keep_open_on_shutdown = true;
+    // Sessions are left to the drain, and those waiting for a descriptor get the ones
+    // that free up before new clients do.
+    let server = (*server)
+        .clone()
+        .keep_open(proxy.upstreams.descriptor_waiters());
+    // The peer may be a balancer: the accept loop judges whether it may send headers,
+    // and the session judges the client its header names against --allow/--deny.
     let access = server.access.clone();
-    // Sessions waiting for a descriptor get the ones that free up before new clients do.
-    server.hold_accepts = Some(proxy.upstreams.descriptor_waiters());
-    if proxy.accept_proxy.is_some() {
-        // The peer is a balancer: the accept loop judges whether it may send headers,
-        // and the session judges the client its header names against --allow/--deny.
-        server.access = server.proxy_from.clone();
-    }
-    // At the end of the drain each open session closes itself (and logs its line).
-    let close_now = server.close_now.clone();
+    let server = match proxy.accept_proxy {
+        Some(_) => server.judging_proxies(),
+        None => server,
+    };
     listener::serve(
         "proxy",
         listener,
         Arc::new(server),
         stats,
         shutdown,
-        move |conn| session(conn, proxy.clone(), access.clone(), close_now.clone()),
+        move |conn| session(conn, proxy.clone(), access.clone()),
     )
     .await;
 }
@@ -244,18 +240,15 @@ async fn read_proxy_header(
 }
 
 /// One client's session, from accept to the log line.
-async fn session(
-    conn: Conn,
-    cfg: Arc<ProxyConfig>,
-    access: AccessList,
-    close_now: Option<Shutdown>,
-) -> Result<()> {
+async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Result<()> {
     let started = Instant::now();
+    // At the end of the drain an open session closes itself (and logs its line).
     let Conn {
         stream: client,
         peer,
         stats,
         idle_timeout,
+        close_now,
     } = conn;
     let local = client.socket().local_addr()?;
     let client_socket = client.socket().clone();
