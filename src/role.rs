@@ -199,7 +199,6 @@ pub async fn serve_session<S: AsyncSession>(conn: Conn, mut session: S) -> Resul
     // full mailbox, where its idle timer never runs: the writer's send timeout (the same
     // limit, or SEND_TIMEOUT_DEFAULT when it is off) closes it instead.
     let setup = Setup::new(S::MAILBOX)
-        .idle_timeout(conn.idle_timeout)
         .send_timeout(Some(conn.idle_timeout.unwrap_or(SEND_TIMEOUT_DEFAULT)))
         .linger();
     let (mut conn, writer_tx) = Connection::start(conn, setup);

@@ -32,7 +32,8 @@ use crate::net::writer::{Outgoing, WriterEnd, spawn_writer_watched};
 #[derive(Clone, Debug)]
 pub struct Setup {
     mailbox: usize,
-    idle_timeout: Option<Duration>,
+    /// `None`: the server's (`Conn::idle_timeout`).
+    idle_timeout: Option<Option<Duration>>,
     send_timeout: Option<Duration>,
     closing: bool,
     linger: bool,
@@ -40,8 +41,9 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// A writer whose mailbox holds `mailbox` messages (at least one), with no idle or
-    /// send timeout, no linger, and a connection that lasts until its writer has ended.
+    /// A writer whose mailbox holds `mailbox` messages (at least one), the server's idle
+    /// timeout (`--idle-timeout`), no send timeout, no linger, and a connection that
+    /// lasts until its writer has ended.
     pub fn new(mailbox: usize) -> Self {
         Setup {
             mailbox: mailbox.max(1),
@@ -53,11 +55,12 @@ impl Setup {
         }
     }
 
-    /// The reader's idle timeout: a wait for input that lasts this long ends the input
-    /// with [`Reason::Idle`]. Only time spent waiting counts, not time the role spent
-    /// elsewhere (waiting for mailbox room).
+    /// The reader's idle timeout instead of the server's (`None`: none, for a role whose
+    /// protocol has waits of its own): a wait for input that lasts this long ends the
+    /// input with [`Reason::Idle`]. Only time spent waiting counts, not time the role
+    /// spent elsewhere (waiting for mailbox room).
     pub fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
-        self.idle_timeout = idle;
+        self.idle_timeout = Some(idle);
         self
     }
 
@@ -174,8 +177,8 @@ impl Connection {
             stream,
             peer,
             stats,
+            idle_timeout,
             close_now,
-            ..
         } = conn;
         let (writer_tx, writer_rx) = flume::bounded::<B>(setup.mailbox);
         let (read, write) = stream.split();
@@ -187,7 +190,7 @@ impl Connection {
             close_now.filter(|_| setup.closing),
         );
         let connection = Connection {
-            reader: Reader::counted(read, setup.idle_timeout, stats),
+            reader: Reader::counted(read, setup.idle_timeout.unwrap_or(idle_timeout), stats),
             peer,
             writer_end_rx: (!setup.handed_off).then_some(ended_rx),
             writer_end: None,

@@ -148,9 +148,7 @@ async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Res
     // A client that vanished without a reset (half-open) must not stay a ghost nick.
     let _ = conn.stream.socket().set_keepalive(KEEPALIVE_IDLE);
     // The broker holds the writer's mailbox and ends the writer when the client leaves.
-    let setup = Setup::new(chat.sendq)
-        .idle_timeout(conn.idle_timeout)
-        .handed_off();
+    let setup = Setup::new(chat.sendq).handed_off();
     let (mut conn, writer_tx) = Connection::start(conn, setup);
     let id = next_client_id();
     log::info!(peer = conn.peer().to_string().as_str(), id = id; "chat: TCP client joined");

@@ -167,11 +167,12 @@ async fn file_done(done_rx: flume::Receiver<bool>, conn: &mut Connection) -> boo
 /// whatever this loop waits on (the mailbox closes; the file's message is dropped).
 async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
     let keepalive = conn.idle_timeout.unwrap_or(KEEPALIVE_DEFAULT);
-    // The waits for a head have their own limits (below); the writer's send timeout is
-    // the keep-alive limit. At the end of the drain the writer stops where it is, so
-    // every response still being sent logs its line ("server shutting down") before the
-    // summary.
+    // The waits for a head have their own limits (below), not the reader's idle timer;
+    // the writer's send timeout is the keep-alive limit. At the end of the drain the
+    // writer stops where it is, so every response still being sent logs its line
+    // ("server shutting down") before the summary.
     let setup = Setup::new(WRITER_MAILBOX)
+        .idle_timeout(None)
         .send_timeout(Some(keepalive))
         .closing()
         .linger();

@@ -178,9 +178,9 @@ type FinNotice = &'static str;
 
 /// One direction of a session: reads one socket, feeds the other side's writer. Its
 /// reader counts bytes into `stats.bytes_in` as they are read ([`Reader::counted`]), so
-/// the summary is right while the session is open. Returns the bytes read (the other writer's
-/// [`Delivery`](crate::net::handoff::Delivery) says how many of them were written) and how
-/// the direction ended.
+/// the summary is right while the session is open. Returns the bytes read (the other
+/// writer's [`Delivery`](crate::net::handoff::Delivery) says how many of them were
+/// written) and how the direction ended.
 async fn pump(
     mut reader: Reader,
     mut writer: Handoff,
