@@ -21,9 +21,10 @@
 //! A session is the upstream actor of its connection and runs inside the reader's task:
 //! a separate task would add one cross-thread wake-up per message and buy nothing, since
 //! everything a session says to others goes through their own mailboxes. The plumbing
-//! around it is the same for both tiers: the writer actor, byte counts, the idle timer,
-//! the linger after a close, and the close reason (see [`serve_session`]). A line
-//! protocol frames its input with [`Lines`].
+//! around it is the same for both tiers, and for every other role: the writer actor,
+//! byte counts, the idle timer, the linger after a close, and the close reason
+//! ([`Connection`](crate::net::connection::Connection), which [`serve_session`] runs). A
+//! line protocol frames its input with [`Lines`].
 
 pub mod client;
 pub mod lines;
@@ -37,12 +38,12 @@ pub use client::{Client, ClientGone, Pusher};
 pub use lines::{LineTooLong, Lines};
 
 use crate::Result;
+use crate::net::connection::{Connection, Event, Reason, Setup};
 use crate::net::listener::{self, Conn, ServerConfig};
-use crate::net::reader::{Input, Reader};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::net::udp;
-use crate::net::writer::{WRITER_MAILBOX, spawn_writer_watched, writer_ended};
+use crate::net::writer::WRITER_MAILBOX;
 use crate::rt::{TcpListener, UdpSocket};
 
 /// What a session wants after it has spoken.
@@ -191,69 +192,42 @@ pub async fn run<R: NewSession>(
     futures::join!(tcp_loop, udp_loop);
 }
 
-/// Runs one TCP session: the reader loop here, the writer as its own actor.
+/// Runs one TCP session on the connection's plumbing ([`Connection`]): the reader loop
+/// here, the writer as its own actor.
 pub async fn serve_session<S: AsyncSession>(conn: Conn, mut session: S) -> Result<()> {
-    let Conn {
-        stream,
-        peer,
-        stats,
-        idle_timeout,
-    } = conn;
     // A client that stops reading while it sends would hold this reader in the writer's
     // full mailbox, where its idle timer never runs: the writer's send timeout (the same
     // limit, or SEND_TIMEOUT_DEFAULT when it is off) closes it instead.
-    let (writer_tx, writer_rx) = flume::bounded::<Vec<u8>>(S::MAILBOX.max(1));
-    let send_timeout = idle_timeout.unwrap_or(SEND_TIMEOUT_DEFAULT);
-    let (read, write) = stream.split();
-    let client = Client::new(peer, writer_tx, read.socket().clone());
-    let ended_rx = spawn_writer_watched(write, writer_rx, &stats, Some(send_timeout));
-    let mut reader = Reader::new(read, idle_timeout);
-    let started = std::time::Instant::now();
+    let setup = Setup::new(S::MAILBOX)
+        .send_timeout(Some(conn.idle_timeout.unwrap_or(SEND_TIMEOUT_DEFAULT)))
+        .linger();
+    let (mut conn, writer_tx) = Connection::start(conn, setup);
+    let client = Client::new(conn.peer(), writer_tx, conn.socket().clone());
 
-    let mut flow = session.open(&client).await;
-    let mut reason = "role closed";
-    if flow == Flow::Continue {
+    let mut reason = Reason::Role;
+    if session.open(&client).await == Flow::Continue {
         reason = loop {
-            match reader.next().await {
-                Ok(Input::Data(data)) => {
-                    // Counted as it arrives: a reader held in the writer's full mailbox
-                    // by a client that stopped reading may never get to count it later.
-                    Stats::add(&stats.bytes_in, data.len() as u64);
-                    flow = session.data(data, &client).await;
-                    if flow == Flow::Close {
-                        break "role closed";
+            match conn.next().await {
+                Event::Data(data) => {
+                    if session.data(data, &client).await == Flow::Close {
+                        break Reason::Role;
                     }
                 }
-                Ok(Input::Eof) => {
+                Event::End(Reason::Client) => {
                     session.end(&client).await;
-                    break "client closed";
+                    break Reason::Client;
                 }
-                Ok(Input::Idle) => break "idle timeout",
-                Err(_) => break "reset",
+                Event::End(why) => break why,
             }
         };
     }
-    let evicted = client.evicted();
-    let cut_off = evicted || client.send_failed();
+    if client.evicted() {
+        reason = Reason::TooSlow;
+    }
     // The writer flushes what it holds and half-closes once this, the one strong
     // sender, is gone; pushers hold weak ones, so no other actor keeps the socket open.
     drop(client);
-    if flow == Flow::Close && !cut_off {
-        let before = reader.bytes;
-        reader.linger().await;
-        Stats::add(&stats.bytes_in, reader.bytes - before);
-    }
-    // The connection (its `--max-conns` slot, its close line) lasts as long as the
-    // socket: until the writer has written what it holds, or has given up on a client
-    // that stopped reading. Its end says the true reason when it did not flush.
-    if let Some(why) = writer_ended(&ended_rx).await.reason() {
-        reason = why;
-    }
-    if evicted {
-        reason = "too slow";
-    }
-    log::debug!(peer = peer.to_string().as_str(), reason = reason, bytes_in = reader.bytes,
-        ms = started.elapsed().as_millis() as u64; "connection closed");
+    conn.close(reason).await;
     Ok(())
 }
 

@@ -290,10 +290,12 @@ fn a_slow_but_steady_reader_is_not_cut_off() {
             ..Default::default()
         },
     );
-    let mut s = client_with_rcvbuf(server.tcp, 4096);
+    // The data is made before connecting: a client that connects and then spends the
+    // idle timeout making it (a debug build on a loaded machine can) is idle indeed.
     let data = Rng::new(21).bytes(2 << 20);
-    let mut w = s.try_clone().unwrap();
     let sending = data.clone();
+    let mut s = client_with_rcvbuf(server.tcp, 4096);
+    let mut w = s.try_clone().unwrap();
     let sender = thread::spawn(move || {
         w.write_all(&sending).unwrap();
         w.shutdown(std::net::Shutdown::Write).unwrap();

@@ -76,6 +76,39 @@ pub struct ServerConfig {
     pub proxy_from: AccessList,
 }
 
+impl ServerConfig {
+    /// What a client over `--max-conns` is told before it is closed, unless a notice is
+    /// set already (chat's `! server full`, HTTP's 503).
+    pub fn or_full_notice(mut self, notice: &[u8]) -> Self {
+        self.full_notice.get_or_insert_with(|| notice.to_vec());
+        self
+    }
+
+    /// Logs the accept loop's start and stop at debug: for one of several loops on one
+    /// address (the proxy's `--threads`), whose caller announces the address once.
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
+    /// For a role with a drain of its own (the proxy): at shutdown the accept loop leaves
+    /// open connections to finish, and accepts no one while `waiting` is above zero (the
+    /// connections waiting for a descriptor get the ones that free up first).
+    pub fn keep_open(mut self, waiting: Arc<AtomicUsize>) -> Self {
+        self.keep_open_on_shutdown = true;
+        self.hold_accepts = Some(waiting);
+        self
+    }
+
+    /// For a role that reads the client's address from a PROXY protocol header: the
+    /// accept loop judges the peer by `proxy_from` (who may send headers at all), and
+    /// the role judges the address in each header by the `access` it kept from before.
+    pub fn judging_proxies(mut self) -> Self {
+        self.access = self.proxy_from.clone();
+        self
+    }
+}
+
 /// One accepted connection, handed to the role.
 pub struct Conn {
     /// The connection; split it for the reader and the writer.
@@ -86,6 +119,9 @@ pub struct Conn {
     pub stats: Arc<Stats>,
     /// The server's idle timeout.
     pub idle_timeout: Option<Duration>,
+    /// Fires at the end of the server's drain ([`ServerConfig::close_now`]): a
+    /// connection still open then closes itself.
+    pub close_now: Option<Shutdown>,
 }
 
 /// Accepts on `listener` until `shutdown` fires, running `handler` for each client.
@@ -199,6 +235,7 @@ pub async fn serve<H, F>(
             peer,
             stats: stats.clone(),
             idle_timeout: config.idle_timeout,
+            close_now: config.close_now.clone(),
         };
         let guard = stats.connection();
         let task = stats.task();

@@ -5,8 +5,12 @@
 //! - The reader holds no buffer while it waits: each read borrows a per-thread scratch
 //!   buffer and copies out exactly the bytes that arrived, so an idle connection costs a
 //!   few hundred bytes of task state, not a read buffer.
-//! - The idle timer is armed once per idle period, not per read: a read only notes the
-//!   time, and when the timer fires it re-arms itself for the time still left.
+//! - The idle timer counts the time the reader waits for input, not the time since the
+//!   last input: a reader held elsewhere (its session waiting for mailbox room) has not
+//!   been idle. It is armed once per idle period (`net/idle.rs`): a wait only notes when
+//!   it began, and when the timer fires it re-arms itself for the time still left.
+//! - A reader made with [`Reader::counted`] adds every read to `Stats::bytes_in` as it
+//!   returns, so a connection's count is right while it is open and cannot be forgotten.
 //! - A reader that cannot read because what it read last is still waiting for mailbox
 //!   room can [`Reader::watch`] that wait: the socket is checked for the peer's FIN or
 //!   reset (`poll(POLLRDHUP)`, which consumes nothing) every [`STALL_CHECK`], so a peer
@@ -16,12 +20,15 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::io::AsyncRead;
 
+use crate::net::idle::{Activity, IdleTimer};
 use crate::net::socket::{Hangup, Socket};
+use crate::net::stats::Stats;
 use crate::net::stream::ReadHalf;
 use crate::rt;
 
@@ -53,8 +60,13 @@ pub enum Input {
 pub struct Reader {
     stream: ReadHalf,
     idle: Option<Duration>,
-    last_input: Instant,
-    timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// With `idle`: when the current wait for input began.
+    waited: Activity,
+    /// A wait for input is under way (its start is noted once, when it begins).
+    waiting: bool,
+    timer: IdleTimer,
+    /// Where every read is counted too (`bytes_in`), as it returns.
+    stats: Option<Arc<Stats>>,
     /// The next look at the socket while [`Reader::watch`] waits (kept across stalls).
     stall_timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// [`Reader::watch`] has seen the peer's FIN (reported once).
@@ -69,11 +81,21 @@ impl Reader {
         Reader {
             stream,
             idle,
-            last_input: Instant::now(),
-            timer: None,
+            waited: Activity::new(),
+            waiting: false,
+            timer: IdleTimer::new(),
+            stats: None,
             stall_timer: None,
             fin_noticed: false,
             bytes: 0,
+        }
+    }
+
+    /// Like [`Reader::new`], adding every read to `stats.bytes_in` as it returns.
+    pub fn counted(stream: ReadHalf, idle: Option<Duration>, stats: Arc<Stats>) -> Self {
+        Reader {
+            stats: Some(stats),
+            ..Reader::new(stream, idle)
         }
     }
 
@@ -93,9 +115,10 @@ impl Reader {
                 Poll::Ready(Ok(data)) if data.is_empty() => return Poll::Ready(Ok(Input::Eof)),
                 Poll::Ready(Ok(data)) => {
                     self.bytes += data.len() as u64;
-                    if self.idle.is_some() {
-                        self.last_input = Instant::now();
+                    if let Some(stats) = &self.stats {
+                        Stats::add(&stats.bytes_in, data.len() as u64);
                     }
+                    self.waiting = false;
                     return Poll::Ready(Ok(Input::Data(data)));
                 }
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -106,22 +129,13 @@ impl Reader {
         let Some(limit) = self.idle else {
             return Poll::Pending;
         };
-        loop {
-            let last = self.last_input;
-            let timer = self
-                .timer
-                .get_or_insert_with(|| Box::pin(rt::sleep(limit.saturating_sub(last.elapsed()))));
-            match timer.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) => {
-                    self.timer = None;
-                    if self.last_input.elapsed() >= limit {
-                        return Poll::Ready(Ok(Input::Idle));
-                    }
-                    // Input came since the timer was armed: arm it for the time left.
-                }
-            }
+        if !self.waiting {
+            self.waiting = true;
+            self.waited.touch();
         }
+        self.timer
+            .poll_quiet(cx, &self.waited, limit, || false)
+            .map(|()| Ok(Input::Idle))
     }
 }
 
@@ -238,6 +252,31 @@ mod tests {
             )
             .await;
             assert_eq!(out, Some(Err(Hangup::Reset)));
+        });
+    }
+
+    #[test]
+    fn a_reader_held_elsewhere_longer_than_the_idle_timeout_is_not_idle() {
+        rt::block_on(async {
+            let (near, far) = pair().await;
+            let mut far_w = far.split().1;
+            let idle = Duration::from_millis(100);
+            let stats = Stats::new();
+            let mut reader = Reader::counted(near.split().0, Some(idle), stats.clone());
+            far_w.write_all(b"first").await.unwrap();
+            assert_eq!(reader.next().await.unwrap(), Input::Data(b"first".to_vec()));
+            // The session spends three idle limits elsewhere (waiting for mailbox room)
+            // while the client goes on sending: the reader was never waiting for input.
+            far_w.write_all(b"second").await.unwrap();
+            rt::sleep(3 * idle).await;
+            assert_eq!(
+                reader.next().await.unwrap(),
+                Input::Data(b"second".to_vec())
+            );
+            // A wait for input that lasts the limit is idle.
+            assert_eq!(reader.next().await.unwrap(), Input::Idle);
+            let counted = stats.bytes_in.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!((counted, reader.bytes), (11, 11));
         });
     }
 

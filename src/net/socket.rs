@@ -113,6 +113,22 @@ impl Socket {
         Ok(())
     }
 
+    /// Ends the connection now: a reset goes to the peer at once and whatever the send
+    /// queue holds is dropped, while the descriptor stays open for whoever still holds
+    /// it (`connect` with `AF_UNSPEC`, the kernel's `tcp_disconnect`); a reader waiting
+    /// on it wakes with the reset. A writer that gives up aborts so before it reports its
+    /// count: a socket left to close later would go on delivering, to a peer that opens
+    /// its window meanwhile, bytes the count has already taken back. Where the kernel
+    /// refuses, the close is made a reset ([`Socket::reset_on_close`]) and the read half
+    /// shut, so the reader still wakes.
+    pub fn abort(&self) -> io::Result<()> {
+        if rustix::net::connect_unspec(self).is_ok() {
+            return Ok(());
+        }
+        self.reset_on_close()?;
+        self.shut_read()
+    }
+
     /// Whether the peer has sent a FIN or reset, without reading anything: `poll(2)` with
     /// `POLLRDHUP` and a zero timeout. Unread data is left where it is.
     pub fn hangup(&self) -> Option<Hangup> {

@@ -1,8 +1,8 @@
 //! Counters a server keeps for its summary line and for tests.
 //!
-//! Readers of the plain roles add their byte counts once, when they end; writers add
-//! after each write (one atomic add per system call) and the proxy's pumps after each
-//! chunk, so the summary is right for connections still open at shutdown.
+//! A server connection's reader adds each read as it returns (`Reader::counted`, which
+//! every role's connection uses); writers add after each write (one atomic add per
+//! system call), so the summary is right for connections still open at shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};

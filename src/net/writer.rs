@@ -8,9 +8,10 @@
 //! - The writer batches whatever its mailbox holds into one write, and when every sender
 //!   is gone it flushes and shuts the write half (the peer sees EOF after the last byte).
 //!   A failed write shuts both halves, so the reader wakes and the connection ends.
-//! - A writer may have a send timeout ([`spawn_writer_timed`]): a write that makes no
-//!   progress for that long (the peer stopped reading) fails and ends it as above, and
-//!   its closed mailbox releases a reader waiting for room. Progress is any byte the
+//! - A writer may have a send timeout ([`spawn_writer_watched`]): a write that makes no
+//!   progress for that long (the peer stopped reading) fails, the writer aborts the
+//!   connection (a reset now, the send queue dropped: `Socket::abort`) and ends, and its
+//!   closed mailbox releases a reader waiting for room. Progress is any byte the
 //!   socket takes from us or the peer acknowledges, so a slow reader is never cut
 //!   ([`deadline`]).
 //! - A message type may ask to be told what was written of it ([`Outgoing::REPORTS`]):
@@ -96,28 +97,17 @@ impl Outgoing for Arc<[u8]> {
     }
 }
 
-/// Spawns the writer actor for `stream` and returns its mailbox.
+/// Spawns the writer actor for `stream` and returns its mailbox: for a tool's own
+/// connection (`connect`). A server's connections get theirs from
+/// [`Connection::start`](crate::net::connection::Connection::start).
 ///
 /// The writer ends when every sender is dropped (then it flushes and shuts the write
 /// half) or when a write fails (then it shuts both halves). It adds the bytes it writes to
 /// `stats.bytes_out` as it writes them and counts itself in `stats.live_tasks()`. Its
-/// writes have no deadline (see [`spawn_writer_timed`]).
+/// writes have no deadline.
 pub fn spawn_writer<B: Outgoing>(stream: WriteHalf, stats: &Arc<Stats>) -> flume::Sender<B> {
-    spawn_writer_timed(stream, stats, None)
-}
-
-/// Like [`spawn_writer`], with a send timeout: a write that makes no progress for
-/// `send_timeout` fails ([`is_send_timeout`]), the writer shuts both halves (so the
-/// reader wakes and ends too) and logs that the peer stopped reading. Progress is what
-/// counts, not the length of the transfer: every write that moves bytes starts the clock
-/// again, so a slow reader that keeps reading is never cut. `None`: no deadline.
-pub fn spawn_writer_timed<B: Outgoing>(
-    stream: WriteHalf,
-    stats: &Arc<Stats>,
-    send_timeout: Option<Duration>,
-) -> flume::Sender<B> {
     let (writer_tx, writer_rx) = flume::bounded(WRITER_MAILBOX);
-    start_writer(stream, writer_rx, None, stats, None, send_timeout, None);
+    start_writer(stream, writer_rx, None, stats, None, None, None);
     writer_tx
 }
 
@@ -132,50 +122,26 @@ pub enum WriterEnd {
     Failed,
 }
 
-impl WriterEnd {
-    /// The connection's close reason when the writer's end is what says it; `None` for
-    /// [`WriterEnd::Flushed`] (the reader's reason stands).
-    pub fn reason(self) -> Option<&'static str> {
-        match self {
-            WriterEnd::Flushed => None,
-            WriterEnd::StoppedReading => Some("client stopped reading"),
-            WriterEnd::Failed => Some("write failed"),
-        }
-    }
-}
-
-/// Like [`spawn_writer_timed`] for a mailbox the caller made, and returns a channel on
-/// which the writer says how it ended ([`WriterEnd`], one message) and which then
-/// disconnects. A producer that waits for the writer to finish a message (to release
-/// what it holds) waits on this too, so a writer that failed on an earlier message,
-/// leaving that one queued for good, cannot leave it waiting; a connection waits on it
-/// before it lets its `--max-conns` slot go, so no socket is held by a writer after its
-/// connection was counted closed ([`writer_ended`]).
+/// Spawns the writer actor for `stream` on a mailbox the caller made, and returns a
+/// channel on which the writer says how it ended ([`WriterEnd`], one message) and which
+/// then disconnects.
+///
+/// - `send_timeout`: a write that makes no progress for that long fails
+///   ([`is_send_timeout`]), the writer aborts the connection (so the reader wakes and
+///   ends too) and logs that the peer stopped reading. Progress is what counts, not the
+///   length of the transfer: every write that moves bytes starts the clock again, so a
+///   slow reader that keeps reading is never cut. `None`: no deadline.
+/// - `close`: for a connection that must end when it fires (the end of a server's
+///   drain): a write still waiting then fails with a [`ServerClosing`] error ("server
+///   shutting down"), which the messages' reports carry, and the writer ends as after a
+///   send timeout.
+///
+/// A producer that waits for the writer to finish a message (to release what it holds)
+/// waits on the channel too, so a writer that failed on an earlier message, leaving that
+/// one queued for good, cannot leave it waiting; a connection waits on it before it lets
+/// its `--max-conns` slot go, so no socket is held by a writer after its connection was
+/// counted closed.
 pub fn spawn_writer_watched<B: Outgoing>(
-    stream: WriteHalf,
-    writer_rx: flume::Receiver<B>,
-    stats: &Arc<Stats>,
-    send_timeout: Option<Duration>,
-) -> flume::Receiver<WriterEnd> {
-    spawn_watched(stream, writer_rx, stats, send_timeout, None)
-}
-
-/// Like [`spawn_writer_watched`], for a connection that must end when `close` fires
-/// (the end of a server's drain): a write still waiting then fails with a
-/// [`ServerClosing`] error ("server shutting down"), which the messages' reports carry,
-/// and the writer ends as after any failed write.
-pub fn spawn_writer_closing<B: Outgoing>(
-    stream: WriteHalf,
-    writer_rx: flume::Receiver<B>,
-    stats: &Arc<Stats>,
-    send_timeout: Option<Duration>,
-    close: Shutdown,
-) -> flume::Receiver<WriterEnd> {
-    spawn_watched(stream, writer_rx, stats, send_timeout, Some(close))
-}
-
-/// The writer of [`spawn_writer_watched`] and [`spawn_writer_closing`].
-fn spawn_watched<B: Outgoing>(
     stream: WriteHalf,
     writer_rx: flume::Receiver<B>,
     stats: &Arc<Stats>,
@@ -186,22 +152,6 @@ fn spawn_watched<B: Outgoing>(
     let ended = Some(ended_tx);
     start_writer(stream, writer_rx, None, stats, ended, send_timeout, close);
     ended_rx
-}
-
-/// Waits until the writer behind `ended_rx` has ended (every earlier wait on the channel
-/// included) and says how; [`WriterEnd::Flushed`] if that was already taken by an
-/// earlier wait that saw the message.
-pub async fn writer_ended(ended_rx: &flume::Receiver<WriterEnd>) -> WriterEnd {
-    ended_rx.recv_async().await.unwrap_or(WriterEnd::Flushed)
-}
-
-/// Like [`spawn_writer`] for a mailbox the caller made (a role that needs another capacity).
-pub fn spawn_writer_with<B: Outgoing>(
-    stream: WriteHalf,
-    writer_rx: flume::Receiver<B>,
-    stats: &Arc<Stats>,
-) {
-    start_writer(stream, writer_rx, None, stats, None, None, None);
 }
 
 pub(crate) fn start_writer<B: Outgoing>(
@@ -219,12 +169,17 @@ pub(crate) fn start_writer<B: Outgoing>(
         let _task = task;
         let mut stream = stream;
         let socket = stream.socket().clone();
+        let mut count = Counter {
+            stats: &stats,
+            handoff: handoff.as_deref(),
+            handed: 0,
+            aborted_peer: None,
+        };
         let written = write_loop(
             &mut stream,
             &socket,
             &writer_rx,
-            handoff.as_deref(),
-            &stats,
+            &mut count,
             send_timeout,
             close.as_ref(),
         )
@@ -240,22 +195,18 @@ pub(crate) fn start_writer<B: Outgoing>(
                 let _ = progress(&socket, send_timeout, close.as_ref(), stream.close()).await;
             }
             Err(e) => {
-                if gave_up(&e) {
-                    // The counts have taken back what the peer has not acknowledged, so
-                    // the socket must not go on delivering it after we let go (an
-                    // orphaned socket would, through a zero window, for minutes): its
-                    // close resets and discards the queue. The read half is shut so the
-                    // reader wakes and ends; no FIN, which would queue behind the data.
-                    let _ = socket.reset_on_close();
-                    let _ = socket.shut_read();
-                } else {
-                    // Both halves: the reader (waiting to read, or for room in this
-                    // mailbox, which closes when this task ends) wakes and ends too.
+                // Given up: aborted already, as the counts took back what the peer had
+                // not acknowledged (`Counter::after_failure`), so the reset is sent and
+                // the reader woken. Otherwise both halves: the reader (waiting to read,
+                // or for room in this mailbox, which closes when this task ends) wakes
+                // and ends too.
+                if !gave_up(&e) {
                     let _ = socket.shut_both();
                 }
                 if is_send_timeout(&e) {
-                    let peer = socket
-                        .peer_addr()
+                    let peer = count
+                        .aborted_peer
+                        .or_else(|| socket.peer_addr().ok())
                         .map(|a| a.to_string())
                         .unwrap_or_default();
                     log::info!(peer = peer.as_str(), reason = "client stopped reading";
@@ -293,16 +244,11 @@ async fn write_loop<B: Outgoing>(
     stream: &mut WriteHalf,
     socket: &Socket,
     writer_rx: &flume::Receiver<B>,
-    handoff: Option<&Progress>,
-    stats: &Stats,
+    count: &mut Counter<'_>,
     send_timeout: Option<Duration>,
     close: Option<&Shutdown>,
 ) -> io::Result<()> {
-    let mut count = Counter {
-        stats,
-        handoff,
-        handed: 0,
-    };
+    let handoff = count.handoff;
     let mut next = None;
     // With B::REPORTS: the batch's messages, each with where its bytes end in the batch,
     // kept until the batch is written (the vector is reused, so no allocation per batch).
@@ -310,13 +256,13 @@ async fn write_loop<B: Outgoing>(
     // With B::REPORTS: messages written in full, waiting for the peer's acknowledgement.
     let mut unconfirmed: VecDeque<Unconfirmed<B>> = VecDeque::new();
     loop {
-        let mut first = match next.take() {
+        let first = match next.take() {
             Some(b) => b,
             None if !unconfirmed.is_empty() => {
                 match await_acks(
                     socket,
                     Some(writer_rx),
-                    &count,
+                    count,
                     &mut unconfirmed,
                     send_timeout,
                     close,
@@ -326,7 +272,7 @@ async fn write_loop<B: Outgoing>(
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(e) => {
-                        count.take_back_unacked(socket);
+                        count.after_failure(socket, &e);
                         settle(&mut unconfirmed, count.handed, Some(&e));
                         return Err(e);
                     }
@@ -358,56 +304,32 @@ async fn write_loop<B: Outgoing>(
                 .await
                 .err(),
             };
-            let (mut head, mut sent) = (head, sent);
-            if err.as_ref().is_some_and(|e| peer_may_lack(e, socket)) {
-                // What the peer did not acknowledge comes off the file first, then the head.
-                let lost = count.take_back_unacked(socket);
-                let off_file = lost.min(sent);
-                sent -= off_file;
-                head = head.saturating_sub((lost - off_file) as usize);
-            }
-            if B::REPORTS {
-                if err.is_some() {
-                    // Earlier messages first: cut where the acknowledgement ends.
-                    settle(&mut unconfirmed, count.handed, err.as_ref());
-                }
-                match &err {
-                    None => unconfirmed.push_back(Unconfirmed {
-                        message: first,
-                        bytes: head,
-                        file: sent,
-                        end: count.handed,
-                    }),
-                    Some(_) => first.written(head, sent, err.as_ref()),
-                }
-            }
+            // What the peer did not acknowledge comes off the file first, then the head.
+            let lost = err.as_ref().map_or(0, |e| count.after_failure(socket, e));
+            let off_file = lost.min(sent);
+            let (head, sent) = (
+                head.saturating_sub((lost - off_file) as usize),
+                sent - off_file,
+            );
+            written_alone(
+                &mut unconfirmed,
+                first,
+                head,
+                sent,
+                count.handed,
+                err.as_ref(),
+            );
             err
         } else {
             match writer_rx.try_recv() {
                 // The common case: one message waiting, written straight from its buffer.
                 Err(_) => {
-                    let (mut done, err) =
+                    let (done, err) =
                         write_all_counted(stream, socket, first.bytes(), send_timeout, close).await;
                     count.add(done as u64);
-                    if err.as_ref().is_some_and(|e| peer_may_lack(e, socket)) {
-                        let lost = count.take_back_unacked(socket);
-                        done = done.saturating_sub(lost as usize);
-                    }
-                    if B::REPORTS {
-                        if err.is_some() {
-                            // Earlier messages first: cut where the acknowledgement ends.
-                            settle(&mut unconfirmed, count.handed, err.as_ref());
-                        }
-                        match &err {
-                            None => unconfirmed.push_back(Unconfirmed {
-                                message: first,
-                                bytes: done,
-                                file: 0,
-                                end: count.handed,
-                            }),
-                            Some(_) => first.written(done, 0, err.as_ref()),
-                        }
-                    }
+                    let lost = err.as_ref().map_or(0, |e| count.after_failure(socket, e));
+                    let done = done.saturating_sub(lost as usize);
+                    written_alone(&mut unconfirmed, first, done, 0, count.handed, err.as_ref());
                     err
                 }
                 // More waiting: gather plain byte messages into one write (one syscall).
@@ -433,13 +355,11 @@ async fn write_loop<B: Outgoing>(
                         }
                     }
                     let before = count.handed;
-                    let (mut done, err) =
+                    let (done, err) =
                         write_all_counted(stream, socket, &batch, send_timeout, close).await;
                     count.add(done as u64);
-                    if err.as_ref().is_some_and(|e| peer_may_lack(e, socket)) {
-                        let lost = count.take_back_unacked(socket);
-                        done = done.saturating_sub(lost as usize);
-                    }
+                    let lost = err.as_ref().map_or(0, |e| count.after_failure(socket, e));
+                    let done = done.saturating_sub(lost as usize);
                     if err.is_some() {
                         // Earlier messages first: cut where the acknowledgement ends.
                         settle(&mut unconfirmed, count.handed, err.as_ref());
@@ -471,20 +391,48 @@ async fn write_loop<B: Outgoing>(
             handoff.pending.fetch_sub(messages, Ordering::Release);
         }
         if !unconfirmed.is_empty() {
-            settle_acked(socket, &count, &mut unconfirmed);
+            settle_acked(socket, count, &mut unconfirmed);
         }
     }
     // Every sender is gone: the last messages are reported once the peer has
     // acknowledged them (waited for as a write is: the send timeout, a reset, `close`).
     if !unconfirmed.is_empty()
-        && let Err(e) =
-            await_acks(socket, None, &count, &mut unconfirmed, send_timeout, close).await
+        && let Err(e) = await_acks(socket, None, count, &mut unconfirmed, send_timeout, close).await
     {
-        count.take_back_unacked(socket);
+        count.after_failure(socket, &e);
         settle(&mut unconfirmed, count.handed, Some(&e));
         return Err(e);
     }
     stream.flush().await
+}
+
+/// With [`Outgoing::REPORTS`], after a message written on its own (`bytes` of its head,
+/// `file` of its region; after a failure, as far as the peer acknowledged): it waits for
+/// the acknowledgement of its last byte, at `end` in the stream, or, when `failed`, is
+/// reported now, after the earlier messages are settled where the acknowledgement ends.
+fn written_alone<B: Outgoing>(
+    unconfirmed: &mut VecDeque<Unconfirmed<B>>,
+    mut message: B,
+    bytes: usize,
+    file: u64,
+    end: u64,
+    failed: Option<&io::Error>,
+) {
+    if !B::REPORTS {
+        return;
+    }
+    match failed {
+        None => unconfirmed.push_back(Unconfirmed {
+            message,
+            bytes,
+            file,
+            end,
+        }),
+        Some(_) => {
+            settle(unconfirmed, end, failed);
+            message.written(bytes, file, failed);
+        }
+    }
 }
 
 /// Whether, after a write failed with `e`, bytes still in the send queue may never reach
@@ -510,6 +458,9 @@ pub(crate) struct Counter<'a> {
     /// Bytes this writer wrote to its socket (for a handoff, its `written` is the
     /// socket's total, direct writes included).
     handed: u64,
+    /// The peer's address, read before an abort left the socket with none: for the
+    /// writer's log line.
+    aborted_peer: Option<std::net::SocketAddr>,
 }
 
 impl Counter<'_> {
@@ -519,8 +470,25 @@ impl Counter<'_> {
         count_written(self.stats, self.handoff, n as usize);
     }
 
-    /// After a failed write, before the socket is shut: takes the bytes the peer never
-    /// acknowledged back out of the counts, and returns how many that was.
+    /// After a write failed with `e`, before anything reports a count or shuts the
+    /// socket: when the peer may lack what was queued ([`peer_may_lack`]), takes the bytes
+    /// it never acknowledged back out of the counts and returns how many; when the writer
+    /// gave up on a live connection, aborts it right after that look ([`Socket::abort`]),
+    /// so the peer gets no byte beyond what the counts say, however soon it reads again.
+    fn after_failure(&mut self, socket: &Socket, e: &io::Error) -> u64 {
+        if !peer_may_lack(e, socket) {
+            return 0;
+        }
+        let lost = self.take_back_unacked(socket);
+        if gave_up(e) {
+            self.aborted_peer = socket.peer_addr().ok();
+            let _ = socket.abort();
+        }
+        lost
+    }
+
+    /// Takes the bytes the peer never acknowledged back out of the counts, and returns
+    /// how many that was.
     fn take_back_unacked(&mut self, socket: &Socket) -> u64 {
         let lost = match self.handoff {
             Some(p) => p.take_back_unacked(socket, self.stats),

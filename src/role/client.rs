@@ -59,8 +59,6 @@ struct Shared {
     socket: Socket,
     /// A push found the mailbox full and closed the connection.
     evicted: AtomicBool,
-    /// One of the session's own sends found the writer gone.
-    send_failed: AtomicBool,
 }
 
 /// A fresh client id, unique in this process.
@@ -78,7 +76,6 @@ impl Client {
             writer_tx,
             socket,
             evicted: AtomicBool::new(false),
-            send_failed: AtomicBool::new(false),
         };
         Client {
             shared: Arc::new(shared),
@@ -101,11 +98,11 @@ impl Client {
         if bytes.is_empty() {
             return Ok(());
         }
-        let sent = self.shared.writer_tx.send_async(bytes).await;
-        if sent.is_err() {
-            self.shared.send_failed.store(true, Ordering::Relaxed);
-        }
-        sent.map_err(|_| ClientGone)
+        self.shared
+            .writer_tx
+            .send_async(bytes)
+            .await
+            .map_err(|_| ClientGone)
     }
 
     /// A handle for other actors to send to this client ([`Pusher::push`]).
@@ -119,11 +116,6 @@ impl Client {
     /// Whether a push closed this client as too slow.
     pub(crate) fn evicted(&self) -> bool {
         self.shared.evicted.load(Ordering::Relaxed)
-    }
-
-    /// Whether one of the session's own sends found the writer gone.
-    pub(crate) fn send_failed(&self) -> bool {
-        self.shared.send_failed.load(Ordering::Relaxed)
     }
 }
 

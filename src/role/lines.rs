@@ -5,6 +5,10 @@
 //! is reported once as [`LineTooLong`] as soon as it is known to be too long (not at its
 //! end, which may never come) and the rest of it, up to its newline, is discarded. At end
 //! of input a last line without a newline counts like any other.
+//!
+//! The framing is [`crate::net::lines`]'s, the one every newline protocol here uses.
+
+use crate::net::lines::{Frame, LineFramer, Overlong};
 
 /// The line was longer than the framer's limit; it was discarded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,109 +25,68 @@ impl std::error::Error for LineTooLong {}
 /// A newline framer with a line limit: [`push`](Lines::push) what arrives, then take
 /// lines with [`next`](Lines::next) until it says `None`. Holds at most the limit (and
 /// a `\r`) of an unfinished line between pushes.
+///
+/// It is the crate's one framer ([`LineFramer`], dropping over-long lines) behind an
+/// interface that suits a role: input pushed as it comes, lines without their endings.
 #[derive(Debug)]
 pub struct Lines {
-    buf: Vec<u8>,
-    /// Where the part of `buf` not yet taken starts.
-    start: usize,
-    /// Up to where `buf` is known to hold no newline after `start`.
-    scanned: usize,
-    max_line: usize,
-    /// An over-long line was reported: what remains of it is discarded up to its newline.
-    skipping: bool,
-    /// [`Lines::finish`] was called: a last line without a newline is a line.
-    ended: bool,
+    framer: LineFramer,
+    /// What was pushed: the framer takes from `at` on, and keeps an unfinished line
+    /// itself, so this is emptied as the lines are taken.
+    input: Vec<u8>,
+    at: usize,
 }
 
 impl Lines {
     /// A framer for lines of at most `max_line` bytes (without the line ending).
     pub fn new(max_line: usize) -> Self {
         Lines {
-            buf: Vec::new(),
-            start: 0,
-            scanned: 0,
-            max_line,
-            skipping: false,
-            ended: false,
+            framer: LineFramer::new(max_line, Overlong::Drop),
+            input: Vec::new(),
+            at: 0,
         }
     }
 
-    /// Adds input. Lines taken before are dropped now, so a push moves at most one
-    /// unfinished line.
+    /// Adds input. What the framer took before is dropped now.
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.scanned -= self.start;
-            self.start = 0;
-        }
-        self.buf.extend_from_slice(bytes);
+        self.input.drain(..self.at);
+        self.at = 0;
+        self.input.extend_from_slice(bytes);
     }
 
     /// Says the input has ended: [`Lines::next`] then also gives a last line that has no
     /// newline.
     pub fn finish(&mut self) {
-        self.ended = true;
+        // The last line ends here: a newline after it frames it like any other (its
+        // length, a `\r` at its end, or the rest of an over-long line being skipped).
+        let unended = match self.input[self.at..].last() {
+            Some(&last) => last != b'\n',
+            None => self.framer.carried() > 0,
+        };
+        if unended {
+            self.push(b"\n");
+        }
     }
 
     /// The next whole line (without its line ending), a line that was too long, or
     /// `None` until more is pushed.
     #[allow(clippy::should_implement_trait)] // it lends each line: not an Iterator
     pub fn next(&mut self) -> Option<Result<&[u8], LineTooLong>> {
-        loop {
-            let found = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
-            let (line_start, line_end) = match found {
-                Some(i) => {
-                    let end = self.scanned + i;
-                    let begin = self.start;
-                    self.start = end + 1;
-                    self.scanned = self.start;
-                    if std::mem::take(&mut self.skipping) {
-                        continue;
-                    }
-                    (begin, end)
-                }
-                None => {
-                    self.scanned = self.buf.len();
-                    let pending = self.buf.len() - self.start;
-                    if self.skipping || (self.ended && pending == 0) {
-                        self.discard_pending();
-                        return None;
-                    }
-                    if pending > self.max_line + 1 {
-                        // Too long even if its last byte is the `\r` of a line ending.
-                        self.discard_pending();
-                        self.skipping = !self.ended;
-                        return Some(Err(LineTooLong));
-                    }
-                    if !self.ended || pending == 0 {
-                        return None;
-                    }
-                    let begin = self.start;
-                    self.start = self.buf.len();
-                    self.scanned = self.start;
-                    (begin, self.buf.len())
-                }
-            };
-            let mut line = &self.buf[line_start..line_end];
-            if let [rest @ .., b'\r'] = line {
-                line = rest;
+        let mut rest = &self.input[self.at..];
+        let frame = self.framer.next(&mut rest);
+        self.at = self.input.len() - rest.len();
+        match frame? {
+            Frame::Line(line) => {
+                let line = line.strip_suffix(b"\n").unwrap_or(line);
+                Some(Ok(line.strip_suffix(b"\r").unwrap_or(line)))
             }
-            if line.len() > self.max_line {
-                return Some(Err(LineTooLong));
-            }
-            return Some(Ok(line));
+            Frame::TooLong | Frame::Piece(_) => Some(Err(LineTooLong)),
         }
-    }
-
-    /// Drops what is buffered after the last line taken.
-    fn discard_pending(&mut self) {
-        self.buf.truncate(self.start);
-        self.scanned = self.start;
     }
 
     /// Bytes held that are not yet part of a line taken.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
+        self.input.len() - self.at + self.framer.carried()
     }
 }
 

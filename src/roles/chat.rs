@@ -28,13 +28,12 @@ use broker::{
 use protocol::TelnetFilter;
 
 use crate::Result;
+use crate::net::connection::{Connection, Event, Reason, Setup};
 use crate::net::lines::{LineFramer, Overlong};
 use crate::net::listener::{self, Conn, ServerConfig};
-use crate::net::reader::{Input, Reader};
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
 use crate::net::udp;
-use crate::net::writer::spawn_writer_with;
 use crate::rt::{self, TcpListener, UdpSocket};
 
 /// Default address for TCP and UDP.
@@ -56,15 +55,12 @@ const TICK_MAX: Duration = Duration::from_secs(1);
 pub async fn run(
     tcp: Option<TcpListener>,
     udp: Option<UdpSocket>,
-    mut server: ServerConfig,
+    server: ServerConfig,
     chat: ChatConfig,
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    server
-        .full_notice
-        .get_or_insert_with(|| FULL_NOTICE.to_vec());
-    let server = Arc::new(server);
+    let server = Arc::new(server.or_full_notice(FULL_NOTICE));
     let udp = udp.map(Arc::new);
     let udp_sender = udp.as_ref().map(|s| udp::spawn_sender(s.clone(), &stats));
     // Kept to wait, at the end, until every datagram queued (the goodbyes too) is sent and
@@ -146,62 +142,56 @@ pub async fn run(
     }
 }
 
-/// One TCP client: the writer is its own actor; this task is the reader.
+/// One TCP client on the connection's plumbing: the writer is its own actor, fed by the
+/// broker; this task is the reader.
 async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Result<()> {
-    let Conn {
-        stream,
-        peer,
-        stats,
-        idle_timeout,
-    } = conn;
     // A client that vanished without a reset (half-open) must not stay a ghost nick.
-    let _ = stream.socket().set_keepalive(KEEPALIVE_IDLE);
-    let socket = stream.socket().clone();
-    let (read, write) = stream.split();
-    let (writer_tx, writer_rx) = flume::bounded(chat.sendq);
-    spawn_writer_with(write, writer_rx, &stats);
+    let _ = conn.stream.socket().set_keepalive(KEEPALIVE_IDLE);
+    // The broker holds the writer's mailbox and ends the writer when the client leaves.
+    let setup = Setup::new(chat.sendq).handed_off();
+    let (mut conn, writer_tx) = Connection::start(conn, setup);
     let id = next_client_id();
-    log::info!(peer = peer.to_string().as_str(), id = id; "chat: TCP client joined");
-    if !broker
-        .send(BrokerMsg::Join {
-            id,
-            outbox: Outbox::Tcp {
-                writer_tx,
-                queued: Default::default(),
-                socket,
-            },
-        })
-        .await
-    {
-        return Ok(()); // shutting down
+    log::info!(peer = conn.peer().to_string().as_str(), id = id; "chat: TCP client joined");
+    let outbox = Outbox::Tcp {
+        writer_tx,
+        queued: Default::default(),
+        socket: conn.socket().clone(),
+    };
+    if !broker.send(BrokerMsg::Join { id, outbox }).await {
+        conn.close(Reason::Shutdown).await;
+        return Ok(());
     }
-    let mut reader = Reader::new(read, idle_timeout);
     let mut telnet = TelnetFilter::default();
     let mut framer = LineFramer::new(chat.max_line, Overlong::Drop);
     let mut clean = Vec::new();
     let reason = 'read: loop {
-        match reader.next().await {
-            Ok(Input::Data(data)) => {
+        match conn.next().await {
+            Event::Data(data) => {
                 clean.clear();
                 telnet.filter(&data, &mut clean);
                 let mut rest = clean.as_slice();
                 while let Some(frame) = framer.next(&mut rest) {
                     if !broker.send(BrokerMsg::said(id, frame)).await {
-                        break 'read LeaveReason::ShuttingDown;
+                        break 'read Reason::Shutdown;
                     }
                 }
             }
-            Ok(Input::Eof) => {
+            Event::End(Reason::Client) => {
                 while let Some(frame) = framer.finish() {
                     broker.send(BrokerMsg::said(id, frame)).await;
                 }
-                break LeaveReason::Closed;
+                break Reason::Client;
             }
-            Ok(Input::Idle) => break LeaveReason::Idle,
-            Err(_) => break LeaveReason::Reset,
+            Event::End(why) => break why,
         }
     };
-    broker.send(BrokerMsg::Leave { id, reason }).await;
-    Stats::add(&stats.bytes_in, reader.bytes);
+    let leave = match reason {
+        Reason::Client => LeaveReason::Closed,
+        Reason::Idle => LeaveReason::Idle,
+        Reason::Shutdown => LeaveReason::ShuttingDown,
+        _ => LeaveReason::Reset,
+    };
+    broker.send(BrokerMsg::Leave { id, reason: leave }).await;
+    conn.close(reason).await;
     Ok(())
 }

@@ -20,14 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::Result;
+use crate::net::connection::{Connection, Event, Reason, Setup};
 use crate::net::listener::{self, Conn, ServerConfig};
-use crate::net::reader::{Input, Reader};
 use crate::net::sendfile::FileRegion;
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
-use crate::net::writer::{
-    Outgoing, WRITER_MAILBOX, WriterEnd, spawn_writer_closing, spawn_writer_watched, writer_ended,
-};
+use crate::net::writer::{Outgoing, WRITER_MAILBOX};
 use crate::rt::{self, TcpListener};
 use files::{Body, Response};
 use request::{HeadBuffer, HeadError, Request};
@@ -81,24 +79,16 @@ impl HttpConfig {
 /// Serves HTTP on `listener` until `shutdown` fires.
 pub async fn run(
     listener: TcpListener,
-    mut server: ServerConfig,
+    server: ServerConfig,
     http: HttpConfig,
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    server.full_notice.get_or_insert_with(|| BUSY.to_vec());
+    let server = Arc::new(server.or_full_notice(BUSY));
     let http = Arc::new(http);
-    // At the end of the drain each connection's writer stops where it is, so every
-    // response still being sent logs its line ("server shutting down") before the summary.
-    let close_now = server.close_now.clone();
-    listener::serve(
-        "http",
-        listener,
-        Arc::new(server),
-        stats,
-        shutdown,
-        move |conn| connection(conn, http.clone(), close_now.clone()),
-    )
+    listener::serve("http", listener, server, stats, shutdown, move |conn| {
+        connection(conn, http.clone())
+    })
     .await;
 }
 
@@ -150,13 +140,10 @@ impl Drop for Out {
 
 /// Waits until the writer has let go of a response's file; whether all of it was sent
 /// (`false` too when the writer ended without getting to it).
-async fn file_done(
-    done_rx: flume::Receiver<bool>,
-    writer_ended: &flume::Receiver<WriterEnd>,
-) -> bool {
+async fn file_done(done_rx: flume::Receiver<bool>, conn: &mut Connection) -> bool {
     use futures::future::{Either, select};
     let done = done_rx.recv_async();
-    let ended = writer_ended.recv_async();
+    let ended = conn.writer_ended();
     futures::pin_mut!(done, ended);
     match select(done, ended).await {
         Either::Left((complete, _)) => complete.unwrap_or(false),
@@ -178,26 +165,23 @@ async fn file_done(
 /// A client that stops reading is closed by the writer: a write that makes no progress
 /// for the keep-alive limit fails, the writer shuts the socket and ends, and that ends
 /// whatever this loop waits on (the mailbox closes; the file's message is dropped).
-async fn connection(conn: Conn, cfg: Arc<HttpConfig>, close_now: Option<Shutdown>) -> Result<()> {
-    let Conn {
-        stream,
-        peer,
-        stats,
-        idle_timeout,
-    } = conn;
-    let keepalive = idle_timeout.unwrap_or(KEEPALIVE_DEFAULT);
-    let (writer_tx, writer_rx) = flume::bounded::<Out>(WRITER_MAILBOX);
-    let (read, write) = stream.split();
-    let writer_ended_rx = match close_now {
-        Some(close) => spawn_writer_closing(write, writer_rx, &stats, Some(keepalive), close),
-        None => spawn_writer_watched(write, writer_rx, &stats, Some(keepalive)),
-    };
-    let mut reader = Reader::new(read, None);
-    let peer_text: Arc<str> = peer.to_string().into();
+async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
+    let keepalive = conn.idle_timeout.unwrap_or(KEEPALIVE_DEFAULT);
+    // The waits for a head have their own limits (below), not the reader's idle timer;
+    // the writer's send timeout is the keep-alive limit. At the end of the drain the
+    // writer stops where it is, so every response still being sent logs its line
+    // ("server shutting down") before the summary.
+    let setup = Setup::new(WRITER_MAILBOX)
+        .idle_timeout(None)
+        .send_timeout(Some(keepalive))
+        .closing()
+        .linger();
+    let (mut conn, writer_tx) = Connection::start::<Out>(conn, setup);
+    let peer_text: Arc<str> = conn.peer().to_string().into();
     let mut heads = HeadBuffer::default();
     // When the head now being waited for began: at accept, then at its first byte.
     let mut head_started = Some(Instant::now());
-    'conn: loop {
+    let reason = 'conn: loop {
         // Answer every complete request already buffered (pipelining), in order.
         loop {
             let started = Instant::now();
@@ -240,13 +224,15 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>, close_now: Option<Shutdown
             let sent = if out.file.is_some() || out.bytes.len() > QUEUED_BUFFER_MAX {
                 let (done_tx, done_rx) = flume::bounded(1);
                 out.done = Some(done_tx);
-                writer_tx.send_async(out).await.is_ok()
-                    && file_done(done_rx, &writer_ended_rx).await
+                writer_tx.send_async(out).await.is_ok() && file_done(done_rx, &mut conn).await
             } else {
                 writer_tx.send_async(out).await.is_ok()
             };
-            if close || !sent {
-                break 'conn;
+            if !sent {
+                break 'conn Reason::WriteFailed;
+            }
+            if close {
+                break 'conn Reason::Role;
             }
             head_started = None;
         }
@@ -261,33 +247,27 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>, close_now: Option<Shutdown
             Some(t) => cfg.header_timeout.saturating_sub(t.elapsed()),
             None => keepalive,
         };
-        match rt::timeout(limit, reader.next()).await {
-            Some(Ok(Input::Data(data))) => {
+        match rt::timeout(limit, conn.next()).await {
+            Some(Event::Data(data)) => {
                 head_started.get_or_insert_with(Instant::now);
                 heads.extend(&data);
             }
-            Some(Ok(_)) | Some(Err(_)) => break,
+            Some(Event::End(why)) => break why,
             None if head_started.is_some() => {
                 // Slowloris, or a client that connected and said nothing: 408, then close.
                 let r = Response::text(408, Some("no complete request head in time"));
                 log::info!(peer = &*peer_text, status = 408u16; "http: header timeout");
                 let _ = writer_tx.send_async(serialise(r, true, false)).await;
-                break;
+                break Reason::Role;
             }
-            None => break, // an idle keep-alive connection: close quietly
+            None => break Reason::Idle, // an idle keep-alive connection: close quietly
         }
-    }
-    // The writer flushes and half-closes; wait (briefly) for the client to close, so
-    // unread input cannot turn our close into a reset that destroys the last response.
+    };
+    // The writer flushes and half-closes; the connection lingers, so unread input cannot
+    // turn our close into a reset that destroys the last response, and lasts until the
+    // writer has written what it holds or given up on a client that stopped reading.
     drop(writer_tx);
-    let _ = rt::timeout(Duration::from_secs(2), async {
-        while let Ok(Input::Data(_)) = reader.next().await {}
-    })
-    .await;
-    // The connection's slot is held as long as its socket: until the writer has written
-    // what it holds or given up on a client that stopped reading (the send timeout).
-    writer_ended(&writer_ended_rx).await;
-    Stats::add(&stats.bytes_in, reader.bytes);
+    conn.close(reason).await;
     Ok(())
 }
 

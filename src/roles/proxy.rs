@@ -33,7 +33,6 @@ pub mod upstreams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use futures::io::AsyncReadExt;
@@ -42,6 +41,7 @@ use futures::{FutureExt, StreamExt};
 use crate::Result;
 use crate::net::access::AccessList;
 use crate::net::handoff::{Delivery, DirectWrites, Handoff};
+use crate::net::idle::{Activity, IdleTimer};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::reader::{Input, Reader};
 use crate::net::shutdown::Shutdown;
@@ -111,11 +111,7 @@ pub async fn run_pinned(
         .map(|a| a.to_string())
         .unwrap_or_default();
     // Each thread's accept loop logs at debug; the address is announced here, once.
-    let server = ServerConfig {
-        quiet: true,
-        ..server
-    };
-    let (server, proxy) = (Arc::new(server), Arc::new(proxy));
+    let (server, proxy) = (Arc::new(server.quiet()), Arc::new(proxy));
     let (done_tx, done_rx) = flume::bounded::<()>(threads);
     for (i, listener) in listeners.into_iter().enumerate() {
         let (server, proxy, stats, shutdown, done_tx) = (
@@ -153,51 +149,27 @@ async fn serve(
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    let mut server = (*server).clone();
-    server.keep_open_on_shutdown = true;
+    // Sessions are left to the drain, and those waiting for a descriptor get the ones
+    // that free up before new clients do.
+    let server = (*server)
+        .clone()
+        .keep_open(proxy.upstreams.descriptor_waiters());
+    // The peer may be a balancer: the accept loop judges whether it may send headers,
+    // and the session judges the client its header names against --allow/--deny.
     let access = server.access.clone();
-    // Sessions waiting for a descriptor get the ones that free up before new clients do.
-    server.hold_accepts = Some(proxy.upstreams.descriptor_waiters());
-    if proxy.accept_proxy.is_some() {
-        // The peer is a balancer: the accept loop judges whether it may send headers,
-        // and the session judges the client its header names against --allow/--deny.
-        server.access = server.proxy_from.clone();
-    }
-    // At the end of the drain each open session closes itself (and logs its line).
-    let close_now = server.close_now.clone();
+    let server = match proxy.accept_proxy {
+        Some(_) => server.judging_proxies(),
+        None => server,
+    };
     listener::serve(
         "proxy",
         listener,
         Arc::new(server),
         stats,
         shutdown,
-        move |conn| session(conn, proxy.clone(), access.clone(), close_now.clone()),
+        move |conn| session(conn, proxy.clone(), access.clone()),
     )
     .await;
-}
-
-/// When anything last moved in a session, in either direction.
-struct Activity {
-    base: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            base: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-    fn touch(&self) {
-        self.last_ms
-            .store(self.base.elapsed().as_millis() as u64, Relaxed);
-    }
-    fn quiet_for(&self) -> Duration {
-        self.base
-            .elapsed()
-            .saturating_sub(Duration::from_millis(self.last_ms.load(Relaxed)))
-    }
 }
 
 /// How one direction ended.
@@ -215,16 +187,15 @@ enum End {
 /// pump could not read (waiting for the other writer's mailbox). At most one per pump.
 type FinNotice = &'static str;
 
-/// One direction of a session: reads one socket, feeds the other side's writer. Bytes
-/// are counted into `stats.bytes_in` as they are read, so the summary is right while
-/// the session is open. Returns the bytes read (the other writer's
-/// [`Delivery`](crate::net::handoff::Delivery) says how many of them were written) and how
-/// the direction ended.
+/// One direction of a session: reads one socket, feeds the other side's writer. Its
+/// reader counts bytes into `stats.bytes_in` as they are read ([`Reader::counted`]), so
+/// the summary is right while the session is open. Returns the bytes read (the other
+/// writer's [`Delivery`](crate::net::handoff::Delivery) says how many of them were
+/// written) and how the direction ended.
 async fn pump(
     mut reader: Reader,
     mut writer: Handoff,
     activity: Arc<Activity>,
-    stats: Arc<Stats>,
     fin: (FinNotice, flume::Sender<FinNotice>),
     tap: Option<(&'static str, SocketAddr)>,
 ) -> (u64, End) {
@@ -232,7 +203,6 @@ async fn pump(
         match reader.next().await {
             Ok(Input::Data(data)) => {
                 activity.touch();
-                Stats::add(&stats.bytes_in, data.len() as u64);
                 if let Some((direction, peer)) = tap {
                     log_tap(direction, peer, &data);
                 }
@@ -310,7 +280,14 @@ fn carry(
                     fin,
                     tap,
                 } = way;
-                pump(Reader::new(from, None), writer, activity, stats, fin, tap).await
+                pump(
+                    Reader::counted(from, None, stats),
+                    writer,
+                    activity,
+                    fin,
+                    tap,
+                )
+                .await
             });
             (running, delivery)
         }
@@ -375,7 +352,14 @@ async fn relay_way(
         return (tally.read(), End::WriterGone);
     }
     let fin = (label, notes_tx);
-    let (more, end) = pump(Reader::new(from, None), writer, activity, stats, fin, tap).await;
+    let (more, end) = pump(
+        Reader::counted(from, None, stats),
+        writer,
+        activity,
+        fin,
+        tap,
+    )
+    .await;
     (tally.read() + more, end)
 }
 
@@ -404,18 +388,15 @@ async fn read_proxy_header(
 }
 
 /// One client's session, from accept to the log line.
-async fn session(
-    conn: Conn,
-    cfg: Arc<ProxyConfig>,
-    access: AccessList,
-    close_now: Option<Shutdown>,
-) -> Result<()> {
+async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Result<()> {
     let started = Instant::now();
+    // At the end of the drain an open session closes itself (and logs its line).
     let Conn {
         stream: client,
         peer,
         stats,
         idle_timeout,
+        close_now,
     } = conn;
     let local = client.socket().local_addr()?;
     let client_socket = client.socket().clone();
@@ -517,8 +498,10 @@ async fn session(
     let (mut upstream_writer_done, mut client_writer_done) = (false, false);
     // What had moved when last looked at: a writer still flushing after its pump has
     // ended is activity too, and so is a peer taking bytes out of a send queue while
-    // its writer waits (a slow, steady reader; see [`Movement`]).
+    // its writer waits (a slow, steady reader; see [`Movement`]). The idle timer looks
+    // each time it fires, and counts a change as activity.
     let mut moved = Movement::now(&to_upstream, &to_client, &sockets);
+    let mut idle = IdleTimer::new();
     let mut closed_first: Option<&'static str> = None;
     // Set when this task shut the session (a timeout, or the end of the drain), which
     // `closed_first` may not show: a side may have half-closed before.
@@ -537,9 +520,10 @@ async fn session(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let wait = limit.map_or(Duration::from_secs(3600), |l| {
-            l.saturating_sub(activity.quiet_for())
-        });
+        let moved_since = || {
+            let now = Movement::now(&to_upstream, &to_client, &sockets);
+            std::mem::replace(&mut moved, now) != now
+        };
         futures::select! {
             (bytes, end) = up_pump => {
                 read_up = Some(bytes);
@@ -566,18 +550,12 @@ async fn session(
                 shut(&sockets);
                 timed_out = true;
             }
-            _ = rt::sleep(wait).fuse() => {
-                let now_moved = Movement::now(&to_upstream, &to_client, &sockets);
-                if now_moved != moved {
-                    moved = now_moved;
-                    activity.touch();
-                } else if limit.is_some_and(|l| activity.quiet_for() >= l) {
-                    let why = if half_closed { "fin timeout" } else { "idle timeout" };
-                    closed_first.get_or_insert(why);
-                    cut_by = Some(why);
-                    shut(&sockets);
-                    timed_out = true;
-                }
+            () = idle.quiet(&activity, limit, moved_since).fuse() => {
+                let why = if half_closed { "fin timeout" } else { "idle timeout" };
+                closed_first.get_or_insert(why);
+                cut_by = Some(why);
+                shut(&sockets);
+                timed_out = true;
             }
         }
     }

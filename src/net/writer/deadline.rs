@@ -27,7 +27,7 @@ impl std::fmt::Display for SendTimeout {
 impl std::error::Error for SendTimeout {}
 
 /// The error of a write cut short because the server is shutting down
-/// ([`spawn_writer_closing`]).
+/// (a writer given a `close` signal, [`spawn_writer_watched`](super::spawn_writer_watched)).
 #[derive(Debug)]
 pub struct ServerClosing;
 

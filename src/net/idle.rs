@@ -1,0 +1,158 @@
+//! A connection's idle clock: when something last moved ([`Activity`]), and a timer over
+//! it ([`IdleTimer`]) armed once per idle period, not once per message.
+//!
+//! Whatever moves touches the clock (one relaxed store); the timer sleeps until the limit
+//! could have passed since the last touch, then looks: if something moved meanwhile, it
+//! sleeps again for the time left. A busy connection so arms one timer per limit's worth
+//! of time, however many messages it moves. The reader's idle timeout (`net/reader.rs`)
+//! and the proxy's idle and fin timeouts (a session's two directions share one clock)
+//! both stand on it.
+//!
+//! Try it: `switchboard echo --idle-timeout 3s`, then `nc 127.0.0.1 7007` and wait.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::rt;
+
+/// When anything last moved on a connection; shared by the tasks that move its bytes.
+pub struct Activity {
+    base: Instant,
+    /// Nanoseconds from `base` to the last touch (enough for centuries): an atomic, so
+    /// any task may touch it.
+    last_ns: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity::new()
+    }
+}
+
+impl Activity {
+    /// A clock touched now.
+    pub fn new() -> Self {
+        Activity {
+            base: Instant::now(),
+            last_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Something moved: the quiet starts again from now.
+    pub fn touch(&self) {
+        self.last_ns
+            .store(self.base.elapsed().as_nanos() as u64, Relaxed);
+    }
+
+    /// How long nothing has moved.
+    pub fn quiet_for(&self) -> Duration {
+        self.base
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(self.last_ns.load(Relaxed)))
+    }
+}
+
+type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A timer that fires once an [`Activity`] has been quiet for a limit. It keeps its sleep
+/// between polls, so a wait that is dropped and made again (a `select!` loop, a reader
+/// polled once per message) does not arm a new timer each time.
+#[derive(Default)]
+pub struct IdleTimer {
+    sleep: Option<Sleep>,
+    /// The limit the sleep was armed for: a new limit (the proxy's fin timeout once a
+    /// side has half-closed) arms it again.
+    limit: Option<Duration>,
+}
+
+impl IdleTimer {
+    /// A timer with nothing armed yet.
+    pub fn new() -> Self {
+        IdleTimer::default()
+    }
+
+    /// Ready once `activity` has been quiet for `limit`. Each time the timer fires,
+    /// `moved` takes a last look at what the clock cannot see (the proxy's send queues):
+    /// `true` touches the clock and the wait goes on.
+    pub fn poll_quiet(
+        &mut self,
+        cx: &mut Context<'_>,
+        activity: &Activity,
+        limit: Duration,
+        mut moved: impl FnMut() -> bool,
+    ) -> Poll<()> {
+        if self.limit != Some(limit) {
+            self.limit = Some(limit);
+            self.sleep = None;
+        }
+        loop {
+            let sleep = self.sleep.get_or_insert_with(|| {
+                Box::pin(rt::sleep(limit.saturating_sub(activity.quiet_for())))
+            });
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+            if moved() {
+                activity.touch();
+            } else if activity.quiet_for() >= limit {
+                return Poll::Ready(());
+            }
+            // Something moved since the sleep was armed: sleep for the time left (polled
+            // at once, so it holds this task's waker).
+        }
+    }
+
+    /// [`IdleTimer::poll_quiet`] as a future; with no limit, it never completes.
+    pub async fn quiet(
+        &mut self,
+        activity: &Activity,
+        limit: Option<Duration>,
+        mut moved: impl FnMut() -> bool,
+    ) {
+        match limit {
+            Some(limit) => {
+                std::future::poll_fn(|cx| self.poll_quiet(cx, activity, limit, &mut moved)).await
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timer_waits_out_the_quiet_not_the_time_since_it_was_armed() {
+        rt::block_on(async {
+            let activity = Activity::new();
+            let mut timer = IdleTimer::new();
+            let limit = Duration::from_millis(50);
+            // Touched while the timer sleeps: it fires, sees the touch, and waits again.
+            let start = Instant::now();
+            let touch = async {
+                rt::sleep(limit / 2).await;
+                let before = start.elapsed();
+                activity.touch();
+                before
+            };
+            let ((), touched) =
+                futures::join!(timer.quiet(&activity, Some(limit), || false), touch);
+            assert!(start.elapsed() >= touched + limit);
+            assert!(activity.quiet_for() >= limit);
+            // A last look that finds movement keeps it going once more.
+            let mut looks = 0;
+            timer
+                .quiet(&activity, Some(limit), || {
+                    looks += 1;
+                    looks == 1
+                })
+                .await;
+            assert_eq!(looks, 2);
+        });
+    }
+}
