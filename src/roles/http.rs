@@ -101,8 +101,9 @@ struct Out {
     log: Option<AccessLog>,
     /// Whether the writer wrote all of it (set by its report).
     complete: bool,
-    /// For a response with a file region: told, once the writer has let go of the file
-    /// (see [`Drop`]), whether all of it went out.
+    /// For a response with a file region (or a large buffer): told, once the writer has
+    /// handed all of it to the kernel ([`Outgoing::handed_over`], which closes the file)
+    /// or has let go of it unsent (see [`Drop`]), whether all of it went out.
     done: Option<flume::Sender<bool>>,
 }
 
@@ -119,6 +120,15 @@ impl Outgoing for Out {
         self.complete = stopped.is_none();
         if let Some(line) = self.log.take() {
             line.written(bytes, file, stopped);
+        }
+    }
+    fn handed_over(&mut self) {
+        // The reader may open the next file now: the kernel holds this one's bytes, and
+        // the access line waits for the acknowledgement without keeping the file open.
+        self.file = None;
+        self.bytes = Vec::new();
+        if let Some(done_tx) = self.done.take() {
+            let _ = done_tx.try_send(true);
         }
     }
 }
