@@ -13,6 +13,9 @@ use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use async_io::Async;
@@ -23,9 +26,10 @@ thread_local! {
     static PINNED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Spawns a connection's task. On a pinned thread it goes on that thread's own executor,
-/// so a connection's actors never hop threads (each hop would be a cross-thread wake-up);
-/// anywhere else it goes on the shared executor, where idle threads steal work.
+/// Spawns a task of a connection (its writer, a pump) beside the task spawning it. On a
+/// pinned thread it goes on that thread's own executor, so a connection's actors never
+/// hop threads (each hop would be a cross-thread wake-up); anywhere else it goes on the
+/// shared executor, where idle threads steal work.
 pub fn spawn_here<F>(fut: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
@@ -36,6 +40,87 @@ where
     } else {
         spawn(fut)
     }
+}
+
+/// Spawns a new connection's task, detached. On a pinned thread it stays there (the
+/// proxy's threads accept for themselves); from anywhere else — an accept loop on the
+/// shared executor — it goes to the next of the connection threads in turn, so the
+/// connection's reader, writer and session share one thread and wake each other there
+/// without a system call (see [`set_connection_threads`]).
+pub fn spawn_connection<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if PINNED.with(Cell::get) {
+        drop(async_std::task::spawn_local(fut));
+    } else if let Some(pool) = connection_pool() {
+        let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.threads.len();
+        if let Err(flume::SendError(job)) = pool.threads[i].send(Box::pin(fut)) {
+            // That thread is gone (it cannot end but by a panic): the shared executor.
+            drop(spawn(job));
+        }
+    } else {
+        drop(spawn(fut));
+    }
+}
+
+/// A connection's task on its way to a connection thread.
+type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The connection threads: each an executor of its own fed through its own channel.
+struct Pool {
+    threads: Vec<flume::Sender<Job>>,
+    next: AtomicUsize,
+}
+
+/// The connection threads asked for ([`set_connection_threads`]); `usize::MAX` until
+/// then, which means one per core.
+static CONNECTION_THREADS: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Sets how many connection threads [`spawn_connection`] spreads connections over: one
+/// per core by default; 0 puts connections on the shared executor, where idle threads
+/// steal work. Takes effect only before the first connection is spawned.
+///
+/// The reactor stays shared, so a connection thread is woken by whichever thread waits
+/// on it; what a connection thread saves is every wake-up between a connection's own
+/// tasks (the session's reply to its writer, the writer's room to the reader), which on
+/// the shared executor wake another thread and its futex.
+pub fn set_connection_threads(n: usize) {
+    CONNECTION_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// The connection threads, started on first use; `None` when there are none.
+fn connection_pool() -> Option<&'static Pool> {
+    static POOL: OnceLock<Option<Pool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = match CONNECTION_THREADS.load(Ordering::Relaxed) {
+            usize::MAX => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            // Unbounded: the accept loop never waits on a thread; each job is one
+            // connection it has already accepted.
+            let (job_tx, job_rx) = flume::unbounded::<Job>();
+            let started = spawn_pinned_thread(format!("conn-{i}"), move || async move {
+                while let Ok(job) = job_rx.recv_async().await {
+                    drop(async_std::task::spawn_local(job));
+                }
+            });
+            match started {
+                Ok(_) => threads.push(job_tx),
+                Err(e) => {
+                    log::warn!(error = e.to_string().as_str(); "could not start a connection thread");
+                    break;
+                }
+            }
+        }
+        (!threads.is_empty()).then(|| Pool {
+            threads,
+            next: AtomicUsize::new(0),
+        })
+    })
+    .as_ref()
 }
 
 /// Starts an OS thread that runs `make()` to completion on its own executor; tasks it

@@ -11,6 +11,9 @@
 //!   it began, and when the timer fires it re-arms itself for the time still left.
 //! - A reader made with [`Reader::counted`] adds every read to `Stats::bytes_in` as it
 //!   returns, so a connection's count is right while it is open and cannot be forgotten.
+//! - A reader whose socket never runs dry (a peer sending faster than we take it) yields
+//!   to the other tasks of its thread after [`YIELD_AFTER`] bytes: a connection's tasks
+//!   share one thread, and a read that is always ready would otherwise never let them run.
 //! - A reader that cannot read because what it read last is still waiting for mailbox
 //!   room can [`Reader::watch`] that wait: the socket is checked for the peer's FIN or
 //!   reset (`poll(POLLRDHUP)`, which consumes nothing) every [`STALL_CHECK`], so a peer
@@ -40,6 +43,10 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// peer that leaves is noticed within this time (a stall ending sooner costs nothing:
 /// the timer is kept and reused).
 pub const STALL_CHECK: Duration = Duration::from_millis(250);
+
+/// Bytes a reader takes without once waiting before it yields to the other tasks of its
+/// thread: sixteen full reads, so the yield is rare next to the reads it follows.
+pub const YIELD_AFTER: u64 = 16 * READ_CHUNK as u64;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
@@ -71,6 +78,8 @@ pub struct Reader {
     stall_timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// [`Reader::watch`] has seen the peer's FIN (reported once).
     fin_noticed: bool,
+    /// Bytes read since the reader last waited or yielded.
+    unbroken: u64,
     /// Bytes read so far.
     pub bytes: u64,
 }
@@ -87,6 +96,7 @@ impl Reader {
             stats: None,
             stall_timer: None,
             fin_noticed: false,
+            unbroken: 0,
             bytes: 0,
         }
     }
@@ -110,11 +120,17 @@ impl Reader {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Input>> {
+        if self.unbroken >= YIELD_AFTER {
+            self.unbroken = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         loop {
             match poll_read_scratch(&mut self.stream, cx) {
                 Poll::Ready(Ok(data)) if data.is_empty() => return Poll::Ready(Ok(Input::Eof)),
                 Poll::Ready(Ok(data)) => {
                     self.bytes += data.len() as u64;
+                    self.unbroken += data.len() as u64;
                     if let Some(stats) = &self.stats {
                         Stats::add(&stats.bytes_in, data.len() as u64);
                     }
@@ -123,7 +139,10 @@ impl Reader {
                 }
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => break,
+                Poll::Pending => {
+                    self.unbroken = 0;
+                    break;
+                }
             }
         }
         let Some(limit) = self.idle else {
