@@ -263,3 +263,25 @@ impl Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_and_what_it_spawns_share_a_connection_thread() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let name = || std::thread::current().name().map(str::to_owned);
+        spawn_connection(async move {
+            let outer = name();
+            let inner = spawn_here(async move { name() }).await;
+            let _ = done_tx.send((outer, inner));
+        });
+        let (outer, inner) = done_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(
+            outer.as_deref().is_some_and(|n| n.starts_with("conn-")),
+            "{outer:?}"
+        );
+        assert_eq!(outer, inner);
+    }
+}

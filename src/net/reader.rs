@@ -227,6 +227,7 @@ fn poll_read_scratch(stream: &mut ReadHalf, cx: &mut Context<'_>) -> Poll<io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::stream::Stream;
     use crate::net::stream::tests::{layered, pair};
     use futures::io::AsyncWriteExt;
 
@@ -272,6 +273,70 @@ mod tests {
             .await;
             assert_eq!(out, Some(Err(Hangup::Reset)));
         });
+    }
+
+    /// A session whose input never runs dry: every read is full at once.
+    struct Endless;
+
+    impl AsyncRead for Endless {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            buf.fill(7);
+            Poll::Ready(Ok(buf.len()))
+        }
+    }
+
+    impl futures::io::AsyncWrite for Endless {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_reader_that_never_runs_dry_lets_its_neighbours_run() {
+        // A reader and a neighbour polled in turn by one executor, as a connection
+        // thread polls its connections: the neighbour must get a turn while the reader
+        // still has input, or no other connection on the thread would ever run.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            rt::block_on(async {
+                let (near, _far) = pair().await;
+                let endless = Stream::over(near.socket().clone(), Endless);
+                let mut reader = Reader::new(endless.split().0, None);
+                let neighbour_ran = std::cell::Cell::new(false);
+                let reading = async {
+                    while !neighbour_ran.get() {
+                        match reader.next().await {
+                            Ok(Input::Data(_)) => {}
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                    reader.bytes
+                };
+                let neighbour = async { neighbour_ran.set(true) };
+                let (read_before, ()) = futures::join!(reading, neighbour);
+                let _ = done_tx.send(read_before);
+            })
+        });
+        let read_before = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the neighbour never ran");
+        // It yields once it has read YIELD_AFTER; the read it was making then completes
+        // after the neighbour's turn.
+        assert_eq!(read_before, YIELD_AFTER + READ_CHUNK as u64);
     }
 
     #[test]

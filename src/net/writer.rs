@@ -562,3 +562,76 @@ pub(crate) fn count_written(stats: &Stats, handoff: Option<&Progress>, n: usize)
         handoff.written.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::stream::tests::pair;
+    use futures::io::AsyncReadExt;
+    use std::sync::Mutex;
+
+    /// A reporting message that notes what the writer tells it, in order.
+    struct Noted {
+        bytes: Vec<u8>,
+        told: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Noted {
+        fn note(&self, what: String) {
+            let name = String::from_utf8_lossy(&self.bytes);
+            self.told.lock().unwrap().push(format!("{name}: {what}"));
+        }
+    }
+
+    impl Outgoing for Noted {
+        const REPORTS: bool = true;
+        fn bytes(&self) -> &[u8] {
+            &self.bytes
+        }
+        fn handed_over(&mut self) {
+            self.note("handed over".into());
+        }
+        fn written(&mut self, bytes: usize, file: u64, stopped: Option<&io::Error>) {
+            self.note(format!("written {bytes} {file} {}", stopped.is_some()));
+        }
+    }
+
+    #[test]
+    fn a_reporting_message_is_handed_over_before_it_is_reported() {
+        rt::block_on(async {
+            let (near, far) = pair().await;
+            let stats = Stats::new();
+            let (writer_tx, writer_rx) = flume::bounded(WRITER_MAILBOX);
+            let ended_rx = spawn_writer_watched(
+                near.split().1,
+                writer_rx,
+                &stats,
+                Some(Duration::from_secs(20)),
+            );
+            let told = Arc::new(Mutex::new(Vec::new()));
+            for text in ["one", "two"] {
+                let message = Noted {
+                    bytes: text.into(),
+                    told: told.clone(),
+                };
+                writer_tx.send_async(message).await.unwrap();
+            }
+            drop(writer_tx);
+            let (mut far_r, _far_w) = far.split();
+            let mut got = Vec::new();
+            far_r.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"onetwo");
+            assert_eq!(writer_ended(&ended_rx).await, WriterEnd::Flushed);
+            // Each is told once that it is in the kernel's hands, and after that (once
+            // acknowledged) that all of it went out; the two may be batched.
+            let told = told.lock().unwrap().clone();
+            assert_eq!(told.len(), 4, "{told:?}");
+            for name in ["one", "two"] {
+                let at = |what: &str| told.iter().position(|t| *t == format!("{name}: {what}"));
+                let (handed, written) = (at("handed over"), at("written 3 0 false"));
+                assert!(handed.is_some() && written.is_some(), "{told:?}");
+                assert!(handed < written, "{told:?}");
+            }
+        });
+    }
+}
