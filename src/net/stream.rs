@@ -121,19 +121,19 @@ impl Readiness {
 impl Stream {
     /// Puts a connected std socket (from an accept) on the reactor.
     pub fn new(stream: std::net::TcpStream) -> io::Result<Stream> {
-        Ok(Stream::plain(Async::new(stream)?))
+        Ok(Stream::plain(Async::new(stream)?, false))
     }
 
-    fn plain(io: Async<std::net::TcpStream>) -> Stream {
+    fn plain(io: Async<std::net::TcpStream>, opened_here: bool) -> Stream {
         Stream {
-            socket: Socket::new(io),
+            socket: Socket::new(io, opened_here),
             kind: Kind::Plain(Plain::default()),
         }
     }
 
     /// Connects to `addr` (bound it with `rt::timeout` for a connect timeout).
     pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
-        Ok(Stream::plain(rt::connect(addr).await?))
+        Ok(Stream::plain(rt::connect(addr).await?, true))
     }
 
     /// A session laid over a stream: bytes go through `session` (which reads and writes
