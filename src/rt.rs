@@ -7,7 +7,9 @@
 //! std's sockets directly, so a read is one `recv` and a wait is one readiness
 //! registration: `net::stream` builds the connection type on it. Everything else in the
 //! crate takes its tasks, timers, sockets and stdio from here, so moving runtime is a
-//! change to this one file (and `net::stream`).
+//! change to this one file, its `timeouts` (one table of deadlines served by a single
+//! reactor timer, for the timeouts a server arms around nearly every wait) and
+//! `net::stream`.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -16,14 +18,21 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+
+mod timeouts;
 
 pub use async_io::Async;
 pub use async_std::task::{JoinHandle, block_on, sleep, spawn, spawn_blocking};
+pub use timeouts::timeout;
 
 thread_local! {
     /// Whether this thread runs its own executor (see [`spawn_pinned_thread`]).
     static PINNED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread runs its own executor (see [`spawn_pinned_thread`]).
+fn is_pinned() -> bool {
+    PINNED.with(Cell::get)
 }
 
 /// Spawns a task of a connection (its writer, a pump) beside the task spawning it. On a
@@ -216,11 +225,6 @@ impl UdpSocket {
     }
 }
 
-/// Runs `fut` for at most `limit`; `None` when the time ran out first.
-pub async fn timeout<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    async_std::future::timeout(limit, fut).await.ok()
-}
-
 /// Standard input as an async reader (async-std reads it on a blocking thread).
 pub fn stdin() -> async_std::io::Stdin {
     async_std::io::stdin()
@@ -267,6 +271,7 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_connection_and_what_it_spawns_share_a_connection_thread() {
