@@ -607,6 +607,7 @@ mod tests {
                 writer_rx,
                 &stats,
                 Some(Duration::from_secs(20)),
+                None,
             );
             let told = Arc::new(Mutex::new(Vec::new()));
             for text in ["one", "two"] {
@@ -621,7 +622,7 @@ mod tests {
             let mut got = Vec::new();
             far_r.read_to_end(&mut got).await.unwrap();
             assert_eq!(got, b"onetwo");
-            assert_eq!(writer_ended(&ended_rx).await, WriterEnd::Flushed);
+            assert_eq!(ended_rx.recv_async().await, Ok(WriterEnd::Flushed));
             // Each is told once that it is in the kernel's hands, and after that (once
             // acknowledged) that all of it went out; the two may be batched.
             let told = told.lock().unwrap().clone();
