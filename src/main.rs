@@ -484,6 +484,7 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
+        switchboard::rt::set_connection_threads(0);
         let bound = service::bind(Some(&args.listen), None).await?;
         let listener = bound.tcp.expect("bound a TCP address");
         return service::run_until_signal_closing(

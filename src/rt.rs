@@ -7,25 +7,38 @@
 //! std's sockets directly, so a read is one `recv` and a wait is one readiness
 //! registration: `net::stream` builds the connection type on it. Everything else in the
 //! crate takes its tasks, timers, sockets and stdio from here, so moving runtime is a
-//! change to this one file (and `net::stream`).
+//! change to this one file, its `timeouts` (one table of deadlines served by a single
+//! reactor timer, for the timeouts a server arms around nearly every wait) and
+//! `net::stream`.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+mod timeouts;
 
 pub use async_io::Async;
 pub use async_std::task::{JoinHandle, block_on, sleep, spawn, spawn_blocking};
+pub use timeouts::timeout;
 
 thread_local! {
     /// Whether this thread runs its own executor (see [`spawn_pinned_thread`]).
     static PINNED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Spawns a connection's task. On a pinned thread it goes on that thread's own executor,
-/// so a connection's actors never hop threads (each hop would be a cross-thread wake-up);
-/// anywhere else it goes on the shared executor, where idle threads steal work.
+/// Whether this thread runs its own executor (see [`spawn_pinned_thread`]).
+fn is_pinned() -> bool {
+    PINNED.with(Cell::get)
+}
+
+/// Spawns a task of a connection (its writer, a pump) beside the task spawning it. On a
+/// pinned thread it goes on that thread's own executor, so a connection's actors never
+/// hop threads (each hop would be a cross-thread wake-up); anywhere else it goes on the
+/// shared executor, where idle threads steal work.
 pub fn spawn_here<F>(fut: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
@@ -36,6 +49,87 @@ where
     } else {
         spawn(fut)
     }
+}
+
+/// Spawns a new connection's task, detached. On a pinned thread it stays there (the
+/// proxy's threads accept for themselves); from anywhere else — an accept loop on the
+/// shared executor — it goes to the next of the connection threads in turn, so the
+/// connection's reader, writer and session share one thread and wake each other there
+/// without a system call (see [`set_connection_threads`]).
+pub fn spawn_connection<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if PINNED.with(Cell::get) {
+        drop(async_std::task::spawn_local(fut));
+    } else if let Some(pool) = connection_pool() {
+        let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.threads.len();
+        if let Err(flume::SendError(job)) = pool.threads[i].send(Box::pin(fut)) {
+            // That thread is gone (it cannot end but by a panic): the shared executor.
+            drop(spawn(job));
+        }
+    } else {
+        drop(spawn(fut));
+    }
+}
+
+/// A connection's task on its way to a connection thread.
+type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The connection threads: each an executor of its own fed through its own channel.
+struct Pool {
+    threads: Vec<flume::Sender<Job>>,
+    next: AtomicUsize,
+}
+
+/// The connection threads asked for ([`set_connection_threads`]); `usize::MAX` until
+/// then, which means one per core.
+static CONNECTION_THREADS: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Sets how many connection threads [`spawn_connection`] spreads connections over: one
+/// per core by default; 0 puts connections on the shared executor, where idle threads
+/// steal work. Takes effect only before the first connection is spawned.
+///
+/// The reactor stays shared, so a connection thread is woken by whichever thread waits
+/// on it; what a connection thread saves is every wake-up between a connection's own
+/// tasks (the session's reply to its writer, the writer's room to the reader), which on
+/// the shared executor wake another thread and its futex.
+pub fn set_connection_threads(n: usize) {
+    CONNECTION_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// The connection threads, started on first use; `None` when there are none.
+fn connection_pool() -> Option<&'static Pool> {
+    static POOL: OnceLock<Option<Pool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = match CONNECTION_THREADS.load(Ordering::Relaxed) {
+            usize::MAX => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            // Unbounded: the accept loop never waits on a thread; each job is one
+            // connection it has already accepted.
+            let (job_tx, job_rx) = flume::unbounded::<Job>();
+            let started = spawn_pinned_thread(format!("conn-{i}"), move || async move {
+                while let Ok(job) = job_rx.recv_async().await {
+                    drop(async_std::task::spawn_local(job));
+                }
+            });
+            match started {
+                Ok(_) => threads.push(job_tx),
+                Err(e) => {
+                    log::warn!(error = e.to_string().as_str(); "could not start a connection thread");
+                    break;
+                }
+            }
+        }
+        (!threads.is_empty()).then(|| Pool {
+            threads,
+            next: AtomicUsize::new(0),
+        })
+    })
+    .as_ref()
 }
 
 /// Starts an OS thread that runs `make()` to completion on its own executor; tasks it
@@ -131,11 +225,6 @@ impl UdpSocket {
     }
 }
 
-/// Runs `fut` for at most `limit`; `None` when the time ran out first.
-pub async fn timeout<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    async_std::future::timeout(limit, fut).await.ok()
-}
-
 /// Standard input as an async reader (async-std reads it on a blocking thread).
 pub fn stdin() -> async_std::io::Stdin {
     async_std::io::stdin()
@@ -176,5 +265,28 @@ impl Signals {
             // The stream only ends when its handle is closed, which we never do.
             None => futures::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_connection_and_what_it_spawns_share_a_connection_thread() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let name = || std::thread::current().name().map(str::to_owned);
+        spawn_connection(async move {
+            let outer = name();
+            let inner = spawn_here(async move { name() }).await;
+            let _ = done_tx.send((outer, inner));
+        });
+        let (outer, inner) = done_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(
+            outer.as_deref().is_some_and(|n| n.starts_with("conn-")),
+            "{outer:?}"
+        );
+        assert_eq!(outer, inner);
     }
 }

@@ -259,6 +259,26 @@ fn links_inside_the_root_are_followed_and_a_fifo_is_refused_at_once() {
     assert_eq!(get(server.addr, "/a.txt", "").status, 200);
 }
 
+/// A file whose modification time the date format cannot say (before 1970) is served
+/// with the earliest date it can say; formatting it once panicked the thread serving it,
+/// so two such requests left a server with no thread to serve anyone.
+#[test]
+fn a_file_modified_before_1970_is_served_and_so_is_the_next_request() {
+    let site = site();
+    let old = site.dir.join("root/old.txt");
+    std::fs::write(&old, "old").unwrap();
+    let ten_years = Duration::from_secs(10 * 365 * 86_400);
+    let file = std::fs::File::options().write(true).open(&old).unwrap();
+    file.set_modified(std::time::UNIX_EPOCH - ten_years).unwrap();
+    let server = default_server(&site);
+    for _ in 0..4 {
+        let r = get(server.addr, "/old.txt", "");
+        assert_eq!((r.status, r.body.as_slice()), (200, b"old".as_slice()));
+        assert_eq!(r.headers["last-modified"], "Thu, 01 Jan 1970 00:00:00 GMT");
+    }
+    assert_eq!(get(server.addr, "/a.txt", "").status, 200);
+}
+
 #[test]
 fn conditional_requests() {
     let site = site();

@@ -215,7 +215,7 @@ pub async fn serve<H, F>(
             if let Some(notice) = config.full_notice.clone() {
                 // Written from its own task: the loop never waits on a client.
                 let task = stats.task();
-                rt::spawn_here(async move {
+                rt::spawn_connection(async move {
                     let _task = task;
                     let mut stream = stream;
                     let _ = rt::timeout(NOTICE_TIMEOUT, stream.write_all(&notice)).await;
@@ -242,7 +242,7 @@ pub async fn serve<H, F>(
         let closed_tx = closed_tx.clone();
         let work = handler(conn);
         log::debug!(role = role, peer = peer.to_string().as_str(); "accepted");
-        rt::spawn_here(async move {
+        rt::spawn_connection(async move {
             let _task = task;
             let started = std::time::Instant::now();
             if let Err(e) = work.await {

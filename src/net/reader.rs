@@ -11,6 +11,9 @@
 //!   it began, and when the timer fires it re-arms itself for the time still left.
 //! - A reader made with [`Reader::counted`] adds every read to `Stats::bytes_in` as it
 //!   returns, so a connection's count is right while it is open and cannot be forgotten.
+//! - A reader whose socket never runs dry (a peer sending faster than we take it) yields
+//!   to the other tasks of its thread after [`YIELD_AFTER`] bytes: a connection's tasks
+//!   share one thread, and a read that is always ready would otherwise never let them run.
 //! - A reader that cannot read because what it read last is still waiting for mailbox
 //!   room can [`Reader::watch`] that wait: the socket is checked for the peer's FIN or
 //!   reset (`poll(POLLRDHUP)`, which consumes nothing) every [`STALL_CHECK`], so a peer
@@ -40,6 +43,10 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// peer that leaves is noticed within this time (a stall ending sooner costs nothing:
 /// the timer is kept and reused).
 pub const STALL_CHECK: Duration = Duration::from_millis(250);
+
+/// Bytes a reader takes without once waiting before it yields to the other tasks of its
+/// thread: sixteen full reads, so the yield is rare next to the reads it follows.
+pub const YIELD_AFTER: u64 = 16 * READ_CHUNK as u64;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
@@ -71,6 +78,8 @@ pub struct Reader {
     stall_timer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// [`Reader::watch`] has seen the peer's FIN (reported once).
     fin_noticed: bool,
+    /// Bytes read since the reader last waited or yielded.
+    unbroken: u64,
     /// Bytes read so far.
     pub bytes: u64,
 }
@@ -87,6 +96,7 @@ impl Reader {
             stats: None,
             stall_timer: None,
             fin_noticed: false,
+            unbroken: 0,
             bytes: 0,
         }
     }
@@ -110,11 +120,17 @@ impl Reader {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Input>> {
+        if self.unbroken >= YIELD_AFTER {
+            self.unbroken = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         loop {
             match poll_read_scratch(&mut self.stream, cx) {
                 Poll::Ready(Ok(data)) if data.is_empty() => return Poll::Ready(Ok(Input::Eof)),
                 Poll::Ready(Ok(data)) => {
                     self.bytes += data.len() as u64;
+                    self.unbroken += data.len() as u64;
                     if let Some(stats) = &self.stats {
                         Stats::add(&stats.bytes_in, data.len() as u64);
                     }
@@ -123,7 +139,10 @@ impl Reader {
                 }
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => break,
+                Poll::Pending => {
+                    self.unbroken = 0;
+                    break;
+                }
             }
         }
         let Some(limit) = self.idle else {
@@ -208,6 +227,7 @@ fn poll_read_scratch(stream: &mut ReadHalf, cx: &mut Context<'_>) -> Poll<io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::stream::Stream;
     use crate::net::stream::tests::{layered, pair};
     use futures::io::AsyncWriteExt;
 
@@ -253,6 +273,70 @@ mod tests {
             .await;
             assert_eq!(out, Some(Err(Hangup::Reset)));
         });
+    }
+
+    /// A session whose input never runs dry: every read is full at once.
+    struct Endless;
+
+    impl AsyncRead for Endless {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            buf.fill(7);
+            Poll::Ready(Ok(buf.len()))
+        }
+    }
+
+    impl futures::io::AsyncWrite for Endless {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_reader_that_never_runs_dry_lets_its_neighbours_run() {
+        // A reader and a neighbour polled in turn by one executor, as a connection
+        // thread polls its connections: the neighbour must get a turn while the reader
+        // still has input, or no other connection on the thread would ever run.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            rt::block_on(async {
+                let (near, _far) = pair().await;
+                let endless = Stream::over(near.socket().clone(), Endless);
+                let mut reader = Reader::new(endless.split().0, None);
+                let neighbour_ran = std::cell::Cell::new(false);
+                let reading = async {
+                    while !neighbour_ran.get() {
+                        match reader.next().await {
+                            Ok(Input::Data(_)) => {}
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                    reader.bytes
+                };
+                let neighbour = async { neighbour_ran.set(true) };
+                let (read_before, ()) = futures::join!(reading, neighbour);
+                let _ = done_tx.send(read_before);
+            })
+        });
+        let read_before = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the neighbour never ran");
+        // It yields once it has read YIELD_AFTER; the read it was making then completes
+        // after the neighbour's turn.
+        assert_eq!(read_before, YIELD_AFTER + READ_CHUNK as u64);
     }
 
     #[test]

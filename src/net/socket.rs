@@ -26,7 +26,12 @@ use crate::rt::Async;
 /// A shared handle to a connection's TCP socket; cloning it costs no descriptor. The
 /// socket closes when the last handle (and the stream that gave it) is gone.
 #[derive(Clone)]
-pub struct Socket(Arc<Async<std::net::TcpStream>>);
+pub struct Socket {
+    io: Arc<Async<std::net::TcpStream>>,
+    /// This side opened the connection (a `connect`): the kernel then counts its SYN in
+    /// `tcpi_bytes_acked`, one more than the data acknowledged.
+    opened_here: bool,
+}
 
 /// How a peer left, seen without reading its socket ([`Socket::hangup`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,28 +43,32 @@ pub enum Hangup {
 }
 
 impl Socket {
-    pub(crate) fn new(io: Async<std::net::TcpStream>) -> Socket {
-        Socket(Arc::new(io))
+    /// A socket on the reactor; `opened_here` for one this side connected (not accepted).
+    pub(crate) fn new(io: Async<std::net::TcpStream>, opened_here: bool) -> Socket {
+        Socket {
+            io: Arc::new(io),
+            opened_here,
+        }
     }
 
     /// The reactor's hold on the socket, for the plain stream's reads and writes.
     pub(crate) fn io(&self) -> &Async<std::net::TcpStream> {
-        &self.0
+        &self.io
     }
 
     /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.0.get_ref().peer_addr()
+        self.io.get_ref().peer_addr()
     }
 
     /// This side's address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.get_ref().local_addr()
+        self.io.get_ref().local_addr()
     }
 
     /// Turns Nagle's algorithm off (`true`): small replies go out at once.
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        self.0.get_ref().set_nodelay(on)
+        self.io.get_ref().set_nodelay(on)
     }
 
     /// Waits until the socket has something to read (or an error or end of input to
@@ -68,28 +77,28 @@ impl Socket {
     /// caller's next call may still find EAGAIN and wait again. One waiter per direction:
     /// a reader's reads wait the same way.
     pub async fn readable(&self) -> io::Result<()> {
-        woken_or_ready(|cx| self.0.poll_readable(cx)).await
+        woken_or_ready(|cx| self.io.poll_readable(cx)).await
     }
 
     /// Waits until the socket has room to write, writing nothing (`sendfile` waits so),
     /// as [`Socket::readable`] does.
     pub async fn writable(&self) -> io::Result<()> {
-        woken_or_ready(|cx| self.0.poll_writable(cx)).await
+        woken_or_ready(|cx| self.io.poll_writable(cx)).await
     }
 
     /// Stops reading: a reader waiting on the socket sees end of input.
     pub fn shut_read(&self) -> io::Result<()> {
-        self.0.get_ref().shutdown(Shutdown::Read)
+        self.io.get_ref().shutdown(Shutdown::Read)
     }
 
     /// Stops writing: the peer sees end of input after what is queued (a FIN).
     pub fn shut_write(&self) -> io::Result<()> {
-        self.0.get_ref().shutdown(Shutdown::Write)
+        self.io.get_ref().shutdown(Shutdown::Write)
     }
 
     /// Stops both: the reader and the writer on this socket fail or end at once.
     pub fn shut_both(&self) -> io::Result<()> {
-        self.0.get_ref().shutdown(Shutdown::Both)
+        self.io.get_ref().shutdown(Shutdown::Both)
     }
 
     /// Turns on TCP keepalive probes: a peer that vanished without a reset (power loss, a
@@ -161,10 +170,16 @@ impl Socket {
     /// `tcpi_bytes_acked`, Linux 4.1 and later); `None` if the kernel will not say. It
     /// survives a reset.
     fn bytes_acked(&self) -> Option<u64> {
-        // struct tcp_info: tcpi_bytes_acked is the u64 at offset 120.
-        const BYTES_ACKED: usize = 120 / 8;
         let (info, len) = sys::tcp_info(self.as_fd())?;
-        (len >= (BYTES_ACKED + 1) * 8).then(|| info[BYTES_ACKED])
+        self.data_acked(&info, len)
+    }
+
+    /// The data bytes acknowledged, from a `struct tcp_info` of `len` bytes: its
+    /// `tcpi_bytes_acked` (the u64 at offset 120) less our SYN when we sent one.
+    fn data_acked(&self, info: &[u64; 32], len: usize) -> Option<u64> {
+        const BYTES_ACKED: usize = 120 / 8;
+        (len >= (BYTES_ACKED + 1) * 8)
+            .then(|| info[BYTES_ACKED].saturating_sub(u64::from(self.opened_here)))
     }
 
     /// Whether the connection is gone (reset, or given up by the kernel): a reset seen by
@@ -177,6 +192,26 @@ impl Socket {
                 .is_some_and(|(info, _)| info[0].to_ne_bytes()[0] == TCP_CLOSE)
     }
 
+    /// One look for a writer waiting for acknowledgements, with one `TCP_INFO` where the
+    /// kernel gives `tcpi_bytes_acked`: whether the connection is gone (as
+    /// [`Socket::connection_gone`] says), and how many of the `handed` bytes this side
+    /// wrote the peer has not acknowledged (`None` if the kernel will not say). Where
+    /// `TCP_INFO` is older, the same from `poll`, `TCP_INFO`'s state and `TIOCOUTQ`.
+    pub(crate) fn ack_look(&self, handed: u64) -> AckLook {
+        const TCP_CLOSE: u8 = 7;
+        let info = sys::tcp_info(self.as_fd());
+        match info.and_then(|(info, len)| Some((info, self.data_acked(&info, len)?))) {
+            Some((info, acked)) => AckLook {
+                gone: info[0].to_ne_bytes()[0] == TCP_CLOSE,
+                unacked: Some(handed.saturating_sub(acked)),
+            },
+            None => AckLook {
+                gone: self.connection_gone(),
+                unacked: self.unsent().map(|n| n.max(0) as u64),
+            },
+        }
+    }
+
     /// Of the `handed` bytes this side wrote, how many the peer has not acknowledged: the
     /// larger of the send queue (`TIOCOUTQ`) and `handed` less the connection's
     /// acknowledged bytes (`TCP_INFO`), which still holds when a reset has emptied the
@@ -187,6 +222,15 @@ impl Socket {
         let by_acks = self.bytes_acked().map_or(0, |a| handed.saturating_sub(a));
         queued.max(by_acks).min(handed)
     }
+}
+
+/// What [`Socket::ack_look`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AckLook {
+    /// The connection is gone (reset, or given up by the kernel).
+    pub(crate) gone: bool,
+    /// Bytes written and not yet acknowledged by the peer.
+    pub(crate) unacked: Option<u64>,
 }
 
 /// Completes when `poll_ready` says ready or once the reactor has woken the wait it
@@ -230,7 +274,7 @@ impl ArcWake for WakeFlag {
 
 impl AsFd for Socket {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.get_ref().as_fd()
+        self.io.get_ref().as_fd()
     }
 }
 
@@ -255,6 +299,43 @@ mod tests {
                 Duration::from_secs(60)
             );
             assert_eq!(sockopt::tcp_keepcnt(socket).unwrap(), 3);
+        });
+    }
+
+    #[test]
+    fn acknowledged_bytes_are_data_on_either_side_of_a_connection() {
+        use futures::io::{AsyncReadExt, AsyncWriteExt};
+        rt::block_on(async {
+            let (opened, accepted) = crate::net::stream::tests::pair().await;
+            // The side that connected sent a SYN, which the kernel counts as acknowledged;
+            // neither side has had data acknowledged yet.
+            for socket in [opened.socket(), accepted.socket()] {
+                let look = socket.ack_look(0);
+                assert_eq!(
+                    look,
+                    AckLook {
+                        gone: false,
+                        unacked: Some(0)
+                    }
+                );
+                assert_eq!(socket.bytes_acked(), Some(0));
+            }
+            let (mut opened_r, mut opened_w) = opened.split();
+            let (mut accepted_r, mut accepted_w) = accepted.split();
+            opened_w.write_all(&[1; 1000]).await.unwrap();
+            accepted_w.write_all(&[2; 3000]).await.unwrap();
+            let mut buf = vec![0; 3000];
+            accepted_r.read_exact(&mut buf[..1000]).await.unwrap();
+            opened_r.read_exact(&mut buf).await.unwrap();
+            for (socket, sent) in [(opened_w.socket(), 1000), (accepted_w.socket(), 3000)] {
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                while socket.ack_look(sent).unacked != Some(0) {
+                    assert!(std::time::Instant::now() < deadline, "never acknowledged");
+                    rt::sleep(Duration::from_millis(5)).await;
+                }
+                assert_eq!(socket.bytes_acked(), Some(sent));
+                assert_eq!(socket.unacked(sent), 0);
+            }
         });
     }
 }

@@ -28,6 +28,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use rustix::net::SendFlags;
 
 use crate::net::socket::Socket;
 use crate::rt::{self, Async};
@@ -120,19 +121,19 @@ impl Readiness {
 impl Stream {
     /// Puts a connected std socket (from an accept) on the reactor.
     pub fn new(stream: std::net::TcpStream) -> io::Result<Stream> {
-        Ok(Stream::plain(Async::new(stream)?))
+        Ok(Stream::plain(Async::new(stream)?, false))
     }
 
-    fn plain(io: Async<std::net::TcpStream>) -> Stream {
+    fn plain(io: Async<std::net::TcpStream>, opened_here: bool) -> Stream {
         Stream {
-            socket: Socket::new(io),
+            socket: Socket::new(io, opened_here),
             kind: Kind::Plain(Plain::default()),
         }
     }
 
     /// Connects to `addr` (bound it with `rt::timeout` for a connect timeout).
     pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
-        Ok(Stream::plain(rt::connect(addr).await?))
+        Ok(Stream::plain(rt::connect(addr).await?, true))
     }
 
     /// A session laid over a stream: bytes go through `session` (which reads and writes
@@ -305,6 +306,32 @@ impl WriteHalf {
     /// The socket beneath.
     pub fn socket(&self) -> &Socket {
         &self.socket
+    }
+
+    /// Writes as `write` does, telling the kernel that more follows at once (`MSG_MORE`
+    /// on a plain socket): the bytes leave with what comes next — a response's head with
+    /// the first of the file `sendfile` sends after it — instead of as a small segment of
+    /// their own. Only for bytes that something else is sure to follow; through a
+    /// session it is a plain write.
+    pub async fn write_more(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let WriteHalf { socket, kind } = self;
+        let socket = &*socket;
+        std::future::poll_fn(|cx| match kind {
+            WriteKind::Plain(state) => {
+                let io = socket.io();
+                state.poll(
+                    cx,
+                    buf.len(),
+                    |cx| io.poll_writable(cx),
+                    || {
+                        let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
+                        rustix::net::send(socket, buf, flags).map_err(io::Error::from)
+                    },
+                )
+            }
+            WriteKind::Layered(w) => Pin::new(w).poll_write(cx, buf),
+        })
+        .await
     }
 
     /// The socket, when bytes written straight to it reach the peer as they are (a plain

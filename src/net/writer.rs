@@ -83,6 +83,13 @@ pub trait Outgoing: Send + 'static {
     /// what the peer acknowledged: what a role logs is then what the peer got.
     /// A message the writer never got to (it failed first) is dropped without a report.
     fn written(&mut self, _bytes: usize, _file: u64, _stopped: Option<&io::Error>) {}
+    /// With [`Outgoing::REPORTS`]: told once all of this message is in the kernel's hands
+    /// (its bytes written, its file region sent), before the peer has acknowledged it.
+    /// What the message holds only to be sent (an open file, a large buffer) may go now:
+    /// the writer keeps the message for its report alone and never reads its bytes or
+    /// file again. A producer that waits for a message to be sent before it sends the
+    /// next waits for this, not for the report, which takes a round trip or longer.
+    fn handed_over(&mut self) {}
 }
 
 impl Outgoing for Vec<u8> {
@@ -285,9 +292,11 @@ async fn write_loop<B: Outgoing>(
         };
         let mut messages = 1;
         let stopped = if let Some(region) = first.file() {
-            // Head, then the region with sendfile; never batched.
+            // Head, then the region with sendfile; never batched. The head waits to leave
+            // with the file's first bytes (one segment, not two).
+            let more = region.len > 0;
             let (head, head_err) =
-                write_all_counted(stream, socket, first.bytes(), send_timeout, close).await;
+                write_all_counted(stream, socket, first.bytes(), more, send_timeout, close).await;
             count.add(head as u64);
             let mut sent = 0;
             let err = match head_err {
@@ -324,8 +333,15 @@ async fn write_loop<B: Outgoing>(
             match writer_rx.try_recv() {
                 // The common case: one message waiting, written straight from its buffer.
                 Err(_) => {
-                    let (done, err) =
-                        write_all_counted(stream, socket, first.bytes(), send_timeout, close).await;
+                    let (done, err) = write_all_counted(
+                        stream,
+                        socket,
+                        first.bytes(),
+                        false,
+                        send_timeout,
+                        close,
+                    )
+                    .await;
                     count.add(done as u64);
                     let lost = err.as_ref().map_or(0, |e| count.after_failure(socket, e));
                     let done = done.saturating_sub(lost as usize);
@@ -356,7 +372,7 @@ async fn write_loop<B: Outgoing>(
                     }
                     let before = count.handed;
                     let (done, err) =
-                        write_all_counted(stream, socket, &batch, send_timeout, close).await;
+                        write_all_counted(stream, socket, &batch, false, send_timeout, close).await;
                     count.add(done as u64);
                     let lost = err.as_ref().map_or(0, |e| count.after_failure(socket, e));
                     let done = done.saturating_sub(lost as usize);
@@ -367,6 +383,7 @@ async fn write_loop<B: Outgoing>(
                     let mut start = 0;
                     for (mut m, end) in held.drain(..) {
                         if err.is_none() {
+                            m.handed_over();
                             unconfirmed.push_back(Unconfirmed {
                                 message: m,
                                 bytes: end - start,
@@ -407,9 +424,10 @@ async fn write_loop<B: Outgoing>(
 }
 
 /// With [`Outgoing::REPORTS`], after a message written on its own (`bytes` of its head,
-/// `file` of its region; after a failure, as far as the peer acknowledged): it waits for
-/// the acknowledgement of its last byte, at `end` in the stream, or, when `failed`, is
-/// reported now, after the earlier messages are settled where the acknowledgement ends.
+/// `file` of its region; after a failure, as far as the peer acknowledged): it is handed
+/// over and waits for the acknowledgement of its last byte, at `end` in the stream, or,
+/// when `failed`, is reported now, after the earlier messages are settled where the
+/// acknowledgement ends.
 fn written_alone<B: Outgoing>(
     unconfirmed: &mut VecDeque<Unconfirmed<B>>,
     mut message: B,
@@ -422,12 +440,15 @@ fn written_alone<B: Outgoing>(
         return;
     }
     match failed {
-        None => unconfirmed.push_back(Unconfirmed {
-            message,
-            bytes,
-            file,
-            end,
-        }),
+        None => {
+            message.handed_over();
+            unconfirmed.push_back(Unconfirmed {
+                message,
+                bytes,
+                file,
+                end,
+            })
+        }
         Some(_) => {
             settle(unconfirmed, end, failed);
             message.written(bytes, file, failed);
@@ -503,7 +524,8 @@ impl Counter<'_> {
     }
 }
 
-/// Writes all of `buf`; returns how much went out and, if it stopped short, why (a
+/// Writes all of `buf` (with `more`, as bytes that more is sure to follow at once:
+/// [`WriteHalf::write_more`]); returns how much went out and, if it stopped short, why (a
 /// socket error, no progress for `send_timeout`, or `close` fired). The caller counts
 /// what went out either way, so a peer that resets in the middle of a batch leaves the
 /// count right.
@@ -511,12 +533,18 @@ async fn write_all_counted(
     stream: &mut WriteHalf,
     socket: &Socket,
     buf: &[u8],
+    more: bool,
     send_timeout: Option<Duration>,
     close: Option<&Shutdown>,
 ) -> (usize, Option<io::Error>) {
     let mut done = 0;
     while done < buf.len() {
-        match progress(socket, send_timeout, close, stream.write(&buf[done..])).await {
+        let wrote = if more {
+            progress(socket, send_timeout, close, stream.write_more(&buf[done..])).await
+        } else {
+            progress(socket, send_timeout, close, stream.write(&buf[done..])).await
+        };
+        match wrote {
             Ok(0) => return (done, Some(io::ErrorKind::WriteZero.into())),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -532,5 +560,79 @@ pub(crate) fn count_written(stats: &Stats, handoff: Option<&Progress>, n: usize)
     Stats::add(&stats.bytes_out, n as u64);
     if let Some(handoff) = handoff {
         handoff.written.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::stream::tests::pair;
+    use futures::io::AsyncReadExt;
+    use std::sync::Mutex;
+
+    /// A reporting message that notes what the writer tells it, in order.
+    struct Noted {
+        bytes: Vec<u8>,
+        told: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Noted {
+        fn note(&self, what: String) {
+            let name = String::from_utf8_lossy(&self.bytes);
+            self.told.lock().unwrap().push(format!("{name}: {what}"));
+        }
+    }
+
+    impl Outgoing for Noted {
+        const REPORTS: bool = true;
+        fn bytes(&self) -> &[u8] {
+            &self.bytes
+        }
+        fn handed_over(&mut self) {
+            self.note("handed over".into());
+        }
+        fn written(&mut self, bytes: usize, file: u64, stopped: Option<&io::Error>) {
+            self.note(format!("written {bytes} {file} {}", stopped.is_some()));
+        }
+    }
+
+    #[test]
+    fn a_reporting_message_is_handed_over_before_it_is_reported() {
+        rt::block_on(async {
+            let (near, far) = pair().await;
+            let stats = Stats::new();
+            let (writer_tx, writer_rx) = flume::bounded(WRITER_MAILBOX);
+            let ended_rx = spawn_writer_watched(
+                near.split().1,
+                writer_rx,
+                &stats,
+                Some(Duration::from_secs(20)),
+                None,
+            );
+            let told = Arc::new(Mutex::new(Vec::new()));
+            for text in ["one", "two"] {
+                let message = Noted {
+                    bytes: text.into(),
+                    told: told.clone(),
+                };
+                writer_tx.send_async(message).await.unwrap();
+            }
+            drop(writer_tx);
+            let (mut far_r, _far_w) = far.split();
+            let mut got = Vec::new();
+            far_r.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"onetwo");
+            assert_eq!(ended_rx.recv_async().await, Ok(WriterEnd::Flushed));
+            // Each is told once that it is in the kernel's hands, and after that (once
+            // acknowledged) that all of it went out; the two may be batched.
+            let told = told.lock().unwrap().clone();
+            assert_eq!(told.len(), 4, "{told:?}");
+            for name in ["one", "two"] {
+                let at = |what: &str| told.iter().position(|t| *t == format!("{name}: {what}"));
+                let (handed, written) = (at("handed over"), at("written 3 0 false"));
+                assert!(handed.is_some() && written.is_some(), "{told:?}");
+                assert!(handed < written, "{told:?}");
+            }
+        });
     }
 }

@@ -101,8 +101,9 @@ struct Out {
     log: Option<AccessLog>,
     /// Whether the writer wrote all of it (set by its report).
     complete: bool,
-    /// For a response with a file region: told, once the writer has let go of the file
-    /// (see [`Drop`]), whether all of it went out.
+    /// For a response with a file region (or a large buffer): told, once the writer has
+    /// handed all of it to the kernel ([`Outgoing::handed_over`], which closes the file)
+    /// or has let go of it unsent (see [`Drop`]), whether all of it went out.
     done: Option<flume::Sender<bool>>,
 }
 
@@ -119,6 +120,15 @@ impl Outgoing for Out {
         self.complete = stopped.is_none();
         if let Some(line) = self.log.take() {
             line.written(bytes, file, stopped);
+        }
+    }
+    fn handed_over(&mut self) {
+        // The reader may open the next file now: the kernel holds this one's bytes, and
+        // the access line waits for the acknowledgement without keeping the file open.
+        self.file = None;
+        self.bytes = Vec::new();
+        if let Some(done_tx) = self.done.take() {
+            let _ = done_tx.try_send(true);
         }
     }
 }
@@ -356,14 +366,20 @@ fn answer(cfg: &HttpConfig, req: &Request) -> (Response, bool) {
 /// The status line, headers and (small) body as bytes; a large body as a file region.
 fn serialise(response: Response, close: bool, head_only: bool) -> Out {
     use std::fmt::Write as _;
-    let mut head = String::with_capacity(256);
+    // Room for a small body too, so appending it does not move the head.
+    let body_len = match &response.body {
+        Body::Bytes(body) if !head_only => body.len(),
+        _ => 0,
+    };
+    let mut head = String::with_capacity(256 + body_len);
     let _ = write!(
         head,
-        "HTTP/1.1 {} {}\r\nServer: switchboard\r\nDate: {}\r\n",
+        "HTTP/1.1 {} {}\r\nServer: switchboard\r\nDate: ",
         response.status,
         files::reason(response.status),
-        http_date()
     );
+    with_http_date(|date| head.push_str(date));
+    head.push_str("\r\n");
     for (name, value) in &response.headers {
         let _ = write!(head, "{name}: {value}\r\n");
     }
@@ -393,8 +409,8 @@ fn serialise(response: Response, close: bool, head_only: bool) -> Out {
     }
 }
 
-/// The `Date` header value, formatted once a second per thread.
-fn http_date() -> String {
+/// Lends the `Date` header value, formatted once a second per thread, to `use_it`.
+fn with_http_date(use_it: impl FnOnce(&str)) {
     thread_local! {
         static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }
@@ -408,6 +424,6 @@ fn http_date() -> String {
         if c.0 != secs {
             *c = (secs, httpdate::fmt_http_date(now));
         }
-        c.1.clone()
+        use_it(&c.1)
     })
 }

@@ -60,9 +60,10 @@ pub(crate) fn settle_acked<B: Outgoing>(
 }
 
 /// While messages wait for the peer's acknowledgement and the mailbox is empty: waits for
-/// the next message (`Ok(None)`: every sender is gone), looking at the send queue now
+/// the next message (`Ok(None)`: every sender is gone), looking at the connection now
 /// and then (from [`ACK_CHECK_FIRST`], doubling to [`STALL_CHECK`]) to report what was
-/// acknowledged.
+/// acknowledged. Each look is one `TCP_INFO` ([`Socket::ack_look`]): whether the
+/// connection is gone and how far the acknowledgement has come.
 /// A reset seen meanwhile, a send queue that does not shrink for `send_timeout`, or
 /// `close` firing is an error, as for a write. Without `writer_rx` (every sender is
 /// gone): waits until all is acknowledged; without a send timeout as well, reports
@@ -76,9 +77,9 @@ pub(crate) async fn await_acks<B: Outgoing>(
     close: Option<&Shutdown>,
 ) -> io::Result<Option<B>> {
     let mut delay = ACK_CHECK_FIRST;
-    // The send queue as last seen (first at the first look: the write loop has just
-    // looked, so a look here would only repeat it).
-    let mut queued = None;
+    // What was unacknowledged at the last look (first at the first look: the write loop
+    // has just looked, so a look here would only repeat it).
+    let mut unacked = None;
     let mut since = Instant::now();
     loop {
         if unconfirmed.is_empty() {
@@ -109,17 +110,20 @@ pub(crate) async fn await_acks<B: Outgoing>(
             }
             None => rt::sleep(delay).await,
         }
-        if socket.connection_gone() {
+        let look = socket.ack_look(count.handed);
+        if look.gone {
             return Err(io::ErrorKind::ConnectionReset.into());
         }
-        settle_acked(socket, count, unconfirmed);
-        let now = socket.unsent();
-        if now.is_some_and(|now| queued.is_some_and(|before| now < before)) {
+        // Everything, if the kernel will not say (as `settle_acked`).
+        let acked = count.handed.saturating_sub(look.unacked.unwrap_or(0));
+        settle(unconfirmed, acked, None);
+        let now = look.unacked;
+        if now.is_some_and(|now| unacked.is_some_and(|before| now < before)) {
             since = Instant::now();
         } else if let Some(limit) = send_timeout.filter(|l| since.elapsed() >= *l) {
             return Err(io::Error::new(io::ErrorKind::TimedOut, SendTimeout(limit)));
         }
-        queued = now;
+        unacked = now;
         delay = (delay * 2).min(STALL_CHECK);
     }
 }

@@ -10,6 +10,9 @@
 //! `openat2(RESOLVE_BENEATH)`, else [`open_walk`]), and everything after that — metadata,
 //! body, listing — uses the descriptor opened, never the path again.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -38,7 +41,9 @@ pub enum Body {
 /// A response before it is serialised.
 pub struct Response {
     pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
+    /// Borrowed where the value is fixed (a type, `bytes`), so most answers allocate
+    /// only the values that say something about the file.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     pub body: Body,
     /// What `Content-Length` says (for HEAD, the length GET would send).
     pub length: u64,
@@ -59,7 +64,7 @@ impl Response {
         }
     }
 
-    fn empty(status: u16, headers: Vec<(&'static str, String)>) -> Response {
+    fn empty(status: u16, headers: Vec<(&'static str, Cow<'static, str>)>) -> Response {
         Response {
             status,
             headers,
@@ -132,7 +137,7 @@ pub fn respond(tree: &Tree<'_>, req: &Request) -> Response {
             // Relative links in the page only work with the slash: send the client there,
             // to a path built from the normalised one (never the target as sent).
             let location = request::directory_location(&rel, &req.target);
-            return Response::empty(301, vec![("Location", location)]);
+            return Response::empty(301, vec![("Location", location.into())]);
         }
         // index.html is looked up beneath the root like any path (so it too may be a
         // link within the tree); a listing is read from the directory opened above.
@@ -364,22 +369,12 @@ fn serve_file(file: File, meta: fs::Metadata, path: &Path, req: &Request) -> Res
     let len = meta.len();
     let tag = etag(&meta);
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
-    let mut headers = vec![
-        ("Content-Type", content_type(path)),
-        ("Last-Modified", httpdate::fmt_http_date(modified)),
-        ("ETag", tag.clone()),
-        ("Accept-Ranges", "bytes".to_string()),
-    ];
 
     // Conditional requests: If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2).
     // Every copy of If-None-Match counts: copies of a list field are one list.
-    if req.header_count("if-none-match") > 0 {
-        if req
-            .list_members("if-none-match")
+    let not_modified = if req.header_count("if-none-match") > 0 {
+        req.list_members("if-none-match")
             .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == tag)
-        {
-            return Response::empty(304, headers);
-        }
     } else if let Some(since) = req
         .header("if-modified-since")
         .and_then(|v| httpdate::parse_http_date(v).ok())
@@ -391,13 +386,10 @@ fn serve_file(file: File, meta: fs::Metadata, path: &Path, req: &Request) -> Res
                 .map(|d| d.as_secs())
                 .unwrap_or(0)
         };
-        if secs(modified) <= secs(since) {
-            return Response::empty(304, headers);
-        }
-    }
-
-    let mut status = 200;
-    let (mut start, mut count) = (0, len);
+        secs(modified) <= secs(since)
+    } else {
+        false
+    };
     // Range and If-Range are singletons: sent twice, the range is ignored (the whole
     // file is sent), never read as its first copy.
     let range_applies = match req.header_count("if-range") {
@@ -405,17 +397,32 @@ fn serve_file(file: File, meta: fs::Metadata, path: &Path, req: &Request) -> Res
         1 => req.header("if-range").is_some_and(|v| v.trim() == tag),
         _ => false,
     };
+
+    let mut headers = Vec::with_capacity(5);
+    headers.extend([
+        ("Content-Type", content_type(path)),
+        ("Last-Modified", http_date_of(modified).into()),
+        ("ETag", tag.into()),
+        ("Accept-Ranges", "bytes".into()),
+    ]);
+    if not_modified {
+        return Response::empty(304, headers);
+    }
+
+    let mut status = 200;
+    let (mut start, mut count) = (0, len);
     if let Some(range) = req.single_header("range").filter(|_| range_applies) {
         match parse_range(range, len) {
             RangeSpec::Whole => {}
             RangeSpec::Part(s, e) => {
                 status = 206;
                 (start, count) = (s, e - s + 1);
-                headers.push(("Content-Range", format!("bytes {s}-{e}/{len}")));
+                headers.push(("Content-Range", format!("bytes {s}-{e}/{len}").into()));
             }
             RangeSpec::Unsatisfiable => {
                 let mut r = Response::text(416, None);
-                r.headers.push(("Content-Range", format!("bytes */{len}")));
+                r.headers
+                    .push(("Content-Range", format!("bytes */{len}").into()));
                 return r;
             }
         }
@@ -446,13 +453,60 @@ fn serve_file(file: File, meta: fs::Metadata, path: &Path, req: &Request) -> Res
     }
 }
 
-fn content_type(path: &Path) -> String {
-    let mime = mime_guess::from_path(path).first_or_octet_stream();
-    if mime.type_() == mime_guess::mime::TEXT || mime.subtype() == mime_guess::mime::JAVASCRIPT {
-        format!("{mime}; charset=utf-8")
-    } else {
-        mime.to_string()
+/// The `Content-Type` for a path, by its extension: the type as the table gives it, and
+/// for text (and JavaScript) with `; charset=utf-8`.
+fn content_type(path: &Path) -> Cow<'static, str> {
+    thread_local! {
+        /// Text types with their charset, made once per type and thread and kept for
+        /// good: at most one per text type in the table, so the memory is bounded.
+        static WITH_CHARSET: RefCell<HashMap<&'static str, &'static str>> =
+            RefCell::new(HashMap::new());
     }
+    let guess = match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) => mime_guess::from_ext(ext).first_raw(),
+        None => None,
+    };
+    let mime = guess.unwrap_or("application/octet-stream");
+    if !(mime.starts_with("text/") || mime.ends_with("/javascript")) {
+        return Cow::Borrowed(mime);
+    }
+    WITH_CHARSET.with(|cache| {
+        let made = *cache
+            .borrow_mut()
+            .entry(mime)
+            .or_insert_with(|| Box::leak(format!("{mime}; charset=utf-8").into_boxed_str()));
+        Cow::Borrowed(made)
+    })
+}
+
+/// The last second an HTTP date can name (9999-12-31 23:59:59): `httpdate` panics past
+/// it, and before 1970.
+const LAST_HTTP_DATE: u64 = 253_402_300_799;
+
+/// `t` as an IMF-fixdate, for `Last-Modified`: formatted once per thread for the last
+/// second asked, which for a file served again and again is its modification time. A
+/// time outside what the format can say (a file touched to 1960, or to year 10000) is
+/// given as the nearest it can: a panic there once took down the thread that served it.
+fn http_date_of(t: SystemTime) -> String {
+    thread_local! {
+        static LAST: RefCell<Option<(u64, String)>> = const { RefCell::new(None) };
+    }
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .min(LAST_HTTP_DATE);
+    let t = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((at, text)) if *at == secs => text.clone(),
+            _ => {
+                let text = httpdate::fmt_http_date(t);
+                *last = Some((secs, text.clone()));
+                text
+            }
+        }
+    })
 }
 
 /// What a `Range` header asks of a file (public for the fuzz oracles).
@@ -584,6 +638,66 @@ fn listing(dir: File, rel: &Path) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_types_are_the_tables_with_a_charset_for_text() {
+        // The parsed-Mime way this replaced, as the oracle.
+        let parsed = |path: &Path| {
+            let mime = mime_guess::from_path(path).first_or_octet_stream();
+            if mime.type_() == mime_guess::mime::TEXT
+                || mime.subtype() == mime_guess::mime::JAVASCRIPT
+            {
+                format!("{mime}; charset=utf-8")
+            } else {
+                mime.to_string()
+            }
+        };
+        for name in [
+            "a.html",
+            "A.HTM",
+            "a.txt",
+            "a.css",
+            "a.js",
+            "a.mjs",
+            "a.json",
+            "a.svg",
+            "a.png",
+            "a.JPG",
+            "a.bin",
+            "a.tar.gz",
+            "a.wasm",
+            "a.xml",
+            "a.csv",
+            "a.md",
+            "noext",
+            ".hidden",
+            "a.",
+            "a.unknownext",
+        ] {
+            let path = Path::new(name);
+            // Twice: the second from the cache.
+            assert_eq!(content_type(path), parsed(path), "{name}");
+            assert_eq!(content_type(path), parsed(path), "{name}");
+        }
+        assert_eq!(
+            content_type(Path::new("a.html")),
+            "text/html; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn last_modified_dates_are_formatted_for_each_second() {
+        use std::time::Duration;
+        for secs in [0, 1, 1_000_000_000, 1_000_000_000, 1_700_000_000] {
+            let t = UNIX_EPOCH + Duration::new(secs, 123);
+            assert_eq!(http_date_of(t), httpdate::fmt_http_date(t));
+        }
+        // Outside what the format can say: the nearest it can, not a panic.
+        let before = UNIX_EPOCH - Duration::from_secs(86_400);
+        assert_eq!(http_date_of(before), "Thu, 01 Jan 1970 00:00:00 GMT");
+        let after = UNIX_EPOCH + Duration::from_secs(LAST_HTTP_DATE + 86_400);
+        assert_eq!(http_date_of(after), "Fri, 31 Dec 9999 23:59:59 GMT");
+    }
 
     #[test]
     fn ranges() {
