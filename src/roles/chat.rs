@@ -94,7 +94,7 @@ pub async fn run(
                     server,
                     stats,
                     loops_shutdown,
-                    move |conn| serve_client(conn, broker.clone(), chat.clone()),
+                    move |conn| serve_client(conn, broker.clone(), chat.sendq, max_line),
                 )
                 .await;
             }
@@ -114,6 +114,7 @@ pub async fn run(
                     dropped += u64::from(data.is_none());
                     async move {
                         if let Some(data) = data {
+                            let data = Box::new(data);
                             broker.send(BrokerMsg::Datagram { peer, data }).await;
                         }
                     }
@@ -144,54 +145,72 @@ pub async fn run(
 
 /// One TCP client on the connection's plumbing: the writer is its own actor, fed by the
 /// broker; this task is the reader.
-async fn serve_client(conn: Conn, broker: BrokerHandle, chat: ChatConfig) -> Result<()> {
-    // A client that vanished without a reset (half-open) must not stay a ghost nick.
-    let _ = conn.stream.socket().set_keepalive(KEEPALIVE_IDLE);
-    // The broker holds the writer's mailbox and ends the writer when the client leaves.
-    let setup = Setup::new(chat.sendq).handed_off();
-    let (mut conn, writer_tx) = Connection::start(conn, setup);
-    let id = next_client_id();
-    log::info!(peer = conn.peer().to_string().as_str(), id = id; "chat: TCP client joined");
-    let outbox = Outbox::Tcp {
-        writer_tx,
-        queued: Default::default(),
-        socket: conn.socket().clone(),
-    };
-    if !broker.send(BrokerMsg::Join { id, outbox }).await {
-        conn.close(Reason::Shutdown).await;
-        return Ok(());
-    }
-    let mut telnet = TelnetFilter::default();
-    let mut framer = LineFramer::new(chat.max_line, Overlong::Drop);
-    let mut clean = Vec::new();
-    let reason = 'read: loop {
-        match conn.next().await {
-            Event::Data(data) => {
-                clean.clear();
-                telnet.filter(&data, &mut clean);
-                let mut rest = clean.as_slice();
-                while let Some(frame) = framer.next(&mut rest) {
-                    if !broker.send(BrokerMsg::said(id, frame)).await {
-                        break 'read Reason::Shutdown;
+///
+/// Every idle client holds this future for as long as it stays, so it is kept small: an
+/// `async` block that uses `conn` in place (an `async fn` would hold each argument twice,
+/// as the argument and as the local it is moved into), and the two limits it needs
+/// rather than the whole [`ChatConfig`].
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice in its future"
+)]
+fn serve_client(
+    conn: Conn,
+    broker: BrokerHandle,
+    sendq: usize,
+    max_line: usize,
+) -> impl Future<Output = Result<()>> + Send + 'static {
+    async move {
+        // A client that vanished without a reset (half-open) must not stay a ghost nick.
+        let _ = conn.stream.socket().set_keepalive(KEEPALIVE_IDLE);
+        // The broker holds the writer's mailbox and ends the writer when the client leaves.
+        let setup = Setup::new(sendq).handed_off();
+        let (mut conn, writer_tx) = Connection::start(conn, setup);
+        let id = next_client_id();
+        log::info!(peer = conn.peer().to_string().as_str(), id = id; "chat: TCP client joined");
+        let outbox = Outbox::Tcp {
+            writer_tx,
+            queued: Default::default(),
+            socket: conn.socket().clone(),
+        };
+        if !broker.send(BrokerMsg::Join { id, outbox }).await {
+            conn.close(Reason::Shutdown).await;
+            return Ok(());
+        }
+        let mut telnet = TelnetFilter::default();
+        let mut framer = LineFramer::new(max_line, Overlong::Drop);
+        let mut clean = Vec::new();
+        let reason = 'read: loop {
+            match conn.next().await {
+                Event::Data(data) => {
+                    clean.clear();
+                    telnet.filter(&data, &mut clean);
+                    let mut rest = clean.as_slice();
+                    while let Some(frame) = framer.next(&mut rest) {
+                        if !broker.send(BrokerMsg::said(id, frame)).await {
+                            break 'read Reason::Shutdown;
+                        }
                     }
                 }
-            }
-            Event::End(Reason::Client) => {
-                while let Some(frame) = framer.finish() {
-                    broker.send(BrokerMsg::said(id, frame)).await;
+                Event::End(Reason::Client) => {
+                    while let Some(frame) = framer.finish() {
+                        broker.send(BrokerMsg::said(id, frame)).await;
+                    }
+                    break Reason::Client;
                 }
-                break Reason::Client;
+                Event::End(why) => break why,
             }
-            Event::End(why) => break why,
-        }
-    };
-    let leave = match reason {
-        Reason::Client => LeaveReason::Closed,
-        Reason::Idle => LeaveReason::Idle,
-        Reason::Shutdown => LeaveReason::ShuttingDown,
-        _ => LeaveReason::Reset,
-    };
-    broker.send(BrokerMsg::Leave { id, reason: leave }).await;
-    conn.close(reason).await;
-    Ok(())
+        };
+        let leave = match reason {
+            Reason::Client => LeaveReason::Closed,
+            Reason::Idle => LeaveReason::Idle,
+            Reason::Shutdown => LeaveReason::ShuttingDown,
+            _ => LeaveReason::Reset,
+        };
+        broker.send(BrokerMsg::Leave { id, reason: leave }).await;
+        // Boxed: the closing wait is the largest state of this future, and only a
+        // leaving client needs it.
+        Box::pin(conn.close(reason)).await;
+        Ok(())
+    }
 }

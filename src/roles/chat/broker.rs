@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use futures::channel::oneshot;
 
 use super::cookie::Cookies;
@@ -76,6 +77,16 @@ const MAX_HELLO_LINE: usize = 64;
 /// counted in one line per reason. Kept small so that no burst of departures can fill
 /// the queue of a client that is keeping up.
 pub const NAMED_DEPARTURES: usize = 3;
+
+/// Lines the broker publishes to rooms (counted at the end of each turn) before it lets
+/// its thread run other tasks once. The runtime gives a task no budget, and a broker
+/// whose mailbox never empties would otherwise run turn after turn while the writers it
+/// woke wait for a thread: every line published meanwhile waits in each member's
+/// mailbox, and a mailbox keeps the capacity it once grew to for the client's whole life.
+/// Joins come in bursts, each announced to the whole room; yielding every few lines
+/// lets the writers drain in between, so no member's queue grows much beyond this
+/// (nor its memory, once it is idle), while each write still carries a few lines.
+pub const YIELD_AFTER: usize = 16;
 
 /// Chat settings (the command line's `--max-line`, `--rate`, `--burst`, `--sendq`,
 /// `--udp-idle`, `--max-udp-users`, `--udp-join-rate`).
@@ -178,7 +189,12 @@ pub enum BrokerMsg {
     /// A TCP client's reader ended.
     Leave { id: ClientId, reason: LeaveReason },
     /// A UDP datagram, already cut into its lines (one or more) by the receive loop.
-    Datagram { peer: SocketAddr, data: Received },
+    /// Boxed: it is the largest message by far, and every TCP reader's future holds room
+    /// for one message while it waits to send.
+    Datagram {
+        peer: SocketAddr,
+        data: Box<Received>,
+    },
     /// Time passes: expire silent UDP clients.
     Tick,
     /// Tell everyone, let go of every writer, and stop.
@@ -350,14 +366,18 @@ impl BrokerHandle {
             joins,
             challenges,
             source_joins,
+            unyielded: 0,
         };
         rt::spawn(broker.run(broker_rx));
         BrokerHandle { broker_tx }
     }
 
     /// Sends a message, waiting for room; `false` if the broker has stopped.
-    pub async fn send(&self, msg: BrokerMsg) -> bool {
-        self.broker_tx.send_async(msg).await.is_ok()
+    ///
+    /// Not an `async fn`: that would hold `msg` twice while it waits (the argument, and
+    /// the channel's own future it is moved into), in every reader's future.
+    pub fn send(&self, msg: BrokerMsg) -> impl Future<Output = bool> + Send + '_ {
+        self.broker_tx.send_async(msg).map(|sent| sent.is_ok())
     }
 
     /// Asks the broker to say goodbye to everyone and stop; returns when it has.
@@ -424,6 +444,24 @@ struct Broker {
     challenges: TokenBucket,
     /// `udp_joins_per_ip`, per validated source.
     source_joins: SourceJoins,
+    /// Lines published to rooms since the broker last let its thread go
+    /// ([`YIELD_AFTER`]): at most this many wait in any member's mailbox for that reason.
+    unyielded: usize,
+}
+
+/// Returns to the executor once: the broker goes to the back of the run queue, behind the
+/// writers it woke. (Written here so the runtime seam need not name one more function.)
+async fn yield_now() {
+    let mut yielded = false;
+    futures::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// The burst of a per-second rate: one second's worth, at least 1.
@@ -623,6 +661,10 @@ impl Broker {
                 }
             }
             self.settle();
+            if self.unyielded >= YIELD_AFTER {
+                self.unyielded = 0;
+                yield_now().await;
+            }
         }
         log::debug!("chat broker stopped");
     }
@@ -771,6 +813,7 @@ impl Broker {
                     }
                 }
             }
+            self.unyielded += 1;
         }
         self.udp_send(peers, &line);
         self.bus.published(room, &line);
