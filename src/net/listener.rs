@@ -240,18 +240,21 @@ pub async fn serve<H, F>(
         let guard = stats.connection();
         let task = stats.task();
         let closed_tx = closed_tx.clone();
-        let work = handler(conn);
         log::debug!(role = role, peer = peer.to_string().as_str(); "accepted");
-        rt::spawn_connection(async move {
+        let started = std::time::Instant::now();
+        // `then`, not an `async` block awaiting the handler's future: that block would
+        // hold the future twice (captured, and again while awaited), in every idle
+        // client's task.
+        let work = handler(conn).then(move |result| async move {
             let _task = task;
-            let started = std::time::Instant::now();
-            if let Err(e) = work.await {
+            if let Err(e) = result {
                 log::warn!(role = role, peer = peer.to_string().as_str(), error = e.to_string().as_str(); "connection failed");
             }
             log::debug!(role = role, peer = peer.to_string().as_str(), ms = started.elapsed().as_millis() as u64; "reader done");
             drop(guard);
             let _ = closed_tx.send_async(id).await;
         });
+        rt::spawn_connection(work);
     }
 
     drop(listener);

@@ -56,6 +56,16 @@ pub const WRITER_MAILBOX: usize = 16;
 /// The most a writer gathers from its mailbox into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// A batch of more messages than this says the mailbox's queue grew (a flume queue keeps
+/// the capacity it grew to): the writer frees that capacity when it next goes idle.
+const DEEP_BATCH: usize = 32;
+
+/// The next message waiting: first those already taken from the mailbox, then the
+/// mailbox's own.
+fn take_waiting<B>(next: &mut VecDeque<B>, writer_rx: &flume::Receiver<B>) -> Option<B> {
+    next.pop_front().or_else(|| writer_rx.try_recv().ok())
+}
+
 /// How soon a writer with nothing to send first looks whether the answers it wrote were
 /// acknowledged (then doubling up to [`STALL_CHECK`]). Later than a busy keep-alive
 /// client's next request usually comes, so under load the look made after each write
@@ -256,14 +266,19 @@ async fn write_loop<B: Outgoing>(
     close: Option<&Shutdown>,
 ) -> io::Result<()> {
     let handoff = count.handoff;
-    let mut next = None;
+    // Messages taken from the mailbox and not yet written, in order: a file message that
+    // ended a batch, or what was waiting when the mailbox's queue was swapped out.
+    // Empty (and unallocated) nearly always.
+    let mut next: VecDeque<B> = VecDeque::new();
+    // The last batch was deep: the mailbox's queue grew, and keeps that capacity.
+    let mut grown = false;
     // With B::REPORTS: the batch's messages, each with where its bytes end in the batch,
     // kept until the batch is written (the vector is reused, so no allocation per batch).
     let mut held: Vec<(B, usize)> = Vec::new();
     // With B::REPORTS: messages written in full, waiting for the peer's acknowledgement.
     let mut unconfirmed: VecDeque<Unconfirmed<B>> = VecDeque::new();
     loop {
-        let first = match next.take() {
+        let first = match next.pop_front() {
             Some(b) => b,
             None if !unconfirmed.is_empty() => {
                 match await_acks(
@@ -285,10 +300,21 @@ async fn write_loop<B: Outgoing>(
                     }
                 }
             }
-            None => match writer_rx.recv_async().await {
-                Ok(b) => b,
-                Err(_) => break,
-            },
+            None => {
+                if std::mem::take(&mut grown) {
+                    // Going idle after a burst: `drain` swaps the channel's queue for an
+                    // empty one, so the capacity the burst grew (a flume queue never
+                    // shrinks) is freed rather than held by every idle client.
+                    next.extend(writer_rx.drain());
+                }
+                match next.pop_front() {
+                    Some(b) => b,
+                    None => match writer_rx.recv_async().await {
+                        Ok(b) => b,
+                        Err(_) => break,
+                    },
+                }
+            }
         };
         let mut messages = 1;
         let stopped = if let Some(region) = first.file() {
@@ -330,9 +356,9 @@ async fn write_loop<B: Outgoing>(
             );
             err
         } else {
-            match writer_rx.try_recv() {
+            match take_waiting(&mut next, writer_rx) {
                 // The common case: one message waiting, written straight from its buffer.
-                Err(_) => {
+                None => {
                     let (done, err) = write_all_counted(
                         stream,
                         socket,
@@ -349,7 +375,7 @@ async fn write_loop<B: Outgoing>(
                     err
                 }
                 // More waiting: gather plain byte messages into one write (one syscall).
-                Ok(second) => {
+                Some(second) => {
                     let mut batch = Vec::with_capacity(WRITE_BATCH.min(first.bytes().len() * 4));
                     batch.extend_from_slice(first.bytes());
                     if B::REPORTS {
@@ -358,7 +384,7 @@ async fn write_loop<B: Outgoing>(
                     let mut more = Some(second);
                     while let Some(m) = more.take() {
                         if m.file().is_some() {
-                            next = Some(m); // written on its own, after this batch
+                            next.push_front(m); // written on its own, after this batch
                             break;
                         }
                         batch.extend_from_slice(m.bytes());
@@ -367,7 +393,7 @@ async fn write_loop<B: Outgoing>(
                             held.push((m, batch.len()));
                         }
                         if batch.len() < WRITE_BATCH {
-                            more = writer_rx.try_recv().ok();
+                            more = take_waiting(&mut next, writer_rx);
                         }
                     }
                     let before = count.handed;
@@ -407,6 +433,7 @@ async fn write_loop<B: Outgoing>(
         if let Some(handoff) = handoff {
             handoff.pending.fetch_sub(messages, Ordering::Release);
         }
+        grown |= messages > DEEP_BATCH;
         if !unconfirmed.is_empty() {
             settle_acked(socket, count, &mut unconfirmed);
         }
@@ -633,6 +660,42 @@ mod tests {
                 assert!(handed.is_some() && written.is_some(), "{told:?}");
                 assert!(handed < written, "{told:?}");
             }
+        });
+    }
+
+    #[test]
+    fn bursts_deeper_than_a_batch_arrive_whole_and_in_order_while_the_queue_is_swapped() {
+        rt::block_on(async {
+            let (near, far) = pair().await;
+            let stats = Stats::new();
+            let (writer_tx, writer_rx) = flume::bounded::<Vec<u8>>(4096);
+            let ended_rx = spawn_writer_watched(near.split().1, writer_rx, &stats, None, None);
+            // Bursts deeper than DEEP_BATCH, each followed by a pause in which the writer
+            // goes idle and swaps the queue out, while the next burst may already be
+            // arriving: every line, once, in order.
+            let sender = rt::spawn(async move {
+                let mut sent = Vec::new();
+                for burst in 0..40 {
+                    for i in 0..(DEEP_BATCH * 3 + burst) {
+                        let line = format!("{burst}.{i}\n").into_bytes();
+                        sent.extend_from_slice(&line);
+                        writer_tx.send_async(line).await.unwrap();
+                    }
+                    if burst % 2 == 0 {
+                        rt::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+                sent
+            });
+            let (mut far_r, _far_w) = far.split();
+            let mut got = Vec::new();
+            far_r.read_to_end(&mut got).await.unwrap();
+            let sent = sender.await;
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                String::from_utf8(sent).unwrap()
+            );
+            assert_eq!(ended_rx.recv_async().await, Ok(WriterEnd::Flushed));
         });
     }
 }
