@@ -269,7 +269,8 @@ fn a_file_modified_before_1970_is_served_and_so_is_the_next_request() {
     std::fs::write(&old, "old").unwrap();
     let ten_years = Duration::from_secs(10 * 365 * 86_400);
     let file = std::fs::File::options().write(true).open(&old).unwrap();
-    file.set_modified(std::time::UNIX_EPOCH - ten_years).unwrap();
+    file.set_modified(std::time::UNIX_EPOCH - ten_years)
+        .unwrap();
     let server = default_server(&site);
     for _ in 0..4 {
         let r = get(server.addr, "/old.txt", "");
