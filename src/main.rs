@@ -231,6 +231,11 @@ struct ProxyArgs {
     /// Copy each direction's bytes through the proxy instead of splicing them.
     #[arg(long, overrides_with = "splice")]
     no_splice: bool,
+    /// With splice: every byte through the pipe, small messages too. By default a
+    /// direction copies until a read fills the pipe, then splices that bulk (a small
+    /// message costs less copied).
+    #[arg(long, conflicts_with = "no_splice")]
+    splice_always: bool,
     /// With splice: the pipe each direction holds its bytes in, at most (rounded up to a
     /// power of two pages; an unprivileged proxy is held to fs.pipe-max-size).
     #[arg(long, value_name = "BYTES", default_value_t = splice::PIPE_CAPACITY as u64,
@@ -450,7 +455,6 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
 }
 
 /// Whether the proxy splices unless told `--no-splice`: on Linux, where `splice(2)` is.
-/// On for now; release measurements against the copying path decide whether it stays.
 const SPLICE_BY_DEFAULT: bool = cfg!(target_os = "linux");
 
 async fn serve_proxy(args: ProxyArgs) -> Result<()> {
@@ -473,6 +477,7 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         tap: args.tap,
         splice: (!args.no_splice && (args.splice || SPLICE_BY_DEFAULT))
             .then_some(args.splice_pipe as usize),
+        splice_always: args.splice_always,
     };
     let server = ServerConfig {
         proxy_from: AccessList::new(args.proxy_from, vec![]),

@@ -528,6 +528,7 @@ fn a_keep_alive_exchange_works_through_the_proxy() {
         accept_proxy: None,
         tap: false,
         splice: Some(switchboard::net::splice::PIPE_CAPACITY),
+        splice_always: false,
     };
     rt::spawn(proxy::run(
         listener,

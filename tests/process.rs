@@ -249,7 +249,12 @@ fn a_proxy_session_still_open_at_shutdown_is_counted_and_logged_copying() {
     session_open_at_shutdown(&["--no-splice"]);
 }
 
-/// The proxy (spliced by default, or with `extra` flags) with a session open past the drain.
+#[test]
+fn a_proxy_session_still_open_at_shutdown_is_counted_and_logged_splicing_everything() {
+    session_open_at_shutdown(&["--splice-always"]);
+}
+
+/// The proxy (as by default: small messages copied, bulk spliced; or with `extra` flags) with a session open past the drain.
 fn session_open_at_shutdown(extra: &[&str]) {
     // The session stays open past the drain.
     let up_addr = echo_upstream().to_string();
@@ -570,7 +575,12 @@ fn a_proxy_session_line_counts_bytes_delivered_not_bytes_read_copying() {
     session_line_counts_delivered(&["--no-splice"]);
 }
 
-/// The proxy (spliced by default, or with `extra` flags) with a client that resets into an
+#[test]
+fn a_proxy_session_line_counts_bytes_delivered_not_bytes_read_splicing_everything() {
+    session_line_counts_delivered(&["--splice-always"]);
+}
+
+/// The proxy (as by default: small messages copied, bulk spliced; or with `extra` flags) with a client that resets into an
 /// upstream that does not read.
 fn session_line_counts_delivered(extra: &[&str]) {
     // A client pushes into an upstream that does not read, then resets: what the proxy
@@ -655,7 +665,12 @@ fn a_proxy_session_cut_by_the_fin_timeout_says_so_in_its_line_copying() {
     session_cut_by_fin_timeout(&["--no-splice"]);
 }
 
-/// The proxy (spliced by default, or with `extra` flags) with a quiet half-closed session.
+#[test]
+fn a_proxy_session_cut_by_the_fin_timeout_says_so_in_its_line_splicing_everything() {
+    session_cut_by_fin_timeout(&["--splice-always"]);
+}
+
+/// The proxy (as by default: small messages copied, bulk spliced; or with `extra` flags) with a quiet half-closed session.
 fn session_cut_by_fin_timeout(extra: &[&str]) {
     // The upstream says hello and shuts its write half; the client reads and stays
     // quiet, its own half open: after --fin-timeout the proxy cuts the session, and its

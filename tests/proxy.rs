@@ -2,7 +2,8 @@
 //! PROXY protocol, and real protocols through it.
 //!
 //! Every test of the byte path (integrity, half-close, resets, timers, PROXY headers)
-//! runs twice, as `NAME::spliced` (the binary's default) and `NAME::copied`
+//! runs three times, as `NAME::adaptive` (the binary's default: small messages copied,
+//! bulk spliced), `NAME::spliced` (`--splice-always`) and `NAME::copied`
 //! (`--no-splice`), asserting the same bytes and counts.
 
 mod common;
@@ -45,29 +46,45 @@ fn config(upstreams: &[SocketAddr], balance: Balance) -> ProxyConfig {
         accept_proxy: None,
         tap: false,
         splice: Some(PIPE_CAPACITY),
+        splice_always: false,
     }
 }
 
-/// `cfg` spliced, as the binary runs by default, or copying, as with `--no-splice`.
-fn with_splice(cfg: ProxyConfig, splice: bool) -> ProxyConfig {
+/// How a session carries its bytes: as the binary does by default (small messages
+/// copied, bulk spliced), everything spliced (`--splice-always`), or everything copied
+/// (`--no-splice`).
+#[derive(Clone, Copy, Debug)]
+enum Carry {
+    Adaptive,
+    Spliced,
+    Copied,
+}
+
+/// `cfg` carrying its bytes as `carry` says.
+fn with_splice(cfg: ProxyConfig, carry: Carry) -> ProxyConfig {
     ProxyConfig {
-        splice: splice.then_some(PIPE_CAPACITY),
+        splice: (!matches!(carry, Carry::Copied)).then_some(PIPE_CAPACITY),
+        splice_always: matches!(carry, Carry::Spliced),
         ..cfg
     }
 }
 
-/// Each named test body (a `fn NAME(splice: bool)`) becomes two tests, `NAME::spliced`
-/// and `NAME::copied`.
+/// Each named test body (a `fn NAME(splice: Carry)`) becomes three tests,
+/// `NAME::adaptive`, `NAME::spliced` and `NAME::copied`.
 macro_rules! spliced_and_copied {
     ($($name:ident),+ $(,)?) => {$(
         mod $name {
             #[test]
+            fn adaptive() {
+                super::$name(super::Carry::Adaptive)
+            }
+            #[test]
             fn spliced() {
-                super::$name(true)
+                super::$name(super::Carry::Spliced)
             }
             #[test]
             fn copied() {
-                super::$name(false)
+                super::$name(super::Carry::Copied)
             }
         }
     )+};
@@ -129,7 +146,7 @@ fn start_shared_proxy(cfg: ProxyConfig, server: ServerConfig) -> Proxy {
     }
 }
 
-fn simple_proxy(upstream: SocketAddr, splice: bool) -> Proxy {
+fn simple_proxy(upstream: SocketAddr, splice: Carry) -> Proxy {
     start_proxy(
         with_splice(config(&[upstream], Balance::First), splice),
         ServerConfig::default(),
@@ -159,13 +176,13 @@ fn refused_addr() -> SocketAddr {
         .unwrap()
 }
 
-fn sixteen_clients_carry_eight_mib_each_both_ways_intact(splice: bool) {
+fn sixteen_clients_carry_eight_mib_each_both_ways_intact(splice: Carry) {
     let echo = start_role(Echo, ServerConfig::default());
     sixteen_clients_through(simple_proxy(echo.tcp, splice));
     echo.stop();
 }
 
-fn sixteen_clients_intact_on_the_shared_executor(splice: bool) {
+fn sixteen_clients_intact_on_the_shared_executor(splice: Carry) {
     let echo = start_role(Echo, ServerConfig::default());
     sixteen_clients_through(start_shared_proxy(
         with_splice(config(&[echo.tcp], Balance::First), splice),
@@ -207,7 +224,7 @@ fn sixteen_clients_through(proxy: Proxy) {
     wait_until("sessions to end", || proxy.stats.live_tasks() == 0);
 }
 
-fn a_server_that_speaks_first_is_heard(splice: bool) {
+fn a_server_that_speaks_first_is_heard(splice: Carry) {
     let hello = start_role(
         Hello::new("220 ftp.example.org ready"),
         ServerConfig::default(),
@@ -218,7 +235,7 @@ fn a_server_that_speaks_first_is_heard(splice: bool) {
     hello.stop();
 }
 
-fn both_directions_stream_at_once(splice: bool) {
+fn both_directions_stream_at_once(splice: Carry) {
     const N: usize = 4 << 20;
     // The upstream sends N bytes while it reads N bytes, on two threads.
     let upstream = custom_upstream(|s| {
@@ -248,7 +265,7 @@ fn both_directions_stream_at_once(splice: bool) {
     );
 }
 
-fn a_client_half_close_reaches_the_server_and_the_reply_still_arrives(splice: bool) {
+fn a_client_half_close_reaches_the_server_and_the_reply_still_arrives(splice: Carry) {
     // Like an HTTP/1.0 client or `nc -N`: send, shut the write half, read the answer.
     let upstream = custom_upstream(|mut s| {
         let mut req = Vec::new();
@@ -263,7 +280,7 @@ fn a_client_half_close_reaches_the_server_and_the_reply_still_arrives(splice: bo
     assert_eq!(read_to_end(&mut s), b"got 100000 bytes");
 }
 
-fn a_server_half_close_reaches_the_client_and_the_client_can_still_send(splice: bool) {
+fn a_server_half_close_reaches_the_client_and_the_client_can_still_send(splice: Carry) {
     let upstream = custom_upstream(|mut s| {
         s.write_all(b"say something").unwrap();
         s.shutdown(Shutdown::Write).unwrap();
@@ -286,7 +303,7 @@ fn a_server_half_close_reaches_the_client_and_the_client_can_still_send(splice: 
     wait_until("the session to end", || proxy.stats.active() == 0);
 }
 
-fn a_quiet_half_closed_session_ends_after_fin_timeout(splice: bool) {
+fn a_quiet_half_closed_session_ends_after_fin_timeout(splice: Carry) {
     // The upstream never answers and never closes.
     let upstream = custom_upstream(|s| {
         let mut buf = [0u8; 64];
@@ -305,7 +322,7 @@ fn a_quiet_half_closed_session_ends_after_fin_timeout(splice: bool) {
     wait_until("the session to end", || proxy.stats.active() == 0);
 }
 
-fn idle_timeout_counts_both_directions(splice: bool) {
+fn idle_timeout_counts_both_directions(splice: Carry) {
     // The server talks every 100 ms; the client never does. The session stays up.
     let upstream = custom_upstream(|mut s| {
         for _ in 0..12 {
@@ -330,7 +347,7 @@ fn idle_timeout_counts_both_directions(splice: bool) {
     );
 }
 
-fn an_upstream_reset_closes_the_client(splice: bool) {
+fn an_upstream_reset_closes_the_client(splice: Carry) {
     let upstream = custom_upstream(|mut s| {
         s.write_all(b"partial").unwrap();
         let mut buf = [0u8; 4];
@@ -421,7 +438,7 @@ fn balance_modes() {
     }
 }
 
-fn send_proxy_writes_the_header_first(splice: bool) {
+fn send_proxy_writes_the_header_first(splice: Carry) {
     for (version, expect_v2) in [(Version::V1, false), (Version::V2, true)] {
         let (tx, rx) = std::sync::mpsc::channel();
         let upstream = custom_upstream(move |mut s| {
@@ -456,7 +473,7 @@ fn send_proxy_writes_the_header_first(splice: bool) {
     }
 }
 
-fn accept_proxy_takes_the_real_client_and_refuses_garbage(splice: bool) {
+fn accept_proxy_takes_the_real_client_and_refuses_garbage(splice: Carry) {
     let echo = start_role(Echo, ServerConfig::default());
     let mut cfg = with_splice(config(&[echo.tcp], Balance::First), splice);
     cfg.accept_proxy = Some(Duration::from_millis(500));
@@ -509,7 +526,7 @@ fn accept_proxy_applies_the_access_list_to_the_real_client() {
     echo.stop();
 }
 
-fn a_line_based_session_like_telnet_works_through_the_proxy(splice: bool) {
+fn a_line_based_session_like_telnet_works_through_the_proxy(splice: Carry) {
     let upper = start_role(Upper, ServerConfig::default());
     let proxy = simple_proxy(upper.tcp, splice);
     let s = client(proxy.addr);
@@ -611,7 +628,7 @@ fn bytes(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-fn a_client_reset_ends_a_session_whose_upstream_never_reads(splice: bool) {
+fn a_client_reset_ends_a_session_whose_upstream_never_reads(splice: Carry) {
     // The client→server pump fills the upstream writer's mailbox and waits for room that
     // never comes; it must still notice the client's reset.
     let (upstream, held) = stalled_upstream();
@@ -637,7 +654,7 @@ fn a_client_reset_ends_a_session_whose_upstream_never_reads(splice: bool) {
     assert!(bytes(&proxy.stats.bytes_in) <= written);
 }
 
-fn an_upstream_reset_ends_a_session_whose_client_never_reads(splice: bool) {
+fn an_upstream_reset_ends_a_session_whose_client_never_reads(splice: Carry) {
     // The mirror image: the server→client pump waits on the client writer's mailbox.
     let (upstream, held) = stalled_upstream();
     let proxy = simple_proxy(upstream, splice);
@@ -658,7 +675,7 @@ fn an_upstream_reset_ends_a_session_whose_client_never_reads(splice: bool) {
     assert!(got > 0 && bytes(&proxy.stats.bytes_in) <= written + 2);
 }
 
-fn a_client_fin_seen_while_the_upstream_stalls_starts_the_fin_timeout(splice: bool) {
+fn a_client_fin_seen_while_the_upstream_stalls_starts_the_fin_timeout(splice: Carry) {
     // The client sends in small steps until the proxy stops reading (the pump waits for
     // mailbox room), then shuts its write half: the FIN gets into the proxy's socket
     // behind a few unread bytes. The session is half-closed from then, so after
@@ -757,7 +774,7 @@ fn accept_proxy_judges_the_header_address_and_proxy_from_judges_the_sender() {
     echo.stop();
 }
 
-fn a_slow_steady_reader_is_not_cut_by_the_idle_or_fin_timeout(splice: bool) {
+fn a_slow_steady_reader_is_not_cut_by_the_idle_or_fin_timeout(splice: Carry) {
     // The upstream sends a download at once and closes; the client reads it steadily but
     // slowly, in small steps with short pauses, for several timeout periods. The proxy's
     // writer to the client then waits on a full send buffer, and the kernel wakes it only
@@ -813,7 +830,7 @@ fn client_with_mss(addr: SocketAddr, mss: i32, rcvbuf: i32) -> TcpStream {
     client_with_options(addr, &options)
 }
 
-fn headers_both_ways_then_the_client_bytes_arrive_exact_and_counted(splice: bool) {
+fn headers_both_ways_then_the_client_bytes_arrive_exact_and_counted(splice: Carry) {
     // A PROXY header read from the client (with bytes behind it in the same segment),
     // another written to the upstream, then a stream too large for one pipe: the
     // upstream gets our header and then exactly what the client sent after its own.
@@ -926,7 +943,7 @@ fn a_spliced_direction_holds_no_more_than_its_pipe_while_the_receiver_reads_noth
     assert_eq!(bytes(&proxy.stats.bytes_in), written);
 }
 
-fn a_client_reset_mid_download_is_counted_with_what_it_acknowledged(splice: bool) {
+fn a_client_reset_mid_download_is_counted_with_what_it_acknowledged(splice: Carry) {
     // The client reads part of a download, stops, and resets. What the proxy handed its
     // kernel beyond what the client acknowledged never arrived: it comes off the count,
     // as the copying writer takes it off (the reset empties the send queue, so what the

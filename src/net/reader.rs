@@ -214,6 +214,12 @@ impl Reader {
     }
 }
 
+/// Runs `f` on this thread's scratch buffer ([`READ_CHUNK`] bytes), which nothing holds
+/// across an await.
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH.with(|scratch| f(&mut scratch.borrow_mut()[..]))
+}
+
 /// Polls one read into this thread's scratch buffer and copies out what arrived.
 fn poll_read_scratch(stream: &mut ReadHalf, cx: &mut Context<'_>) -> Poll<io::Result<Vec<u8>>> {
     SCRATCH.with(|scratch| {

@@ -37,6 +37,14 @@
 //! - **Descriptors come first.** A pipe is two descriptors that only speed a connection
 //!   up, so relays' pipes hold at most a quarter of the open-files limit
 //!   ([`PIPE_SHARE`]); past it [`Relay::new`] fails and the caller copies.
+//! - **Small messages copy** ([`Relay::adaptive`]). Moving a few hundred bytes through
+//!   a pipe costs more than copying them (two splices and a pipe buffer against a
+//!   `recv` and a `send`), so an adaptive relay copies — through the thread's scratch
+//!   buffer, straight to the destination, keeping only what the destination did not
+//!   take — until a read fills the relay's capacity: that direction is moving bulk, and
+//!   it splices from then on, until it next waits for its source with nothing in flight.
+//!   Either way the relay holds at most its capacity, and the same counts, steps, waits
+//!   and ends apply.
 //! - **Fallback.** A stream `splice` cannot move (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`) ends
 //!   the relay with [`End::Unsupported`], which hands back whatever was in the pipe so
 //!   the caller can copy from there on without losing a byte.
@@ -66,9 +74,10 @@ use std::task::Poll;
 
 use futures::future::{Fuse, FusedFuture, FutureExt};
 use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
 use rustix::pipe::SpliceFlags;
 
-use crate::net::reader::STALL_CHECK;
+use crate::net::reader::{READ_CHUNK, STALL_CHECK, with_scratch};
 use crate::net::socket::{Hangup, Socket};
 use crate::rt;
 use pipes::Pipe;
@@ -92,6 +101,7 @@ const YIELD_AFTER: u64 = 16 * PIPE_CAPACITY as u64;
 pub struct Tally {
     read: AtomicU64,
     written: AtomicU64,
+    spliced: AtomicU64,
     stalled: AtomicBool,
 }
 
@@ -104,6 +114,12 @@ impl Tally {
     /// Bytes handed to the destination socket so far.
     pub fn written(&self) -> u64 {
         self.written.load(Relaxed)
+    }
+
+    /// Bytes written by splicing (the rest of `written` was copied: an adaptive relay's
+    /// small messages).
+    pub fn spliced(&self) -> u64 {
+        self.spliced.load(Relaxed)
     }
 
     /// Bytes read and not written: in the pipe, or handed back by [`End::Unsupported`].
@@ -180,6 +196,13 @@ pub struct Relay {
     capacity: usize,
     /// Bytes in the pipe.
     in_pipe: usize,
+    /// Bytes a copying read took that the destination has not: written before anything
+    /// else, and nothing is read while they wait. Empty while splicing.
+    held: Vec<u8>,
+    /// Copy small messages, splice bulk ([`Relay::adaptive`]).
+    adaptive: bool,
+    /// Reading by copying now (adaptive relays only).
+    copying: bool,
     /// Whether the pipe may take more: cleared when it refused bytes it should have had
     /// room for (all its buffers in use), set again once it is empty.
     room: bool,
@@ -206,6 +229,9 @@ impl Relay {
             capacity: pipe.capacity,
             pipe: Some(pipe),
             in_pipe: 0,
+            held: Vec::new(),
+            adaptive: false,
+            copying: false,
             room: true,
             eof: false,
             half_close: true,
@@ -218,6 +244,14 @@ impl Relay {
     /// it, or carries on writing).
     pub fn keep_open(mut self) -> Self {
         self.half_close = false;
+        self
+    }
+
+    /// Copies small messages and splices bulk (see the module notes): a ping-pong of
+    /// small messages costs what copying costs, a stream what splicing costs.
+    pub fn adaptive(mut self) -> Self {
+        self.adaptive = true;
+        self.copying = true;
         self
     }
 
@@ -255,7 +289,39 @@ impl Relay {
         let mut readable = pin!(Fuse::terminated());
         let mut writable = pin!(Fuse::terminated());
         loop {
-            if can_read && self.room && !self.eof && self.in_pipe < self.capacity {
+            let read_open = self.room && !self.eof && self.in_pipe < self.capacity;
+            if can_read && read_open && self.held.is_empty() && self.copying {
+                let want = self.capacity;
+                match copy_once(from, to, want, &mut self.held) {
+                    Ok((0, _)) => self.eof = true,
+                    Ok((n, wrote)) => {
+                        tally.read.fetch_add(n as u64, Relaxed);
+                        moved_since_wait += n as u64;
+                        on_step(Step::Read(n));
+                        match wrote {
+                            Ok(0) => can_write = false,
+                            Ok(m) => {
+                                tally.written.fetch_add(m as u64, Relaxed);
+                                moved_since_wait += m as u64;
+                                on_step(Step::Wrote(m));
+                                if m < n {
+                                    can_write = false;
+                                }
+                            }
+                            Err(e) => return Err(self.failure(Side::Destination, e.into())),
+                        }
+                        if n < want.min(READ_CHUNK) {
+                            can_read = false;
+                        } else {
+                            // A full read: this direction moves bulk, which splices.
+                            self.copying = false;
+                        }
+                    }
+                    Err(Errno::INTR) => continue,
+                    Err(Errno::AGAIN) => can_read = false,
+                    Err(e) => return Err(self.failure(Side::Source, e.into())),
+                }
+            } else if can_read && read_open && self.held.is_empty() {
                 if self.pipe.is_none() {
                     match Pipe::take(self.asked) {
                         Ok(pipe) => self.pipe = Some(pipe),
@@ -292,7 +358,29 @@ impl Relay {
                     Err(e) => return Err(self.failure(Side::Source, e.into())),
                 }
             }
-            if can_write && let Some(pipe) = self.pipe.as_ref().filter(|_| self.in_pipe > 0) {
+            if can_write && !self.held.is_empty() {
+                match send(to, &self.held) {
+                    Ok(0) => {
+                        let e = io::Error::from(io::ErrorKind::WriteZero);
+                        return Err(self.failure(Side::Destination, e));
+                    }
+                    Ok(n) => {
+                        self.held.drain(..n);
+                        tally.written.fetch_add(n as u64, Relaxed);
+                        moved_since_wait += n as u64;
+                        on_step(Step::Wrote(n));
+                        if self.held.is_empty() {
+                            self.held = Vec::new();
+                        } else {
+                            can_write = false;
+                        }
+                    }
+                    Err(Errno::INTR) => continue,
+                    Err(Errno::AGAIN) => can_write = false,
+                    Err(e) => return Err(self.failure(Side::Destination, e.into())),
+                }
+            } else if can_write && let Some(pipe) = self.pipe.as_ref().filter(|_| self.in_pipe > 0)
+            {
                 match splice(&pipe.out, to, self.in_pipe) {
                     Ok(0) => {
                         let e = io::Error::from(io::ErrorKind::WriteZero);
@@ -301,6 +389,7 @@ impl Relay {
                     Ok(n) => {
                         self.in_pipe -= n;
                         tally.written.fetch_add(n as u64, Relaxed);
+                        tally.spliced.fetch_add(n as u64, Relaxed);
                         moved_since_wait += n as u64;
                         on_step(Step::Wrote(n));
                         if self.in_pipe == 0 {
@@ -316,15 +405,16 @@ impl Relay {
                     Err(e) => return Err(self.failure(Side::Destination, e.into())),
                 }
             }
-            if self.eof && self.in_pipe == 0 {
+            if self.eof && self.in_pipe == 0 && self.held.is_empty() {
                 if self.half_close {
                     let _ = to.shut_write();
                 }
                 return Ok(End::Eof);
             }
-            // Whether the pipe would take bytes, and whether it has bytes to give.
-            let read_open = self.room && !self.eof && self.in_pipe < self.capacity;
-            let write_open = self.in_pipe > 0;
+            // Whether the relay would take bytes, and whether it has bytes to give.
+            let read_open =
+                self.room && !self.eof && self.in_pipe < self.capacity && self.held.is_empty();
+            let write_open = self.in_pipe > 0 || !self.held.is_empty();
             if (can_read && read_open) || (can_write && write_open) {
                 // A splice can be tried at once: every pass that gets here moved bytes.
                 if moved_since_wait >= YIELD_AFTER {
@@ -334,6 +424,10 @@ impl Relay {
                 continue;
             }
             moved_since_wait = 0;
+            if self.in_pipe == 0 && self.held.is_empty() && self.adaptive {
+                // Nothing in flight: what comes next is copied until it proves bulk.
+                self.copying = true;
+            }
             if self.in_pipe == 0
                 && let Some(pipe) = self.pipe.take()
             {
@@ -399,14 +493,18 @@ impl Relay {
             side,
             error,
             written: self.tally.written(),
-            in_pipe: self.in_pipe as u64,
+            in_pipe: (self.in_pipe + self.held.len()) as u64,
         }
     }
 
     /// Empties the pipe into a buffer for the caller to write: `splice` cannot go on.
     fn fall_back(&mut self) -> Result<End, Failure> {
-        let mut pending = vec![0; self.in_pipe];
-        let mut at = 0;
+        // Nothing is spliced while copied bytes are held, so none are here; were they,
+        // they would come first.
+        let mut pending = std::mem::take(&mut self.held);
+        let held = pending.len();
+        let mut at = held;
+        pending.resize(held + self.in_pipe, 0);
         while let Some(pipe) = self.pipe.as_ref().filter(|_| at < pending.len()) {
             match rustix::io::read(&pipe.out, &mut pending[at..]) {
                 Ok(0) => break,
@@ -418,7 +516,7 @@ impl Relay {
             }
         }
         pending.truncate(at);
-        self.in_pipe -= at;
+        self.in_pipe -= at - held;
         self.room = self.in_pipe == 0;
         Ok(End::Unsupported { pending })
     }
@@ -460,6 +558,39 @@ fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> Result<usize, Errno> {
         len,
         SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
     )
+}
+
+/// One copying step: a non-blocking read of up to `want` bytes from `from` into the
+/// thread's scratch buffer, and at once a non-blocking write of them to `to`; what `to`
+/// does not take goes to `held`. Returns the bytes read (0: end of input) and the
+/// write's outcome (`Ok(0)` when `to` took nothing; a failed write's bytes are in `held`).
+fn copy_once(
+    from: impl AsFd,
+    to: impl AsFd,
+    want: usize,
+    held: &mut Vec<u8>,
+) -> Result<(usize, Result<usize, Errno>), Errno> {
+    with_scratch(|scratch| {
+        let buf = &mut scratch[..want.min(READ_CHUNK)];
+        let n = rustix::net::recv(&from, &mut *buf, RecvFlags::DONTWAIT)?.0;
+        if n == 0 {
+            return Ok((0, Ok(0)));
+        }
+        let wrote = loop {
+            match send(&to, &buf[..n]) {
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => break Ok(0),
+                other => break other,
+            }
+        };
+        held.extend_from_slice(&buf[wrote.unwrap_or(0)..n]);
+        Ok((n, wrote))
+    })
+}
+
+/// One non-blocking `send`; a peer gone gives `EPIPE`, never `SIGPIPE`.
+fn send(to: impl AsFd, bytes: &[u8]) -> Result<usize, Errno> {
+    rustix::net::send(to, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL)
 }
 
 /// Whether an error says `splice` cannot work on this descriptor at all, rather than
@@ -518,6 +649,53 @@ mod tests {
                 assert!(relay.pipe.is_none(), "an idle relay kept its pipe");
             }
             assert_eq!(relay.tally().written(), 8);
+        });
+    }
+
+    #[test]
+    fn an_adaptive_relay_copies_small_messages_splices_bulk_and_copies_again_after() {
+        rt::block_on(async {
+            let (client, near) = pair().await;
+            let (far, server) = pair().await;
+            let (near, far) = (near.socket().clone(), far.socket().clone());
+            let (_client_r, mut client_w) = client.split();
+            let (mut server_r, _server_w) = server.split();
+            let mut relay = Relay::new(PIPE_CAPACITY).unwrap().adaptive();
+            let tally = relay.tally();
+            let bulk: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i % 251) as u8).collect();
+            for (round, message) in [&b"ping"[..], &bulk, b"pong"].into_iter().enumerate() {
+                let spliced_before = tally.spliced();
+                let send = rt::spawn({
+                    let (mut client_w, message) = (client_w, message.to_vec());
+                    async move {
+                        client_w.write_all(&message).await.unwrap();
+                        client_w
+                    }
+                });
+                let mut got = vec![0u8; message.len()];
+                {
+                    let run = std::pin::pin!(relay.run(&near, &far, |_| {}));
+                    let read = std::pin::pin!(server_r.read_exact(&mut got));
+                    match futures::future::select(run, read).await {
+                        futures::future::Either::Right((read, _)) => read.unwrap(),
+                        futures::future::Either::Left((end, _)) => {
+                            panic!("relay ended: {end:?}")
+                        }
+                    }
+                }
+                client_w = send.await;
+                assert!(got == message, "round {round}: the bytes differ");
+                let spliced = tally.spliced() - spliced_before;
+                if message.len() > PIPE_CAPACITY {
+                    assert!(spliced > 0, "round {round}: bulk was not spliced");
+                } else {
+                    assert_eq!(spliced, 0, "round {round}: a small message was spliced");
+                }
+                // Waiting again with nothing in flight: the next message is copied.
+                assert!(relay.copying && relay.held.is_empty(), "round {round}");
+            }
+            assert_eq!(tally.written(), 8 + bulk.len() as u64);
+            assert_eq!(tally.read(), tally.written());
         });
     }
 }

@@ -79,6 +79,10 @@ pub struct ProxyConfig {
     /// a direction then holds), for sessions whose bytes need not be seen: not with
     /// `tap`, and only between plain TCP sockets. `None`: copy.
     pub splice: Option<usize>,
+    /// With `splice`: every byte goes through the pipe, small messages too. Otherwise a
+    /// direction copies until a read fills the pipe's capacity, and splices that bulk
+    /// ([`Relay::adaptive`]): small messages cost less copied.
+    pub splice_always: bool,
 }
 
 /// Serves the proxy on `listener` until `shutdown` fires; open sessions are left to
@@ -236,18 +240,21 @@ struct Way {
 
 /// Starts one direction: `prefix` (bytes of ours, written first), then what `from`
 /// reads, to `to`. It is a relay when `splice` names a pipe size and a pipe can be had
-/// (out of descriptors, it copies), otherwise a pump feeding `to`'s writer. Returns the
-/// task, which ends as [`pump`] does, and the watch on what reached `to`.
+/// (out of descriptors, it copies) — an adaptive one ([`Relay::adaptive`]) unless
+/// `always` — otherwise a pump feeding `to`'s writer. Returns the task, which ends as
+/// [`pump`] does, and the watch on what reached `to`.
 fn carry(
     from: ReadHalf,
     to: WriteHalf,
     prefix: Vec<u8>,
     splice: Option<usize>,
+    always: bool,
     way: Way,
 ) -> (rt::JoinHandle<(u64, End)>, Delivery) {
     let task = way.stats.task();
     let relay = splice.and_then(|capacity| match Relay::new(capacity) {
-        Ok(relay) => Some(relay),
+        Ok(relay) if always => Some(relay),
+        Ok(relay) => Some(relay.adaptive()),
         Err(e) => {
             log::debug!("proxy: no pipe for splicing ({e}); copying");
             None
@@ -457,6 +464,7 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
         up_write,
         prefix,
         splice,
+        cfg.splice_always,
         Way {
             activity: activity.clone(),
             stats: stats.clone(),
@@ -469,6 +477,7 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
         client_write,
         Vec::new(),
         splice,
+        cfg.splice_always,
         Way {
             activity: activity.clone(),
             stats: stats.clone(),
