@@ -66,12 +66,28 @@ pub struct IdleTimer {
     /// The limit the sleep was armed for: a new limit (the proxy's fin timeout once a
     /// side has half-closed) arms it again.
     limit: Option<Duration>,
+    /// Looks per limit: 1 (the default) looks only when the limit could have passed;
+    /// more ([`IdleTimer::looking`]) look that much more often as well.
+    looks: u32,
 }
 
 impl IdleTimer {
     /// A timer with nothing armed yet.
     pub fn new() -> Self {
         IdleTimer::default()
+    }
+
+    /// A timer that also looks `looks` times per limit, for a `moved` that sees what the
+    /// clock does not: a look counts a change since the last look as activity *now*, so
+    /// the further apart the looks, the more a change made while the clock was running
+    /// anyway (bytes a writer wrote just behind its reader) is over-counted. With a look
+    /// every limit, a session quiet since just after a look would wait out two limits;
+    /// with `looks`, at most one limit and a `looks`th.
+    pub fn looking(looks: u32) -> Self {
+        IdleTimer {
+            looks: looks.max(1),
+            ..IdleTimer::default()
+        }
     }
 
     /// Ready once `activity` has been quiet for `limit`. Each time the timer fires,
@@ -87,10 +103,16 @@ impl IdleTimer {
         if self.limit != Some(limit) {
             self.limit = Some(limit);
             self.sleep = None;
+            // A new limit counts from the clock: what `moved` would see from before it (a
+            // whole session's bytes, when no limit was armed) is not news.
+            let _ = moved();
         }
+        let every = limit / self.looks.max(1);
         loop {
             let sleep = self.sleep.get_or_insert_with(|| {
-                Box::pin(rt::sleep(limit.saturating_sub(activity.quiet_for())))
+                Box::pin(rt::sleep(
+                    limit.saturating_sub(activity.quiet_for()).min(every),
+                ))
             });
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -153,6 +175,53 @@ mod tests {
                 })
                 .await;
             assert_eq!(looks, 2);
+        });
+    }
+
+    #[test]
+    fn what_moved_before_a_limit_was_set_does_not_put_the_limit_off() {
+        rt::block_on(async {
+            let activity = Activity::new();
+            let limit = Duration::from_millis(40);
+            for mut timer in [IdleTimer::new(), IdleTimer::looking(8)] {
+                // A `moved` whose snapshot is from long before (the session's start): its
+                // first look sees a change, later looks none.
+                let mut looks = 0;
+                timer
+                    .quiet(&activity, Some(limit), || {
+                        looks += 1;
+                        looks == 1
+                    })
+                    .await;
+                assert_eq!(activity.last_ns.load(Relaxed), 0, "the clock was touched");
+            }
+        });
+    }
+
+    #[test]
+    fn a_timer_looking_often_looks_between_the_limits() {
+        rt::block_on(async {
+            let activity = Activity::new();
+            let limit = Duration::from_millis(400);
+            for (mut timer, more_than) in [(IdleTimer::new(), 2), (IdleTimer::looking(8), 3)] {
+                // A change at the first look after the new limit's, then none: a timer
+                // looking once per limit looks twice more (the change, then the quiet
+                // limit); one looking eight times sees the change an eighth of the limit
+                // in and looks several times before the limit is up. (Only a thread held
+                // up for most of the limit could make it look less.)
+                let mut looks = 0;
+                timer
+                    .quiet(&activity, Some(limit), || {
+                        looks += 1;
+                        looks == 2
+                    })
+                    .await;
+                assert!(looks > more_than, "{looks} looks");
+                assert!(
+                    activity.last_ns.load(Relaxed) > 0,
+                    "the change was not counted"
+                );
+            }
         });
     }
 }

@@ -510,7 +510,8 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     // its writer waits (a slow, steady reader; see [`Movement`]). The idle timer looks
     // each time it fires, and counts a change as activity.
     let mut moved = Movement::now(&to_upstream, &to_client, &sockets);
-    let mut idle = IdleTimer::new();
+    // Looks eight times per limit: a change seen at a look counts from that look.
+    let mut idle = IdleTimer::looking(8);
     let mut closed_first: Option<&'static str> = None;
     // Set when this task shut the session (a timeout, or the end of the drain), which
     // `closed_first` may not show: a side may have half-closed before.
