@@ -208,9 +208,7 @@ fn serve_client(
             _ => LeaveReason::Reset,
         };
         broker.send(BrokerMsg::Leave { id, reason: leave }).await;
-        // Boxed: the closing wait is the largest state of this future, and only a
-        // leaving client needs it.
-        Box::pin(conn.close(reason)).await;
+        conn.close(reason).await;
         Ok(())
     }
 }
