@@ -877,6 +877,13 @@ fn headers_both_ways_then_the_client_bytes_arrive_exact_and_counted(splice: Carr
         bytes(&proxy.stats.bytes_out),
         (ours.len() + 5 + PAYLOAD + 2) as u64
     );
+    // Read: the client's header and bytes (those that came with the header too), and
+    // the upstream's reply.
+    let theirs = b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 80\r\n".len();
+    assert_eq!(
+        bytes(&proxy.stats.bytes_in),
+        (theirs + 5 + PAYLOAD + 2) as u64
+    );
 }
 
 #[test]

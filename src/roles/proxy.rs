@@ -371,9 +371,11 @@ async fn relay_way(
 }
 
 /// Reads a PROXY protocol header; returns it and any client data that came with it.
+/// Every byte read is counted into `stats.bytes_in` as it is read, header included.
 async fn read_proxy_header(
     reader: &mut ReadHalf,
     limit: Duration,
+    stats: &Stats,
 ) -> std::result::Result<(header::Header, Vec<u8>), String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
@@ -387,7 +389,10 @@ async fn read_proxy_header(
         let left = deadline.saturating_duration_since(Instant::now());
         match rt::timeout(left, reader.read(&mut chunk)).await {
             Some(Ok(0)) => return Err("client closed before sending a PROXY header".into()),
-            Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Some(Ok(n)) => {
+                Stats::add(&stats.bytes_in, n as u64);
+                buf.extend_from_slice(&chunk[..n]);
+            }
             Some(Err(e)) => return Err(e.to_string()),
             None => return Err(format!("no PROXY header within {limit:?}")),
         }
@@ -410,7 +415,7 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     let (mut client_read, client_write) = client.split();
     let (mut src, mut dst, mut early) = (peer, local, Vec::new());
     if let Some(limit) = cfg.accept_proxy {
-        match read_proxy_header(&mut client_read, limit).await {
+        match read_proxy_header(&mut client_read, limit, &stats).await {
             Ok((h, rest)) => {
                 if let Some((s, d)) = h.addrs {
                     (src, dst) = (s, d);
