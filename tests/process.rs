@@ -786,3 +786,129 @@ fn echo_upstream() -> std::net::SocketAddr {
     });
     addr
 }
+
+#[test]
+fn sessions_past_the_pipe_share_copy_and_every_byte_arrives() {
+    // 48 open files: pipes may hold 12 descriptors (a quarter), six pipes. The upstream
+    // reads nothing until told, so each session's client-to-upstream relay keeps its pipe
+    // full; once the pipes are all held, a new session's relay cannot have one and the
+    // session copies instead. When the upstream reads, every session's bytes arrive.
+    const SENT: usize = 8 << 20;
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let (got_tx, got_rx) = std::sync::mpsc::channel::<(u8, usize, bool)>();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Accepted sockets take the listener's small receive buffer, so what the kernel
+    // holds for an upstream that reads nothing is far less than a session sends.
+    set_rcvbuf(&upstream, 4096);
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        upstream.set_nonblocking(true).unwrap();
+        // Accept until the gate opens, reading nothing.
+        loop {
+            match upstream.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(_) if gate_rx.try_recv().is_ok() => break,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        for mut s in held {
+            let got_tx = got_tx.clone();
+            std::thread::spawn(move || {
+                s.set_nonblocking(false).unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).unwrap();
+                let tag = got.first().copied().unwrap_or(0);
+                let _ = got_tx.send((tag, got.len(), got.iter().all(|&b| b == tag)));
+            });
+        }
+    });
+    let mut cmd = binary();
+    cmd.args([
+        "-v",
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up_addr,
+        "--threads",
+        "1",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    limit_open_files(&mut cmd, 48);
+    let mut proc = Proc(cmd.spawn().unwrap());
+    let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
+    let lines = log_lines(log);
+    let mut log = Vec::new();
+    let mut senders = Vec::new();
+    let no_pipe = |log: &[String]| log.iter().any(|l| l.contains("no pipe for splicing"));
+    for tag in 1..=10u8 {
+        let c = client(addr);
+        let mut w = c.try_clone().unwrap();
+        senders.push((
+            c,
+            std::thread::spawn(move || {
+                w.write_all(&vec![tag; SENT]).unwrap();
+                w.shutdown(std::net::Shutdown::Write).unwrap();
+            }),
+        ));
+        // Until this session's relay is stalled with its pipe full, or was refused one.
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(300) && !no_pipe(&log) {
+            log.extend(lines.try_iter());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if no_pipe(&log) {
+            break;
+        }
+    }
+    wait_until("a session refused a pipe", || {
+        log.extend(lines.try_iter());
+        no_pipe(&log)
+    });
+    let sessions = senders.len();
+    assert!(sessions > 1, "the first session was refused a pipe");
+    gate_tx.send(()).unwrap();
+    for _ in 0..sessions {
+        let (tag, len, same) = got_rx.recv_timeout(DEADLINE).expect("an upstream's bytes");
+        assert!(
+            len == SENT && same,
+            "session {tag}: {len} bytes, all {tag}: {same}"
+        );
+    }
+    for (mut c, sender) in senders {
+        sender.join().unwrap();
+        // The upstream closes after reading: the client sees the end.
+        assert_eq!(read_to_end(&mut c), b"");
+    }
+    wait_until("every session line", || {
+        log.extend(lines.try_iter());
+        log.iter().filter(|l| l.contains("session closed")).count() == sessions
+    });
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    log.extend(lines.iter());
+    let summary = record(&log, "stopped:");
+    assert!(
+        summary.contains(&format!("bytes_in={}", sessions * SENT)),
+        "{summary}"
+    );
+}
+
+/// Sets `SO_RCVBUF` on a listener, which the sockets it accepts inherit.
+fn set_rcvbuf(listener: &std::net::TcpListener, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket, a pointer to an int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt(SO_RCVBUF)");
+}
