@@ -539,15 +539,19 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
             let now = Movement::now(&to_upstream, &to_client, &sockets);
             std::mem::replace(&mut moved, now) != now
         };
+        // A direction that ended with end of input while its source is already closed
+        // (`Socket::connection_gone`) met a reset: the other direction's write took the
+        // reset's error first, so its read found only the end. Only the label says so;
+        // the session goes on as after a FIN.
         futures::select! {
             (bytes, end) = up_pump => {
                 read_up = Some(bytes);
-                closed_first.get_or_insert(match end { End::Fin => "client FIN", End::Reset => "client reset", End::WriterGone => "server reset" });
+                closed_first.get_or_insert_with(|| match end { End::Fin if client_socket.connection_gone() => "client reset", End::Fin => "client FIN", End::Reset => "client reset", End::WriterGone => "server reset" });
                 if end != End::Fin { shut(&sockets); }
             }
             (bytes, end) = down_pump => {
                 read_down = Some(bytes);
-                closed_first.get_or_insert(match end { End::Fin => "server FIN", End::Reset => "server reset", End::WriterGone => "client reset" });
+                closed_first.get_or_insert_with(|| match end { End::Fin if up_socket.connection_gone() => "server reset", End::Fin => "server FIN", End::Reset => "server reset", End::WriterGone => "client reset" });
                 if end != End::Fin { shut(&sockets); }
             }
             () = upstream_written => upstream_writer_done = true,
