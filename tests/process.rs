@@ -333,25 +333,7 @@ fn a_proxy_out_of_descriptors_blames_no_upstream_named_by_host_name() {
 fn proxy_out_of_descriptors(host: &str) {
     let up_addr = format!("{host}:{}", echo_upstream().port());
     // The proxy with a few dozen descriptors: room for a handful of sessions (two each).
-    let mut cmd = binary();
-    cmd.args([
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up_addr,
-        "--threads",
-        "1",
-        "--connect-timeout",
-        "60s",
-        "--backoff",
-        "60s",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    limit_open_files(&mut cmd, 40);
-    let mut proc = Proc(cmd.spawn().unwrap());
+    let mut proc = proxy_with_nofile(&up_addr, 40, &[]);
     let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
     let lines = log_lines(log);
 
@@ -410,7 +392,7 @@ fn a_proxy_out_of_descriptors_blames_no_host_name_upstream_while_sessions_churn(
     const CHURNERS: usize = 16;
     const ROUNDS: usize = 60;
     let up_addr = format!("localhost:{}", echo_upstream().port());
-    let mut proc = proxy_with_nofile(&up_addr, 40);
+    let mut proc = proxy_with_nofile(&up_addr, 40, &[]);
     let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
     let lines = log_lines(log);
     let mut held = Vec::new();
@@ -457,25 +439,26 @@ fn a_proxy_out_of_descriptors_blames_no_host_name_upstream_while_sessions_churn(
 }
 
 /// A proxy to `upstream` with an open-files limit of `nofile`, a 60 s connect timeout
-/// and a 60 s back-off, logging on a pipe.
-fn proxy_with_nofile(upstream: &str, nofile: u64) -> Proc {
+/// and a 60 s back-off, logging on a pipe; `global` goes before the subcommand (`-v`).
+fn proxy_with_nofile(upstream: &str, nofile: u64, global: &[&str]) -> Proc {
     let mut cmd = binary();
-    cmd.args([
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        upstream,
-        "--threads",
-        "1",
-        "--connect-timeout",
-        "60s",
-        "--backoff",
-        "60s",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.args(global)
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--threads",
+            "1",
+            "--connect-timeout",
+            "60s",
+            "--backoff",
+            "60s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     limit_open_files(&mut cmd, nofile);
     Proc(cmd.spawn().unwrap())
 }
@@ -823,22 +806,7 @@ fn sessions_past_the_pipe_share_copy_and_every_byte_arrives() {
             });
         }
     });
-    let mut cmd = binary();
-    cmd.args([
-        "-v",
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up_addr,
-        "--threads",
-        "1",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    limit_open_files(&mut cmd, 48);
-    let mut proc = Proc(cmd.spawn().unwrap());
+    let mut proc = proxy_with_nofile(&up_addr, 48, &["-v"]);
     let (addr, log) = listening_addr_and_log(&mut proc, "TCP");
     let lines = log_lines(log);
     let mut log = Vec::new();

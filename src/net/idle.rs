@@ -148,6 +148,24 @@ impl IdleTimer {
 mod tests {
     use super::*;
 
+    /// Waits out `timer` with a `moved` that sees a change at its look number `moving`
+    /// (from 1) and none at any other; returns how many looks it took.
+    async fn looks_until_quiet(
+        timer: &mut IdleTimer,
+        activity: &Activity,
+        limit: Duration,
+        moving: usize,
+    ) -> usize {
+        let mut looks = 0;
+        timer
+            .quiet(activity, Some(limit), || {
+                looks += 1;
+                looks == moving
+            })
+            .await;
+        looks
+    }
+
     #[test]
     fn the_timer_waits_out_the_quiet_not_the_time_since_it_was_armed() {
         rt::block_on(async {
@@ -167,14 +185,7 @@ mod tests {
             assert!(start.elapsed() >= touched + limit);
             assert!(activity.quiet_for() >= limit);
             // A last look that finds movement keeps it going once more.
-            let mut looks = 0;
-            timer
-                .quiet(&activity, Some(limit), || {
-                    looks += 1;
-                    looks == 1
-                })
-                .await;
-            assert_eq!(looks, 2);
+            assert_eq!(looks_until_quiet(&mut timer, &activity, limit, 1).await, 2);
         });
     }
 
@@ -186,13 +197,7 @@ mod tests {
             for mut timer in [IdleTimer::new(), IdleTimer::looking(8)] {
                 // A `moved` whose snapshot is from long before (the session's start): its
                 // first look sees a change, later looks none.
-                let mut looks = 0;
-                timer
-                    .quiet(&activity, Some(limit), || {
-                        looks += 1;
-                        looks == 1
-                    })
-                    .await;
+                looks_until_quiet(&mut timer, &activity, limit, 1).await;
                 assert_eq!(activity.last_ns.load(Relaxed), 0, "the clock was touched");
             }
         });
@@ -209,13 +214,7 @@ mod tests {
                 // limit); one looking eight times sees the change an eighth of the limit
                 // in and looks several times before the limit is up. (Only a thread held
                 // up for most of the limit could make it look less.)
-                let mut looks = 0;
-                timer
-                    .quiet(&activity, Some(limit), || {
-                        looks += 1;
-                        looks == 2
-                    })
-                    .await;
+                let looks = looks_until_quiet(&mut timer, &activity, limit, 2).await;
                 assert!(looks > more_than, "{looks} looks");
                 assert!(
                     activity.last_ns.load(Relaxed) > 0,

@@ -618,16 +618,61 @@ async fn yield_now() {
 mod tests {
     use super::*;
     use crate::net::stream::tests::pair;
+    use crate::net::stream::{ReadHalf, WriteHalf};
     use futures::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// `client ─▶ near ═relay═▶ far ─▶ server`: the test writes to `client` and reads
+    /// from `server`; the relay runs on `near` and `far`.
+    struct Wired {
+        client_w: WriteHalf,
+        server_r: ReadHalf,
+        near: Socket,
+        far: Socket,
+        /// The halves no test uses, kept open.
+        _rest: (ReadHalf, WriteHalf),
+    }
+
+    async fn wired() -> Wired {
+        let (client, near) = pair().await;
+        let (far, server) = pair().await;
+        let (near, far) = (near.socket().clone(), far.socket().clone());
+        let (client_r, client_w) = client.split();
+        let (server_r, server_w) = server.split();
+        Wired {
+            client_w,
+            server_r,
+            near,
+            far,
+            _rest: (client_r, server_w),
+        }
+    }
+
+    /// Runs `relay` from `near` to `far` until `server` has read `got`'s length; the relay
+    /// ending first is a failure.
+    async fn relay_until_read(
+        relay: &mut Relay,
+        (near, far): (&Socket, &Socket),
+        server: &mut ReadHalf,
+        got: &mut [u8],
+    ) {
+        let run = std::pin::pin!(relay.run(near, far, |_| {}));
+        let read = std::pin::pin!(server.read_exact(got));
+        match futures::future::select(run, read).await {
+            futures::future::Either::Right((read, _)) => read.unwrap(),
+            futures::future::Either::Left((end, _)) => panic!("relay ended: {end:?}"),
+        }
+    }
 
     #[test]
     fn a_relay_waiting_on_its_source_holds_no_pipe_and_takes_one_when_bytes_come() {
         rt::block_on(async {
-            let (client, near) = pair().await;
-            let (far, server) = pair().await;
-            let (near, far) = (near.socket().clone(), far.socket().clone());
-            let (_client_r, mut client_w) = client.split();
-            let (mut server_r, _server_w) = server.split();
+            let Wired {
+                mut client_w,
+                mut server_r,
+                near,
+                far,
+                _rest,
+            } = wired().await;
             let mut relay = Relay::new(PIPE_CAPACITY).unwrap();
             assert!(relay.pipe.is_some());
             for message in [&b"ping"[..], b"pong"] {
@@ -635,16 +680,7 @@ mod tests {
                 let mut got = [0u8; 4];
                 // The relay moves the message and goes back to waiting in one poll, so
                 // once the server has it, the relay is waiting.
-                {
-                    let run = std::pin::pin!(relay.run(&near, &far, |_| {}));
-                    let read = std::pin::pin!(server_r.read_exact(&mut got));
-                    match futures::future::select(run, read).await {
-                        futures::future::Either::Right((read, _)) => read.unwrap(),
-                        futures::future::Either::Left((end, _)) => {
-                            panic!("relay ended: {end:?}")
-                        }
-                    }
-                }
+                relay_until_read(&mut relay, (&near, &far), &mut server_r, &mut got).await;
                 assert_eq!(&got, message);
                 assert!(relay.pipe.is_none(), "an idle relay kept its pipe");
             }
@@ -655,11 +691,13 @@ mod tests {
     #[test]
     fn an_adaptive_relay_copies_small_messages_splices_bulk_and_copies_again_after() {
         rt::block_on(async {
-            let (client, near) = pair().await;
-            let (far, server) = pair().await;
-            let (near, far) = (near.socket().clone(), far.socket().clone());
-            let (_client_r, mut client_w) = client.split();
-            let (mut server_r, _server_w) = server.split();
+            let Wired {
+                mut client_w,
+                mut server_r,
+                near,
+                far,
+                _rest,
+            } = wired().await;
             let mut relay = Relay::new(PIPE_CAPACITY).unwrap().adaptive();
             let tally = relay.tally();
             let bulk: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i % 251) as u8).collect();
@@ -673,16 +711,7 @@ mod tests {
                     }
                 });
                 let mut got = vec![0u8; message.len()];
-                {
-                    let run = std::pin::pin!(relay.run(&near, &far, |_| {}));
-                    let read = std::pin::pin!(server_r.read_exact(&mut got));
-                    match futures::future::select(run, read).await {
-                        futures::future::Either::Right((read, _)) => read.unwrap(),
-                        futures::future::Either::Left((end, _)) => {
-                            panic!("relay ended: {end:?}")
-                        }
-                    }
-                }
+                relay_until_read(&mut relay, (&near, &far), &mut server_r, &mut got).await;
                 client_w = send.await;
                 assert!(got == message, "round {round}: the bytes differ");
                 let spliced = tally.spliced() - spliced_before;
