@@ -189,9 +189,10 @@ enum ProxyVersion {
 
 #[derive(Args)]
 struct ProxyArgs {
-    /// Address to accept clients on.
+    /// Address to accept clients on (repeatable: one proxy on several addresses, sharing
+    /// its upstreams and limits).
     #[arg(long, value_name = "ADDR", default_value = proxy::DEFAULT_ADDR)]
-    listen: String,
+    listen: Vec<String>,
     /// Where to forward: HOST:PORT (repeatable; resolved at every connect).
     #[arg(long, value_name = "HOST:PORT", required = true)]
     upstream: Vec<String>,
@@ -483,6 +484,12 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         proxy_from: AccessList::new(args.proxy_from, vec![]),
         ..(*args.server.config()).clone()
     };
+    for (i, addr) in args.listen.iter().enumerate() {
+        // Port 0 twice is two ports the kernel picks.
+        if args.listen[..i].contains(addr) && !addr.ends_with(":0") {
+            return Err(format!("--listen {addr} is given twice").into());
+        }
+    }
     let stats = Stats::new();
     let serve_stats = stats.clone();
     let threads = args
@@ -490,8 +497,11 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
         switchboard::rt::set_connection_threads(0);
-        let bound = service::bind(Some(&args.listen), None).await?;
-        let listener = bound.tcp.expect("bound a TCP address");
+        let mut listeners = Vec::with_capacity(args.listen.len());
+        for addr in &args.listen {
+            let bound = service::bind(Some(addr), None).await?;
+            listeners.push(bound.tcp.expect("bound a TCP address"));
+        }
         return service::run_until_signal_closing(
             "proxy",
             stats,
@@ -501,12 +511,20 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
                     close_now: Some(close),
                     ..server
                 };
-                proxy::run(listener, server, config, serve_stats, shutdown)
+                proxy::run_many(listeners, server, config, serve_stats, shutdown)
             },
         )
         .await;
     }
-    let listeners = service::bind_reuseport(&args.listen, threads).await?;
+    // One listener per address on every thread.
+    let mut listeners: Vec<Vec<std::net::TcpListener>> =
+        (0..threads.max(1)).map(|_| Vec::new()).collect();
+    for addr in &args.listen {
+        let bound = service::bind_reuseport(addr, threads).await?;
+        for (thread, listener) in listeners.iter_mut().zip(bound) {
+            thread.push(listener);
+        }
+    }
     service::run_until_signal_closing(
         "proxy",
         stats,

@@ -880,3 +880,62 @@ fn set_rcvbuf(listener: &std::net::TcpListener, bytes: libc::c_int) {
     };
     assert_eq!(rc, 0, "setsockopt(SO_RCVBUF)");
 }
+
+#[test]
+fn one_proxy_serves_every_listen_address_on_shared_or_pinned_threads() {
+    use std::io::BufRead;
+    let up_addr = echo_upstream().to_string();
+    for threads in ["0", "2"] {
+        let mut proc = spawn_proxy(&up_addr, &["--listen", "127.0.0.1:0", "--threads", threads]);
+        let (first, log) = listening_addr_and_log(&mut proc, "TCP");
+        // The second address is announced after the first.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log = log;
+            let mut line = String::new();
+            let mut in_listening = false;
+            while log.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if line.contains("listening") {
+                    in_listening = line.contains("TCP");
+                }
+                if let Some(addr) = find_addr(&line).filter(|_| in_listening) {
+                    let _ = tx.send(addr);
+                    return;
+                }
+                line.clear();
+            }
+        });
+        let second = rx
+            .recv_timeout(DEADLINE)
+            .expect("a second listening address");
+        assert_ne!(first, second);
+        for (i, addr) in [first, second].into_iter().enumerate() {
+            let mut c = client(addr);
+            let hello = format!("through listener {i}\n");
+            c.write_all(hello.as_bytes()).unwrap();
+            assert_eq!(
+                read_n(&mut c, hello.len()),
+                hello.as_bytes(),
+                "threads {threads}"
+            );
+        }
+        signal(&proc, libc::SIGTERM);
+        assert!(wait_exit(&mut proc).success());
+    }
+    // The same address twice is refused before anything is bound (port 0 twice is two
+    // ports, as above).
+    let out = binary()
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:9",
+        ])
+        .args(["--upstream", &up_addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--listen 127.0.0.1:9 is given twice"), "{err}");
+}

@@ -119,7 +119,7 @@ fn start_proxy(cfg: ProxyConfig, server: ServerConfig) -> Proxy {
     let stats = Stats::new();
     let (trigger, shutdown) = shutdown::channel();
     rt::spawn(proxy::run_pinned(
-        listeners,
+        listeners.into_iter().map(|l| vec![l]).collect(),
         server,
         cfg,
         stats.clone(),
@@ -554,7 +554,7 @@ fn pinned_threads_share_one_address_and_carry_sessions() {
     let stats = Stats::new();
     let (trigger, shutdown) = shutdown::channel();
     let running = rt::spawn(proxy::run_pinned(
-        listeners,
+        listeners.into_iter().map(|l| vec![l]).collect(),
         ServerConfig::default(),
         config(&[echo.tcp], Balance::First),
         stats.clone(),

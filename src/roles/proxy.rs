@@ -94,30 +94,58 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    serve(listener, Arc::new(server), Arc::new(proxy), stats, shutdown).await;
+    run_many(vec![listener], server, proxy, stats, shutdown).await;
 }
 
-/// Serves the proxy with one pinned thread per listener (bound with `SO_REUSEPORT` on one
-/// address): the kernel spreads clients across the listeners, and every actor of a
-/// session runs on the thread that accepted it, so no hop wakes another thread.
-/// Returns once every accept loop has stopped; sessions finish on their threads.
+/// [`run`] on several listeners at once (`--listen` repeated), sharing the upstreams,
+/// their balancing and the counts.
+pub async fn run_many(
+    listeners: Vec<TcpListener>,
+    server: ServerConfig,
+    proxy: ProxyConfig,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+) {
+    let (server, proxy) = (Arc::new(server), Arc::new(proxy));
+    let loops = listeners.into_iter().map(|listener| {
+        serve(
+            listener,
+            server.clone(),
+            proxy.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        )
+    });
+    futures::future::join_all(loops).await;
+}
+
+/// Serves the proxy with one pinned thread per entry of `listeners`, each entry the
+/// thread's listeners (one per `--listen` address, every address bound with
+/// `SO_REUSEPORT` once per thread): the kernel spreads clients across the threads, and
+/// every actor of a session runs on the thread that accepted it, so no hop wakes another
+/// thread. Returns once every accept loop has stopped; sessions finish on their threads.
 pub async fn run_pinned(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Vec<std::net::TcpListener>>,
     server: ServerConfig,
     proxy: ProxyConfig,
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) -> Result<()> {
     let threads = listeners.len();
-    let addr = listeners
+    let addrs: Vec<String> = listeners
         .first()
-        .and_then(|l| l.local_addr().ok())
-        .map(|a| a.to_string())
+        .map(|first| {
+            first
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .map(|a| a.to_string())
+                .collect()
+        })
         .unwrap_or_default();
-    // Each thread's accept loop logs at debug; the address is announced here, once.
+    // Each thread's accept loop logs at debug; each address is announced here, once.
     let (server, proxy) = (Arc::new(server.quiet()), Arc::new(proxy));
     let (done_tx, done_rx) = flume::bounded::<()>(threads);
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, listeners) in listeners.into_iter().enumerate() {
         let (server, proxy, stats, shutdown, done_tx) = (
             server.clone(),
             proxy.clone(),
@@ -126,10 +154,22 @@ pub async fn run_pinned(
             done_tx.clone(),
         );
         rt::spawn_pinned_thread(format!("proxy-{i}"), move || async move {
-            match rt::listener_from_std(listener) {
-                Ok(listener) => serve(listener, server, proxy, stats.clone(), shutdown).await,
-                Err(e) => log::error!(error = e.to_string().as_str(); "proxy: listener unusable"),
-            }
+            let loops = listeners.into_iter().filter_map(|listener| {
+                match rt::listener_from_std(listener) {
+                    Ok(listener) => Some(serve(
+                        listener,
+                        server.clone(),
+                        proxy.clone(),
+                        stats.clone(),
+                        shutdown.clone(),
+                    )),
+                    Err(e) => {
+                        log::error!(error = e.to_string().as_str(); "proxy: listener unusable");
+                        None
+                    }
+                }
+            });
+            futures::future::join_all(loops.collect::<Vec<_>>()).await;
             let _ = done_tx.send_async(()).await;
             // Keep running this thread's sessions until they end (or the process exits).
             while stats.live_tasks() > 0 {
@@ -138,7 +178,9 @@ pub async fn run_pinned(
         })?;
     }
     drop(done_tx);
-    log::info!(role = "proxy", addr = addr.as_str(), threads = threads; "listening (TCP)");
+    for addr in &addrs {
+        log::info!(role = "proxy", addr = addr.as_str(), threads = threads; "listening (TCP)");
+    }
     for _ in 0..threads {
         let _ = done_rx.recv_async().await;
     }
