@@ -289,8 +289,7 @@ impl Relay {
         let mut readable = pin!(Fuse::terminated());
         let mut writable = pin!(Fuse::terminated());
         loop {
-            let read_open = self.room && !self.eof && self.in_pipe < self.capacity;
-            if can_read && read_open && self.held.is_empty() && self.copying {
+            if can_read && self.read_open() && self.copying {
                 let want = self.capacity;
                 match copy_once(from, to, want, &mut self.held) {
                     Ok((0, _)) => self.eof = true,
@@ -321,7 +320,7 @@ impl Relay {
                     Err(Errno::AGAIN) => can_read = false,
                     Err(e) => return Err(self.failure(Side::Source, e.into())),
                 }
-            } else if can_read && read_open && self.held.is_empty() {
+            } else if can_read && self.read_open() {
                 if self.pipe.is_none() {
                     match Pipe::take(self.asked) {
                         Ok(pipe) => self.pipe = Some(pipe),
@@ -412,8 +411,7 @@ impl Relay {
                 return Ok(End::Eof);
             }
             // Whether the relay would take bytes, and whether it has bytes to give.
-            let read_open =
-                self.room && !self.eof && self.in_pipe < self.capacity && self.held.is_empty();
+            let read_open = self.read_open();
             let write_open = self.in_pipe > 0 || !self.held.is_empty();
             if (can_read && read_open) || (can_write && write_open) {
                 // A splice can be tried at once: every pass that gets here moved bytes.
@@ -486,6 +484,12 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// Whether the relay would take bytes from its source: not at its end, nothing copied
+    /// waiting for the destination, and room in the pipe.
+    fn read_open(&self) -> bool {
+        self.room && !self.eof && self.in_pipe < self.capacity && self.held.is_empty()
     }
 
     fn failure(&self, side: Side, error: io::Error) -> Failure {
