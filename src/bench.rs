@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::Result;
+use crate::net::duration::parse_duration;
 use crate::net::stream::Stream;
 use crate::rt;
 
 /// What to measure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     Echo,
     Stream,
@@ -37,28 +38,62 @@ pub enum Mode {
 }
 
 /// The command line of `bench`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchOptions {
+    /// What to measure.
+    #[arg(value_enum)]
     pub mode: Mode,
+    /// The server to load: HOST:PORT (loopback only is the polite choice).
+    #[arg(value_parser = parse_target)]
     pub target: SocketAddr,
+    /// Concurrent connections (chat: clients).
+    #[arg(long, default_value_t = 50)]
     pub conns: usize,
+    /// Message size in bytes (stream: chunk size; chat: line length).
+    #[arg(long, value_name = "BYTES", default_value_t = 512)]
     pub size: usize,
+    /// How long to run.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
     /// echo/http: requests per second per connection (0 = as fast as possible);
     /// chat: lines per second per sender.
+    #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// echo: use UDP datagrams.
+    #[arg(long)]
     pub udp: bool,
+    /// stream: expect every byte back (an echo target).
+    #[arg(long)]
     pub duplex: bool,
+    /// stream: send a reproducible random payload and compare every byte that returns.
+    #[arg(long)]
     pub verify: bool,
-    /// chat: how many of the clients send.
+    /// chat: how many clients send.
+    #[arg(long, default_value_t = 10)]
     pub senders: usize,
-    /// chat: senders send at the same instants rather than evenly phased.
+    /// chat: all senders send at the same instants (bursts of one line each), instead of
+    /// spreading their lines evenly over each period as independent people do.
+    #[arg(long)]
     pub in_step: bool,
     /// http: the path to GET.
+    #[arg(long, default_value = "/")]
     pub path: String,
+    /// Print the result as one JSON object.
+    #[arg(long)]
     pub json: bool,
-    /// Print a progress line every second (on a terminal).
+    /// Print a progress line every second (on a terminal; set by the binary).
+    #[arg(skip)]
     pub progress: bool,
+}
+
+/// `HOST:PORT` as a target: the first address it resolves to.
+fn parse_target(target: &str) -> std::result::Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    target
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {target}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{target} resolves to no address"))
 }
 
 /// The most any run may take beyond `--duration` to collect what is in flight.

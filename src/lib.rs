@@ -17,10 +17,13 @@
 pub mod bench;
 pub mod client;
 pub mod logging;
+pub mod metrics;
 pub mod net;
+pub mod options;
 pub mod role;
 pub mod roles;
 pub mod rt;
+pub mod serve;
 pub mod service;
 
 /// `eprintln!` for notices, except that a stderr that is closed or gone (`2>&-`, a pipe

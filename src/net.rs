@@ -22,6 +22,6 @@ pub mod socket;
 pub mod splice;
 pub mod stats;
 pub mod stream;
-mod sys;
+pub(crate) mod sys;
 pub mod udp;
 pub mod writer;

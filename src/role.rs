@@ -172,6 +172,7 @@ pub async fn run<R: NewSession>(
     shutdown: Shutdown,
 ) {
     let name = role.name();
+    let retire = config.retire.clone();
     let tcp_loop = {
         let (role, stats, shutdown) = (role.clone(), stats.clone(), shutdown.clone());
         async move {
@@ -186,7 +187,12 @@ pub async fn run<R: NewSession>(
     };
     let udp_loop = async move {
         if let Some(socket) = udp {
-            serve_datagrams(role, socket, stats, shutdown).await;
+            // A retired generation (a reload) stops receiving; its sessions are datagrams.
+            let stop = match &retire {
+                Some(retire) => Shutdown::either(&shutdown, retire),
+                None => shutdown,
+            };
+            serve_datagrams(role, socket, stats, stop).await;
         }
     };
     futures::join!(tcp_loop, udp_loop);

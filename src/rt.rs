@@ -178,6 +178,11 @@ impl TcpListener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.get_ref().local_addr()
     }
+
+    /// Another descriptor for the same listening socket, on the reactor.
+    pub fn try_clone(&self) -> io::Result<TcpListener> {
+        listener_from_std(self.0.get_ref().try_clone()?)
+    }
 }
 
 /// Connects to `addr`, waiting on the reactor while the connection is in progress.
@@ -197,6 +202,16 @@ impl UdpSocket {
     /// The address it is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.get_ref().local_addr()
+    }
+
+    /// Wraps a bound std socket (set non-blocking here) for the runtime.
+    pub fn from_std(socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
+        Ok(UdpSocket(Async::new(socket)?))
+    }
+
+    /// Another descriptor for the same socket, on the reactor.
+    pub fn try_clone(&self) -> io::Result<UdpSocket> {
+        UdpSocket::from_std(self.0.get_ref().try_clone()?)
     }
 
     /// Sets the one peer [`UdpSocket::send`] sends to and [`UdpSocket::recv`] hears from.
@@ -256,11 +271,20 @@ impl Signals {
         ])?))
     }
 
+    /// Installs the handlers for SIGINT, SIGTERM and SIGHUP (`serve`'s reload).
+    pub fn with_reload() -> std::io::Result<Self> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        Ok(Signals(signal_hook_async_std::Signals::new([
+            SIGINT, SIGTERM, SIGHUP,
+        ])?))
+    }
+
     /// Waits for the next signal and returns its name.
     pub async fn next(&mut self) -> &'static str {
         use futures::StreamExt;
         match self.0.next().await {
             Some(signal_hook::consts::SIGTERM) => "SIGTERM",
+            Some(signal_hook::consts::SIGHUP) => "SIGHUP",
             Some(_) => "SIGINT",
             // The stream only ends when its handle is closed, which we never do.
             None => futures::future::pending().await,

@@ -202,12 +202,17 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// The accept loop's settings these options ask for.
     pub fn config(&self) -> Arc<ServerConfig> {
-        Arc::new(ServerConfig {
+        Arc::new(self.config_owned())
+    }
+
+    /// [`config`](Self::config), for a role that adds settings of its own.
+    pub fn config_owned(&self) -> ServerConfig {
+        ServerConfig {
             max_conns: self.max_conns,
             idle_timeout: nonzero(self.idle_timeout),
             access: AccessList::new(self.allow.clone(), self.deny.clone()),
             ..ServerConfig::default()
-        })
+        }
     }
 }
 

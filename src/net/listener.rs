@@ -74,6 +74,11 @@ pub struct ServerConfig {
     /// proxy's `--accept-proxy`): which peers may send one at all (`--proxy-from`;
     /// empty allows anyone). `access` then judges the address in the header.
     pub proxy_from: AccessList,
+    /// Fires when this accept loop is replaced by another on the same listener (a
+    /// reload under `serve`): the loop stops accepting and lets go of its listener, but
+    /// its open connections stay as they are; it still shuts them at `shutdown` (unless
+    /// `keep_open_on_shutdown`), and returns early once the last one has closed.
+    pub retire: Option<Shutdown>,
 }
 
 impl ServerConfig {
@@ -106,6 +111,20 @@ impl ServerConfig {
     pub fn judging_proxies(mut self) -> Self {
         self.access = self.proxy_from.clone();
         self
+    }
+
+    /// Completes when the loop should stop accepting: at `shutdown`, or when it is
+    /// retired.
+    async fn stop_accepting(&self, shutdown: &Shutdown) {
+        match &self.retire {
+            Some(retire) => {
+                futures::select! {
+                    _ = shutdown.wait().fuse() => {}
+                    _ = retire.wait().fuse() => {}
+                }
+            }
+            None => shutdown.wait().await,
+        }
     }
 }
 
@@ -160,7 +179,7 @@ pub async fn serve<H, F>(
             futures::select! {
                 id = closed_rx.recv_async() => { if let Ok(id) = id { open.remove(&id); } }
                 _ = rt::sleep(backoff).fuse() => {}
-                _ = shutdown.wait().fuse() => break,
+                _ = config.stop_accepting(&shutdown).fuse() => break,
             }
         }
         if let Some(waiting) = &config.hold_accepts
@@ -169,7 +188,7 @@ pub async fn serve<H, F>(
             futures::select! {
                 id = closed_rx.recv_async() => { if let Ok(id) = id { open.remove(&id); } }
                 _ = rt::sleep(HOLD_CHECK).fuse() => {}
-                _ = shutdown.wait().fuse() => break,
+                _ = config.stop_accepting(&shutdown).fuse() => break,
             }
             continue;
         }
@@ -179,7 +198,7 @@ pub async fn serve<H, F>(
                 if let Ok(id) = id { open.remove(&id); }
                 continue;
             }
-            _ = shutdown.wait().fuse() => break,
+            _ = config.stop_accepting(&shutdown).fuse() => break,
         };
         let (stream, peer) = match accepted.and_then(|(s, peer)| Ok((Stream::new(s)?, peer))) {
             Ok(pair) => {
@@ -258,6 +277,20 @@ pub async fn serve<H, F>(
     }
 
     drop(listener);
+    if !shutdown.is_fired() {
+        // Retired: another loop accepts on this listener now. The connections started
+        // here stay; the loop keeps their table until they end or the shutdown comes.
+        log::debug!(role = role, addr = local.as_str(), open = open.len(); "retired; open connections stay");
+        while !open.is_empty() {
+            futures::select! {
+                id = closed_rx.recv_async() => { if let Ok(id) = id { open.remove(&id); } }
+                _ = shutdown.wait().fuse() => break,
+            }
+        }
+        if open.is_empty() {
+            return;
+        }
+    }
     if config.keep_open_on_shutdown {
         log::log!(announce, role = role, open = open.len(); "stopped accepting; letting open connections finish");
         return;

@@ -39,6 +39,23 @@ impl Shutdown {
     }
 }
 
+impl Shutdown {
+    /// A waiter that fires when either `a` or `b` fires (a task watches both until then).
+    pub fn either(a: &Shutdown, b: &Shutdown) -> Shutdown {
+        use futures::FutureExt;
+        let (trigger, either) = channel();
+        let (a, b) = (a.clone(), b.clone());
+        crate::rt::spawn(async move {
+            futures::select! {
+                _ = a.wait().fuse() => {}
+                _ = b.wait().fuse() => {}
+            }
+            trigger.fire();
+        });
+        either
+    }
+}
+
 /// A new trigger and its first waiter.
 pub fn channel() -> (Trigger, Shutdown) {
     let (tx, rx) = flume::bounded(0);

@@ -1,7 +1,8 @@
 //! The socket calls neither rustix nor std offers safely, kept raw in one place: the
-//! send queue's size (`TIOCOUTQ`) and `struct tcp_info` (`TCP_INFO`).
+//! send queue's size (`TIOCOUTQ`), `struct tcp_info` (`TCP_INFO`), and taking a
+//! descriptor this process was started with (systemd's socket activation).
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Bytes in the socket's send queue that the peer has not acknowledged (`TIOCOUTQ`);
 /// `None` if the kernel will not say.
@@ -29,4 +30,19 @@ pub(crate) fn tcp_info(fd: BorrowedFd<'_>) -> Option<([u64; 32], usize)> {
         )
     };
     (rc == 0).then_some((info, len as usize))
+}
+
+/// Takes ownership of descriptor `fd`, passed to this process when it started (by
+/// systemd: `LISTEN_FDS`), if it is open; `None` if it is not.
+pub(crate) fn inherited_fd(fd: i32) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; on a closed descriptor it
+    // fails with EBADF and touches nothing.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is open (just checked), and nothing else in this process owns it:
+    // systemd passes descriptors from 3 on for the process to take, this is called once
+    // per descriptor at start, before any socket of our own is made, and the caller
+    // checked LISTEN_PID names this process.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }

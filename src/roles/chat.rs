@@ -18,8 +18,10 @@ pub mod cookie;
 pub mod protocol;
 pub mod unicode_table;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use broker::{
     BrokerHandle, BrokerMsg, ChatConfig, LeaveReason, LocalOnly, Outbox, ReceiveGate,
@@ -33,7 +35,7 @@ use crate::net::lines::{LineFramer, Overlong};
 use crate::net::listener::{self, Conn, ServerConfig};
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
-use crate::net::udp;
+use crate::net::udp::{self, DatagramSender};
 use crate::rt::{self, TcpListener, UdpSocket};
 
 /// Default address for TCP and UDP.
@@ -60,28 +62,75 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
+    run_generation(
+        tcp,
+        udp,
+        server,
+        chat,
+        stats,
+        shutdown,
+        &ChatState::default(),
+    )
+    .await;
+}
+
+/// What a chat service keeps across a reload (`serve`): its broker, and with it every
+/// user, room and nick, and the UDP send actor.
+#[derive(Default)]
+pub struct ChatState(Mutex<Option<Running>>);
+
+/// The broker of a running chat and its UDP send actor.
+struct Running {
+    broker: BrokerHandle,
+    udp_sender: Option<DatagramSender>,
+}
+
+/// One generation of a chat service: accept and receive loops on the sockets given, on
+/// the broker `state` holds (started here, and kept there, by the first generation).
+/// Later generations (a reload with new limits) hand the broker their [`ChatConfig`],
+/// and the one before stops accepting when its `server.retire` fires, leaving its users
+/// where they are. At `shutdown` everyone is told `* server shutting down` first.
+pub async fn run_generation(
+    tcp: Option<TcpListener>,
+    udp: Option<UdpSocket>,
+    server: ServerConfig,
+    chat: ChatConfig,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+    state: &ChatState,
+) {
+    let retire = server.retire.clone();
     let server = Arc::new(server.or_full_notice(FULL_NOTICE));
     let udp = udp.map(Arc::new);
-    let udp_sender = udp.as_ref().map(|s| udp::spawn_sender(s.clone(), &stats));
-    // Kept to wait, at the end, until every datagram queued (the goodbyes too) is sent and
-    // counted.
-    let udp_finish = udp_sender.clone();
-    let tick = (chat.udp_idle / 4).clamp(Duration::from_millis(10), TICK_MAX);
-    let broker = BrokerHandle::spawn(chat.clone(), udp_sender, Box::new(LocalOnly));
-
-    // The accept and receive loops stop only after the broker has said goodbye.
-    let (loops_trigger, loops_shutdown) = shutdown::channel();
-    let ticker = {
-        let broker = broker.clone();
-        async move {
-            loop {
-                rt::sleep(tick).await;
-                if !broker.send(BrokerMsg::Tick).await {
-                    break; // the broker has stopped
-                }
+    let broker = {
+        let mut running = state.0.lock().unwrap_or_else(|e| e.into_inner());
+        match running.as_ref() {
+            Some(running) => {
+                let broker = running.broker.clone();
+                let config = Box::new(chat.clone());
+                let reconfigure = broker.clone();
+                rt::spawn(async move {
+                    reconfigure.send(BrokerMsg::Reconfigure { config }).await;
+                });
+                broker
+            }
+            None => {
+                let udp_sender = udp.as_ref().map(|s| udp::spawn_sender(s.clone(), &stats));
+                let broker =
+                    BrokerHandle::spawn(chat.clone(), udp_sender.clone(), Box::new(LocalOnly));
+                let tick = (chat.udp_idle / 4).clamp(Duration::from_millis(10), TICK_MAX);
+                rt::spawn(tick_broker(broker.clone(), tick));
+                *running = Some(Running {
+                    broker: broker.clone(),
+                    udp_sender,
+                });
+                broker
             }
         }
     };
+
+    // The accept and receive loops stop only after the broker has said goodbye.
+    let (loops_trigger, loops_shutdown) = shutdown::channel();
     let max_line = chat.max_line;
     let tcp_loop = {
         let (broker, stats, loops_shutdown) =
@@ -102,11 +151,15 @@ pub async fn run(
     };
     let udp_loop = {
         let broker = broker.clone();
+        let stop = match &retire {
+            Some(retire) => Shutdown::either(&loops_shutdown, retire),
+            None => loops_shutdown,
+        };
         async move {
             if let Some(socket) = udp {
                 let gate = ReceiveGate::new(UDP_QUEUED_BYTES);
                 let mut dropped = 0u64;
-                udp::receive_loop(socket, stats, loops_shutdown, |peer, data| {
+                udp::receive_loop(socket, stats, stop, |peer, data| {
                     let broker = broker.clone();
                     // Cut into lines here, as a TCP reader cuts its stream: the broker
                     // only reads them.
@@ -131,14 +184,37 @@ pub async fn run(
         broker.shutdown().await;
         loops_trigger.fire();
     };
-    rt::spawn(ticker);
-    futures::join!(tcp_loop, udp_loop, stop);
-    if let Some(sender) = udp_finish {
+    // A retired generation whose last user has left ends here; any other ends after the
+    // shutdown's goodbyes.
+    let loops = futures::future::join(tcp_loop, udp_loop).fuse();
+    let stop = stop.fuse();
+    futures::pin_mut!(loops, stop);
+    futures::select! {
+        _ = loops => return,
+        _ = stop => { loops.await; }
+    }
+    let finish = state
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .and_then(|running| running.udp_sender);
+    if let Some(sender) = finish {
         // The broker has stopped and let go of its handle: the count is final.
         let dropped = sender.dropped();
         sender.finish().await;
         if dropped > 0 {
             log::warn!(lines = dropped; "chat: UDP lines dropped (the UDP send queue was full)");
+        }
+    }
+}
+
+/// Reminds the broker every `tick` to expire silent UDP clients, until it stops.
+async fn tick_broker(broker: BrokerHandle, tick: Duration) {
+    loop {
+        rt::sleep(tick).await;
+        if !broker.send(BrokerMsg::Tick).await {
+            break; // the broker has stopped
         }
     }
 }

@@ -197,6 +197,9 @@ pub enum BrokerMsg {
     },
     /// Time passes: expire silent UDP clients.
     Tick,
+    /// New limits (a reload under `serve`): clients that join from now on get them;
+    /// the server-wide join limits start afresh.
+    Reconfigure { config: Box<ChatConfig> },
     /// Tell everyone, let go of every writer, and stop.
     Shutdown { done: oneshot::Sender<()> },
 }
@@ -636,6 +639,13 @@ impl Broker {
                 BrokerMsg::Leave { id, reason } => self.remove(id, reason),
                 BrokerMsg::Datagram { peer, data } => self.on_datagram(peer, &data.datagram),
                 BrokerMsg::Tick => self.expire_udp(),
+                BrokerMsg::Reconfigure { config } => {
+                    self.joins = TokenBucket::new(per_second_burst(config.udp_join_rate));
+                    self.challenges = TokenBucket::new(per_second_burst(config.udp_challenge_rate));
+                    self.source_joins = SourceJoins::new(config.udp_joins_per_ip);
+                    self.config = *config;
+                    log::info!("chat: new limits for new clients");
+                }
                 BrokerMsg::Shutdown { done } => {
                     let bye = line(&["* server shutting down"]);
                     let mut peers = Vec::new();

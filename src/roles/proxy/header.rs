@@ -19,9 +19,11 @@ pub const V1_MAX: usize = 107;
 pub const V2_MAX: usize = 16 + 2048;
 
 /// Which version to send.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Version {
+    /// The text header (`PROXY TCP4 ...`).
     V1,
+    /// The binary header.
     V2,
 }
 

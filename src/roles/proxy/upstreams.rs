@@ -29,7 +29,7 @@ const LOCAL_RETRY_MIN: Duration = Duration::from_millis(5);
 const LOCAL_RETRY_MAX: Duration = Duration::from_millis(100);
 
 /// How new sessions pick an upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Balance {
     /// Each new session starts at the next upstream.
     #[default]

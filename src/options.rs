@@ -1,0 +1,276 @@
+//! The options of each server role, as one set of types that both the command line
+//! (clap's derive) and `serve`'s config file build: a key in a `[[service]]` table is the
+//! long flag of the same subcommand with dashes as underscores, parsed by the same clap
+//! argument (see [`crate::serve::config`]). Defaults, value parsers and the checks across
+//! options live here once, and each `*Args` turns into what its role runs on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ipnet::IpNet;
+
+use crate::Result;
+use crate::net::access::{AccessList, parse_cidr};
+use crate::net::duration::{nonzero, parse_duration};
+use crate::net::listener::ServerConfig;
+use crate::net::splice;
+use crate::roles::chat::{self, broker::ChatConfig};
+use crate::roles::proxy::{
+    self, ProxyConfig,
+    header::Version,
+    upstreams::{Balance, Upstreams},
+};
+use crate::roles::{hello, http};
+use crate::service::{Addrs, ServerArgs};
+
+/// `--tcp` and `--udp`, for a role that serves either or both.
+#[derive(Args, Clone, Debug)]
+pub struct Transports {
+    /// TCP address to serve (given alone, only TCP is served).
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Option<String>,
+    /// UDP address to serve (given alone, only UDP is served).
+    #[arg(long, value_name = "ADDR")]
+    pub udp: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl Transports {
+    /// Both on `default` when neither is named, else just the ones named.
+    pub fn addrs(&self, default: &str) -> Addrs {
+        match (&self.tcp, &self.udp) {
+            (None, None) => Addrs::both(default),
+            (tcp, udp) => Addrs {
+                tcp: tcp.clone(),
+                udp: udp.clone(),
+            },
+        }
+    }
+}
+
+/// `switchboard chat`.
+#[derive(Args, Clone, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub transports: Transports,
+    /// Longest line accepted, in bytes; longer lines are dropped with an error.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    pub max_line: usize,
+    /// Lines per second each client may send on average (0 = no limit).
+    #[arg(long, value_name = "LINES", default_value_t = 20.0)]
+    pub rate: f64,
+    /// Lines each client may send at once before --rate applies.
+    #[arg(long, value_name = "LINES", default_value_t = 40)]
+    pub burst: u32,
+    /// Lines queued for one TCP client before it is disconnected as too slow.
+    #[arg(long, value_name = "LINES", default_value_t = 1024)]
+    pub sendq: usize,
+    /// Bytes queued for one TCP client before it is disconnected as too slow.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub sendq_bytes: usize,
+    /// The most UDP users at once; more get `! server full`.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_udp_users: usize,
+    /// The most UDP users from one source (an IPv4 address or an IPv6 /64); more get
+    /// `! too many users from your address`. Default: a quarter of --max-udp-users, at
+    /// most 256.
+    #[arg(long, value_name = "N")]
+    pub max_udp_users_per_ip: Option<usize>,
+    /// Drop a UDP user after this long without a datagram.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub udp_idle: Duration,
+    /// UDP joins a second for the whole server (more are refused: `! too many joins`;
+    /// the client sends `/hello` again); short replies to unknown addresses are limited
+    /// to twice this.
+    #[arg(long, value_name = "JOINS", default_value_t = 50.0)]
+    pub udp_join_rate: f64,
+    /// UDP joins a second from one source (an IPv4 address or an IPv6 /64), so that one
+    /// host cannot take every join --udp-join-rate allows.
+    #[arg(long, value_name = "JOINS", default_value_t = 5.0)]
+    pub udp_joins_per_ip: f64,
+}
+
+impl ChatArgs {
+    /// The addresses, the accept loop's settings and the broker's limits these options
+    /// ask for; an error names the options that are out of range.
+    pub fn config(&self) -> Result<(Addrs, ServerConfig, ChatConfig)> {
+        if self.max_line == 0
+            || self.sendq == 0
+            || self.sendq_bytes == 0
+            || self.burst == 0
+            || self.rate.is_nan()
+            || self.rate < 0.0
+        {
+            return Err(
+                "--max-line, --sendq, --sendq-bytes and --burst must be at least 1, and --rate 0 or more".into(),
+            );
+        }
+        if !self.udp_join_rate.is_finite() || self.udp_join_rate <= 0.0 {
+            return Err("--udp-join-rate must be a number above 0".into());
+        }
+        if !self.udp_joins_per_ip.is_finite() || self.udp_joins_per_ip <= 0.0 {
+            return Err("--udp-joins-per-ip must be a number above 0".into());
+        }
+        let config = ChatConfig {
+            max_line: self.max_line,
+            rate: self.rate,
+            burst: self.burst,
+            sendq: self.sendq,
+            sendq_bytes: self.sendq_bytes,
+            udp_idle: self.udp_idle.max(Duration::from_millis(100)),
+            max_udp_users: self.max_udp_users,
+            max_udp_users_per_ip: self
+                .max_udp_users_per_ip
+                .unwrap_or((self.max_udp_users / 4).clamp(1, 256)),
+            udp_join_rate: self.udp_join_rate,
+            udp_joins_per_ip: self.udp_joins_per_ip,
+            udp_challenge_rate: (2.0 * self.udp_join_rate).max(10.0),
+        };
+        let addrs = self.transports.addrs(chat::DEFAULT_ADDR);
+        Ok((addrs, self.transports.server.config_owned(), config))
+    }
+}
+
+/// `switchboard hello`.
+#[derive(Args, Clone, Debug)]
+pub struct HelloArgs {
+    /// TCP address to serve.
+    #[arg(long, value_name = "ADDR", default_value = hello::DEFAULT_ADDR)]
+    pub tcp: String,
+    /// The greeting (a newline is added).
+    #[arg(long, default_value = hello::DEFAULT_MESSAGE)]
+    pub message: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `switchboard http`.
+#[derive(Args, Clone, Debug)]
+pub struct HttpArgs {
+    /// Address to serve on.
+    #[arg(long, value_name = "ADDR", default_value = http::DEFAULT_ADDR)]
+    pub listen: String,
+    /// Directory to serve (nothing outside it is ever served).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub root: PathBuf,
+    /// Close clients that have not sent a complete request head within this time (408).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub header_timeout: Duration,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl HttpArgs {
+    /// The role's settings; an error when `--root` is not a directory that can be read.
+    pub fn config(&self) -> Result<http::HttpConfig> {
+        http::HttpConfig::new(
+            &self.root,
+            self.header_timeout.max(Duration::from_millis(1)),
+        )
+    }
+}
+
+/// Whether the proxy splices unless told `--no-splice`: on Linux, where `splice(2)` is.
+pub const SPLICE_BY_DEFAULT: bool = cfg!(target_os = "linux");
+
+/// `switchboard proxy`.
+#[derive(Args, Clone, Debug)]
+pub struct ProxyArgs {
+    /// Address to accept clients on (repeatable: one proxy on several addresses, sharing
+    /// its upstreams and limits).
+    #[arg(long, value_name = "ADDR", default_value = proxy::DEFAULT_ADDR)]
+    pub listen: Vec<String>,
+    /// Where to forward: HOST:PORT (repeatable; resolved at every connect).
+    #[arg(long, value_name = "HOST:PORT", required = true)]
+    pub upstream: Vec<String>,
+    /// How new sessions pick an upstream.
+    #[arg(long, value_enum, default_value = "round-robin")]
+    pub balance: Balance,
+    /// Give up one connect attempt to an upstream after this long (then try the next).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub connect_timeout: Duration,
+    /// Skip an upstream that failed for this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub backoff: Duration,
+    /// After one side half-closes, close the session if nothing moves for this long (0 = never).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    pub fin_timeout: Duration,
+    /// Write a PROXY protocol header (v1 text or v2 binary) to the upstream.
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub send_proxy: Option<Version>,
+    /// Read a PROXY protocol header (v1 or v2) from each client; only behind a balancer you trust.
+    #[arg(long)]
+    pub accept_proxy: bool,
+    /// With --accept-proxy: only these peers may send headers (repeatable CIDR; default:
+    /// anyone). --allow/--deny then judge the client each header names.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr, requires = "accept_proxy")]
+    pub proxy_from: Vec<IpNet>,
+    /// With --accept-proxy: close clients that send no header within this time.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    pub proxy_header_timeout: Duration,
+    /// Log the traffic itself, tagged client->server / server->client (text, or hex; the
+    /// first 1 KiB of each chunk read). Tapped sessions copy: the bytes must be seen.
+    #[arg(long)]
+    pub tap: bool,
+    /// Move each direction's bytes socket -> pipe -> socket with splice(2), never through
+    /// user space [default: on, on Linux].
+    #[arg(long, overrides_with = "no_splice")]
+    pub splice: bool,
+    /// Copy each direction's bytes through the proxy instead of splicing them.
+    #[arg(long, overrides_with = "splice")]
+    pub no_splice: bool,
+    /// With splice: every byte through the pipe, small messages too. By default a
+    /// direction copies until a read fills the pipe, then splices that bulk (a small
+    /// message costs less copied).
+    #[arg(long, conflicts_with = "no_splice")]
+    pub splice_always: bool,
+    /// With splice: the pipe each direction holds its bytes in, at most (rounded up to a
+    /// power of two pages; an unprivileged proxy is held to fs.pipe-max-size).
+    #[arg(long, value_name = "BYTES", default_value_t = splice::PIPE_CAPACITY as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    pub splice_pipe: u64,
+    /// Threads, each with its own listener (SO_REUSEPORT) and executor, so a session's
+    /// actors never hop threads [default: one per core]; 0 = one shared executor, where
+    /// idle threads steal work. (Under `serve`, sessions run on the process's
+    /// connection threads, one per core, and this may not be set.)
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// On Ctrl-C or SIGTERM, let open sessions finish for this long (a second signal closes at once).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub drain: Duration,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl ProxyArgs {
+    /// The accept loops' settings and the proxy's; an error for a `--listen` address
+    /// given twice.
+    pub fn config(&self) -> Result<(ServerConfig, ProxyConfig)> {
+        for (i, addr) in self.listen.iter().enumerate() {
+            // Port 0 twice is two ports the kernel picks.
+            if self.listen[..i].contains(addr) && !addr.ends_with(":0") {
+                return Err(format!("--listen {addr} is given twice").into());
+            }
+        }
+        let config = ProxyConfig {
+            upstreams: Upstreams::new(self.upstream.clone(), self.balance, self.backoff),
+            connect_timeout: self.connect_timeout.max(Duration::from_millis(1)),
+            fin_timeout: nonzero(self.fin_timeout),
+            send_proxy: self.send_proxy,
+            accept_proxy: self
+                .accept_proxy
+                .then_some(self.proxy_header_timeout.max(Duration::from_millis(1))),
+            tap: self.tap,
+            splice: (!self.no_splice && (self.splice || SPLICE_BY_DEFAULT))
+                .then_some(self.splice_pipe as usize),
+            splice_always: self.splice_always,
+        };
+        let server = ServerConfig {
+            proxy_from: AccessList::new(self.proxy_from.clone(), vec![]),
+            ..self.server.config_owned()
+        };
+        Ok((server, config))
+    }
+}

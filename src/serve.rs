@@ -1,0 +1,365 @@
+//! `switchboard serve CONFIG.toml`: many services in one process, from one file, with an
+//! admin listener, reload on SIGHUP, and roles from outside the crate.
+//!
+//! - [`config`] reads the file; each `[[service]]` table's keys go through its role's
+//!   own clap arguments, so the file and the command line are one schema.
+//! - [`Server`] is the registry of roles by name: the built-in ones, and any a program
+//!   adds with [`Server::role`] (a [`NewSession`] role such as `examples/rot13.rs`) or
+//!   [`Server::service`] (any options, any [`Service`]).
+//! - [`supervisor`] binds, runs, reloads and drains the services; [`sockets`] holds the
+//!   listening sockets by address, so a reload that keeps an address keeps its socket;
+//!   [`admin`] is the `/metrics`, `/healthz`, `/services` listener; [`systemd`] takes
+//!   sockets passed by systemd and tells it when the server is ready.
+//!
+//! A reload replaces a service's *generation*: the new one starts accepting on the same
+//! sockets, then the old one is retired (it stops accepting, and the sessions it started
+//! carry on to their natural end). A service that is gone from the file is drained as at
+//! shutdown.
+
+pub mod admin;
+mod builtin;
+pub mod config;
+pub mod sockets;
+pub mod supervisor;
+pub mod systemd;
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use clap::{Args, FromArgMatches};
+use futures::future::BoxFuture;
+
+use crate::Result;
+use crate::net::listener::ServerConfig;
+use crate::net::shutdown::Shutdown;
+use crate::net::stats::Stats;
+use crate::options::Transports;
+use crate::role::{self, NewSession};
+use crate::rt::{TcpListener, UdpSocket};
+use crate::service::{Addrs, DEFAULT_DRAIN};
+use config::{Problem, ServiceSpec};
+
+/// The addresses a service listens on, as written in the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listen {
+    pub tcp: Vec<String>,
+    pub udp: Vec<String>,
+}
+
+/// A configured service: what it listens on, and how one generation of it runs.
+pub trait Service: Send + Sync + 'static {
+    /// The addresses to bind (or keep) for it.
+    fn listen(&self) -> Listen;
+
+    /// How long its sessions are given to finish when it stops (at shutdown, or when a
+    /// reload removes it) before they are told to close.
+    fn drain(&self) -> Duration {
+        DEFAULT_DRAIN
+    }
+
+    /// Whether this configuration can take over from a running generation that listens
+    /// on `running` (keeping the service's [`Generation::state`]); otherwise a reload
+    /// stops the old service and starts this one afresh.
+    fn takes_over(&self, _running: &Listen) -> bool {
+        true
+    }
+
+    /// Runs one generation on the sockets given until it is retired or shut down.
+    /// Returns when its accept and receive loops have stopped (sessions may go on).
+    fn start(&self, generation: Generation) -> BoxFuture<'static, ()>;
+}
+
+/// What one generation of a service runs with.
+pub struct Generation {
+    /// A socket for each of [`Service::listen`]'s TCP addresses, in that order.
+    pub tcp: Vec<TcpListener>,
+    /// A socket for each UDP address, in order.
+    pub udp: Vec<UdpSocket>,
+    /// The service's counters (kept across reloads).
+    pub stats: Arc<Stats>,
+    /// Fires when the service stops: drain, as at a process's shutdown.
+    pub shutdown: Shutdown,
+    /// Fires at the end of the drain: close what is still open.
+    pub close: Shutdown,
+    /// Fires when a newer generation has taken over: stop accepting, leave the sessions.
+    pub retire: Shutdown,
+    /// State the service keeps across generations (a chat's broker).
+    state: Arc<OnceLock<Arc<dyn Any + Send + Sync>>>,
+}
+
+impl Generation {
+    /// The state every generation of this service shares: made by the first one that
+    /// asks, found by the rest.
+    pub fn state<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let any = self
+            .state
+            .get_or_init(|| Arc::new(T::default()) as Arc<dyn Any + Send + Sync>)
+            .clone();
+        any.downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("a service's state always has the one type"))
+    }
+}
+
+/// Builds a service from its parsed options.
+type Build = dyn Fn(&clap::ArgMatches) -> Result<Box<dyn Service>> + Send + Sync;
+
+/// One role the server knows by name.
+struct RoleEntry {
+    /// Its options, as a clap command (the subcommand's own arguments).
+    options: fn() -> clap::Command,
+    build: Box<Build>,
+}
+
+/// The roles `serve` can run, by name: the built-in ones and any added.
+///
+/// ```no_run
+/// # use switchboard::serve::Server;
+/// # #[derive(Clone)] struct Rot13;
+/// # impl switchboard::role::Role for Rot13 { type Session = Self; fn name(&self) -> &'static str { "rot13" } }
+/// # impl switchboard::role::Session for Rot13 {}
+/// let server = Server::new().role("rot13", || Rot13);
+/// std::process::exit(server.main_from(std::env::args_os()) as i32);
+/// ```
+pub struct Server {
+    roles: BTreeMap<String, RoleEntry>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server::new()
+    }
+}
+
+impl Server {
+    /// The built-in roles: chat, echo, upper, hello, discard, proxy, http.
+    pub fn new() -> Server {
+        builtin::register(Server {
+            roles: BTreeMap::new(),
+        })
+    }
+
+    /// Adds a role whose options are `A` (a clap `Args` struct: its long flags are the
+    /// service's keys) and which `build` turns into a [`Service`]. A name already known
+    /// is replaced.
+    pub fn service<A, F>(mut self, name: &str, build: F) -> Server
+    where
+        A: Args + FromArgMatches + 'static,
+        F: Fn(A) -> Result<Box<dyn Service>> + Send + Sync + 'static,
+    {
+        let entry = RoleEntry {
+            options: || A::augment_args(clap::Command::new("service")),
+            build: Box::new(move |matches| build(A::from_arg_matches(matches)?)),
+        };
+        self.roles.insert(name.to_owned(), entry);
+        self
+    }
+
+    /// Adds a role written with [`crate::role`] (a [`Role`](crate::role::Role) and its
+    /// sessions), made by `make`. Its keys are `tcp`, `udp` (at least one) and the
+    /// options every server takes (`max_conns`, `idle_timeout`, `allow`, `deny`).
+    pub fn role<R, F>(self, name: &str, make: F) -> Server
+    where
+        R: NewSession,
+        F: Fn() -> R + Send + Sync + 'static,
+    {
+        let role_name = name.to_owned();
+        self.service(name, move |t: Transports| {
+            if t.tcp.is_none() && t.udp.is_none() {
+                return Err(
+                    format!("role {role_name} needs tcp = \"ADDR\" or udp = \"ADDR\"").into(),
+                );
+            }
+            Ok(Box::new(RoleService {
+                role: Arc::new(make()),
+                addrs: Addrs {
+                    tcp: t.tcp,
+                    udp: t.udp,
+                },
+                server: t.server.config_owned(),
+            }) as Box<dyn Service>)
+        })
+    }
+
+    /// The names of the roles it knows.
+    pub fn role_names(&self) -> impl Iterator<Item = &str> {
+        self.roles.keys().map(String::as_str)
+    }
+
+    /// Builds the service a `[[service]]` table describes; each problem has its line.
+    pub fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, Vec<Problem>> {
+        let in_spec = |p: Problem| p.in_service(&spec.name);
+        let Some(entry) = self.roles.get(&spec.role) else {
+            let known: Vec<&str> = self.role_names().collect();
+            return Err(vec![in_spec(Problem {
+                line: Some(spec.line),
+                service: None,
+                key: Some("role".into()),
+                message: format!("unknown role {:?} (known: {})", spec.role, known.join(", ")),
+            })]);
+        };
+        let command = (entry.options)()
+            .no_binary_name(true)
+            .disable_help_flag(true)
+            .disable_version_flag(true);
+        let mut problems = Vec::new();
+        // Each key alone first, so that every bad key is reported, not just the first.
+        let alone = command.clone().mut_args(|a| a.required(false));
+        let mut known = Vec::new();
+        for key in &spec.keys {
+            let flag = key.name.replace('_', "-");
+            if !command.get_arguments().any(|a| a.get_long() == Some(&flag)) {
+                problems.push(in_spec(self.unknown_key(&spec.role, key)));
+                continue;
+            }
+            if let Err(e) = alone.clone().try_get_matches_from(&key.args) {
+                problems.push(in_spec(clap_problem(spec, &e)));
+            }
+            known.push(key);
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let args = known.iter().flat_map(|k| k.args.iter());
+        let matches = command
+            .try_get_matches_from(args)
+            .map_err(|e| vec![in_spec(clap_problem(spec, &e))])?;
+        (entry.build)(&matches).map_err(|e| {
+            let message = e.to_string();
+            // A check across options names them as flags: point at the first one given.
+            let key = message
+                .split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+                .filter_map(|w| w.strip_prefix("--"))
+                .find(|flag| spec.line_of(flag).is_some())
+                .map(|flag| flag.replace('-', "_"));
+            vec![in_spec(Problem {
+                line: key
+                    .as_deref()
+                    .and_then(|k| spec.line_of(k))
+                    .or(Some(spec.line)),
+                service: None,
+                key,
+                message,
+            })]
+        })
+    }
+}
+
+impl Server {
+    /// A key that is not an option of `role`, saying which roles have it.
+    fn unknown_key(&self, role: &str, key: &config::Key) -> Problem {
+        let flag = key.name.replace('_', "-");
+        let elsewhere: Vec<&str> = self
+            .roles
+            .iter()
+            .filter(|(_, e)| {
+                (e.options)()
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some(&flag))
+            })
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let message = if elsewhere.is_empty() {
+            format!("unknown key for role {role}")
+        } else {
+            format!(
+                "not an option of role {role} (it is one of: {})",
+                elsewhere.join(", ")
+            )
+        };
+        Problem {
+            line: Some(key.line),
+            service: None,
+            key: Some(key.name.clone()),
+            message,
+        }
+    }
+}
+
+/// A clap error about a service's keys, with the key and its line.
+fn clap_problem(spec: &ServiceSpec, e: &clap::Error) -> Problem {
+    use clap::error::{ContextKind, ContextValue};
+    let flag = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.split_whitespace().next().map(str::to_owned),
+        Some(ContextValue::Strings(v)) => v
+            .first()
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_owned),
+        _ => None,
+    };
+    let key = flag.map(|f| f.trim_start_matches("--").replace('-', "_"));
+    let message = if e.kind() == clap::error::ErrorKind::MissingRequiredArgument {
+        "is required".to_owned()
+    } else {
+        // The first paragraph of clap's message, without its "error: " and usage.
+        let rendered = e.render().to_string();
+        rendered
+            .split("\n\n")
+            .next()
+            .unwrap_or("invalid")
+            .trim_start_matches("error: ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    Problem {
+        line: key
+            .as_deref()
+            .and_then(|k| spec.line_of(k))
+            .or(Some(spec.line)),
+        service: None,
+        key,
+        message,
+    }
+}
+
+/// A [`NewSession`] role as a service: [`role::run`] on its TCP and UDP sockets.
+struct RoleService<R> {
+    role: Arc<R>,
+    addrs: Addrs,
+    server: ServerConfig,
+}
+
+impl<R: NewSession> Service for RoleService<R> {
+    fn listen(&self) -> Listen {
+        Listen {
+            tcp: self.addrs.tcp.iter().cloned().collect(),
+            udp: self.addrs.udp.iter().cloned().collect(),
+        }
+    }
+
+    fn start(&self, mut g: Generation) -> BoxFuture<'static, ()> {
+        let server = ServerConfig {
+            retire: Some(g.retire.clone()),
+            ..self.server.clone()
+        };
+        Box::pin(role::run(
+            self.role.clone(),
+            g.tcp.pop(),
+            g.udp.pop(),
+            Arc::new(server),
+            g.stats,
+            g.shutdown,
+        ))
+    }
+}
+
+/// `switchboard reload`: sends SIGHUP to the `serve` whose pid file is `pid_file`.
+pub fn reload(pid_file: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| format!("cannot read the pid file {}: {e}", pid_file.display()))?;
+    let pid = text
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| format!("{} does not hold a process id", pid_file.display()))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+        .map_err(|e| format!("cannot signal process {}: {e}", pid.as_raw_nonzero()))?;
+    crate::note!(
+        "sent SIGHUP to switchboard serve (pid {})",
+        pid.as_raw_nonzero()
+    );
+    Ok(())
+}

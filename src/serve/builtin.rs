@@ -1,0 +1,178 @@
+//! The built-in roles as services: each is its subcommand's options (`crate::options`)
+//! and the same run function the subcommand uses, with the generation's sockets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::{Generation, Listen, RoleService, Server, Service};
+use crate::Result;
+use crate::net::listener::ServerConfig;
+use crate::options::{ChatArgs, HelloArgs, HttpArgs, ProxyArgs, Transports};
+use crate::roles::chat::{self, ChatState, broker::ChatConfig};
+use crate::roles::proxy;
+use crate::roles::{discard, echo, hello, http, upper};
+use crate::service::Addrs;
+
+/// Adds the built-in roles to `server`.
+pub(super) fn register(server: Server) -> Server {
+    server
+        .service("chat", |args: ChatArgs| {
+            let (addrs, server, chat) = args.config()?;
+            Ok(Box::new(Chat {
+                addrs,
+                server,
+                chat,
+            }) as Box<dyn Service>)
+        })
+        .service("echo", |t: Transports| {
+            Ok(role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), &t))
+        })
+        .service("upper", |t: Transports| {
+            Ok(role(upper::Upper, t.addrs(upper::DEFAULT_ADDR), &t))
+        })
+        .service("discard", |t: Transports| {
+            Ok(role(discard::Discard, t.addrs(discard::DEFAULT_ADDR), &t))
+        })
+        .service("hello", |h: HelloArgs| {
+            Ok(Box::new(RoleService {
+                role: Arc::new(hello::Hello::new(&h.message)),
+                addrs: Addrs::tcp(&h.tcp),
+                server: h.server.config_owned(),
+            }) as Box<dyn Service>)
+        })
+        .service("http", |h: HttpArgs| {
+            Ok(Box::new(Http {
+                listen: h.listen.clone(),
+                server: h.server.config_owned(),
+                http: h.config()?,
+            }) as Box<dyn Service>)
+        })
+        .service("proxy", |p: ProxyArgs| -> Result<Box<dyn Service>> {
+            if p.threads.is_some() {
+                return Err("--threads is not for serve: every service's sessions run on the process's connection threads, one per core".into());
+            }
+            p.config()?; // the checks, once now rather than at each start
+            Ok(Box::new(Proxy(p)))
+        })
+}
+
+/// A built-in [`crate::role::Role`] on the addresses of its `--tcp`/`--udp`.
+fn role<R: crate::role::NewSession>(role: R, addrs: Addrs, t: &Transports) -> Box<dyn Service> {
+    Box::new(RoleService {
+        role: Arc::new(role),
+        addrs,
+        server: t.server.config_owned(),
+    })
+}
+
+/// The chat: its broker (and with it every user) is the service's state, so a
+/// reload that keeps its UDP address changes its limits without dropping anyone.
+struct Chat {
+    addrs: Addrs,
+    server: ServerConfig,
+    chat: ChatConfig,
+}
+
+impl Service for Chat {
+    fn listen(&self) -> Listen {
+        Listen {
+            tcp: self.addrs.tcp.iter().cloned().collect(),
+            udp: self.addrs.udp.iter().cloned().collect(),
+        }
+    }
+
+    fn takes_over(&self, running: &Listen) -> bool {
+        // The broker answers UDP users through the socket it started with.
+        running.udp == self.listen().udp
+    }
+
+    fn start(&self, mut g: Generation) -> BoxFuture<'static, ()> {
+        let server = ServerConfig {
+            retire: Some(g.retire.clone()),
+            ..self.server.clone()
+        };
+        let chat = self.chat.clone();
+        let state = g.state::<ChatState>();
+        Box::pin(async move {
+            chat::run_generation(
+                g.tcp.pop(),
+                g.udp.pop(),
+                server,
+                chat,
+                g.stats,
+                g.shutdown,
+                &state,
+            )
+            .await;
+        })
+    }
+}
+
+/// The static-file server.
+struct Http {
+    listen: String,
+    server: ServerConfig,
+    http: http::HttpConfig,
+}
+
+impl Service for Http {
+    fn listen(&self) -> Listen {
+        Listen {
+            tcp: vec![self.listen.clone()],
+            udp: vec![],
+        }
+    }
+
+    fn start(&self, mut g: Generation) -> BoxFuture<'static, ()> {
+        let server = ServerConfig {
+            retire: Some(g.retire.clone()),
+            close_now: Some(g.close.clone()),
+            ..self.server.clone()
+        };
+        let Some(listener) = g.tcp.pop() else {
+            return Box::pin(async {});
+        };
+        Box::pin(http::run(
+            listener,
+            server,
+            self.http.clone(),
+            g.stats,
+            g.shutdown,
+        ))
+    }
+}
+
+/// The proxy, on every `listen` address; its sessions run on the connection threads.
+struct Proxy(ProxyArgs);
+
+impl Service for Proxy {
+    fn listen(&self) -> Listen {
+        Listen {
+            tcp: self.0.listen.clone(),
+            udp: vec![],
+        }
+    }
+
+    fn drain(&self) -> Duration {
+        self.0.drain
+    }
+
+    fn start(&self, g: Generation) -> BoxFuture<'static, ()> {
+        let (server, config) = match self.0.config() {
+            Ok(config) => config,
+            Err(e) => {
+                // Checked when the service was built; this is for completeness.
+                log::error!(error = e.to_string().as_str(); "proxy: cannot start");
+                return Box::pin(async {});
+            }
+        };
+        let server = ServerConfig {
+            retire: Some(g.retire.clone()),
+            close_now: Some(g.close.clone()),
+            ..server
+        };
+        Box::pin(proxy::run_many(g.tcp, server, config, g.stats, g.shutdown))
+    }
+}
