@@ -240,6 +240,7 @@ pub fn parse(text: &str) -> Result<File, Vec<Problem>> {
                 }
             }
         }
+        keys.sort_by_key(|k| k.line); // the map holds them sorted by name
         let Some(role) = role else {
             problems.push(Problem::at(
                 Some(at),
