@@ -331,7 +331,7 @@ fn main() -> ExitCode {
         }
         Command::Listen(args) => ("listen", rt::block_on(listen::run(&args.addr, args.udp))),
         Command::Bench(args) => ("bench", rt::block_on(run_bench(args))),
-        server => service::run_process(cli.verbosity.level(), run_server(server)),
+        server => service::run_process(cli.verbosity, run_server(server)),
     };
     service::exit_code(&format!("switchboard {name}"), result)
 }
