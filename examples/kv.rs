@@ -480,5 +480,5 @@ fn main() -> std::process::ExitCode {
         ..Limits::default()
     };
     let (addrs, config) = (Addrs::tcp(&args.listen), args.server.config());
-    service::serve_role(Kv::new(limits), addrs, config, args.verbosity.level())
+    service::serve_role(Kv::new(limits), addrs, config, args.verbosity)
 }

@@ -67,5 +67,5 @@ pub struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let addrs = Addrs::both(&args.listen);
-    service::serve_role(Rot13, addrs, args.server.config(), args.verbosity.level())
+    service::serve_role(Rot13, addrs, args.server.config(), args.verbosity)
 }

@@ -1,15 +1,15 @@
-//! The servers' log output: femme's lines, through a pipe of our own, so that whatever
+//! The servers' log output (femme's formats), through a pipe of our own, so that whatever
 //! reads our stdout can neither stall the server nor crash it.
 //!
 //! femme writes each line straight to stdout and unwraps the result. A stdout that went
 //! away (`switchboard chat | head`, a closed terminal) therefore panics whichever task
 //! logged (the chat broker among them), and a stdout nobody drains (`| less`, left
 //! unscrolled) blocks every task that logs once the 64 KiB pipe is full, until every
-//! executor thread is stuck and no client is served. So before femme starts, fd 1 is
+//! executor thread is stuck and no client is served. So before the logger starts, fd 1 is
 //! swapped for a pipe that this module empties:
 //!
 //! ```text
-//!   log call ─▶ femme ─▶ fd 1 (our pipe) ─▶ drain thread ─▶ queue (≤ 1 MiB) ─▶ output thread ─▶ the real stdout
+//!   log call ─▶ logger ─▶ fd 1 (our pipe) ─▶ drain thread ─▶ queue (≤ 1 MiB) ─▶ output thread ─▶ the real stdout
 //! ```
 //!
 //! - The drain thread empties the pipe as fast as lines come, so a log call never waits
@@ -24,6 +24,12 @@
 //!   most [`RECENT_LINES`]) and the count of dropped lines go to stderr instead, so an
 //!   unread stdout never hides how the process ended.
 //!
+//! The format is the operator's (`--log-format`, [`LogFormat`]): `auto` is femme's
+//! choice by build profile (pretty in debug builds, ndjson in release); `json` and
+//! `pretty` pick one of femme's two formats in any build, written by our own logger
+//! ([`format`]) because femme keeps its two loggers private. Every one goes through the
+//! pipe.
+//!
 //! Try it: `switchboard chat | head -1`, then `telnet 127.0.0.1 7000`: the chat goes on.
 
 use std::fs::File;
@@ -32,6 +38,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+pub mod format;
 
 /// Log bytes held for a slow stdout before whole lines are dropped: thousands of lines,
 /// and a bound on what logging can cost in memory.
@@ -50,9 +58,43 @@ pub const RECENT_LINES: usize = 64;
 /// The most of one line kept aside for stderr; a longer one is cut and marked.
 const RECENT_LINE_MAX: usize = 2048;
 
-/// Starts femme at `level`, writing through the pipe described above. If the pipe cannot
-/// be set up, femme writes to stdout directly and stderr says why.
-pub fn start(level: log::LevelFilter) -> LogOutput {
+/// How log lines look (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// femme's choice: pretty in debug builds, JSON lines in release builds.
+    #[default]
+    Auto,
+    /// One JSON object per line (femme's ndjson), in any build.
+    Json,
+    /// Coloured, one indented line per field (femme's pretty form), in any build.
+    Pretty,
+}
+
+/// What a server process logs (`level`) and how (`format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    /// The most detailed level written (`-v`, `-q`).
+    pub level: log::LevelFilter,
+    /// The lines' form (`--log-format`).
+    pub format: LogFormat,
+}
+
+/// A level alone keeps femme's own choice of format (what `start` took before
+/// `--log-format`).
+impl From<log::LevelFilter> for LogSettings {
+    fn from(level: log::LevelFilter) -> Self {
+        LogSettings {
+            level,
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+/// Starts logging at `settings.level` in `settings.format`, writing through the pipe
+/// described above. If the pipe cannot be set up, the logger writes to stdout directly
+/// and stderr says why.
+pub fn start(settings: impl Into<LogSettings>) -> LogOutput {
+    let LogSettings { level, format } = settings.into();
     let output = match redirect_stdout() {
         Ok(output) => output,
         Err(e) => {
@@ -63,7 +105,21 @@ pub fn start(level: log::LevelFilter) -> LogOutput {
             }
         }
     };
-    femme::with_level(level);
+    static JSON: format::Logger = format::Logger::new(format::Format::Json);
+    static PRETTY: format::Logger = format::Logger::new(format::Format::Pretty);
+    match format {
+        LogFormat::Auto => femme::with_level(level),
+        LogFormat::Json | LogFormat::Pretty => {
+            let logger = if format == LogFormat::Json {
+                &JSON
+            } else {
+                &PRETTY
+            };
+            // As femme's start: a second logger in one process is a bug.
+            log::set_logger(logger).expect("Could not start logging");
+            log::set_max_level(level);
+        }
+    }
     output
 }
 
@@ -322,7 +378,8 @@ fn output(mut real: File, shared: &Shared) {
         }
         batch.clear();
         if dropped > 0 {
-            // Logged like any line, so it comes out in femme's format, after what was kept.
+            // Logged like any line, so it comes out in the chosen format, after what was
+            // kept.
             log::warn!(lines = dropped; "log output fell behind: lines dropped");
         }
     }

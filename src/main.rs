@@ -136,7 +136,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => ("bench", rt::block_on(run_bench(args))),
         Command::Check(args) => ("check", rt::block_on(check(args))),
         Command::Reload(args) => ("reload", serve::reload(&args.pid_file)),
-        server => service::run_process(cli.verbosity.level(), run_server(server)),
+        server => service::run_process(cli.verbosity, run_server(server)),
     };
     service::exit_code(&format!("switchboard {name}"), result)
 }

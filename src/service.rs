@@ -21,7 +21,7 @@ use futures::FutureExt;
 use ipnet::IpNet;
 
 use crate::Result;
-use crate::logging;
+use crate::logging::{self, LogFormat, LogSettings};
 use crate::net::access::{AccessList, parse_cidr};
 use crate::net::describe::describe;
 use crate::net::duration::{nonzero, parse_duration};
@@ -216,7 +216,8 @@ impl ServerArgs {
     }
 }
 
-/// `-v` and `-q` (flatten them into a clap command; they may come after a subcommand).
+/// `-v`, `-q` and `--log-format` (flatten them into a clap command; they may come after a
+/// subcommand).
 #[derive(clap::Args, Clone, Copy, Debug, Default)]
 pub struct Verbosity {
     /// More log output (-v debug, -vv trace).
@@ -225,6 +226,15 @@ pub struct Verbosity {
     /// Less log output (-q warnings only, -qq errors only).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     quiet: u8,
+    /// How log lines look (auto: pretty in debug builds, JSON in release builds).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t
+    )]
+    log_format: LogFormat,
 }
 
 impl Verbosity {
@@ -234,13 +244,28 @@ impl Verbosity {
         let levels = [Off, Error, Warn, Info, Debug, Trace];
         levels[(3 + i32::from(self.verbose) - i32::from(self.quiet)).clamp(0, 5) as usize]
     }
+
+    /// The log format asked for (`--log-format`).
+    pub fn format(&self) -> LogFormat {
+        self.log_format
+    }
 }
 
-/// Runs `server` to its end as a server process: logs through the log pipe at `level`
-/// (so a closed or stalled stdout cannot stop it), raises the open-files limit, and
-/// writes out what is logged before it returns.
-pub fn run_process<T>(level: log::LevelFilter, server: impl Future<Output = T>) -> T {
-    let log = logging::start(level);
+impl From<Verbosity> for LogSettings {
+    fn from(verbosity: Verbosity) -> Self {
+        LogSettings {
+            level: verbosity.level(),
+            format: verbosity.format(),
+        }
+    }
+}
+
+/// Runs `server` to its end as a server process: logs through the log pipe as `log` says
+/// (a [`Verbosity`], or a level alone for femme's format; a closed or stalled stdout
+/// cannot stop it), raises the open-files limit, and writes out what is logged before it
+/// returns.
+pub fn run_process<T>(log: impl Into<LogSettings>, server: impl Future<Output = T>) -> T {
+    let log = logging::start(log);
     prepare();
     let result = rt::block_on(server);
     log.finish();
@@ -278,15 +303,16 @@ pub fn exit_code(name: &str, result: Result<()>) -> ExitCode {
 }
 
 /// A whole server process in one call: serves `role` on `addrs` until SIGINT or
-/// SIGTERM, with the log pipe at `level` and the open-files limit raised, then drains
-/// and logs a summary. An error (an address that cannot be bound) is printed on stderr
-/// after the role's name, and the exit code says so.
+/// SIGTERM, with the log pipe as `log` says (a [`Verbosity`], or a level alone) and the
+/// open-files limit raised, then drains and logs a summary. An error (an address that
+/// cannot be bound) is printed on stderr after the role's name, and the exit code says
+/// so.
 pub fn serve_role<R: NewSession>(
     role: R,
     addrs: Addrs,
     config: Arc<ServerConfig>,
-    level: log::LevelFilter,
+    log: impl Into<LogSettings>,
 ) -> ExitCode {
     let name = role.name();
-    exit_code(name, run_process(level, run_role(role, addrs, config)))
+    exit_code(name, run_process(log, run_role(role, addrs, config)))
 }

@@ -16,6 +16,7 @@ use std::time::Instant;
 use clap::Parser;
 use common::*;
 use kv::{Kv, Limits};
+use switchboard::logging::LogFormat;
 use switchboard::net::listener::ServerConfig;
 use switchboard::role::{Flow, Role, Session};
 
@@ -84,9 +85,11 @@ fn both_examples_take_the_server_options_and_explain_them() {
     assert_eq!((args.listen.as_str(), args.max_keys), ("127.0.0.1:0", 5));
     assert_eq!(args.server.config().max_conns, 3);
     assert_eq!(args.verbosity.level(), log::LevelFilter::Trace);
-    let args = rot13::Args::try_parse_from(["rot13", "-q"]).unwrap();
+    assert_eq!(args.verbosity.format(), LogFormat::Auto);
+    let args = rot13::Args::try_parse_from(["rot13", "-q", "--log-format", "json"]).unwrap();
     assert_eq!(args.listen, "127.0.0.1:7013");
     assert_eq!(args.verbosity.level(), log::LevelFilter::Warn);
+    assert_eq!(args.verbosity.format(), LogFormat::Json);
 }
 
 #[test]
