@@ -6,6 +6,10 @@
 //!
 //! Everything a built-in role gets comes with it: reader and writer actors per client,
 //! `--max-conns`, access lists, timeouts, the log pipe, graceful shutdown on Ctrl-C.
+//!
+//! It is also a plug-in: `cargo run --example rot13 -- serve examples/rot13.toml` runs a
+//! config file in which `role = "rot13"` services sit beside the built-in roles (echo,
+//! here), with `check`, reload and the admin listener's `/metrics` as for any of them.
 
 use std::net::SocketAddr;
 
@@ -65,6 +69,13 @@ pub struct Args {
 
 #[allow(dead_code)] // the tests include this file for `Rot13` and `Args`, not `main`
 fn main() -> std::process::ExitCode {
+    // `rot13 serve FILE` (and `check`, `reload`): the built-in roles, and rot13 by name.
+    let command = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if matches!(command.as_deref(), Some("serve" | "check" | "reload")) {
+        return switchboard::serve::Server::new()
+            .role("rot13", || Rot13)
+            .main();
+    }
     let args = Args::parse();
     let addrs = Addrs::both(&args.listen);
     service::serve_role(Rot13, addrs, args.server.config(), args.verbosity)

@@ -1,7 +1,6 @@
 //! The `switchboard` binary: parses the command line, starts the logger, and calls the
 //! library. Every behaviour lives in the library, where tests and examples reach it.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use switchboard::options::{ChatArgs, HelloArgs, HttpArgs, ProxyArgs, Transports}
 use switchboard::roles::chat;
 use switchboard::roles::proxy;
 use switchboard::roles::{discard, echo, hello, http, upper};
-use switchboard::serve::{self, Server, supervisor};
+use switchboard::serve::{self, Server};
 use switchboard::service::{self, Addrs, Verbosity};
 use switchboard::{Result, rt};
 
@@ -51,12 +50,8 @@ enum Command {
     Discard(Transports),
     /// Load generator: echo, stream, connect, chat or http against a running server.
     Bench(BenchOptions),
-    /// Runs every service a config file lists, in one process; SIGHUP reloads the file.
-    Serve(ServeArgs),
-    /// Checks a config file without serving it: every problem, with its line.
-    Check(CheckArgs),
-    /// Tells a running `serve` to reload its config file (SIGHUP, by its pid file).
-    Reload(ReloadArgs),
+    #[command(flatten)]
+    Serve(serve::Command),
     /// Like nc: stdin to the socket and the socket to stdout, at the same time.
     Connect(ConnectArgs),
     /// Prints what arrives, from many clients at once, each line tagged with its sender.
@@ -84,33 +79,6 @@ struct ConnectArgs {
 }
 
 #[derive(Args)]
-struct ServeArgs {
-    /// The config file (TOML): an optional [admin] table and [[service]] tables whose
-    /// keys are the long flags of each role's subcommand (README: "Running as a service").
-    config: PathBuf,
-    /// Write the process id here (for `switchboard reload`); removed at exit.
-    #[arg(long, value_name = "FILE")]
-    pid_file: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct CheckArgs {
-    /// The config file to check.
-    config: PathBuf,
-    /// Do not try the addresses (by default each is bound for a moment, so one in use
-    /// is reported; skip that when checking the next file of a server that holds them).
-    #[arg(long)]
-    no_bind: bool,
-}
-
-#[derive(Args)]
-struct ReloadArgs {
-    /// The pid file `serve --pid-file` wrote.
-    #[arg(long, value_name = "FILE")]
-    pid_file: PathBuf,
-}
-
-#[derive(Args)]
 struct ListenArgs {
     /// Address to listen on, e.g. 127.0.0.1:9000.
     addr: String,
@@ -134,8 +102,7 @@ fn main() -> ExitCode {
         }
         Command::Listen(args) => ("listen", rt::block_on(listen::run(&args.addr, args.udp))),
         Command::Bench(args) => ("bench", rt::block_on(run_bench(args))),
-        Command::Check(args) => ("check", rt::block_on(check(args))),
-        Command::Reload(args) => ("reload", serve::reload(&args.pid_file)),
+        Command::Serve(command) => return Server::new().run(command, cli.verbosity),
         server => service::run_process(cli.verbosity, run_server(server)),
     };
     service::exit_code(&format!("switchboard {name}"), result)
@@ -143,15 +110,6 @@ fn main() -> ExitCode {
 
 async fn run_server(command: Command) -> (&'static str, Result<()>) {
     match command {
-        Command::Serve(s) => {
-            let options = supervisor::Options {
-                pid_file: s.pid_file,
-            };
-            (
-                "serve",
-                supervisor::serve(Server::new(), &s.config, options).await,
-            )
-        }
         Command::Chat(c) => ("chat", serve_chat(c).await),
         Command::Proxy(p) => ("proxy", serve_proxy(p).await),
         Command::Http(h) => ("http", serve_http(h).await),
@@ -186,32 +144,10 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
             )
             .await,
         ),
-        Command::Connect(_)
-        | Command::Listen(_)
-        | Command::Bench(_)
-        | Command::Check(_)
-        | Command::Reload(_) => {
+        Command::Connect(_) | Command::Listen(_) | Command::Bench(_) | Command::Serve(_) => {
             unreachable!("client commands are run by main")
         }
     }
-}
-
-/// `switchboard check`: prints every problem (or that the file is fine).
-async fn check(args: CheckArgs) -> Result<()> {
-    let checked = supervisor::check(&Server::new(), &args.config)?;
-    if !args.no_bind {
-        let in_use = supervisor::probe_addresses(&checked).await;
-        if !in_use.is_empty() {
-            return Err(format!("{}: {}", args.config.display(), in_use.join("; ")).into());
-        }
-    }
-    println!(
-        "{}: ok, {} service{}",
-        args.config.display(),
-        checked.services.len(),
-        if checked.services.len() == 1 { "" } else { "s" }
-    );
-    Ok(())
 }
 
 async fn serve_chat(args: ChatArgs) -> Result<()> {

@@ -25,6 +25,8 @@ pub mod systemd;
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -37,8 +39,9 @@ use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::options::Transports;
 use crate::role::{self, NewSession};
+use crate::rt;
 use crate::rt::{TcpListener, UdpSocket};
-use crate::service::{Addrs, DEFAULT_DRAIN};
+use crate::service::{self, Addrs, DEFAULT_DRAIN, Verbosity};
 use config::{Problem, ServiceSpec};
 
 /// The addresses a service listens on, as written in the file.
@@ -119,8 +122,10 @@ struct RoleEntry {
 /// # #[derive(Clone)] struct Rot13;
 /// # impl switchboard::role::Role for Rot13 { type Session = Self; fn name(&self) -> &'static str { "rot13" } }
 /// # impl switchboard::role::Session for Rot13 {}
-/// let server = Server::new().role("rot13", || Rot13);
-/// std::process::exit(server.main_from(std::env::args_os()) as i32);
+/// fn main() -> std::process::ExitCode {
+///     // `PROGRAM serve FILE` now runs rot13 services beside the built-in roles.
+///     Server::new().role("rot13", || Rot13).main()
+/// }
 /// ```
 pub struct Server {
     roles: BTreeMap<String, RoleEntry>,
@@ -343,6 +348,102 @@ impl<R: NewSession> Service for RoleService<R> {
             g.shutdown,
         ))
     }
+}
+
+/// `serve`, `check` and `reload`: the commands of a program that serves config files
+/// (the `switchboard` binary's, and any program built on [`Server`]).
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Runs every service a config file lists, in one process; SIGHUP reloads the file.
+    Serve(ServeArgs),
+    /// Checks a config file without serving it: every problem, with its line.
+    Check(CheckArgs),
+    /// Tells a running `serve` to reload its config file (SIGHUP, by its pid file).
+    Reload(ReloadArgs),
+}
+
+/// `serve`'s arguments.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The config file (TOML): an optional [admin] table and [[service]] tables whose
+    /// keys are the long flags of each role's subcommand (README: "Running as a service").
+    pub config: PathBuf,
+    /// Write the process id here (for `reload`); removed at exit.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+}
+
+/// `check`'s arguments.
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// The config file to check.
+    pub config: PathBuf,
+    /// Do not try the addresses (by default each is bound for a moment, so one in use
+    /// is reported; skip that when checking the next file of a server that holds them).
+    #[arg(long)]
+    pub no_bind: bool,
+}
+
+/// `reload`'s arguments.
+#[derive(clap::Args)]
+pub struct ReloadArgs {
+    /// The pid file `serve --pid-file` wrote.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: PathBuf,
+}
+
+/// The command line of a program that is only a [`Server`]: `serve`, `check`, `reload`.
+#[derive(clap::Parser)]
+struct ServerCli {
+    #[command(flatten)]
+    verbosity: Verbosity,
+    #[command(subcommand)]
+    command: Command,
+}
+
+impl Server {
+    /// Runs `command` with these roles: a whole process (logging set up by `verbosity`,
+    /// errors on stderr, the exit code saying how it went).
+    pub fn run(self, command: Command, verbosity: Verbosity) -> ExitCode {
+        let (name, result) = match command {
+            Command::Serve(args) => {
+                let options = supervisor::Options {
+                    pid_file: args.pid_file,
+                };
+                let result =
+                    service::run_process(verbosity, supervisor::serve(self, &args.config, options));
+                ("serve", result)
+            }
+            Command::Check(args) => ("check", rt::block_on(check(&self, args))),
+            Command::Reload(args) => ("reload", reload(&args.pid_file)),
+        };
+        service::exit_code(&format!("switchboard {name}"), result)
+    }
+
+    /// [`Server::run`] on the process's own command line (`PROGRAM serve CONFIG`, ...).
+    pub fn main(self) -> ExitCode {
+        use clap::Parser;
+        let cli = ServerCli::parse();
+        self.run(cli.command, cli.verbosity)
+    }
+}
+
+/// `check`: prints every problem (or that the file is fine).
+async fn check(server: &Server, args: CheckArgs) -> Result<()> {
+    let checked = supervisor::check(server, &args.config)?;
+    if !args.no_bind {
+        let in_use = supervisor::probe_addresses(&checked).await;
+        if !in_use.is_empty() {
+            return Err(format!("{}: {}", args.config.display(), in_use.join("; ")).into());
+        }
+    }
+    let n = checked.services.len();
+    println!(
+        "{}: ok, {n} service{}",
+        args.config.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    Ok(())
 }
 
 /// `switchboard reload`: sends SIGHUP to the `serve` whose pid file is `pid_file`.

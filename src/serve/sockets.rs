@@ -5,6 +5,10 @@
 //! only its own descriptors and the socket itself stays open, its backlog and all. A
 //! reload binds only the addresses that are new and lets go of the ones no longer in
 //! the file: an address that stays is never rebound, and no client is refused.
+//!
+//! An address with port 0 asks for a fresh port: it is held per service (and per place
+//! in the service's list), so two services on `127.0.0.1:0` get two sockets, and a
+//! reload keeps each one's port.
 
 use std::collections::HashMap;
 use std::io;
@@ -14,6 +18,18 @@ use super::Listen;
 use crate::Result;
 use crate::net::bind;
 use crate::rt::{TcpListener, UdpSocket};
+
+/// Where a socket is held: its address, or for port 0 also its owner and place.
+fn key(owner: &str, addr: &str, place: usize) -> String {
+    if addr.ends_with(":0") {
+        format!("{addr} {owner}#{place}")
+    } else {
+        addr.to_owned()
+    }
+}
+
+/// A service's addresses and whose they are (its name).
+pub type Owned<'a> = (&'a str, &'a Listen);
 
 /// The sockets, by address.
 #[derive(Default)]
@@ -40,18 +56,20 @@ impl Sockets {
 
     /// Binds every address of `listen` not held yet. On an error nothing new is kept,
     /// and the error names the address.
-    pub async fn bind(&mut self, listen: &[&Listen]) -> Result<()> {
+    pub async fn bind(&mut self, listen: &[Owned<'_>]) -> Result<()> {
         let mut tcp = HashMap::new();
         let mut udp = HashMap::new();
-        for l in listen {
-            for addr in &l.tcp {
-                if !self.tcp.contains_key(addr) && !tcp.contains_key(addr) {
-                    tcp.insert(addr.clone(), bind::bind_tcp(addr).await?);
+        for (owner, l) in listen {
+            for (i, addr) in l.tcp.iter().enumerate() {
+                let k = key(owner, addr, i);
+                if !self.tcp.contains_key(&k) && !tcp.contains_key(&k) {
+                    tcp.insert(k, bind::bind_tcp(addr).await?);
                 }
             }
-            for addr in &l.udp {
-                if !self.udp.contains_key(addr) && !udp.contains_key(addr) {
-                    udp.insert(addr.clone(), bind::bind_udp(addr).await?);
+            for (i, addr) in l.udp.iter().enumerate() {
+                let k = key(owner, addr, i);
+                if !self.udp.contains_key(&k) && !udp.contains_key(&k) {
+                    udp.insert(k, bind::bind_udp(addr).await?);
                 }
             }
         }
@@ -60,38 +78,66 @@ impl Sockets {
         Ok(())
     }
 
-    /// Duplicates of the sockets for `listen`, in its order (bound by [`Sockets::bind`]).
-    pub fn for_service(&self, listen: &Listen) -> io::Result<(Vec<TcpListener>, Vec<UdpSocket>)> {
+    /// Duplicates of `owner`'s sockets for `listen`, in its order (bound by
+    /// [`Sockets::bind`]).
+    pub fn for_service(
+        &self,
+        owner: &str,
+        listen: &Listen,
+    ) -> io::Result<(Vec<TcpListener>, Vec<UdpSocket>)> {
         let missing = |addr: &str| io::Error::other(format!("{addr} is not bound"));
         let tcp = listen
             .tcp
             .iter()
-            .map(|a| self.tcp.get(a).ok_or_else(|| missing(a))?.try_clone())
+            .enumerate()
+            .map(|(i, a)| {
+                self.tcp
+                    .get(&key(owner, a, i))
+                    .ok_or_else(|| missing(a))?
+                    .try_clone()
+            })
             .collect::<io::Result<_>>()?;
         let udp = listen
             .udp
             .iter()
-            .map(|a| self.udp.get(a).ok_or_else(|| missing(a))?.try_clone())
+            .enumerate()
+            .map(|(i, a)| {
+                self.udp
+                    .get(&key(owner, a, i))
+                    .ok_or_else(|| missing(a))?
+                    .try_clone()
+            })
             .collect::<io::Result<_>>()?;
         Ok((tcp, udp))
     }
 
-    /// The address the socket for `addr` is bound to (the port picked, for port 0).
-    pub fn local_tcp(&self, addr: &str) -> Option<SocketAddr> {
-        self.tcp.get(addr).and_then(|l| l.local_addr().ok())
-    }
-
-    /// [`Sockets::local_tcp`] for UDP.
-    pub fn local_udp(&self, addr: &str) -> Option<SocketAddr> {
-        self.udp.get(addr).and_then(|s| s.local_addr().ok())
+    /// The addresses `owner`'s sockets for `listen` are bound to (the ports picked, for
+    /// port 0): TCP, then UDP.
+    pub fn local(&self, owner: &str, listen: &Listen) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let tcp = listen.tcp.iter().enumerate();
+        let udp = listen.udp.iter().enumerate();
+        (
+            tcp.filter_map(|(i, a)| self.tcp.get(&key(owner, a, i))?.local_addr().ok())
+                .collect(),
+            udp.filter_map(|(i, a)| self.udp.get(&key(owner, a, i))?.local_addr().ok())
+                .collect(),
+        )
     }
 
     /// Lets go of every socket not in `listen` (generations that still have duplicates
     /// keep those open until they end).
-    pub fn keep_only(&mut self, listen: &[&Listen]) {
-        self.tcp
-            .retain(|addr, _| listen.iter().any(|l| l.tcp.contains(addr)));
-        self.udp
-            .retain(|addr, _| listen.iter().any(|l| l.udp.contains(addr)));
+    pub fn keep_only(&mut self, listen: &[Owned<'_>]) {
+        let wanted = |tcp: bool| -> std::collections::HashSet<String> {
+            listen
+                .iter()
+                .flat_map(|(owner, l)| {
+                    let list = if tcp { &l.tcp } else { &l.udp };
+                    list.iter().enumerate().map(|(i, a)| key(owner, a, i))
+                })
+                .collect()
+        };
+        let (tcp, udp) = (wanted(true), wanted(false));
+        self.tcp.retain(|k, _| tcp.contains(k));
+        self.udp.retain(|k, _| udp.contains(k));
     }
 }

@@ -31,6 +31,22 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// After a drain, how long sessions told to close are given to end and log.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
+/// The admin listener's name among the owners of sockets.
+const ADMIN: &str = "[admin]";
+
+/// The admin listener's address as a listen set.
+fn admin_listen(addr: &str) -> Listen {
+    Listen {
+        tcp: vec![addr.to_owned()],
+        udp: vec![],
+    }
+}
+
+/// `listens` as [`Sockets`] takes them.
+fn owned(listens: &[(String, Listen)]) -> Vec<(&str, &Listen)> {
+    listens.iter().map(|(o, l)| (o.as_str(), l)).collect()
+}
+
 /// What `serve` is asked to do besides the file.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -45,14 +61,15 @@ pub struct Checked {
 }
 
 impl Checked {
-    /// Every listen set: the services', then the admin listener's.
-    fn listens(&self) -> Vec<Listen> {
-        let mut all: Vec<Listen> = self.services.iter().map(|(_, s)| s.listen()).collect();
+    /// Every listen set with its owner: the services', then the admin listener's.
+    fn listens(&self) -> Vec<(String, Listen)> {
+        let mut all: Vec<(String, Listen)> = self
+            .services
+            .iter()
+            .map(|(spec, s)| (spec.name.clone(), s.listen()))
+            .collect();
         if let Some((addr, _)) = &self.file.admin {
-            all.push(Listen {
-                tcp: vec![addr.clone()],
-                udp: vec![],
-            });
+            all.push((ADMIN.to_owned(), admin_listen(addr)));
         }
         all
     }
@@ -158,9 +175,9 @@ fn address_problems(checked: &Checked) -> Vec<Problem> {
 /// address in use the way `serve` would meet it.
 pub async fn probe_addresses(checked: &Checked) -> Vec<String> {
     let mut failed = Vec::new();
-    for listen in checked.listens() {
+    for (owner, listen) in checked.listens() {
         let mut one = Sockets::new();
-        if let Err(e) = one.bind(&[&listen]).await {
+        if let Err(e) = one.bind(&[(&owner, &listen)]).await {
             failed.push(e.to_string());
         }
     }
@@ -191,6 +208,8 @@ struct Draining {
     stats: Arc<Stats>,
     /// Taken by whoever closes it first: the drain's own timer, or the end of the process.
     close: Arc<Mutex<Option<Trigger>>>,
+    /// Set once its summary line is logged.
+    logged: Arc<AtomicBool>,
     deadline: Instant,
 }
 
@@ -221,6 +240,7 @@ impl Draining {
             rt::sleep(DRAIN_POLL).await;
         }
         log::info!(service = self.name.as_str(); "stopped: {}", self.stats.summary());
+        self.logged.store(true, Ordering::Relaxed);
     }
 }
 
@@ -245,8 +265,8 @@ pub async fn serve(server: Server, path: &Path, options: Options) -> Result<()> 
     let mut signals = rt::Signals::with_reload()?;
     let mut sockets = Sockets::new();
     let listens = checked.listens();
-    systemd::adopt(&mut sockets, &listens.iter().collect::<Vec<_>>());
-    sockets.bind(&listens.iter().collect::<Vec<_>>()).await?;
+    systemd::adopt(&mut sockets, &owned(&listens));
+    sockets.bind(&owned(&listens)).await?;
     let mut sup = Supervisor {
         sockets,
         services: BTreeMap::new(),
@@ -313,7 +333,7 @@ impl Supervisor {
     /// Starts a generation of `running.service`, retired when `retire` fires.
     fn start_generation(&self, running: &Running, retire: Shutdown) -> Result<()> {
         let listen = running.service.listen();
-        let (tcp, udp) = self.sockets.for_service(&listen)?;
+        let (tcp, udp) = self.sockets.for_service(&running.spec.name, &listen)?;
         let generation = Generation {
             tcp,
             udp,
@@ -354,7 +374,7 @@ impl Supervisor {
             }
         };
         let listens = checked.listens();
-        let listen_refs: Vec<&Listen> = listens.iter().collect();
+        let listen_refs = owned(&listens);
         if let Err(e) = self.sockets.bind(&listen_refs).await {
             log::error!(error = e.to_string().as_str(); "reload refused; nothing changed");
             return;
@@ -430,11 +450,7 @@ impl Supervisor {
             old.stop.fire();
         }
         if let Some(addr) = addr {
-            let listen = Listen {
-                tcp: vec![addr.to_owned()],
-                udp: vec![],
-            };
-            let (mut tcp, _) = self.sockets.for_service(&listen)?;
+            let (mut tcp, _) = self.sockets.for_service(ADMIN, &admin_listen(addr))?;
             let (stop, stop_rx) = shutdown::channel();
             let listener = tcp.pop().expect("one address asked for");
             rt::spawn(admin::run(listener, self.published.clone(), stop_rx));
@@ -453,6 +469,7 @@ impl Supervisor {
             name: running.spec.name,
             stats: running.stats,
             close: Arc::new(Mutex::new(Some(running.close))),
+            logged: Arc::new(AtomicBool::new(false)),
             deadline: Instant::now() + running.service.drain(),
         };
         running.shutdown.fire();
@@ -473,23 +490,15 @@ impl Supervisor {
             .services
             .values()
             .map(|r| {
-                let listen = r.service.listen();
+                let (tcp, udp) = self.sockets.local(&r.spec.name, &r.service.listen());
                 ServiceInfo {
                     name: r.spec.name.clone(),
                     role: r.spec.role.clone(),
                     stats: r.stats.clone(),
                     up: r.up.clone(),
                     started: r.started,
-                    tcp: listen
-                        .tcp
-                        .iter()
-                        .filter_map(|a| self.sockets.local_tcp(a))
-                        .collect(),
-                    udp: listen
-                        .udp
-                        .iter()
-                        .filter_map(|a| self.sockets.local_udp(a))
-                        .collect(),
+                    tcp,
+                    udp,
                 }
             })
             .collect();
@@ -523,5 +532,12 @@ impl Supervisor {
             _ = signals.next().fuse() => log::warn!("second signal: closing at once"),
         }
         futures::future::join_all(draining.iter().map(Draining::close_now)).await;
+        // A drain's own timer may have begun the close: wait for its summary too.
+        let deadline = Instant::now() + 2 * CLOSE_WAIT;
+        while draining.iter().any(|d| !d.logged.load(Ordering::Relaxed))
+            && Instant::now() < deadline
+        {
+            rt::sleep(DRAIN_POLL).await;
+        }
     }
 }

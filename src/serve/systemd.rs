@@ -6,8 +6,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::Listen;
-use super::sockets::Sockets;
+use super::sockets::{Owned, Sockets};
 use crate::rt::{self, UdpSocket};
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
@@ -19,7 +18,7 @@ const LISTEN_FDS_MAX: i32 = 1024;
 /// Takes the sockets systemd passed, if any were passed to this process, and adopts each
 /// for the address in `listens` it is bound to. One that matches no address is closed
 /// with a warning.
-pub fn adopt(sockets: &mut Sockets, listens: &[&Listen]) {
+pub fn adopt(sockets: &mut Sockets, listens: &[Owned<'_>]) {
     let (Ok(pid), Ok(count)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else {
         return;
     };
@@ -39,7 +38,7 @@ pub fn adopt(sockets: &mut Sockets, listens: &[&Listen]) {
 }
 
 /// Adopts one passed descriptor for the address it is bound to.
-fn adopt_one(sockets: &mut Sockets, listens: &[&Listen], fd: OwnedFd, number: i32) {
+fn adopt_one(sockets: &mut Sockets, listens: &[Owned<'_>], fd: OwnedFd, number: i32) {
     use rustix::net::{SocketType, sockopt};
     let Ok(kind) = sockopt::socket_type(fd.as_fd()) else {
         log::warn!(fd = number; "systemd passed a descriptor that is not a socket; closed");
@@ -58,7 +57,11 @@ fn adopt_one(sockets: &mut Sockets, listens: &[&Listen], fd: OwnedFd, number: i3
             .unwrap_or(false)
     };
     if kind == SocketType::STREAM {
-        if let Some(addr) = listens.iter().flat_map(|l| &l.tcp).find(|a| matches(a)) {
+        if let Some(addr) = listens
+            .iter()
+            .flat_map(|(_, l)| &l.tcp)
+            .find(|a| matches(a))
+        {
             match rt::listener_from_std(std::net::TcpListener::from(fd)) {
                 Ok(listener) => {
                     log::info!(addr = addr.as_str(); "using the TCP socket systemd passed");
@@ -69,7 +72,10 @@ fn adopt_one(sockets: &mut Sockets, listens: &[&Listen], fd: OwnedFd, number: i3
             return;
         }
     } else if kind == SocketType::DGRAM
-        && let Some(addr) = listens.iter().flat_map(|l| &l.udp).find(|a| matches(a))
+        && let Some(addr) = listens
+            .iter()
+            .flat_map(|(_, l)| &l.udp)
+            .find(|a| matches(a))
     {
         match UdpSocket::from_std(std::net::UdpSocket::from(fd)) {
             Ok(socket) => {
