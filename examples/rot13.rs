@@ -70,8 +70,11 @@ pub struct Args {
 #[allow(dead_code)] // the tests include this file for `Rot13` and `Args`, not `main`
 fn main() -> std::process::ExitCode {
     // `rot13 serve FILE` (and `check`, `reload`): the built-in roles, and rot13 by name.
-    let command = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    if matches!(command.as_deref(), Some("serve" | "check" | "reload")) {
+    let commands = ["serve", "check", "reload"];
+    if std::env::args()
+        .skip(1)
+        .any(|a| commands.contains(&a.as_str()))
+    {
         return switchboard::serve::Server::new()
             .role("rot13", || Rot13)
             .main();

@@ -382,3 +382,69 @@ tcp = "127.0.0.1:7"
         "the TOML error has its line"
     );
 }
+
+#[test]
+fn a_plug_in_role_serves_beside_a_built_in_one() {
+    // examples/rot13.rs: `Server::new().role("rot13", || Rot13).main()`. `cargo test`
+    // builds the examples beside the binary.
+    let program = Path::new(env!("CARGO_BIN_EXE_switchboard"))
+        .parent()
+        .unwrap()
+        .join("examples/rot13");
+    assert!(
+        program.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        program.display()
+    );
+    let dir = Dir::new("plugin");
+    let file = r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[service]]
+role = "rot13"
+tcp = "127.0.0.1:0"
+udp = "127.0.0.1:0"
+max_conns = 10
+
+[[service]]
+role = "echo"
+tcp = "127.0.0.1:0"
+"#;
+    let path = dir.write("plugin.toml", file);
+    // The switchboard binary alone does not know the role.
+    let out = binary()
+        .args(["check", "--no-bind"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains(":5: service \"rot13\": role: unknown role \"rot13\"")
+    );
+
+    let mut served = Served::start(&program, &path, &dir.0.join("pid"));
+    let mut rot13 = client(served.addr("rot13", "tcp"));
+    assert_eq!(round_trip(&mut rot13, b"Hello\n"), b"Uryyb\n");
+    assert_eq!(
+        udp_round_trip(served.addr("rot13", "udp"), b"Hello"),
+        b"Uryyb"
+    );
+    assert_eq!(
+        round_trip(&mut client(served.addr("echo", "tcp")), b"Hello\n"),
+        b"Hello\n"
+    );
+    drop(rot13);
+    signal(&served.proc, libc::SIGTERM);
+    assert!(wait_exit(&mut served.proc).success());
+    assert_eq!(
+        served.count_log(|l| l["service"] == "rot13"
+            && l["msg"]
+                .as_str()
+                .unwrap()
+                .starts_with("stopped: connections=1 ")),
+        1
+    );
+}
