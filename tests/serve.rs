@@ -48,11 +48,18 @@ struct Served {
 
 impl Served {
     fn start(program: &Path, config: &Path, pid_file: &Path) -> Served {
-        let child = std::process::Command::new(program)
+        let mut command = std::process::Command::new(program);
+        command
             .args(["--log-format", "json", "serve"])
             .arg(config)
             .arg("--pid-file")
-            .arg(pid_file)
+            .arg(pid_file);
+        Served::run(command)
+    }
+
+    /// Runs `command`, a `serve` with `--log-format json`.
+    fn run(mut command: std::process::Command) -> Served {
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -447,4 +454,53 @@ tcp = "127.0.0.1:0"
                 .starts_with("stopped: connections=1 ")),
         1
     );
+}
+
+#[test]
+fn serve_takes_the_sockets_systemd_passes() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    // As systemd's socket activation does: the socket bound and listening already, as
+    // descriptor 3, LISTEN_FDS=1 and LISTEN_PID the server's own pid.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = Dir::new("systemd");
+    let path = dir.write(
+        "sd.toml",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[service]]\nrole = \"echo\"\ntcp = \"{addr}\"\n"
+        ),
+    );
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--log-format", "json", "serve"])
+        .arg(&path);
+    let fd = listener.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls: dup2 and fcntl on
+    // descriptors this process owns.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut served = Served::run(command);
+    // Still held here, so a bind of its own would have failed: serve took the one passed.
+    assert!(
+        served
+            .find_log(|l| l["msg"] == "using the TCP socket systemd passed"
+                && l["addr"] == addr.to_string().as_str())
+            .is_some()
+    );
+    drop(listener);
+    assert_eq!(
+        round_trip(&mut client(addr), b"activated\n"),
+        b"activated\n"
+    );
+    signal(&served.proc, libc::SIGTERM);
+    assert!(wait_exit(&mut served.proc).success());
 }
