@@ -504,3 +504,37 @@ fn serve_takes_the_sockets_systemd_passes() {
     signal(&served.proc, libc::SIGTERM);
     assert!(wait_exit(&mut served.proc).success());
 }
+
+#[test]
+fn two_services_on_port_zero_get_a_port_each_and_keep_it_across_a_reload() {
+    let dir = Dir::new("zero");
+    let file = "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[service]]\nrole = \"echo\"\ntcp = \"127.0.0.1:0\"\n\n[[service]]\nrole = \"upper\"\ntcp = \"127.0.0.1:0\"\n";
+    let path = dir.write("zero.toml", file);
+    let pid_file = dir.0.join("pid");
+    let mut served = Served::start(
+        Path::new(env!("CARGO_BIN_EXE_switchboard")),
+        &path,
+        &pid_file,
+    );
+    let (echo, upper) = (served.addr("echo", "tcp"), served.addr("upper", "tcp"));
+    assert!(echo != upper && echo != served.admin && upper != served.admin);
+    for _ in 0..4 {
+        assert_eq!(round_trip(&mut client(echo), b"abc\n"), b"abc\n");
+        assert_eq!(round_trip(&mut client(upper), b"abc\n"), b"ABC\n");
+    }
+    // A changed limit: each keeps its port.
+    std::fs::write(
+        &path,
+        file.replace("role = \"upper\"", "role = \"upper\"\nmax_conns = 7"),
+    )
+    .unwrap();
+    reload(&pid_file);
+    served.wait_log("the reload", |l| l["msg"] == "reloaded");
+    assert_eq!(
+        (served.addr("echo", "tcp"), served.addr("upper", "tcp")),
+        (echo, upper)
+    );
+    assert_eq!(round_trip(&mut client(upper), b"abc\n"), b"ABC\n");
+    signal(&served.proc, libc::SIGTERM);
+    assert!(wait_exit(&mut served.proc).success());
+}

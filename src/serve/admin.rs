@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -81,8 +81,12 @@ async fn answer(conn: Conn, services: Services) -> Result<()> {
     let mut stream = conn.stream;
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 2048];
+    // One deadline for the whole head, not one per read: a client that trickles a byte
+    // now and then must not hold one of the MAX_CLIENTS places for hours.
+    let deadline = Instant::now() + HEAD_TIMEOUT;
     let complete = loop {
-        let n = match rt::timeout(HEAD_TIMEOUT, stream.read(&mut buf)).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = match rt::timeout(left, stream.read(&mut buf)).await {
             Some(Ok(n)) => n,
             _ => return Ok(()), // stalled or gone: nothing to answer
         };
@@ -90,8 +94,8 @@ async fn answer(conn: Conn, services: Services) -> Result<()> {
             return Ok(());
         }
         head.extend_from_slice(&buf[..n]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
-            break true;
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4 <= HEAD_MAX;
         }
         if head.len() > HEAD_MAX {
             break false;

@@ -137,7 +137,7 @@ pub struct Key {
     /// As written (`max_conns`).
     pub name: String,
     pub line: usize,
-    /// As command-line arguments (`--max-conns`, `5000`).
+    /// As command-line arguments (`--max-conns=5000`; a bare `--tap` for `true`).
     pub args: Vec<String>,
 }
 
@@ -157,13 +157,25 @@ impl ServiceSpec {
     }
 }
 
-/// Line (from 1) of byte `offset` in `text`.
-fn line_at(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+/// Where the lines of a text end, to find the line of an offset without counting from
+/// the start each time (a file of thousands of keys would take quadratic time).
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn of(text: &str) -> Lines {
+        Lines(
+            text.bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    }
+
+    /// Line (from 1) of byte `offset`.
+    fn at(&self, offset: usize) -> usize {
+        self.0.partition_point(|&newline| newline < offset) + 1
+    }
 }
 
 /// Reads and parses the file at `path`.
@@ -179,7 +191,8 @@ pub fn read(path: &Path) -> Result<File, Problems> {
 
 /// Parses the text of a config file.
 pub fn parse(text: &str) -> Result<File, Vec<Problem>> {
-    let line = |span: Range<usize>| line_at(text, span.start);
+    let lines = Lines::of(text);
+    let line = |span: Range<usize>| lines.at(span.start);
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         // The parser's own message, without its excerpt of the file: the line says where.
         let message = e.message().trim_end().to_owned();
@@ -269,16 +282,18 @@ pub fn parse(text: &str) -> Result<File, Vec<Problem>> {
     }
 }
 
-/// `key = value` as command-line arguments.
+/// `key = value` as command-line arguments: `--key=VALUE`, one argument, so that a value
+/// that starts with a dash (`message = "-- hi --"`, `rate = -1`) is the flag's value and
+/// never read as a flag of its own.
 fn flag_values(key: &str, value: toml::Value) -> Result<Vec<String>, String> {
     let flag = format!("--{}", key.replace('_', "-"));
-    let one = |v: toml::Value| -> Result<Option<String>, String> {
+    let one = |v: toml::Value| -> Result<String, String> {
         Ok(match v {
-            toml::Value::String(s) => Some(s),
-            toml::Value::Integer(i) => Some(i.to_string()),
-            toml::Value::Float(f) => Some(f.to_string()),
+            toml::Value::String(s) => format!("{flag}={s}"),
+            toml::Value::Integer(i) => format!("{flag}={i}"),
+            toml::Value::Float(f) => format!("{flag}={f}"),
             // `true` is the bare flag (`false` never gets here).
-            toml::Value::Boolean(_) => None,
+            toml::Value::Boolean(_) => flag.clone(),
             other => {
                 return Err(format!(
                     "expected a string, a number, true/false or an array of them, found a {}",
@@ -296,19 +311,12 @@ fn flag_values(key: &str, value: toml::Value) -> Result<Vec<String>, String> {
                     toml::Value::Boolean(_) | toml::Value::Array(_) => {
                         return Err("an array holds strings or numbers".into());
                     }
-                    item => {
-                        args.push(flag.clone());
-                        args.extend(one(item)?);
-                    }
+                    item => args.push(one(item)?),
                 }
             }
             Ok(args)
         }
-        value => {
-            let mut args = vec![flag];
-            args.extend(one(value)?);
-            Ok(args)
-        }
+        value => Ok(vec![one(value)?]),
     }
 }
 
@@ -331,19 +339,22 @@ mod tests {
         assert_eq!(
             s.args(),
             [
-                "--listen",
-                "127.0.0.1:1",
-                "--listen",
-                "127.0.0.1:2",
-                "--max-conns",
-                "5",
+                "--listen=127.0.0.1:1",
+                "--listen=127.0.0.1:2",
+                "--max-conns=5",
                 "--tap",
-                "--idle-timeout",
-                "5m"
+                "--idle-timeout=5m"
             ]
         );
         assert_eq!(s.line_of("max_conns"), Some(7));
         assert_eq!(s.line_of("--idle-timeout"), Some(10));
+    }
+
+    #[test]
+    fn lines_of_offsets() {
+        let lines = Lines::of("a\nbc\n\nd");
+        let at: Vec<usize> = (0..8).map(|o| lines.at(o)).collect();
+        assert_eq!(at, [1, 1, 2, 2, 2, 3, 4, 4]);
     }
 
     #[test]

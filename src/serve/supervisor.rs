@@ -104,20 +104,34 @@ pub fn check(server: &Server, path: &Path) -> std::result::Result<Checked, Probl
 
 /// Addresses that cannot be resolved, and any two uses of one address and transport.
 fn address_problems(checked: &Checked) -> Vec<Problem> {
+    /// Who uses an address: a service (by name), or the admin listener.
+    #[derive(Clone, PartialEq, Eq)]
+    enum Owner {
+        Service(String),
+        Admin,
+    }
+    impl Owner {
+        fn describe(&self) -> String {
+            match self {
+                Owner::Service(name) => format!("service {name:?}'s"),
+                Owner::Admin => "the admin listener's".into(),
+            }
+        }
+    }
     let mut problems = Vec::new();
-    let mut used: HashMap<(bool, SocketAddr), String> = HashMap::new();
-    let mut uses: Vec<(String, Option<&ServiceSpec>, bool, String)> = Vec::new();
+    let mut used: HashMap<(bool, SocketAddr), Owner> = HashMap::new();
+    let mut uses: Vec<(Owner, Option<&ServiceSpec>, bool, String)> = Vec::new();
     for (spec, service) in &checked.services {
         let listen = service.listen();
         for a in listen.tcp {
-            uses.push((spec.name.clone(), Some(spec), true, a));
+            uses.push((Owner::Service(spec.name.clone()), Some(spec), true, a));
         }
         for a in listen.udp {
-            uses.push((spec.name.clone(), Some(spec), false, a));
+            uses.push((Owner::Service(spec.name.clone()), Some(spec), false, a));
         }
     }
     if let Some((addr, _)) = &checked.file.admin {
-        uses.push(("the admin listener".into(), None, true, addr.clone()));
+        uses.push((Owner::Admin, None, true, addr.clone()));
     }
     for (owner, spec, tcp, addr) in uses {
         let transport = if tcp { "TCP" } else { "UDP" };
@@ -157,11 +171,7 @@ fn address_problems(checked: &Checked) -> Vec<Problem> {
         match used.get(&(tcp, resolved)) {
             Some(other) if *other != owner => problems.push(problem(format!(
                 "{addr} ({transport}) is also {}",
-                if other.starts_with("the ") {
-                    other.clone()
-                } else {
-                    format!("service {other:?}'s")
-                }
+                other.describe()
             ))),
             _ => {
                 used.insert((tcp, resolved), owner);
@@ -207,9 +217,10 @@ struct Draining {
     name: String,
     stats: Arc<Stats>,
     /// Taken by whoever closes it first: the drain's own timer, or the end of the process.
-    close: Arc<Mutex<Option<Trigger>>>,
-    /// Set once its summary line is logged.
-    logged: Arc<AtomicBool>,
+    /// The second trigger fires [`Draining::logged`] once its summary is written.
+    close: Arc<Mutex<Option<(Trigger, Trigger)>>>,
+    /// Fires when the service's summary line has been logged.
+    logged: Shutdown,
     deadline: Instant,
 }
 
@@ -225,10 +236,13 @@ impl Draining {
     }
 
     /// Closes what is left (once), waits up to [`CLOSE_WAIT`] for it, and logs the
-    /// service's summary.
+    /// service's summary. When another caller is doing that already, waits until it has
+    /// logged, so that the end of the process never cuts a summary line off.
     async fn close_now(&self) {
-        let Some(close) = self.close.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return; // closed and logged already
+        let taken = self.close.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some((close, logged)) = taken else {
+            self.logged.wait().await; // closed by another: its summary comes (or came)
+            return;
         };
         let left = self.stats.live_tasks();
         if left > 0 {
@@ -240,7 +254,7 @@ impl Draining {
             rt::sleep(DRAIN_POLL).await;
         }
         log::info!(service = self.name.as_str(); "stopped: {}", self.stats.summary());
-        self.logged.store(true, Ordering::Relaxed);
+        logged.fire();
     }
 }
 
@@ -288,7 +302,7 @@ pub async fn serve(server: Server, path: &Path, options: Options) -> Result<()> 
     loop {
         match signals.next().await {
             "SIGHUP" => {
-                systemd::notify("RELOADING=1");
+                systemd::notify(&systemd::reloading());
                 sup.reload(&server, path).await;
                 systemd::notify("READY=1");
             }
@@ -465,16 +479,18 @@ impl Supervisor {
     /// Stops a service: its sessions are drained for its drain time, then closed.
     fn stop(&mut self, running: Running) {
         log::info!(service = running.spec.name.as_str(); "stopping");
+        let (logged_trigger, logged) = shutdown::channel();
         let draining = Draining {
             name: running.spec.name,
             stats: running.stats,
-            close: Arc::new(Mutex::new(Some(running.close))),
-            logged: Arc::new(AtomicBool::new(false)),
+            close: Arc::new(Mutex::new(Some((running.close, logged_trigger)))),
+            logged,
             deadline: Instant::now() + running.service.drain(),
         };
         running.shutdown.fire();
         drop(running.retire);
-        self.draining.retain(|d| !d.is_done());
+        // Kept until its summary is written: `stop_all` waits for every one of them.
+        self.draining.retain(|d| !d.logged.is_fired());
         self.draining.push(draining.clone());
         rt::spawn(async move {
             while !draining.is_done() && Instant::now() < draining.deadline {
@@ -527,17 +543,17 @@ impl Supervisor {
                 rt::sleep(DRAIN_POLL).await;
             }
         };
+        // A SIGHUP now (a `switchboard reload` from a cron job or logrotate) is not a
+        // second SIGTERM: it must not cut the drain short.
+        let second = async {
+            while signals.next().await == "SIGHUP" {
+                log::info!("SIGHUP while stopping: no reload, the drain goes on");
+            }
+        };
         futures::select! {
             _ = drained.fuse() => {}
-            _ = signals.next().fuse() => log::warn!("second signal: closing at once"),
+            _ = second.fuse() => log::warn!("second signal: closing at once"),
         }
         futures::future::join_all(draining.iter().map(Draining::close_now)).await;
-        // A drain's own timer may have begun the close: wait for its summary too.
-        let deadline = Instant::now() + 2 * CLOSE_WAIT;
-        while draining.iter().any(|d| !d.logged.load(Ordering::Relaxed))
-            && Instant::now() < deadline
-        {
-            rt::sleep(DRAIN_POLL).await;
-        }
     }
 }

@@ -89,6 +89,16 @@ fn adopt_one(sockets: &mut Sockets, listens: &[Owned<'_>], fd: OwnedFd, number: 
     log::warn!(fd = number, addr = local.to_string().as_str(); "systemd passed a socket no service listens on; closed");
 }
 
+/// The message for the start of a reload: `RELOADING=1` with the `MONOTONIC_USEC=` that
+/// systemd needs to match it to the reload it asked for (sd_notify(3); with
+/// `Type=notify-reload` a `RELOADING=1` without it is ignored, and `systemctl reload`
+/// waits until its timeout).
+pub fn reloading() -> String {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+    format!("RELOADING=1\nMONOTONIC_USEC={usec}")
+}
+
 /// Tells systemd `state` (`READY=1`, `RELOADING=1`, `STOPPING=1`) when it asked to be
 /// told (`NOTIFY_SOCKET`); otherwise does nothing.
 pub fn notify(state: &str) {
@@ -108,5 +118,21 @@ pub fn notify(state: &str) {
     };
     if let Err(e) = sent {
         log::debug!(error = e.to_string().as_str(); "could not notify systemd");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reloading_carries_the_monotonic_time() {
+        let message = super::reloading();
+        let (first, second) = message.split_once('\n').unwrap();
+        assert_eq!(first, "RELOADING=1");
+        let usec: u64 = second
+            .strip_prefix("MONOTONIC_USEC=")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(usec > 0);
     }
 }
