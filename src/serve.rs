@@ -456,6 +456,24 @@ pub fn reload(pid_file: &std::path::Path) -> Result<()> {
         .ok()
         .and_then(rustix::process::Pid::from_raw)
         .ok_or_else(|| format!("{} does not hold a process id", pid_file.display()))?;
+    // A stale pid file may name another program by now, which SIGHUP would likely kill:
+    // signal only a process running `serve`.
+    let cmdline =
+        std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero())).map_err(|_| {
+            format!(
+                "no process {} (is the pid file {} stale?)",
+                pid.as_raw_nonzero(),
+                pid_file.display()
+            )
+        })?;
+    if !cmdline.split(|&b| b == 0).any(|arg| arg == b"serve") {
+        return Err(format!(
+            "process {} is not a switchboard serve (is the pid file {} stale?)",
+            pid.as_raw_nonzero(),
+            pid_file.display()
+        )
+        .into());
+    }
     rustix::process::kill_process(pid, rustix::process::Signal::HUP)
         .map_err(|e| format!("cannot signal process {}: {e}", pid.as_raw_nonzero()))?;
     crate::note!(

@@ -476,7 +476,9 @@ fn serve_takes_the_sockets_systemd_passes() {
         .args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_switchboard"))
         .args(["--log-format", "json", "serve"])
-        .arg(&path);
+        .arg(&path)
+        .arg("--pid-file")
+        .arg(dir.0.join("pid"));
     let fd = listener.as_raw_fd();
     // SAFETY: between fork and exec only async-signal-safe calls: dup2 and fcntl on
     // descriptors this process owns.
@@ -492,8 +494,9 @@ fn serve_takes_the_sockets_systemd_passes() {
     // Still held here, so a bind of its own would have failed: serve took the one passed.
     assert!(
         served
-            .find_log(|l| l["msg"] == "using the TCP socket systemd passed"
-                && l["addr"] == addr.to_string().as_str())
+            .find_log(|l| l["msg"] == "taking the TCP socket systemd passed"
+                && l["addr"] == addr.to_string().as_str()
+                && l["used"] == true)
             .is_some()
     );
     drop(listener);
@@ -501,6 +504,26 @@ fn serve_takes_the_sockets_systemd_passes() {
         round_trip(&mut client(addr), b"activated\n"),
         b"activated\n"
     );
+    // A reload that drops the address, and one that names it again: the passed socket
+    // is kept for it (systemd still holds it, so a bind of our own would fail).
+    let pid_file = dir.0.join("pid");
+    std::fs::write(&path, "[admin]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    reload(&pid_file);
+    served.wait_log("the first reload", |l| {
+        l["msg"] == "reloaded" && l["removed"] == "echo"
+    });
+    std::fs::write(
+        &path,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[service]]\nrole = \"echo\"\ntcp = \"{addr}\"\n"
+        ),
+    )
+    .unwrap();
+    reload(&pid_file);
+    served.wait_log("the second reload", |l| {
+        l["msg"] == "reloaded" && l["added"] == "echo"
+    });
+    assert_eq!(round_trip(&mut client(addr), b"again\n"), b"again\n");
     signal(&served.proc, libc::SIGTERM);
     assert!(wait_exit(&mut served.proc).success());
 }

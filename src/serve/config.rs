@@ -124,6 +124,8 @@ pub struct File {
 pub struct ServiceSpec {
     /// Its name (unique in the file; the role's name when not given).
     pub name: String,
+    /// The line of its `name` key (its table's, when it has none).
+    pub name_line: usize,
     pub role: String,
     /// The line its table starts on.
     pub line: usize,
@@ -261,15 +263,11 @@ pub fn parse(text: &str) -> Result<File, Vec<Problem>> {
             ));
             continue;
         };
+        // Two tables of one name are found by `check`, which still checks both.
         let (name, name_line) = name.unwrap_or_else(|| (role.clone(), at));
-        if services.iter().any(|s| s.name == name) {
-            problems.push(Problem::at(
-                Some(name_line),
-                format!("two services are named {name:?} (give each a unique name = \"...\")"),
-            ));
-        }
         services.push(ServiceSpec {
             name,
+            name_line,
             role,
             line: at,
             keys,
@@ -368,8 +366,6 @@ mod tests {
         let p = bad("[[service]]\ntcp = \"127.0.0.1:0\"\n");
         assert_eq!(p[0].line, Some(1));
         assert!(p[0].message.contains("needs a role"));
-        let p = bad("[[service]]\nrole = \"echo\"\n[[service]]\nrole = \"echo\"\n");
-        assert_eq!(p[0].line, Some(3));
         let p = bad("[[service]]\nrole = \"echo\"\nmax-conns = 3\n");
         assert_eq!(
             (p[0].line, p[0].key.as_deref()),

@@ -36,6 +36,12 @@ pub type Owned<'a> = (&'a str, &'a Listen);
 pub struct Sockets {
     tcp: HashMap<String, TcpListener>,
     udp: HashMap<String, UdpSocket>,
+    /// The sockets systemd passed, kept for the life of the process: an address dropped
+    /// by one reload and written again by a later one (or written another way, `localhost`
+    /// for `127.0.0.1`) finds its socket here, where a bind of our own would fail on the
+    /// socket systemd still holds.
+    passed_tcp: Vec<TcpListener>,
+    passed_udp: Vec<UdpSocket>,
 }
 
 impl Sockets {
@@ -44,14 +50,46 @@ impl Sockets {
         Sockets::default()
     }
 
-    /// Adopts a TCP socket passed by systemd for `addr`.
-    pub fn adopt_tcp(&mut self, addr: &str, listener: TcpListener) {
-        self.tcp.insert(addr.to_owned(), listener);
+    /// Adopts a TCP socket passed by systemd (for `addr`, when it is in the file).
+    pub fn adopt_tcp(&mut self, addr: Option<&str>, listener: TcpListener) {
+        if let (Some(addr), Ok(copy)) = (addr, listener.try_clone()) {
+            self.tcp.insert(addr.to_owned(), copy);
+        }
+        self.passed_tcp.push(listener);
     }
 
-    /// Adopts a UDP socket passed by systemd for `addr`.
-    pub fn adopt_udp(&mut self, addr: &str, socket: UdpSocket) {
-        self.udp.insert(addr.to_owned(), socket);
+    /// Adopts a UDP socket passed by systemd (for `addr`, when it is in the file).
+    pub fn adopt_udp(&mut self, addr: Option<&str>, socket: UdpSocket) {
+        if let (Some(addr), Ok(copy)) = (addr, socket.try_clone()) {
+            self.udp.insert(addr.to_owned(), copy);
+        }
+        self.passed_udp.push(socket);
+    }
+
+    /// A passed TCP socket bound to what `addr` resolves to, if any.
+    async fn passed_tcp_for(&self, addr: &str) -> Option<TcpListener> {
+        if self.passed_tcp.is_empty() {
+            return None;
+        }
+        let wanted = crate::rt::resolve(addr).await.ok()?;
+        let held = self
+            .passed_tcp
+            .iter()
+            .find(|l| l.local_addr().is_ok_and(|a| wanted.contains(&a)))?;
+        held.try_clone().ok()
+    }
+
+    /// [`Sockets::passed_tcp_for`] for UDP.
+    async fn passed_udp_for(&self, addr: &str) -> Option<UdpSocket> {
+        if self.passed_udp.is_empty() {
+            return None;
+        }
+        let wanted = crate::rt::resolve(addr).await.ok()?;
+        let held = self
+            .passed_udp
+            .iter()
+            .find(|s| s.local_addr().is_ok_and(|a| wanted.contains(&a)))?;
+        held.try_clone().ok()
     }
 
     /// Binds every address of `listen` not held yet. On an error nothing new is kept,
@@ -63,13 +101,21 @@ impl Sockets {
             for (i, addr) in l.tcp.iter().enumerate() {
                 let k = key(owner, addr, i);
                 if !self.tcp.contains_key(&k) && !tcp.contains_key(&k) {
-                    tcp.insert(k, bind::bind_tcp(addr).await?);
+                    let socket = match self.passed_tcp_for(addr).await {
+                        Some(passed) => passed,
+                        None => bind::bind_tcp(addr).await?,
+                    };
+                    tcp.insert(k, socket);
                 }
             }
             for (i, addr) in l.udp.iter().enumerate() {
                 let k = key(owner, addr, i);
                 if !self.udp.contains_key(&k) && !udp.contains_key(&k) {
-                    udp.insert(k, bind::bind_udp(addr).await?);
+                    let socket = match self.passed_udp_for(addr).await {
+                        Some(passed) => passed,
+                        None => bind::bind_udp(addr).await?,
+                    };
+                    udp.insert(k, socket);
                 }
             }
         }

@@ -85,7 +85,18 @@ pub fn check(server: &Server, path: &Path) -> std::result::Result<Checked, Probl
     let file = config::read(path)?;
     let mut list = Vec::new();
     let mut services = Vec::new();
-    for spec in &file.services {
+    for (i, spec) in file.services.iter().enumerate() {
+        if file.services[..i].iter().any(|s| s.name == spec.name) {
+            list.push(Problem {
+                line: Some(spec.name_line),
+                service: None,
+                key: None,
+                message: format!(
+                    "two services are named {:?} (give each a unique name = \"...\")",
+                    spec.name
+                ),
+            });
+        }
         match server.build(spec) {
             Ok(service) => services.push((spec.clone(), service)),
             Err(mut p) => list.append(&mut p),
@@ -168,12 +179,15 @@ fn address_problems(checked: &Checked) -> Vec<Problem> {
         let Some(resolved) = resolved.filter(|a| a.port() != 0) else {
             continue; // port 0: a fresh port each time
         };
-        match used.get(&(tcp, resolved)) {
-            Some(other) if *other != owner => problems.push(problem(format!(
+        let clash = used
+            .iter()
+            .find(|((t, a), o)| *t == tcp && overlap(*a, resolved) && **o != owner);
+        match clash {
+            Some((_, other)) => problems.push(problem(format!(
                 "{addr} ({transport}) is also {}",
                 other.describe()
             ))),
-            _ => {
+            None => {
                 used.insert((tcp, resolved), owner);
             }
         }
@@ -181,14 +195,31 @@ fn address_problems(checked: &Checked) -> Vec<Problem> {
     problems
 }
 
+/// Whether binding `a` and `b` collide: the same address, or the same port where one
+/// is a wildcard (`0.0.0.0` takes the port on every IPv4 address; `[::]`, on Linux by
+/// default, on every address).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wild: SocketAddr, other: SocketAddr| {
+        wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port() && (a == b || covers(a, b) || covers(b, a))
+}
+
 /// Tries to bind every address of `checked` (and lets go at once): `check` reports an
 /// address in use the way `serve` would meet it.
 pub async fn probe_addresses(checked: &Checked) -> Vec<String> {
+    // All in one set, held until the end, so that addresses that overlap collide here
+    // as they would in `serve`.
+    let mut all = Sockets::new();
     let mut failed = Vec::new();
     for (owner, listen) in checked.listens() {
-        let mut one = Sockets::new();
-        if let Err(e) = one.bind(&[(&owner, &listen)]).await {
-            failed.push(e.to_string());
+        if let Err(e) = all.bind(&[(&owner, &listen)]).await {
+            let who = if owner == ADMIN {
+                "admin.listen".to_owned()
+            } else {
+                format!("service {owner:?}")
+            };
+            failed.push(format!("{who}: {e}"));
         }
     }
     failed
@@ -294,8 +325,15 @@ pub async fn serve(server: Server, path: &Path, options: Options) -> Result<()> 
     sup.move_admin(checked.file.admin.as_ref().map(|(a, _)| a.as_str()))?;
     sup.publish();
     if let Some(pid_file) = &options.pid_file {
-        std::fs::write(pid_file, format!("{}\n", std::process::id()))
+        // Whole or not at all: written aside, then renamed over the old one.
+        let mut aside = pid_file.clone().into_os_string();
+        aside.push(".new");
+        std::fs::write(&aside, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&aside, pid_file))
             .map_err(|e| format!("cannot write the pid file {}: {e}", pid_file.display()))?;
+    }
+    if sup.services.is_empty() {
+        log::warn!(config = path.display().to_string().as_str(); "the file lists no service");
     }
     log::info!(services = sup.services.len(), config = path.display().to_string().as_str(); "serving");
     systemd::notify("READY=1");
@@ -555,5 +593,22 @@ impl Supervisor {
             _ = second.fuse() => log::warn!("second signal: closing at once"),
         }
         futures::future::join_all(draining.iter().map(Draining::close_now)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlap;
+
+    #[test]
+    fn wildcards_overlap_the_addresses_they_cover() {
+        let a = |s: &str| s.parse().unwrap();
+        assert!(overlap(a("127.0.0.1:80"), a("127.0.0.1:80")));
+        assert!(overlap(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        assert!(overlap(a("127.0.0.1:80"), a("[::]:80")));
+        assert!(overlap(a("[::]:80"), a("[::1]:80")));
+        assert!(!overlap(a("0.0.0.0:80"), a("[::1]:80")));
+        assert!(!overlap(a("0.0.0.0:80"), a("127.0.0.1:81")));
+        assert!(!overlap(a("127.0.0.1:80"), a("127.0.0.2:80")));
     }
 }

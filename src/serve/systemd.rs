@@ -6,6 +6,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, OwnedFd};
 
+use super::Listen;
 use super::sockets::{Owned, Sockets};
 use crate::rt::{self, UdpSocket};
 
@@ -56,37 +57,36 @@ fn adopt_one(sockets: &mut Sockets, listens: &[Owned<'_>], fd: OwnedFd, number: 
             .map(|mut all| all.any(|a| a == local))
             .unwrap_or(false)
     };
+    let addr_of = |list: fn(&Listen) -> &Vec<String>| {
+        listens
+            .iter()
+            .flat_map(|(_, l)| list(l))
+            .find(|a| matches(a))
+            .map(String::as_str)
+    };
+    // A socket no service names yet is kept too: a reload may name it.
+    let shown = local.to_string();
     if kind == SocketType::STREAM {
-        if let Some(addr) = listens
-            .iter()
-            .flat_map(|(_, l)| &l.tcp)
-            .find(|a| matches(a))
-        {
-            match rt::listener_from_std(std::net::TcpListener::from(fd)) {
-                Ok(listener) => {
-                    log::info!(addr = addr.as_str(); "using the TCP socket systemd passed");
-                    sockets.adopt_tcp(addr, listener);
-                }
-                Err(e) => log::warn!(error = e.to_string().as_str(); "systemd's socket unusable"),
+        let addr = addr_of(|l| &l.tcp);
+        match rt::listener_from_std(std::net::TcpListener::from(fd)) {
+            Ok(listener) => {
+                log::info!(addr = addr.unwrap_or(&shown), used = addr.is_some(); "taking the TCP socket systemd passed");
+                sockets.adopt_tcp(addr, listener);
             }
-            return;
+            Err(e) => log::warn!(error = e.to_string().as_str(); "systemd's socket unusable"),
         }
-    } else if kind == SocketType::DGRAM
-        && let Some(addr) = listens
-            .iter()
-            .flat_map(|(_, l)| &l.udp)
-            .find(|a| matches(a))
-    {
+    } else if kind == SocketType::DGRAM {
+        let addr = addr_of(|l| &l.udp);
         match UdpSocket::from_std(std::net::UdpSocket::from(fd)) {
             Ok(socket) => {
-                log::info!(addr = addr.as_str(); "using the UDP socket systemd passed");
+                log::info!(addr = addr.unwrap_or(&shown), used = addr.is_some(); "taking the UDP socket systemd passed");
                 sockets.adopt_udp(addr, socket);
             }
             Err(e) => log::warn!(error = e.to_string().as_str(); "systemd's socket unusable"),
         }
-        return;
+    } else {
+        log::warn!(fd = number, addr = shown.as_str(); "systemd passed a socket that is neither TCP nor UDP; closed");
     }
-    log::warn!(fd = number, addr = local.to_string().as_str(); "systemd passed a socket no service listens on; closed");
 }
 
 /// The message for the start of a reload: `RELOADING=1` with the `MONOTONIC_USEC=` that
