@@ -15,6 +15,7 @@
 
 pub mod broker;
 pub mod cookie;
+pub mod metrics;
 pub mod protocol;
 pub mod unicode_table;
 
@@ -67,7 +68,8 @@ pub async fn run(
     // counted.
     let udp_finish = udp_sender.clone();
     let tick = (chat.udp_idle / 4).clamp(Duration::from_millis(10), TICK_MAX);
-    let broker = BrokerHandle::spawn(chat.clone(), udp_sender, Box::new(LocalOnly));
+    let metrics = stats.role_metrics::<metrics::ChatMetrics>();
+    let broker = BrokerHandle::spawn(chat.clone(), udp_sender, Box::new(LocalOnly), metrics);
 
     // The accept and receive loops stop only after the broker has said goodbye.
     let (loops_trigger, loops_shutdown) = shutdown::channel();

@@ -29,6 +29,7 @@
 //! `nc 127.0.0.1 7001`.
 
 pub mod header;
+pub mod metrics;
 pub mod upstreams;
 
 use std::net::SocketAddr;
@@ -51,6 +52,7 @@ use crate::net::stats::Stats;
 use crate::net::stream::{ReadHalf, WriteHalf};
 use crate::rt::{self, TcpListener};
 use header::Version;
+use metrics::ProxyMetrics;
 use upstreams::{ConnectError, Upstreams};
 
 /// Default listening address.
@@ -207,13 +209,16 @@ async fn serve(
         Some(_) => server.judging_proxies(),
         None => server,
     };
+    // The service's counters (the same on every listener and thread, and after a reload).
+    let metrics = stats.role_metrics::<ProxyMetrics>();
+    proxy.upstreams.count_into(&metrics);
     listener::serve(
         "proxy",
         listener,
         Arc::new(server),
         stats,
         shutdown,
-        move |conn| session(conn, proxy.clone(), access.clone()),
+        move |conn| session(conn, proxy.clone(), access.clone(), metrics.clone()),
     )
     .await;
 }
@@ -442,7 +447,12 @@ async fn read_proxy_header(
 }
 
 /// One client's session, from accept to the log line.
-async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Result<()> {
+async fn session(
+    conn: Conn,
+    cfg: Arc<ProxyConfig>,
+    access: AccessList,
+    metrics: Arc<ProxyMetrics>,
+) -> Result<()> {
     let started = Instant::now();
     // At the end of the drain an open session closes itself (and logs its line).
     let Conn {
@@ -470,7 +480,7 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
             }
         }
         if !access.permits(src.ip()) {
-            Stats::add(&stats.refused, 1);
+            Stats::add(&stats.refused.denied, 1);
             log::info!(peer = peer.to_string().as_str(), client = src.to_string().as_str(); "proxy: client refused by access list");
             return Ok(());
         }
@@ -478,10 +488,12 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     let up = match cfg.upstreams.connect(cfg.connect_timeout).await {
         Ok(up) => up,
         Err(ConnectError::Upstreams(why)) => {
+            metrics.unconnected[0].inc();
             log::warn!(client = src.to_string().as_str(), error = why.as_str(); "proxy: no upstream answered; closing the client");
             return Ok(());
         }
         Err(ConnectError::Local(why)) => {
+            metrics.unconnected[1].inc();
             log::warn!(client = src.to_string().as_str(), error = why.as_str(); "proxy: out of descriptors here (local); closing the client");
             return Ok(());
         }
@@ -645,6 +657,9 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
         log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
             bytes_up = bytes_up, bytes_down = bytes_down, dropped_up = dropped_up, dropped_down = dropped_down,
             dropped_why = why.as_str(), ms = ms, closed_first = closed_first, cut_by = cut_by; "proxy: session closed");
+    }
+    if let Some(m) = up.guard.metrics() {
+        m.ended(closed_first);
     }
     drop(up.guard);
     Ok(())
