@@ -97,9 +97,16 @@ enum Failure {
 pub struct ActiveGuard(Arc<Upstreams>, usize, Option<Arc<UpstreamMetrics>>);
 
 impl ActiveGuard {
-    /// The upstream's counters, if the proxy counts.
-    pub fn metrics(&self) -> Option<&UpstreamMetrics> {
-        self.2.as_deref()
+    /// The session has ended, first by `closed_first` (the session line's words): it no
+    /// longer counts as open, and its end is counted, in that order (so a reader that
+    /// sees the end sees the session closed).
+    pub fn ended(mut self, closed_first: &str) {
+        let metrics = self.2.take();
+        drop(self);
+        if let Some(m) = metrics {
+            m.sessions.add(-1);
+            m.ended(closed_first);
+        }
     }
 }
 
