@@ -11,6 +11,7 @@
 //! - [`client`]: the nc-style tools `connect` and `listen`.
 //! - [`service`]: running a server as a process (signals, drain, summary).
 //! - [`logging`]: the servers' log output, which a stalled or closed stdout cannot stop.
+//! - [`metrics`]: every service's counters as Prometheus (OpenMetrics) text.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 

@@ -144,6 +144,7 @@ fn max_conns_closes_new_clients_and_leaves_others_alone() {
         server
             .stats
             .refused
+            .max_conns
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
@@ -385,7 +386,7 @@ fn a_slot_is_held_until_the_writer_has_ended() {
         "a third client must be closed"
     );
     assert_eq!(
-        server.stats.refused.load(SeqCst),
+        server.stats.refused.max_conns.load(SeqCst),
         1,
         "the third client must be refused at accept, not served"
     );

@@ -767,9 +767,9 @@ fn accept_proxy_judges_the_header_address_and_proxy_from_judges_the_sender() {
     let trusted = start(ten(), vec![], "127.0.0.0/8");
     assert_eq!(echoed(&trusted, FROM_TEN), b"hello");
     wait_until("the refusals to be counted", || {
-        bytes(&allowed.stats.refused) == 1
-            && bytes(&denied.stats.refused) == 1
-            && bytes(&untrusted.stats.refused) == 1
+        bytes(&allowed.stats.refused.denied) == 1
+            && bytes(&denied.stats.refused.denied) == 1
+            && bytes(&untrusted.stats.refused.denied) == 1
     });
     echo.stop();
 }

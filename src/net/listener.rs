@@ -206,6 +206,7 @@ pub async fn serve<H, F>(
                 pair
             }
             Err(e) if is_resource_exhaustion(&e) => {
+                stats.refused.emfile.fetch_add(1, Ordering::Relaxed);
                 if backoff.is_zero() {
                     // Once per episode at warn; the retries that follow at debug.
                     log::warn!(role = role, error = e.to_string().as_str(), open = open.len();
@@ -223,12 +224,12 @@ pub async fn serve<H, F>(
         };
 
         if !config.access.permits(peer.ip()) {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
+            stats.refused.denied.fetch_add(1, Ordering::Relaxed);
             log::info!(role = role, peer = peer.to_string().as_str(); "refused by access list");
             continue; // dropping the stream closes it
         }
         if config.max_conns > 0 && stats.active() >= config.max_conns {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
+            stats.refused.max_conns.fetch_add(1, Ordering::Relaxed);
             log::warn!(role = role, peer = peer.to_string().as_str(), max_conns = config.max_conns;
                 "refused: server full");
             if let Some(notice) = config.full_notice.clone() {

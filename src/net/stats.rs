@@ -3,17 +3,25 @@
 //! A server connection's reader adds each read as it returns (`Reader::counted`, which
 //! every role's connection uses); writers add after each write (one atomic add per
 //! system call), so the summary is right for connections still open at shutdown.
+//!
+//! The same counters, with a role's own ([`Stats::role_metrics`], built from
+//! [`meters`]), are what `crate::metrics::render` reads for Prometheus.
 
-use std::sync::Arc;
+pub mod meters;
+
+use std::any::Any;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use meters::{Collect, RoleMetrics};
 
 /// Counters shared by one server's accept loop, connections and UDP endpoint.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// TCP connections accepted and served (refused ones are not counted here).
     pub served: AtomicU64,
-    /// TCP connections refused by `--max-conns` or `--allow`/`--deny`.
-    pub refused: AtomicU64,
+    /// TCP connections refused, by why.
+    pub refused: Refused,
     /// UDP datagrams received.
     pub datagrams: AtomicU64,
     /// Bytes read from peers (TCP and UDP).
@@ -24,6 +32,26 @@ pub struct Stats {
     active: AtomicUsize,
     /// Connection tasks (readers, writers, helpers) alive right now.
     tasks: AtomicUsize,
+    /// The role's own counters, made when the role first starts and kept for the life of
+    /// these counters (a role started again on them, after a reload, carries on
+    /// counting). Locked only when a role starts and when the counters are read out.
+    role: Mutex<Option<Arc<dyn RoleMetrics>>>,
+}
+
+/// TCP clients the accept loop turned away, by why. Every refusal is one relaxed add on
+/// the accept path, which is already a system call per client.
+#[derive(Debug, Default)]
+pub struct Refused {
+    /// Closed at accept because `--max-conns` connections were open.
+    pub max_conns: AtomicU64,
+    /// Closed because `--allow`/`--deny` (or, with the proxy's `--accept-proxy`,
+    /// `--proxy-from` at accept and `--allow`/`--deny` for the header's address) refused
+    /// the peer.
+    pub denied: AtomicU64,
+    /// Accepts that failed for want of descriptors or buffers (EMFILE, ENFILE, ENOBUFS,
+    /// ENOMEM). The client stays in the kernel's backlog while the loop pauses, and each
+    /// try during the pause that fails again counts again.
+    pub emfile: AtomicU64,
 }
 
 impl Stats {
@@ -62,12 +90,40 @@ impl Stats {
         }
     }
 
-    /// The counters as `key=value` text for the summary log line.
+    /// The role's own counters, of type `M`: made on the first call and the same object on
+    /// every later one, so a role that starts again on these counters (a reload) carries
+    /// on from where it was. A role of another type replaces what was there.
+    pub fn role_metrics<M: RoleMetrics + Default>(&self) -> Arc<M> {
+        let mut slot = self.role.lock().unwrap_or_else(PoisonError::into_inner);
+        let existing: Option<Arc<dyn Any + Send + Sync>> = slot.clone().map(|m| m as _);
+        if let Some(Ok(same)) = existing.map(|m| m.downcast::<M>()) {
+            return same;
+        }
+        let fresh = Arc::new(M::default());
+        *slot = Some(fresh.clone());
+        fresh
+    }
+
+    /// Writes the role's own series into `out` (nothing before a role has started).
+    pub fn collect_role(&self, out: &mut dyn Collect) {
+        let role = self
+            .role
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(role) = role {
+            role.collect(out);
+        }
+    }
+
+    /// The counters as `key=value` text for the summary log line (`refused` counts
+    /// `--max-conns` and the access lists; accepts that failed for want of descriptors
+    /// are logged as they happen).
     pub fn summary(&self) -> String {
         format!(
             "connections={} refused={} datagrams={} bytes_in={} bytes_out={}",
             self.served.load(Relaxed),
-            self.refused.load(Relaxed),
+            self.refused.max_conns.load(Relaxed) + self.refused.denied.load(Relaxed),
             self.datagrams.load(Relaxed),
             self.bytes_in.load(Relaxed),
             self.bytes_out.load(Relaxed)

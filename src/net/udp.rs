@@ -267,7 +267,6 @@ pub async fn receive_loop<F, Fut>(
     // One buffer for the endpoint's life: a datagram of any size fits, and nothing is
     // allocated per receive but the exact-size copy handed on.
     let mut buf = vec![0u8; RECV_BUFFER];
-    let mut received = 0u64;
     loop {
         let got = futures::select! {
             got = socket.recv_from(&mut buf).fuse() => got,
@@ -275,10 +274,10 @@ pub async fn receive_loop<F, Fut>(
         };
         match got {
             Ok((n, peer)) => {
-                received += n as u64;
-                stats
-                    .datagrams
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Counted as received, not at the end: the counts are right whenever
+                // they are read (the metrics), at two uncontended adds per system call.
+                Stats::add(&stats.bytes_in, n as u64);
+                stats.datagrams.fetch_add(1, Ordering::Relaxed);
                 on_datagram(peer, buf[..n].to_vec()).await;
             }
             Err(e) => {
@@ -287,5 +286,4 @@ pub async fn receive_loop<F, Fut>(
             }
         }
     }
-    Stats::add(&stats.bytes_in, received);
 }

@@ -15,6 +15,7 @@
 
 pub mod broker;
 pub mod cookie;
+pub mod metrics;
 pub mod protocol;
 pub mod unicode_table;
 
@@ -116,8 +117,13 @@ pub async fn run_generation(
             }
             None => {
                 let udp_sender = udp.as_ref().map(|s| udp::spawn_sender(s.clone(), &stats));
-                let broker =
-                    BrokerHandle::spawn(chat.clone(), udp_sender.clone(), Box::new(LocalOnly));
+                let metrics = stats.role_metrics::<metrics::ChatMetrics>();
+                let broker = BrokerHandle::spawn(
+                    chat.clone(),
+                    udp_sender.clone(),
+                    Box::new(LocalOnly),
+                    metrics,
+                );
                 let tick = (chat.udp_idle / 4).clamp(Duration::from_millis(10), TICK_MAX);
                 rt::spawn(tick_broker(broker.clone(), tick));
                 *running = Some(Running {

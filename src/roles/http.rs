@@ -12,6 +12,7 @@
 //! Try it: `switchboard http --root ./site`, then `curl -i http://127.0.0.1:8080/`.
 
 pub mod files;
+pub mod metrics;
 pub mod request;
 
 use std::cell::RefCell;
@@ -28,6 +29,7 @@ use crate::net::stats::Stats;
 use crate::net::writer::{Outgoing, WRITER_MAILBOX};
 use crate::rt::{self, TcpListener};
 use files::{Body, Response};
+use metrics::HttpMetrics;
 use request::{HeadBuffer, HeadError, Request};
 
 /// Default listening address.
@@ -86,8 +88,9 @@ pub async fn run(
 ) {
     let server = Arc::new(server.or_full_notice(BUSY));
     let http = Arc::new(http);
+    let metrics = stats.role_metrics::<HttpMetrics>();
     listener::serve("http", listener, server, stats, shutdown, move |conn| {
-        connection(conn, http.clone())
+        connection(conn, http.clone(), metrics.clone())
     })
     .await;
 }
@@ -175,7 +178,7 @@ async fn file_done(done_rx: flume::Receiver<bool>, conn: &mut Connection) -> boo
 /// A client that stops reading is closed by the writer: a write that makes no progress
 /// for the keep-alive limit fails, the writer shuts the socket and ends, and that ends
 /// whatever this loop waits on (the mailbox closes; the file's message is dropped).
-async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
+async fn connection(conn: Conn, cfg: Arc<HttpConfig>, metrics: Arc<HttpMetrics>) -> Result<()> {
     let keepalive = conn.idle_timeout.unwrap_or(KEEPALIVE_DEFAULT);
     // The waits for a head have their own limits (below), not the reader's idle timer;
     // the writer's send timeout is the keep-alive limit. At the end of the drain the
@@ -187,7 +190,11 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
         .closing()
         .linger();
     let (mut conn, writer_tx) = Connection::start::<Out>(conn, setup);
-    let peer_text: Arc<str> = conn.peer().to_string().into();
+    // Shared by every response's access line: one reference count per response.
+    let peer = Arc::new(Peer {
+        addr: conn.peer().to_string(),
+        metrics,
+    });
     let mut heads = HeadBuffer::default();
     // When the head now being waited for began: at accept, then at its first byte.
     let mut head_started = Some(Instant::now());
@@ -213,7 +220,7 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
             };
             let head_only = req.as_ref().is_some_and(|r| r.method == "HEAD");
             let line = AccessLog {
-                peer: peer_text.clone(),
+                peer: peer.clone(),
                 req,
                 status: response.status,
                 started,
@@ -266,7 +273,8 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
             None if head_started.is_some() => {
                 // Slowloris, or a client that connected and said nothing: 408, then close.
                 let r = Response::text(408, Some("no complete request head in time"));
-                log::info!(peer = &*peer_text, status = 408u16; "http: header timeout");
+                log::info!(peer = peer.addr.as_str(), status = 408u16; "http: header timeout");
+                peer.metrics.response(408);
                 let _ = writer_tx.send_async(serialise(r, true, false)).await;
                 break Reason::Role;
             }
@@ -281,13 +289,19 @@ async fn connection(conn: Conn, cfg: Arc<HttpConfig>) -> Result<()> {
     Ok(())
 }
 
+/// The client, as each of its access lines names it, and where its responses are counted.
+struct Peer {
+    addr: String,
+    metrics: Arc<HttpMetrics>,
+}
+
 /// One access-log line, travelling with its response and written once the writer says
 /// what it wrote (or the response is dropped unwritten): the bytes logged are bytes the
 /// client's kernel acknowledged (the writer reports a response once its last byte is
 /// acknowledged, or how far the acknowledgement got when it failed), and `us` runs
 /// until then.
 struct AccessLog {
-    peer: Arc<str>,
+    peer: Arc<Peer>,
     req: Option<Request>,
     status: u16,
     started: Instant,
@@ -301,7 +315,12 @@ struct AccessLog {
 impl AccessLog {
     /// The writer's report: `bytes` of the message's buffer (head, then a small body)
     /// and `file` bytes of its file region went out; `stopped` says why no more did.
+    /// The response is counted here, as written (wholly or in part).
     fn written(self, bytes: usize, file: u64, stopped: Option<&std::io::Error>) {
+        let metrics = &self.peer.metrics;
+        metrics.response(self.status);
+        metrics.response_time.observe(self.started.elapsed());
+        metrics.sendfile_bytes.add(file);
         let sent = bytes.saturating_sub(self.head_len) as u64 + file;
         match stopped {
             None => self.log(sent, self.note.unwrap_or("")),
@@ -323,7 +342,7 @@ impl AccessLog {
             .as_ref()
             .and_then(|r| r.header("user-agent"))
             .unwrap_or("-");
-        log::info!(peer = &*self.peer, method = method, target = target, status = self.status,
+        log::info!(peer = self.peer.addr.as_str(), method = method, target = target, status = self.status,
             bytes = bytes, us = self.started.elapsed().as_micros() as u64,
             user_agent = agent, note = note; "http");
     }

@@ -29,6 +29,7 @@
 //! `nc 127.0.0.1 7001`.
 
 pub mod header;
+pub mod metrics;
 pub mod upstreams;
 
 use std::net::SocketAddr;
@@ -51,6 +52,7 @@ use crate::net::stats::Stats;
 use crate::net::stream::{ReadHalf, WriteHalf};
 use crate::rt::{self, TcpListener};
 use header::Version;
+use metrics::ProxyMetrics;
 use upstreams::{ConnectError, Upstreams};
 
 /// Default listening address.
@@ -207,13 +209,16 @@ async fn serve(
         Some(_) => server.judging_proxies(),
         None => server,
     };
+    // The service's counters (the same on every listener and thread, and after a reload).
+    let metrics = stats.role_metrics::<ProxyMetrics>();
+    proxy.upstreams.count_into(&metrics);
     listener::serve(
         "proxy",
         listener,
         Arc::new(server),
         stats,
         shutdown,
-        move |conn| session(conn, proxy.clone(), access.clone()),
+        move |conn| session(conn, proxy.clone(), access.clone(), metrics.clone()),
     )
     .await;
 }
@@ -223,6 +228,11 @@ async fn serve(
 enum End {
     /// The reading side shut its write half (or closed).
     Fin,
+    /// End of input, read from a socket already gone ([`Socket::connection_gone`], looked
+    /// at as the end was read): the reading side reset, and the other direction's write
+    /// took the reset's error first, so this read found only the end. Only the label
+    /// says so; the session goes on as after a FIN.
+    FinAfterReset,
     /// Reading failed: the reading side reset.
     Reset,
     /// The writing side's writer is gone: it failed to write (that side reset).
@@ -280,11 +290,16 @@ struct Way {
     tap: Option<(&'static str, SocketAddr)>,
 }
 
+/// How one direction ended, and when: the bytes read, the [`End`], and the moment it
+/// was seen.
+type Ended = (u64, End, Instant);
+
 /// Starts one direction: `prefix` (bytes of ours, written first), then what `from`
 /// reads, to `to`. It is a relay when `splice` names a pipe size and a pipe can be had
 /// (out of descriptors, it copies) — an adaptive one ([`Relay::adaptive`]) unless
 /// `always` — otherwise a pump feeding `to`'s writer. Returns the task, which ends as
-/// [`pump`] does, and the watch on what reached `to`.
+/// [`pump`] does (with [`End::FinAfterReset`] for an end of input from a socket already
+/// gone) and says when, and the watch on what reached `to`.
 fn carry(
     from: ReadHalf,
     to: WriteHalf,
@@ -292,8 +307,18 @@ fn carry(
     splice: Option<usize>,
     always: bool,
     way: Way,
-) -> (rt::JoinHandle<(u64, End)>, Delivery) {
+) -> (rt::JoinHandle<Ended>, Delivery) {
     let task = way.stats.task();
+    let source = from.socket().clone();
+    // Looked at as soon as the direction ends: later, a socket this side has shut too
+    // is closed (TCP_CLOSE) after an orderly exchange of FINs as well as after a reset.
+    let seen = move |(bytes, end): (u64, End)| {
+        let end = match end {
+            End::Fin if source.connection_gone() => End::FinAfterReset,
+            end => end,
+        };
+        (bytes, end, Instant::now())
+    };
     let relay = splice.and_then(|capacity| match Relay::new(capacity) {
         Ok(relay) if always => Some(relay),
         Ok(relay) => Some(relay.adaptive()),
@@ -308,7 +333,7 @@ fn carry(
             let delivery = written.delivery();
             let running = rt::spawn_here(async move {
                 let _task = task;
-                relay_way(relay, from, to, prefix, written, way).await
+                seen(relay_way(relay, from, to, prefix, written, way).await)
             });
             (running, delivery)
         }
@@ -329,14 +354,15 @@ fn carry(
                     fin,
                     tap,
                 } = way;
-                pump(
+                let ended = pump(
                     Reader::counted(from, None, stats),
                     writer,
                     activity,
                     fin,
                     tap,
                 )
-                .await
+                .await;
+                seen(ended)
             });
             (running, delivery)
         }
@@ -442,7 +468,12 @@ async fn read_proxy_header(
 }
 
 /// One client's session, from accept to the log line.
-async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Result<()> {
+async fn session(
+    conn: Conn,
+    cfg: Arc<ProxyConfig>,
+    access: AccessList,
+    metrics: Arc<ProxyMetrics>,
+) -> Result<()> {
     let started = Instant::now();
     // At the end of the drain an open session closes itself (and logs its line).
     let Conn {
@@ -470,7 +501,7 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
             }
         }
         if !access.permits(src.ip()) {
-            Stats::add(&stats.refused, 1);
+            Stats::add(&stats.refused.denied, 1);
             log::info!(peer = peer.to_string().as_str(), client = src.to_string().as_str(); "proxy: client refused by access list");
             return Ok(());
         }
@@ -478,10 +509,12 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     let up = match cfg.upstreams.connect(cfg.connect_timeout).await {
         Ok(up) => up,
         Err(ConnectError::Upstreams(why)) => {
+            metrics.unconnected[0].inc();
             log::warn!(client = src.to_string().as_str(), error = why.as_str(); "proxy: no upstream answered; closing the client");
             return Ok(());
         }
         Err(ConnectError::Local(why)) => {
+            metrics.unconnected[1].inc();
             log::warn!(client = src.to_string().as_str(), error = why.as_str(); "proxy: out of descriptors here (local); closing the client");
             return Ok(());
         }
@@ -559,7 +592,7 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     let mut moved = Movement::now(&to_upstream, &to_client, &sockets);
     // Looks eight times per limit: a change seen at a look counts from that look.
     let mut idle = IdleTimer::looking(8);
-    let mut closed_first: Option<&'static str> = None;
+    let mut closed_first = ClosedFirst::default();
     // Set when this task shut the session (a timeout, or the end of the drain), which
     // `closed_first` may not show: a side may have half-closed before.
     let mut cut_by: Option<&'static str> = None;
@@ -581,20 +614,18 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
             let now = Movement::now(&to_upstream, &to_client, &sockets);
             std::mem::replace(&mut moved, now) != now
         };
-        // A direction that ended with end of input while its source is already closed
-        // (`Socket::connection_gone`) met a reset: the other direction's write took the
-        // reset's error first, so its read found only the end. Only the label says so;
-        // the session goes on as after a FIN.
+        // A direction that ended with end of input from a socket already gone
+        // (`End::FinAfterReset`) met a reset; the session goes on as after a FIN.
         futures::select! {
-            (bytes, end) = up_pump => {
+            (bytes, end, at) = up_pump => {
                 read_up = Some(bytes);
-                closed_first.get_or_insert_with(|| match end { End::Fin if client_socket.connection_gone() => "client reset", End::Fin => "client FIN", End::Reset => "client reset", End::WriterGone => "server reset" });
-                if end != End::Fin { shut(&sockets); }
+                closed_first.ended(at, match end { End::Fin => "client FIN", End::FinAfterReset | End::Reset => "client reset", End::WriterGone => "server reset" });
+                if !matches!(end, End::Fin | End::FinAfterReset) { shut(&sockets); }
             }
-            (bytes, end) = down_pump => {
+            (bytes, end, at) = down_pump => {
                 read_down = Some(bytes);
-                closed_first.get_or_insert_with(|| match end { End::Fin if up_socket.connection_gone() => "server reset", End::Fin => "server FIN", End::Reset => "server reset", End::WriterGone => "client reset" });
-                if end != End::Fin { shut(&sockets); }
+                closed_first.ended(at, match end { End::Fin => "server FIN", End::FinAfterReset | End::Reset => "server reset", End::WriterGone => "client reset" });
+                if !matches!(end, End::Fin | End::FinAfterReset) { shut(&sockets); }
             }
             () = upstream_written => upstream_writer_done = true,
             () = client_written => client_writer_done = true,
@@ -602,18 +633,18 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
                 // `None` (both pumps gone) fuses the stream; the arms above see the ends.
                 if let Some(label) = note {
                     fin_noticed = true;
-                    closed_first.get_or_insert(label);
+                    closed_first.event(label);
                 }
             }
             () = close_now => {
-                closed_first.get_or_insert("shutdown");
+                closed_first.event("shutdown");
                 cut_by = Some("shutdown");
                 shut(&sockets);
                 timed_out = true;
             }
             () = idle.quiet(&activity, limit, moved_since).fuse() => {
                 let why = if half_closed { "fin timeout" } else { "idle timeout" };
-                closed_first.get_or_insert(why);
+                closed_first.event(why);
                 cut_by = Some(why);
                 shut(&sockets);
                 timed_out = true;
@@ -628,7 +659,7 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
     let (client, upstream_addr) = (src.to_string(), up.addr.to_string());
     let (ms, closed_first) = (
         started.elapsed().as_millis() as u64,
-        closed_first.unwrap_or("unknown"),
+        closed_first.label.unwrap_or("unknown"),
     );
     // `none`: the sides closed the session themselves.
     let cut_by = cut_by.unwrap_or("none");
@@ -646,8 +677,41 @@ async fn session(conn: Conn, cfg: Arc<ProxyConfig>, access: AccessList) -> Resul
             bytes_up = bytes_up, bytes_down = bytes_down, dropped_up = dropped_up, dropped_down = dropped_down,
             dropped_why = why.as_str(), ms = ms, closed_first = closed_first, cut_by = cut_by; "proxy: session closed");
     }
-    drop(up.guard);
+    up.guard.ended(closed_first);
     Ok(())
+}
+
+/// What ended a session first, as its line's `closed_first` says. What this task sees
+/// happen (a FIN noticed while a pump waited, a timeout, the end of the drain) counts in
+/// the order it sees it; a direction's end counts by when that direction saw it, since
+/// `select!` takes arms that are ready together in random order, and both directions
+/// have often ended (one FIN answering the other) by the time this task looks.
+#[derive(Default)]
+struct ClosedFirst {
+    label: Option<&'static str>,
+    /// When the direction whose end set `label` saw it; `None` if an event set it.
+    end_seen: Option<Instant>,
+}
+
+impl ClosedFirst {
+    /// Something this task saw happen, unless something came first.
+    fn event(&mut self, label: &'static str) {
+        self.label.get_or_insert(label);
+    }
+
+    /// A direction ended, as it saw at `at`: it came first unless an event did, or the
+    /// other direction ended before it.
+    fn ended(&mut self, at: Instant, label: &'static str) {
+        let first = match (self.label, self.end_seen) {
+            (None, _) => true,
+            (Some(_), Some(other)) => at < other,
+            (Some(_), None) => false,
+        };
+        if first {
+            self.label = Some(label);
+            self.end_seen = Some(at);
+        }
+    }
 }
 
 /// What the session task compares between two looks to tell a live session from an idle

@@ -31,9 +31,11 @@ use futures::FutureExt;
 use futures::channel::oneshot;
 
 use super::cookie::Cookies;
+use super::metrics::ChatMetrics;
 use super::protocol::{self, Command, HELP, HELP_SHORT};
 use crate::net::lines::{self, Datagram, Frame, Overlong};
 use crate::net::socket::Socket;
+use crate::net::stats::meters::Counter;
 use crate::net::udp::{self, DatagramSender};
 use crate::net::writer::Outgoing;
 use crate::rt;
@@ -347,8 +349,13 @@ pub struct BrokerHandle {
 
 impl BrokerHandle {
     /// Spawns a broker and returns its handle. `udp` is the UDP endpoint's send actor,
-    /// if chat serves UDP.
-    pub fn spawn(config: ChatConfig, udp: Option<DatagramSender>, bus: Box<dyn RoomBus>) -> Self {
+    /// if chat serves UDP; `metrics` what it counts into (the service's, which outlive it).
+    pub fn spawn(
+        config: ChatConfig,
+        udp: Option<DatagramSender>,
+        bus: Box<dyn RoomBus>,
+        metrics: Arc<ChatMetrics>,
+    ) -> Self {
         let (broker_tx, broker_rx) = flume::bounded(BROKER_MAILBOX);
         let joins = TokenBucket::new(per_second_burst(config.udp_join_rate));
         let challenges = TokenBucket::new(per_second_burst(config.udp_challenge_rate));
@@ -370,6 +377,8 @@ impl BrokerHandle {
             challenges,
             source_joins,
             unyielded: 0,
+            metrics,
+            counted: [0; 3],
         };
         rt::spawn(broker.run(broker_rx));
         BrokerHandle { broker_tx }
@@ -450,6 +459,24 @@ struct Broker {
     /// Lines published to rooms since the broker last let its thread go
     /// ([`YIELD_AFTER`]): at most this many wait in any member's mailbox for that reason.
     unyielded: usize,
+    /// The service's chat counters (this broker is their only writer).
+    metrics: Arc<ChatMetrics>,
+    /// What this broker has added to the gauges: TCP users, UDP users, rooms. They are
+    /// brought up to date once per turn ([`Broker::count_levels`]) and taken back when
+    /// the broker ends, so a broker started again on the same counters starts from zero.
+    counted: [i64; 3],
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let m = &self.metrics;
+        for (gauge, n) in [&m.users[0], &m.users[1], &m.rooms]
+            .into_iter()
+            .zip(self.counted)
+        {
+            gauge.add(-n);
+        }
+    }
 }
 
 /// Returns to the executor once: the broker goes to the back of the run queue, behind the
@@ -486,12 +513,13 @@ fn line(parts: &[&str]) -> Line {
 /// Queues `line` for a TCP client's writer unless its mailbox is full or its queued bytes
 /// would pass `max_bytes` (a line alone in the queue always fits, however long);
 /// `false` then (it cannot keep up). A writer that has ended (its client left) takes
-/// nothing, and that is not the client being slow.
+/// nothing, and that is not the client being slow. A line queued counts in `deliveries`.
 fn queue_tcp(
     writer_tx: &flume::Sender<Queued>,
     queued: &Arc<AtomicUsize>,
     line: &Line,
     max_bytes: usize,
+    deliveries: &Counter,
 ) -> bool {
     let before = queued.load(Ordering::Relaxed);
     if before > 0 && before.saturating_add(line.len()) > max_bytes {
@@ -503,7 +531,14 @@ fn queue_tcp(
         queued: queued.clone(),
     };
     // (A refused item is dropped here, and gives its bytes back.)
-    !matches!(writer_tx.try_send(item), Err(flume::TrySendError::Full(_)))
+    match writer_tx.try_send(item) {
+        Ok(()) => {
+            deliveries.inc();
+            true
+        }
+        Err(flume::TrySendError::Full(_)) => false,
+        Err(flume::TrySendError::Disconnected(_)) => true,
+    }
 }
 
 /// `line` itself if it fits in one UDP datagram, else its longest prefix that does and
@@ -654,7 +689,8 @@ impl Broker {
                             Outbox::Tcp {
                                 writer_tx, queued, ..
                             } => {
-                                queue_tcp(writer_tx, queued, &bye, usize::MAX);
+                                let n = &self.metrics.deliveries;
+                                queue_tcp(writer_tx, queued, &bye, usize::MAX, n);
                             }
                             Outbox::Udp { peer } => peers.push(*peer),
                         }
@@ -662,6 +698,7 @@ impl Broker {
                     // One job for every UDP user, and waited for: the broker is stopping,
                     // and the send actor never waits on it, so this cannot deadlock.
                     if let Some(udp) = &self.udp {
+                        self.metrics.deliveries.add(peers.len() as u64);
                         udp.send_many(bye, peers).await;
                     }
                     // Dropping the clients drops every writer's sender: each flushes and closes.
@@ -671,6 +708,7 @@ impl Broker {
                 }
             }
             self.settle();
+            self.count_levels();
             if self.unyielded >= YIELD_AFTER {
                 self.unyielded = 0;
                 yield_now().await;
@@ -699,6 +737,7 @@ impl Broker {
             if queued == Some(false) {
                 return false;
             }
+            self.metrics.deliveries.inc();
         }
         self.nicks.insert(nick.to_ascii_lowercase(), id);
         self.rooms.entry(LOBBY.to_string()).or_default().push(id);
@@ -741,10 +780,18 @@ impl Broker {
         match &client.outbox {
             Outbox::Tcp {
                 writer_tx, queued, ..
-            } => queue_tcp(writer_tx, queued, line, self.config.sendq_bytes),
+            } => queue_tcp(
+                writer_tx,
+                queued,
+                line,
+                self.config.sendq_bytes,
+                &self.metrics.deliveries,
+            ),
             Outbox::Udp { peer } => {
                 // A full UDP queue drops the datagram: UDP promises no more.
-                self.udp_send(vec![*peer], line);
+                if self.udp_send(vec![*peer], line) {
+                    self.metrics.deliveries.inc();
+                }
                 true
             }
         }
@@ -825,7 +872,10 @@ impl Broker {
             }
             self.unyielded += 1;
         }
-        self.udp_send(peers, &line);
+        let udp_users = peers.len() as u64;
+        if self.udp_send(peers, &line) {
+            self.metrics.deliveries.add(udp_users);
+        }
         self.bus.published(room, &line);
         for id in too_slow {
             self.overflow(id);
@@ -839,6 +889,7 @@ impl Broker {
         };
         self.nicks.remove(&client.nick.to_ascii_lowercase());
         self.leave_room(id, &client.room);
+        self.metrics.departed(&reason);
         match &client.outbox {
             Outbox::Tcp { socket, .. } => {
                 if reason == LeaveReason::SendQueue {
@@ -1062,19 +1113,42 @@ impl Broker {
             && (reply.len() <= AMPLIFICATION * asked
                 || self.challenges.take(rate, burst, Instant::now()))
         {
-            self.udp_send(vec![peer], &reply);
+            let _ = self.udp_send(vec![peer], &reply);
         }
     }
 
     /// Queues one line for `peers` as one job (anything but a welcome or the goodbye) if
     /// the UDP send queue has room outside [`WELCOME_RESERVE`]; drops it for all of them
     /// otherwise (the send actor counts it), as UDP may. A line longer than a datagram
-    /// can carry is cut to fit (at a character boundary, still ending in `\n`).
-    fn udp_send(&self, peers: Vec<SocketAddr>, line: &Line) {
-        if let Some(udp) = &self.udp
-            && !peers.is_empty()
+    /// can carry is cut to fit (at a character boundary, still ending in `\n`). Whether
+    /// it was queued (`false` for no peers).
+    fn udp_send(&self, peers: Vec<SocketAddr>, line: &Line) -> bool {
+        match &self.udp {
+            Some(udp) if !peers.is_empty() => {
+                udp.try_send_many(fit_datagram(line), peers, WELCOME_RESERVE)
+            }
+            _ => false,
+        }
+    }
+
+    /// Brings the gauges up to what this broker holds now (users by transport, rooms):
+    /// once per turn, and only what changed.
+    fn count_levels(&mut self) {
+        let udp = self.udp_peers.len();
+        let now = [
+            self.clients.len().saturating_sub(udp),
+            udp,
+            self.rooms.len(),
+        ]
+        .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        let m = &self.metrics;
+        for ((gauge, was), now) in [&m.users[0], &m.users[1], &m.rooms]
+            .into_iter()
+            .zip(&mut self.counted)
+            .zip(now)
         {
-            udp.try_send_many(fit_datagram(line), peers, WELCOME_RESERVE);
+            gauge.add(now - *was);
+            *was = now;
         }
     }
 
@@ -1118,6 +1192,7 @@ impl Broker {
             return;
         };
         if !client.bucket.take(rate, burst, Instant::now()) {
+            self.metrics.flood_dropped.inc();
             if !client.warned {
                 client.warned = true;
                 self.reply(id, line(&["! slow down (lines are being dropped)"]));
@@ -1130,11 +1205,20 @@ impl Broker {
         let room = client.room.clone();
         match protocol::parse(&text) {
             Command::Empty => {}
-            Command::Say(text) => self.publish(&room, Some(id), line(&["<", &nick, "> ", text])),
-            Command::Me(text) => self.publish(&room, Some(id), line(&["* ", &nick, " ", text])),
+            Command::Say(text) => {
+                self.metrics.said.inc();
+                self.publish(&room, Some(id), line(&["<", &nick, "> ", text]));
+            }
+            Command::Me(text) => {
+                self.metrics.said.inc();
+                self.publish(&room, Some(id), line(&["* ", &nick, " ", text]));
+            }
             Command::Nick(new) => self.rename(id, &nick, &room, new),
             Command::Msg { to, text } => match self.nicks.get(&to.to_ascii_lowercase()) {
-                Some(&target) => self.tell(target, line(&["*", &nick, "* ", text])),
+                Some(&target) => {
+                    self.metrics.said.inc();
+                    self.tell(target, line(&["*", &nick, "* ", text]));
+                }
                 None => self.reply(id, line(&["! no such nick: ", to])),
             },
             Command::Who => {

@@ -12,9 +12,11 @@
 //! descriptors that closing sessions free go to the clients already waiting.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use super::metrics::{ProxyMetrics, UpstreamMetrics};
 
 use crate::net::describe::describe;
 use crate::net::limits::{errno_left_by, exhausted, is_resource_exhaustion, socket_available};
@@ -46,6 +48,9 @@ struct Upstream {
     active: AtomicUsize,
     /// Milliseconds since `Upstreams::base` until which this upstream is skipped; 0 = up.
     down_until: AtomicU64,
+    /// Its counters in the service's metrics, once the proxy has started
+    /// ([`Upstreams::count_into`]).
+    metrics: OnceLock<Arc<UpstreamMetrics>>,
 }
 
 /// Every `--upstream`, with its state.
@@ -87,12 +92,30 @@ enum Failure {
     Remote(String),
 }
 
-/// Keeps a session counted against its upstream (for `least-conn`).
-pub struct ActiveGuard(Arc<Upstreams>, usize);
+/// Keeps a session counted against its upstream (for `least-conn`, and in its metrics'
+/// open sessions).
+pub struct ActiveGuard(Arc<Upstreams>, usize, Option<Arc<UpstreamMetrics>>);
+
+impl ActiveGuard {
+    /// The session has ended, first by `closed_first` (the session line's words): it no
+    /// longer counts as open, and its end is counted, in that order (so a reader that
+    /// sees the end sees the session closed).
+    pub fn ended(mut self, closed_first: &str) {
+        let metrics = self.2.take();
+        drop(self);
+        if let Some(m) = metrics {
+            m.sessions.add(-1);
+            m.ended(closed_first);
+        }
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.list[self.1].active.fetch_sub(1, Relaxed);
+        if let Some(m) = &self.2 {
+            m.sessions.add(-1);
+        }
     }
 }
 
@@ -114,6 +137,7 @@ impl Upstreams {
                 target,
                 active: AtomicUsize::new(0),
                 down_until: AtomicU64::new(0),
+                metrics: OnceLock::new(),
             })
             .collect();
         Arc::new(Upstreams {
@@ -124,6 +148,14 @@ impl Upstreams {
             base: Instant::now(),
             descriptor_waiters: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Counts each upstream into `metrics` from now on (by its target as configured).
+    /// Called when the proxy starts; a table counts into the first it is given.
+    pub fn count_into(&self, metrics: &ProxyMetrics) {
+        for up in &self.list {
+            let _ = up.metrics.set(metrics.upstream(&up.target));
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -167,15 +199,21 @@ impl Upstreams {
             let mut waiting: Option<(Waiting, Instant)> = None;
             let mut pause = LOCAL_RETRY_MIN;
             loop {
+                let tried = Instant::now();
                 match connect_one(&up.target, timeout).await {
                     Ok((stream, addr)) => {
                         up.down_until.store(0, Relaxed);
                         up.active.fetch_add(1, Relaxed);
+                        let metrics = up.metrics.get().cloned();
+                        if let Some(m) = &metrics {
+                            m.connected(tried.elapsed());
+                            m.sessions.add(1);
+                        }
                         return Ok(Connected {
                             stream,
                             name: up.target.clone(),
                             addr,
-                            guard: ActiveGuard(self.clone(), i),
+                            guard: ActiveGuard(self.clone(), i, metrics),
                         });
                     }
                     Err(Failure::Local(e)) => {
@@ -205,6 +243,9 @@ impl Upstreams {
                             "proxy: upstream failed; skipping it for a while");
                         up.down_until
                             .store(self.now_ms() + self.backoff.as_millis() as u64, Relaxed);
+                        if let Some(m) = up.metrics.get() {
+                            m.failed(self.backoff);
+                        }
                         failures.push(format!("{}: {why}", up.target));
                         break;
                     }

@@ -1,0 +1,126 @@
+//! The chat's counters: users, rooms, lines said and delivered, departures, flood drops.
+//!
+//! Only the broker writes them (it is the one task that knows), so each is a relaxed add
+//! by one thread; the gauges move by what changed in a turn, once per turn. They are held
+//! by the service's `Stats` ([`Stats::role_metrics`](crate::net::stats::Stats::role_metrics)),
+//! so a chat restarted on the same counters carries on counting; each broker adds to the
+//! gauges what it holds and takes it back when it ends. The series are listed in
+//! [`crate::metrics`].
+
+use super::broker::LeaveReason;
+use crate::net::stats::meters::{Collect, Counter, Family, Gauge, Kind, RoleMetrics, Value};
+
+/// `switchboard_chat_users{transport}`.
+pub static USERS: Family = Family {
+    name: "switchboard_chat_users",
+    help: "Users joined now, by transport.",
+    kind: Kind::Gauge,
+    seconds: false,
+};
+
+/// `switchboard_chat_rooms`.
+pub static ROOMS: Family = Family {
+    name: "switchboard_chat_rooms",
+    help: "Rooms now (the lobby stays once anyone has joined).",
+    kind: Kind::Gauge,
+    seconds: false,
+};
+
+/// `switchboard_chat_lines_said_total`.
+pub static SAID: Family = Family {
+    name: "switchboard_chat_lines_said",
+    help: "Lines users said to a room (plain and /me) or to a nick (/msg), past flood control.",
+    kind: Kind::Counter,
+    seconds: false,
+};
+
+/// `switchboard_chat_deliveries_total`.
+pub static DELIVERIES: Family = Family {
+    name: "switchboard_chat_deliveries",
+    help: "Lines queued for users, one per recipient: said lines, notices, welcomes and replies (not challenges to addresses that have not joined; not lines a full queue refused).",
+    kind: Kind::Counter,
+    seconds: false,
+};
+
+/// `switchboard_chat_departures_total{reason}`.
+pub static DEPARTURES: Family = Family {
+    name: "switchboard_chat_departures",
+    help: "Users who left, by why; sendq, idle and udp_timeout are evictions.",
+    kind: Kind::Counter,
+    seconds: false,
+};
+
+/// `switchboard_chat_flood_dropped_total`.
+pub static FLOOD_DROPPED: Family = Family {
+    name: "switchboard_chat_flood_dropped",
+    help: "Lines dropped by flood control (--rate, --burst).",
+    kind: Kind::Counter,
+    seconds: false,
+};
+
+/// The `reason` label of each [`LeaveReason`], in [`ChatMetrics::departures`]' order.
+pub const DEPARTURE_REASONS: [&str; 7] = [
+    "closed",
+    "reset",
+    "quit",
+    "shutdown",
+    "sendq",
+    "idle",
+    "udp_timeout",
+];
+
+/// Where a departure is counted in [`ChatMetrics::departures`].
+fn departure_index(reason: &LeaveReason) -> usize {
+    match reason {
+        LeaveReason::Closed => 0,
+        LeaveReason::Reset => 1,
+        LeaveReason::Quit(_) => 2,
+        LeaveReason::ShuttingDown => 3,
+        LeaveReason::SendQueue => 4,
+        LeaveReason::Idle => 5,
+        LeaveReason::UdpTimeout => 6,
+    }
+}
+
+/// One chat service's counters.
+#[derive(Debug, Default)]
+pub struct ChatMetrics {
+    /// Users joined now: TCP, UDP.
+    pub users: [Gauge; 2],
+    pub rooms: Gauge,
+    pub said: Counter,
+    pub deliveries: Counter,
+    /// By [`DEPARTURE_REASONS`].
+    pub departures: [Counter; 7],
+    pub flood_dropped: Counter,
+}
+
+impl ChatMetrics {
+    /// Counts a user leaving.
+    pub fn departed(&self, reason: &LeaveReason) {
+        self.departures[departure_index(reason)].inc();
+    }
+}
+
+impl RoleMetrics for ChatMetrics {
+    fn collect(&self, out: &mut dyn Collect) {
+        for (transport, users) in ["tcp", "udp"].into_iter().zip(&self.users) {
+            out.series(
+                &USERS,
+                &[("transport", transport)],
+                Value::Gauge(users.get()),
+            );
+        }
+        out.series(&ROOMS, &[], Value::Gauge(self.rooms.get()));
+        out.series(&SAID, &[], Value::Counter(self.said.get()));
+        out.series(&DELIVERIES, &[], Value::Counter(self.deliveries.get()));
+        for (reason, n) in DEPARTURE_REASONS.into_iter().zip(&self.departures) {
+            out.series(&DEPARTURES, &[("reason", reason)], Value::Counter(n.get()));
+        }
+        out.series(
+            &FLOOD_DROPPED,
+            &[],
+            Value::Counter(self.flood_dropped.get()),
+        );
+    }
+}
