@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
+use common::prom::{self, Exposition};
 use common::*;
 use switchboard::net::listener::ServerConfig;
 use switchboard::roles::echo::Echo;
@@ -111,6 +112,32 @@ impl Served {
     /// `GET path` on the admin listener: status and body.
     fn get(&self, path: &str) -> (u16, String) {
         get(self.admin, path)
+    }
+
+    /// `/metrics`, parsed (strictly: a malformed line fails the test).
+    fn metrics(&self) -> Exposition {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        prom::parse(&body).unwrap_or_else(|e| panic!("{e}\n{body}"))
+    }
+
+    /// Waits until the sample `name` of `service` (role `role`, and `labels` more) has
+    /// the value `want`.
+    fn wait_metric(
+        &self,
+        name: &str,
+        service: &str,
+        role: &str,
+        labels: &[(&str, &str)],
+        want: f64,
+    ) {
+        let mut all = vec![("service", service), ("role", role)];
+        all.extend_from_slice(labels);
+        let mut last = None;
+        wait_until(&format!("{name}{all:?} = {want} (last {last:?})"), || {
+            last = self.metrics().get(name, &all);
+            last == Some(want)
+        });
     }
 
     /// The services as `/services` lists them.
@@ -244,6 +271,47 @@ fn serve_runs_four_roles_from_one_file_and_reloads_without_dropping_anyone() {
     let echo = served.addr("echo", "tcp");
     assert_eq!(round_trip(&mut client(echo), b"echo\n"), b"echo\n");
 
+    // The admin listener's /metrics counts exactly what went by.
+    served.wait_metric("switchboard_connections_total", "echo", "echo", &[], 1.0);
+    served.wait_metric("switchboard_bytes_in_total", "echo", "echo", &[], 5.0);
+    served.wait_metric("switchboard_bytes_out_total", "echo", "echo", &[], 5.0);
+    served.wait_metric(
+        "switchboard_http_responses_total",
+        "http",
+        "http",
+        &[("code", "2xx")],
+        1.0,
+    );
+    served.wait_metric(
+        "switchboard_chat_users",
+        "chat",
+        "chat",
+        &[("transport", "tcp")],
+        2.0,
+    );
+    served.wait_metric(
+        "switchboard_chat_lines_said_total",
+        "chat",
+        "chat",
+        &[],
+        1.0,
+    );
+    served.wait_metric(
+        "switchboard_current_connections",
+        "front",
+        "proxy",
+        &[],
+        1.0,
+    );
+    let up = served.metrics();
+    for name in ["chat", "echo", "front", "http"] {
+        let role = if name == "front" { "proxy" } else { name };
+        assert_eq!(
+            up.get("switchboard_up", &[("service", name), ("role", role)]),
+            Some(1.0)
+        );
+    }
+
     // An invalid file changes nothing.
     std::fs::write(&path, "[[service]]\nrole = \"echo\"\nbogus = 1\n").unwrap();
     reload(&pid_file);
@@ -295,6 +363,28 @@ fn serve_runs_four_roles_from_one_file_and_reloads_without_dropping_anyone() {
     let mut refused = String::new();
     BufReader::new(&mut third).read_line(&mut refused).unwrap();
     assert_eq!(refused, "! server full\n");
+    // The chat's counters went on through the reload (one service, one set of counters).
+    served.wait_metric(
+        "switchboard_refused_connections_total",
+        "chat",
+        "chat",
+        &[("reason", "max_conns")],
+        1.0,
+    );
+    served.wait_metric(
+        "switchboard_chat_lines_said_total",
+        "chat",
+        "chat",
+        &[],
+        2.0,
+    );
+    served.wait_metric(
+        "switchboard_chat_users",
+        "chat",
+        "chat",
+        &[("transport", "tcp")],
+        2.0,
+    );
     // The removed echo drains and lets its port go.
     served.wait_log("echo's summary", |l| {
         l["service"] == "echo" && l["msg"].as_str().unwrap().starts_with("stopped: ")
