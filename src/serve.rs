@@ -417,7 +417,13 @@ impl Server {
             Command::Check(args) => ("check", rt::block_on(check(&self, args))),
             Command::Reload(args) => ("reload", reload(&args.pid_file)),
         };
-        service::exit_code(&format!("switchboard {name}"), result)
+        // Errors carry the program's own name (`rot13 check: ...` for a plug-in's program).
+        let program = std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "switchboard".into());
+        service::exit_code(&format!("{program} {name}"), result)
     }
 
     /// [`Server::run`] on the process's own command line (`PROGRAM serve CONFIG`, ...).
