@@ -21,6 +21,7 @@
 //! in the same count, so a notice never overflows anyone and a mass eviction never turns
 //! into a flood of notices that takes healthy clients with it.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -35,7 +36,6 @@ use super::metrics::ChatMetrics;
 use super::protocol::{self, Command, HELP, HELP_SHORT};
 use crate::net::lines::{self, Datagram, Frame, Overlong};
 use crate::net::socket::Socket;
-use crate::net::stats::meters::Counter;
 use crate::net::udp::{self, DatagramSender};
 use crate::net::writer::Outgoing;
 use crate::rt;
@@ -379,6 +379,7 @@ impl BrokerHandle {
             unyielded: 0,
             metrics,
             counted: [0; 3],
+            delivered: Cell::new(0),
         };
         rt::spawn(broker.run(broker_rx));
         BrokerHandle { broker_tx }
@@ -462,14 +463,18 @@ struct Broker {
     /// The service's chat counters (this broker is their only writer).
     metrics: Arc<ChatMetrics>,
     /// What this broker has added to the gauges: TCP users, UDP users, rooms. They are
-    /// brought up to date once per turn ([`Broker::count_levels`]) and taken back when
-    /// the broker ends, so a broker started again on the same counters starts from zero.
+    /// brought up to date once per turn ([`Broker::count`]) and taken back when the
+    /// broker ends, so a broker started again on the same counters starts from zero.
     counted: [i64; 3],
+    /// Lines queued for users this turn, added to `metrics` when it ends: one atomic add
+    /// per turn rather than one per recipient of a room line.
+    delivered: Cell<u64>,
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
         let m = &self.metrics;
+        m.deliveries.add(self.delivered.take());
         for (gauge, n) in [&m.users[0], &m.users[1], &m.rooms]
             .into_iter()
             .zip(self.counted)
@@ -513,13 +518,13 @@ fn line(parts: &[&str]) -> Line {
 /// Queues `line` for a TCP client's writer unless its mailbox is full or its queued bytes
 /// would pass `max_bytes` (a line alone in the queue always fits, however long);
 /// `false` then (it cannot keep up). A writer that has ended (its client left) takes
-/// nothing, and that is not the client being slow. A line queued counts in `deliveries`.
+/// nothing, and that is not the client being slow. A line queued counts in `delivered`.
 fn queue_tcp(
     writer_tx: &flume::Sender<Queued>,
     queued: &Arc<AtomicUsize>,
     line: &Line,
     max_bytes: usize,
-    deliveries: &Counter,
+    delivered: &Cell<u64>,
 ) -> bool {
     let before = queued.load(Ordering::Relaxed);
     if before > 0 && before.saturating_add(line.len()) > max_bytes {
@@ -533,7 +538,7 @@ fn queue_tcp(
     // (A refused item is dropped here, and gives its bytes back.)
     match writer_tx.try_send(item) {
         Ok(()) => {
-            deliveries.inc();
+            delivered.set(delivered.get() + 1);
             true
         }
         Err(flume::TrySendError::Full(_)) => false,
@@ -689,7 +694,7 @@ impl Broker {
                             Outbox::Tcp {
                                 writer_tx, queued, ..
                             } => {
-                                let n = &self.metrics.deliveries;
+                                let n = &self.delivered;
                                 queue_tcp(writer_tx, queued, &bye, usize::MAX, n);
                             }
                             Outbox::Udp { peer } => peers.push(*peer),
@@ -698,7 +703,8 @@ impl Broker {
                     // One job for every UDP user, and waited for: the broker is stopping,
                     // and the send actor never waits on it, so this cannot deadlock.
                     if let Some(udp) = &self.udp {
-                        self.metrics.deliveries.add(peers.len() as u64);
+                        self.delivered
+                            .set(self.delivered.get() + peers.len() as u64);
                         udp.send_many(bye, peers).await;
                     }
                     // Dropping the clients drops every writer's sender: each flushes and closes.
@@ -708,7 +714,7 @@ impl Broker {
                 }
             }
             self.settle();
-            self.count_levels();
+            self.count();
             if self.unyielded >= YIELD_AFTER {
                 self.unyielded = 0;
                 yield_now().await;
@@ -737,7 +743,7 @@ impl Broker {
             if queued == Some(false) {
                 return false;
             }
-            self.metrics.deliveries.inc();
+            self.delivered.set(self.delivered.get() + 1);
         }
         self.nicks.insert(nick.to_ascii_lowercase(), id);
         self.rooms.entry(LOBBY.to_string()).or_default().push(id);
@@ -785,12 +791,12 @@ impl Broker {
                 queued,
                 line,
                 self.config.sendq_bytes,
-                &self.metrics.deliveries,
+                &self.delivered,
             ),
             Outbox::Udp { peer } => {
                 // A full UDP queue drops the datagram: UDP promises no more.
                 if self.udp_send(vec![*peer], line) {
-                    self.metrics.deliveries.inc();
+                    self.delivered.set(self.delivered.get() + 1);
                 }
                 true
             }
@@ -874,7 +880,7 @@ impl Broker {
         }
         let udp_users = peers.len() as u64;
         if self.udp_send(peers, &line) {
-            self.metrics.deliveries.add(udp_users);
+            self.delivered.set(self.delivered.get() + udp_users);
         }
         self.bus.published(room, &line);
         for id in too_slow {
@@ -1131,9 +1137,11 @@ impl Broker {
         }
     }
 
-    /// Brings the gauges up to what this broker holds now (users by transport, rooms):
-    /// once per turn, and only what changed.
-    fn count_levels(&mut self) {
+    /// Brings the metrics up to date at the end of a turn: the lines delivered in it, and
+    /// the gauges to what this broker holds now (users by transport, rooms; only what
+    /// changed).
+    fn count(&mut self) {
+        self.metrics.deliveries.add(self.delivered.take());
         let udp = self.udp_peers.len();
         let now = [
             self.clients.len().saturating_sub(udp),

@@ -1,7 +1,8 @@
 //! The chat's counters: users, rooms, lines said and delivered, departures, flood drops.
 //!
 //! Only the broker writes them (it is the one task that knows), so each is a relaxed add
-//! by one thread; the gauges move by what changed in a turn, once per turn. They are held
+//! by one thread; deliveries (one per recipient of a line) and the gauges are added once
+//! per broker turn, what the turn changed. They are held
 //! by the service's `Stats` ([`Stats::role_metrics`](crate::net::stats::Stats::role_metrics)),
 //! so a chat restarted on the same counters carries on counting; each broker adds to the
 //! gauges what it holds and takes it back when it ends. The series are listed in
