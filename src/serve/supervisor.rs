@@ -505,7 +505,12 @@ impl Supervisor {
             let (mut tcp, _) = self.sockets.for_service(ADMIN, &admin_listen(addr))?;
             let (stop, stop_rx) = shutdown::channel();
             let listener = tcp.pop().expect("one address asked for");
-            rt::spawn(admin::run(listener, self.published.clone(), stop_rx));
+            // On a thread of its own: a flood of scrapes competes with the services for
+            // the CPU as one thread does, never inside their connection threads' queues.
+            let published = self.published.clone();
+            rt::spawn_pinned_thread("admin".into(), move || {
+                admin::run(listener, published, stop_rx)
+            })?;
             self.admin = Some(Admin {
                 addr: addr.to_owned(),
                 stop,
