@@ -121,7 +121,11 @@ struct RoleEntry {
 /// # use switchboard::serve::Server;
 /// # #[derive(Clone)] struct Rot13;
 /// # impl switchboard::role::Role for Rot13 { type Session = Self; fn name(&self) -> &'static str { "rot13" } }
-/// # impl switchboard::role::Session for Rot13 {}
+/// # impl switchboard::role::Session for Rot13 {
+/// #     fn data(&mut self, input: Vec<u8>) -> (Vec<u8>, switchboard::role::Flow) {
+/// #         (input, switchboard::role::Flow::Continue)
+/// #     }
+/// # }
 /// fn main() -> std::process::ExitCode {
 ///     // `PROGRAM serve FILE` now runs rot13 services beside the built-in roles.
 ///     Server::new().role("rot13", || Rot13).main()
