@@ -242,15 +242,7 @@ impl Server {
                 .filter_map(|w| w.strip_prefix("--"))
                 .find(|flag| spec.line_of(flag).is_some())
                 .map(|flag| flag.replace('-', "_"));
-            vec![in_spec(Problem {
-                line: key
-                    .as_deref()
-                    .and_then(|k| spec.line_of(k))
-                    .or(Some(spec.line)),
-                service: None,
-                key,
-                message,
-            })]
+            vec![in_spec(key_problem(spec, key, message))]
         })
     }
 }
@@ -312,6 +304,11 @@ fn clap_problem(spec: &ServiceSpec, e: &clap::Error) -> Problem {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    key_problem(spec, key, message)
+}
+
+/// A problem about `key` of `spec` (at its line), or about the table (at its start).
+fn key_problem(spec: &ServiceSpec, key: Option<String>, message: String) -> Problem {
     Problem {
         line: key
             .as_deref()

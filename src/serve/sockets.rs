@@ -10,7 +10,8 @@
 //! in the service's list), so two services on `127.0.0.1:0` get two sockets, and a
 //! reload keeps each one's port.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
@@ -31,17 +32,133 @@ fn key(owner: &str, addr: &str, place: usize) -> String {
 /// A service's addresses and whose they are (its name).
 pub type Owned<'a> = (&'a str, &'a Listen);
 
-/// The sockets, by address.
-#[derive(Default)]
-pub struct Sockets {
-    tcp: HashMap<String, TcpListener>,
-    udp: HashMap<String, UdpSocket>,
+/// What the set does with a socket of either kind.
+trait Bound: Sized {
+    /// Another descriptor for the same socket.
+    fn dup(&self) -> io::Result<Self>;
+    /// The address it is bound to.
+    fn local(&self) -> io::Result<SocketAddr>;
+    /// Binds a new one on `addr`.
+    fn bind(addr: &str) -> impl Future<Output = Result<Self>>;
+}
+
+impl Bound for TcpListener {
+    fn dup(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn local(&self) -> io::Result<SocketAddr> {
+        self.local_addr()
+    }
+    fn bind(addr: &str) -> impl Future<Output = Result<Self>> {
+        bind::bind_tcp(addr)
+    }
+}
+
+impl Bound for UdpSocket {
+    fn dup(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+    fn local(&self) -> io::Result<SocketAddr> {
+        self.local_addr()
+    }
+    fn bind(addr: &str) -> impl Future<Output = Result<Self>> {
+        bind::bind_udp(addr)
+    }
+}
+
+/// The sockets of one transport.
+struct Held<S> {
+    by_key: HashMap<String, S>,
     /// The sockets systemd passed, kept for the life of the process: an address dropped
     /// by one reload and written again by a later one (or written another way, `localhost`
     /// for `127.0.0.1`) finds its socket here, where a bind of our own would fail on the
     /// socket systemd still holds.
-    passed_tcp: Vec<TcpListener>,
-    passed_udp: Vec<UdpSocket>,
+    passed: Vec<S>,
+}
+
+impl<S> Default for Held<S> {
+    fn default() -> Self {
+        Held {
+            by_key: HashMap::new(),
+            passed: Vec::new(),
+        }
+    }
+}
+
+impl<S: Bound> Held<S> {
+    /// Adopts a passed socket, for `addr` when the file names it.
+    fn adopt(&mut self, addr: Option<&str>, socket: S) {
+        if let (Some(addr), Ok(copy)) = (addr, socket.dup()) {
+            self.by_key.insert(addr.to_owned(), copy);
+        }
+        self.passed.push(socket);
+    }
+
+    /// A passed socket bound to what `addr` resolves to, if any.
+    async fn passed_for(&self, addr: &str) -> Option<S> {
+        if self.passed.is_empty() {
+            return None;
+        }
+        let wanted = crate::rt::resolve(addr).await.ok()?;
+        let held = self
+            .passed
+            .iter()
+            .find(|s| s.local().is_ok_and(|a| wanted.contains(&a)))?;
+        held.dup().ok()
+    }
+
+    /// Binds (or finds among the passed ones) each of `owner`'s `addrs` not held yet,
+    /// into `new`.
+    async fn bind_into(
+        &self,
+        owner: &str,
+        addrs: &[String],
+        new: &mut HashMap<String, S>,
+    ) -> Result<()> {
+        for (i, addr) in addrs.iter().enumerate() {
+            let k = key(owner, addr, i);
+            if !self.by_key.contains_key(&k) && !new.contains_key(&k) {
+                let socket = match self.passed_for(addr).await {
+                    Some(passed) => passed,
+                    None => S::bind(addr).await?,
+                };
+                new.insert(k, socket);
+            }
+        }
+        Ok(())
+    }
+
+    /// Duplicates of `owner`'s sockets for `addrs`, in order.
+    fn dups(&self, owner: &str, addrs: &[String]) -> io::Result<Vec<S>> {
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let held = self.by_key.get(&key(owner, a, i));
+                held.ok_or_else(|| io::Error::other(format!("{a} is not bound")))?
+                    .dup()
+            })
+            .collect()
+    }
+
+    /// The addresses `owner`'s sockets for `addrs` are bound to.
+    fn locals(&self, owner: &str, addrs: &[String]) -> Vec<SocketAddr> {
+        let held = addrs.iter().enumerate();
+        held.filter_map(|(i, a)| self.by_key.get(&key(owner, a, i))?.local().ok())
+            .collect()
+    }
+
+    /// Lets go of every socket whose key is not in `wanted`.
+    fn keep_only(&mut self, wanted: &HashSet<String>) {
+        self.by_key.retain(|k, _| wanted.contains(k));
+    }
+}
+
+/// The sockets, by address.
+#[derive(Default)]
+pub struct Sockets {
+    tcp: Held<TcpListener>,
+    udp: Held<UdpSocket>,
 }
 
 impl Sockets {
@@ -52,75 +169,24 @@ impl Sockets {
 
     /// Adopts a TCP socket passed by systemd (for `addr`, when it is in the file).
     pub fn adopt_tcp(&mut self, addr: Option<&str>, listener: TcpListener) {
-        if let (Some(addr), Ok(copy)) = (addr, listener.try_clone()) {
-            self.tcp.insert(addr.to_owned(), copy);
-        }
-        self.passed_tcp.push(listener);
+        self.tcp.adopt(addr, listener);
     }
 
     /// Adopts a UDP socket passed by systemd (for `addr`, when it is in the file).
     pub fn adopt_udp(&mut self, addr: Option<&str>, socket: UdpSocket) {
-        if let (Some(addr), Ok(copy)) = (addr, socket.try_clone()) {
-            self.udp.insert(addr.to_owned(), copy);
-        }
-        self.passed_udp.push(socket);
-    }
-
-    /// A passed TCP socket bound to what `addr` resolves to, if any.
-    async fn passed_tcp_for(&self, addr: &str) -> Option<TcpListener> {
-        if self.passed_tcp.is_empty() {
-            return None;
-        }
-        let wanted = crate::rt::resolve(addr).await.ok()?;
-        let held = self
-            .passed_tcp
-            .iter()
-            .find(|l| l.local_addr().is_ok_and(|a| wanted.contains(&a)))?;
-        held.try_clone().ok()
-    }
-
-    /// [`Sockets::passed_tcp_for`] for UDP.
-    async fn passed_udp_for(&self, addr: &str) -> Option<UdpSocket> {
-        if self.passed_udp.is_empty() {
-            return None;
-        }
-        let wanted = crate::rt::resolve(addr).await.ok()?;
-        let held = self
-            .passed_udp
-            .iter()
-            .find(|s| s.local_addr().is_ok_and(|a| wanted.contains(&a)))?;
-        held.try_clone().ok()
+        self.udp.adopt(addr, socket);
     }
 
     /// Binds every address of `listen` not held yet. On an error nothing new is kept,
     /// and the error names the address.
     pub async fn bind(&mut self, listen: &[Owned<'_>]) -> Result<()> {
-        let mut tcp = HashMap::new();
-        let mut udp = HashMap::new();
+        let (mut tcp, mut udp) = (HashMap::new(), HashMap::new());
         for (owner, l) in listen {
-            for (i, addr) in l.tcp.iter().enumerate() {
-                let k = key(owner, addr, i);
-                if !self.tcp.contains_key(&k) && !tcp.contains_key(&k) {
-                    let socket = match self.passed_tcp_for(addr).await {
-                        Some(passed) => passed,
-                        None => bind::bind_tcp(addr).await?,
-                    };
-                    tcp.insert(k, socket);
-                }
-            }
-            for (i, addr) in l.udp.iter().enumerate() {
-                let k = key(owner, addr, i);
-                if !self.udp.contains_key(&k) && !udp.contains_key(&k) {
-                    let socket = match self.passed_udp_for(addr).await {
-                        Some(passed) => passed,
-                        None => bind::bind_udp(addr).await?,
-                    };
-                    udp.insert(k, socket);
-                }
-            }
+            self.tcp.bind_into(owner, &l.tcp, &mut tcp).await?;
+            self.udp.bind_into(owner, &l.udp, &mut udp).await?;
         }
-        self.tcp.extend(tcp);
-        self.udp.extend(udp);
+        self.tcp.by_key.extend(tcp);
+        self.udp.by_key.extend(udp);
         Ok(())
     }
 
@@ -131,59 +197,31 @@ impl Sockets {
         owner: &str,
         listen: &Listen,
     ) -> io::Result<(Vec<TcpListener>, Vec<UdpSocket>)> {
-        let missing = |addr: &str| io::Error::other(format!("{addr} is not bound"));
-        let tcp = listen
-            .tcp
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                self.tcp
-                    .get(&key(owner, a, i))
-                    .ok_or_else(|| missing(a))?
-                    .try_clone()
-            })
-            .collect::<io::Result<_>>()?;
-        let udp = listen
-            .udp
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                self.udp
-                    .get(&key(owner, a, i))
-                    .ok_or_else(|| missing(a))?
-                    .try_clone()
-            })
-            .collect::<io::Result<_>>()?;
-        Ok((tcp, udp))
+        Ok((
+            self.tcp.dups(owner, &listen.tcp)?,
+            self.udp.dups(owner, &listen.udp)?,
+        ))
     }
 
     /// The addresses `owner`'s sockets for `listen` are bound to (the ports picked, for
     /// port 0): TCP, then UDP.
     pub fn local(&self, owner: &str, listen: &Listen) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
-        let tcp = listen.tcp.iter().enumerate();
-        let udp = listen.udp.iter().enumerate();
         (
-            tcp.filter_map(|(i, a)| self.tcp.get(&key(owner, a, i))?.local_addr().ok())
-                .collect(),
-            udp.filter_map(|(i, a)| self.udp.get(&key(owner, a, i))?.local_addr().ok())
-                .collect(),
+            self.tcp.locals(owner, &listen.tcp),
+            self.udp.locals(owner, &listen.udp),
         )
     }
 
     /// Lets go of every socket not in `listen` (generations that still have duplicates
-    /// keep those open until they end).
+    /// keep those open until they end; sockets systemd passed are kept regardless).
     pub fn keep_only(&mut self, listen: &[Owned<'_>]) {
-        let wanted = |tcp: bool| -> std::collections::HashSet<String> {
+        let wanted = |pick: fn(&Listen) -> &Vec<String>| -> HashSet<String> {
             listen
                 .iter()
-                .flat_map(|(owner, l)| {
-                    let list = if tcp { &l.tcp } else { &l.udp };
-                    list.iter().enumerate().map(|(i, a)| key(owner, a, i))
-                })
+                .flat_map(|(owner, l)| pick(l).iter().enumerate().map(|(i, a)| key(owner, a, i)))
                 .collect()
         };
-        let (tcp, udp) = (wanted(true), wanted(false));
-        self.tcp.retain(|k, _| tcp.contains(k));
-        self.udp.retain(|k, _| udp.contains(k));
+        self.tcp.keep_only(&wanted(|l| &l.tcp));
+        self.udp.keep_only(&wanted(|l| &l.udp));
     }
 }
