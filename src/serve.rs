@@ -222,8 +222,12 @@ impl Server {
                 problems.push(in_spec(self.unknown_key(&spec.role, key)));
                 continue;
             }
-            if let Err(e) = alone.clone().try_get_matches_from(&key.args) {
-                problems.push(in_spec(clap_problem(spec, &e)));
+            // A key alone misses what it `requires` (`proxy_from` needs `accept_proxy`):
+            // that is for the check of all keys together below, which sees them all.
+            match alone.clone().try_get_matches_from(&key.args) {
+                Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => {}
+                Err(e) => problems.push(in_spec(clap_problem(spec, &e))),
+                Ok(_) => {}
             }
             known.push(key);
         }

@@ -68,7 +68,10 @@ fn wait_for(
     let start = std::time::Instant::now();
     loop {
         let x = scrape(services);
-        if value(&x, who, name, labels) == want {
+        // (A series may not be there yet: a proxy's upstreams appear once it has started.)
+        let mut all = vec![("service", who.0), ("role", who.1)];
+        all.extend_from_slice(labels);
+        if x.get(name, &all) == Some(want) {
             return;
         }
         if start.elapsed() > DEADLINE {
@@ -673,4 +676,101 @@ fn every_role_renders_into_one_exposition() {
         &[("code", "2xx")],
         1.0,
     );
+}
+
+/// A session the proxy cuts counts by the cut, though a side half-closed before it: a
+/// client FIN then the fin timeout is `fin_timeout` (by `closed_first` alone it would be
+/// `client_fin`, and `fin_timeout` could never show), and a half-closed session the
+/// drain ends is `shutdown`.
+#[test]
+fn proxy_counts_a_session_it_cut_by_the_cut() {
+    // An origin that takes the bytes and never answers or closes.
+    let origin = StdListener::bind("127.0.0.1:0").unwrap();
+    let origin_addr = origin.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for _ in 0..2 {
+            kept.push(origin.accept().unwrap().0);
+        }
+        kept
+    });
+    let front = |fin_timeout: Duration| {
+        let listener = rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Stats::new();
+        let (trigger, stop) = shutdown::channel();
+        let cfg = ProxyConfig {
+            fin_timeout: Some(fin_timeout),
+            ..proxy_config(&[origin_addr])
+        };
+        let (close, close_rx) = shutdown::channel();
+        let server = ServerConfig {
+            close_now: Some(close_rx),
+            ..ServerConfig::default()
+        };
+        rt::spawn(proxy::run(listener, server, cfg, stats.clone(), stop));
+        (addr, stats, trigger, close)
+    };
+    let target = origin_addr.to_string();
+    let sessions = "switchboard_proxy_sessions_total";
+    let at = |end| [("upstream", target.as_str()), ("end", end)];
+
+    let (addr, stats, _stop, _close) = front(Duration::from_millis(200));
+    let services = [("front", "proxy", &stats)];
+    let mut one = client(addr);
+    one.write_all(b"hello").unwrap();
+    one.shutdown(Shutdown::Write).unwrap();
+    wait_for(
+        &services,
+        ("front", "proxy"),
+        sessions,
+        &at("fin_timeout"),
+        1.0,
+    );
+    assert_eq!(read_to_end(&mut one), b"");
+    let x = scrape(&services);
+    assert_eq!(
+        value(&x, ("front", "proxy"), sessions, &at("client_fin")),
+        0.0
+    );
+
+    // The drain: the service stops, then its close fires with the session half-closed.
+    let (addr, stats, stop, close) = front(Duration::from_secs(60));
+    let services = [("front", "proxy", &stats)];
+    let mut two = client(addr);
+    two.write_all(b"hello").unwrap();
+    two.shutdown(Shutdown::Write).unwrap();
+    let open = "switchboard_proxy_upstream_sessions";
+    wait_for(
+        &services,
+        ("front", "proxy"),
+        open,
+        &[("upstream", &target)],
+        1.0,
+    );
+    stop.fire();
+    close.fire();
+    wait_for(
+        &services,
+        ("front", "proxy"),
+        sessions,
+        &at("shutdown"),
+        1.0,
+    );
+    assert_eq!(read_to_end(&mut two), b"");
+    let x = scrape(&services);
+    assert_eq!(
+        value(&x, ("front", "proxy"), sessions, &at("client_fin")),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &x,
+            ("front", "proxy"),
+            "switchboard_proxy_upstream_sessions",
+            &[("upstream", &target)]
+        ),
+        0.0
+    );
+    drop(held.join().unwrap());
 }

@@ -240,3 +240,19 @@ fn admin_closes_a_trickling_client_at_the_head_deadline() {
     signal(&proc, libc::SIGTERM);
     assert!(wait_exit(&mut proc).success());
 }
+
+/// A key that `requires` another (`proxy_from` needs `accept_proxy`) is not judged alone:
+/// with both in the table the file checks, and a proxy behind a balancer can be served.
+/// Without `accept_proxy`, the check of all keys together still says it is needed.
+#[test]
+fn a_key_that_requires_another_is_accepted_beside_it() {
+    let table = "[[service]]\nrole = \"proxy\"\nlisten = \"127.0.0.1:0\"\nupstream = [\"127.0.0.1:1\"]\nproxy_from = [\"127.0.0.0/8\"]\n";
+    let config = Config::new("requires", &format!("{table}accept_proxy = true\n"));
+    let (ok, err) = check(&config);
+    assert!(ok, "{err}");
+    let config = Config::new("requires-missing", table);
+    let (ok, err) = check(&config);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("accept_proxy: is required"), "{err}");
+}

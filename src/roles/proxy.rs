@@ -677,7 +677,15 @@ async fn session(
             bytes_up = bytes_up, bytes_down = bytes_down, dropped_up = dropped_up, dropped_down = dropped_down,
             dropped_why = why.as_str(), ms = ms, closed_first = closed_first, cut_by = cut_by; "proxy: session closed");
     }
-    up.guard.ended(closed_first);
+    // Counted by what ended it: this task's cut (a timeout, the drain) if it made one,
+    // else the side that closed first. By `closed_first` alone a fin timeout would never
+    // show, nor a drain that cut a half-closed session: a FIN always comes before them.
+    let end = if cut_by == "none" {
+        closed_first
+    } else {
+        cut_by
+    };
+    up.guard.ended(end);
     Ok(())
 }
 

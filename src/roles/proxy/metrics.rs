@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::net::stats::meters::{
     Collect, Counter, Family, Gauge, Histogram, Kind, RoleMetrics, Value,
@@ -50,7 +50,7 @@ pub static CONNECT_TIME: Family = Family {
 /// `switchboard_proxy_sessions_total{upstream,end}`.
 pub static SESSIONS: Family = Family {
     name: "switchboard_proxy_sessions",
-    help: "Sessions ended, by what ended them first (the session line's closed_first).",
+    help: "Sessions ended, by what ended them: the session line's cut_by when this process cut it (a timeout, the drain), else its closed_first.",
     kind: Kind::Counter,
     seconds: false,
 };
@@ -77,9 +77,9 @@ const CONNECT_BUCKETS: &[Duration] = &[
     Duration::from_secs(10),
 ];
 
-/// How sessions end: the session line's `closed_first` and, for the metric, the same
-/// words as a label value. A session's first end is one of these (`unknown` is left out:
-/// a session always has one).
+/// How sessions end: the session line's words (its `cut_by` when the proxy cut it, else
+/// its `closed_first`) and, for the metric, the same as a label value. A session's end
+/// is one of these (`unknown` is left out: a session always has one).
 pub const ENDS: [(&str, &str); 7] = [
     ("client FIN", "client_fin"),
     ("server FIN", "server_fin"),
@@ -126,9 +126,11 @@ pub struct UpstreamMetrics {
     /// As configured (the `upstream` label).
     target: String,
     pub sessions: Gauge,
-    /// Milliseconds since the Unix epoch until which it is in back-off; 0 when up. (The
-    /// table keeps its own clock for choosing; this one is for reading out.)
+    /// Milliseconds since `base` until which it is in back-off; 0 when up. Read out,
+    /// and by the tables a reload builds, which keep away from an upstream an earlier
+    /// one found down. A monotonic clock: a step of the wall clock moves no back-off.
     backoff_until: AtomicU64,
+    base: Instant,
     pub connect_failures: Counter,
     pub connect_time: Histogram,
     /// By [`ENDS`].
@@ -141,6 +143,7 @@ impl UpstreamMetrics {
             target: target.to_owned(),
             sessions: Gauge::default(),
             backoff_until: AtomicU64::new(0),
+            base: Instant::now(),
             connect_failures: Counter::default(),
             connect_time: Histogram::new(CONNECT_BUCKETS),
             ends: Default::default(),
@@ -156,26 +159,28 @@ impl UpstreamMetrics {
     /// A connect failed: the upstream is skipped for `backoff`.
     pub fn failed(&self, backoff: Duration) {
         self.connect_failures.inc();
-        let until = unix_ms(SystemTime::now()).saturating_add(backoff.as_millis() as u64);
+        let backoff = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
+        let until = self.now_ms().saturating_add(backoff);
         self.backoff_until.store(until, Relaxed);
     }
 
-    /// A session to this upstream ended, first by `closed_first` (the session line's
-    /// words); anything else is not counted.
-    pub fn ended(&self, closed_first: &str) {
-        if let Some(i) = ENDS.iter().position(|(words, _)| *words == closed_first) {
+    /// A session to this upstream ended by `end` (the session line's words, one of
+    /// [`ENDS`]); anything else is not counted.
+    pub fn ended(&self, end: &str) {
+        if let Some(i) = ENDS.iter().position(|(words, _)| *words == end) {
             self.ends[i].inc();
         }
     }
 
-    fn up(&self) -> bool {
-        self.backoff_until.load(Relaxed) <= unix_ms(SystemTime::now())
+    /// Whether it is out of back-off.
+    pub(super) fn up(&self) -> bool {
+        self.backoff_until.load(Relaxed) <= self.now_ms()
     }
-}
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    /// Milliseconds since `base`, from 1 (0 means up).
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
 }
 
 impl RoleMetrics for ProxyMetrics {

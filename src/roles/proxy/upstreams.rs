@@ -3,7 +3,9 @@
 //! Shared by every session of a proxy as a few atomics per upstream (an active count for
 //! `least-conn`, a "down until" time for back-off, a round-robin cursor): choosing an
 //! upstream is on the connect path of every session, so it is a handful of loads rather
-//! than a round trip to an actor.
+//! than a round trip to an actor. Once the proxy has started, `least-conn` and back-off
+//! also read the service's per-target counters (`UpstreamMetrics`), which outlive a
+//! table: a table built by a reload sees the sessions and back-offs of the one before.
 //!
 //! Running out of descriptors (EMFILE, ENFILE; or buffers, memory) while resolving an
 //! upstream's name or connecting is this process's condition, not the upstream's: no upstream is put in back-off, the
@@ -97,15 +99,15 @@ enum Failure {
 pub struct ActiveGuard(Arc<Upstreams>, usize, Option<Arc<UpstreamMetrics>>);
 
 impl ActiveGuard {
-    /// The session has ended, first by `closed_first` (the session line's words): it no
-    /// longer counts as open, and its end is counted, in that order (so a reader that
-    /// sees the end sees the session closed).
-    pub fn ended(mut self, closed_first: &str) {
+    /// The session has ended, by `end` (the session line's words): it no longer counts
+    /// as open, and its end is counted, in that order (so a reader that sees the end sees
+    /// the session closed).
+    pub fn ended(mut self, end: &str) {
         let metrics = self.2.take();
         drop(self);
         if let Some(m) = metrics {
             m.sessions.add(-1);
-            m.ended(closed_first);
+            m.ended(end);
         }
     }
 }
@@ -174,13 +176,32 @@ impl Upstreams {
             }
             Balance::LeastConn => {
                 let mut o: Vec<usize> = (0..n).collect();
-                o.sort_by_key(|&i| self.list[i].active.load(Relaxed));
+                o.sort_by_key(|&i| self.open(i));
                 o
             }
         };
         let now = self.now_ms();
-        order.sort_by_key(|&i| self.list[i].down_until.load(Relaxed) > now); // stable: keeps policy order
+        order.sort_by_key(|&i| self.in_backoff(i, now)); // stable: keeps policy order
         order
+    }
+
+    /// Sessions open to upstream `i`. Once the proxy has started, its service's count
+    /// for that target: a table built by a reload then sees the sessions that earlier
+    /// tables opened (they carry on), not only its own.
+    fn open(&self, i: usize) -> i64 {
+        let up = &self.list[i];
+        match up.metrics.get() {
+            Some(m) => m.sessions.get(),
+            None => i64::try_from(up.active.load(Relaxed)).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Whether upstream `i` is in back-off: a connect of this table failed, or (once
+    /// the proxy has started) one of an earlier table of the service did, so a reload
+    /// does not send a client to an upstream known to be down.
+    fn in_backoff(&self, i: usize, now: u64) -> bool {
+        let up = &self.list[i];
+        up.down_until.load(Relaxed) > now || up.metrics.get().is_some_and(|m| !m.up())
     }
 
     /// How many sessions wait for a descriptor right now; the proxy's accept loop holds
@@ -387,5 +408,23 @@ mod tests {
             .down_until
             .store(first.now_ms() + 60_000, Relaxed);
         assert_eq!(first.order(), vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn a_table_from_a_reload_sees_the_sessions_and_back_off_of_the_one_before() {
+        let metrics = ProxyMetrics::default();
+        let before = table(Balance::LeastConn);
+        before.count_into(&metrics);
+        // The earlier table's sessions: two open to a, one to b; c failed.
+        metrics.upstream("a:1").sessions.add(2);
+        metrics.upstream("b:1").sessions.add(1);
+        metrics.upstream("c:1").failed(Duration::from_secs(60));
+        let after = table(Balance::LeastConn);
+        after.count_into(&metrics);
+        assert_eq!(after.order(), vec![1, 0, 2]);
+        let first = table(Balance::First);
+        first.count_into(&metrics);
+        metrics.upstream("a:1").failed(Duration::from_secs(60));
+        assert_eq!(first.order(), vec![1, 0, 2]);
     }
 }
