@@ -70,7 +70,7 @@ pub async fn run(
         chat,
         stats,
         shutdown,
-        &ChatState::default(),
+        ChatState::next_generation(Arc::default()),
     )
     .await;
 }
@@ -78,7 +78,31 @@ pub async fn run(
 /// What a chat service keeps across a reload (`serve`): its broker, and with it every
 /// user, room and nick, and the UDP send actor.
 #[derive(Default)]
-pub struct ChatState(Mutex<Option<Running>>);
+pub struct ChatState {
+    running: Mutex<Option<Running>>,
+    /// Generations numbered in the order they were made (see
+    /// [`ChatState::next_generation`]).
+    generations: std::sync::atomic::AtomicU64,
+}
+
+impl ChatState {
+    /// A new generation of the chat `state` keeps, numbered when it is made (in the
+    /// order of the reloads), not when its task first runs: the broker takes the limits
+    /// of the newest generation whichever order their tasks run in.
+    pub fn next_generation(state: Arc<ChatState>) -> ChatGeneration {
+        let number = state
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        ChatGeneration { state, number }
+    }
+}
+
+/// One generation of a chat service: the state it shares with the others, and its number.
+pub struct ChatGeneration {
+    state: Arc<ChatState>,
+    number: u64,
+}
 
 /// The broker of a running chat and its UDP send actor.
 struct Running {
@@ -87,10 +111,11 @@ struct Running {
 }
 
 /// One generation of a chat service: accept and receive loops on the sockets given, on
-/// the broker `state` holds (started here, and kept there, by the first generation).
-/// Later generations (a reload with new limits) hand the broker their [`ChatConfig`],
-/// and the one before stops accepting when its `server.retire` fires, leaving its users
-/// where they are. At `shutdown` everyone is told `* server shutting down` first.
+/// the broker its [`ChatState`] holds (started here, and kept there, by the first
+/// generation to run). Later generations (a reload with new limits) hand the broker
+/// their [`ChatConfig`], which it takes if no newer one came first, and the one before
+/// stops accepting when its `server.retire` fires, leaving its users where they are. At
+/// `shutdown` everyone is told `* server shutting down` first.
 pub async fn run_generation(
     tcp: Option<TcpListener>,
     udp: Option<UdpSocket>,
@@ -98,20 +123,25 @@ pub async fn run_generation(
     chat: ChatConfig,
     stats: Arc<Stats>,
     shutdown: Shutdown,
-    state: &ChatState,
+    generation: ChatGeneration,
 ) {
+    let ChatGeneration {
+        state,
+        number: generation,
+    } = generation;
     let retire = server.retire.clone();
     let server = Arc::new(server.or_full_notice(FULL_NOTICE));
     let udp = udp.map(Arc::new);
     let broker = {
-        let mut running = state.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = state.running.lock().unwrap_or_else(|e| e.into_inner());
         match running.as_ref() {
             Some(running) => {
                 let broker = running.broker.clone();
                 let config = Box::new(chat.clone());
                 let reconfigure = broker.clone();
                 rt::spawn(async move {
-                    reconfigure.send(BrokerMsg::Reconfigure { config }).await;
+                    let msg = BrokerMsg::Reconfigure { config, generation };
+                    reconfigure.send(msg).await;
                 });
                 broker
             }
@@ -120,6 +150,7 @@ pub async fn run_generation(
                 let metrics = stats.role_metrics::<metrics::ChatMetrics>();
                 let broker = BrokerHandle::spawn(
                     chat.clone(),
+                    generation,
                     udp_sender.clone(),
                     Box::new(LocalOnly),
                     metrics,
@@ -200,7 +231,7 @@ pub async fn run_generation(
         _ = stop => { loops.await; }
     }
     let finish = state
-        .0
+        .running
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take()

@@ -94,7 +94,7 @@ impl Service for Chat {
             ..self.server.clone()
         };
         let chat = self.chat.clone();
-        let state = g.state::<ChatState>();
+        let generation = ChatState::next_generation(g.state::<ChatState>());
         Box::pin(async move {
             chat::run_generation(
                 g.tcp.pop(),
@@ -103,7 +103,7 @@ impl Service for Chat {
                 chat,
                 g.stats,
                 g.shutdown,
-                &state,
+                generation,
             )
             .await;
         })

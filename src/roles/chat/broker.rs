@@ -199,9 +199,13 @@ pub enum BrokerMsg {
     },
     /// Time passes: expire silent UDP clients.
     Tick,
-    /// New limits (a reload under `serve`): clients that join from now on get them;
-    /// the server-wide join limits start afresh.
-    Reconfigure { config: Box<ChatConfig> },
+    /// New limits (a reload under `serve`; see [`ChatConfig`] for which hold for whom);
+    /// the server-wide join limits start afresh. `generation` orders reloads: limits
+    /// older than the ones in force are ignored, however late they arrive.
+    Reconfigure {
+        config: Box<ChatConfig>,
+        generation: u64,
+    },
     /// Tell everyone, let go of every writer, and stop.
     Shutdown { done: oneshot::Sender<()> },
 }
@@ -348,10 +352,12 @@ pub struct BrokerHandle {
 }
 
 impl BrokerHandle {
-    /// Spawns a broker and returns its handle. `udp` is the UDP endpoint's send actor,
-    /// if chat serves UDP; `metrics` what it counts into (the service's, which outlive it).
+    /// Spawns a broker and returns its handle. `generation` numbers its first limits
+    /// (see [`BrokerMsg::Reconfigure`]); `udp` is the UDP endpoint's send actor, if chat
+    /// serves UDP; `metrics` what it counts into (the service's, which outlive it).
     pub fn spawn(
         config: ChatConfig,
+        generation: u64,
         udp: Option<DatagramSender>,
         bus: Box<dyn RoomBus>,
         metrics: Arc<ChatMetrics>,
@@ -362,6 +368,7 @@ impl BrokerHandle {
         let source_joins = SourceJoins::new(config.udp_joins_per_ip);
         let broker = Broker {
             config,
+            generation,
             clients: HashMap::new(),
             nicks: HashMap::new(),
             rooms: HashMap::new(),
@@ -433,6 +440,8 @@ struct Departure {
 
 struct Broker {
     config: ChatConfig,
+    /// The reload `config` came from (0: the start).
+    generation: u64,
     clients: HashMap<ClientId, Client>,
     /// Lower-cased nick → client: uniqueness ignoring case, and `/msg` lookup.
     nicks: HashMap<String, ClientId>,
@@ -679,12 +688,16 @@ impl Broker {
                 BrokerMsg::Leave { id, reason } => self.remove(id, reason),
                 BrokerMsg::Datagram { peer, data } => self.on_datagram(peer, &data.datagram),
                 BrokerMsg::Tick => self.expire_udp(),
-                BrokerMsg::Reconfigure { config } => {
+                BrokerMsg::Reconfigure { config, generation } => {
+                    if generation <= self.generation {
+                        continue; // an older reload's limits, overtaken
+                    }
+                    self.generation = generation;
                     self.joins = TokenBucket::new(per_second_burst(config.udp_join_rate));
                     self.challenges = TokenBucket::new(per_second_burst(config.udp_challenge_rate));
                     self.source_joins = SourceJoins::new(config.udp_joins_per_ip);
                     self.config = *config;
-                    log::info!("chat: new limits for new clients");
+                    log::info!(generation = generation; "chat: new limits");
                 }
                 BrokerMsg::Shutdown { done } => {
                     let bye = line(&["* server shutting down"]);
