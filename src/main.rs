@@ -174,6 +174,9 @@ async fn run_bench(mut opts: bench::BenchOptions) -> Result<()> {
 }
 
 async fn serve_proxy(args: ProxyArgs) -> Result<()> {
+    if args.udp {
+        return serve_udp_proxy(args).await;
+    }
     let (server, config) = args.config()?;
     let stats = Stats::new();
     let serve_stats = stats.clone();
@@ -226,6 +229,22 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
             }
         },
     )
+    .await
+}
+
+/// `proxy --udp`: one receive loop per `--listen` address, sharing the upstreams.
+async fn serve_udp_proxy(args: ProxyArgs) -> Result<()> {
+    let config = args.udp_config()?;
+    let mut sockets = Vec::with_capacity(args.listen.len());
+    for addr in &args.listen {
+        let bound = service::bind(None, Some(addr)).await?;
+        sockets.push(bound.udp.expect("bound a UDP address"));
+    }
+    let stats = Stats::new();
+    let serve_stats = stats.clone();
+    service::run_until_signal("proxy", stats, service::DEFAULT_DRAIN, move |shutdown| {
+        proxy::udp::run_many(sockets, config, serve_stats, shutdown)
+    })
     .await
 }
 

@@ -19,6 +19,7 @@ use crate::roles::chat::{self, broker::ChatConfig};
 use crate::roles::proxy::{
     self, ProxyConfig,
     header::Version,
+    udp::UdpProxyConfig,
     upstreams::{Balance, Upstreams},
 };
 use crate::roles::{hello, http};
@@ -240,11 +241,35 @@ pub struct ProxyArgs {
     /// On Ctrl-C or SIGTERM, let open sessions finish for this long (a second signal closes at once).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub drain: Duration,
+    /// Forward UDP datagrams instead of TCP connections: each client address is a flow
+    /// with a socket of its own to the upstream --balance picks, so replies find it.
+    #[arg(long, conflicts_with_all = ["accept_proxy", "send_proxy", "tap", "splice", "splice_always"])]
+    pub udp: bool,
+    /// With --udp: a flow ends after this long with no datagram either way.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    pub udp_idle: Duration,
+    /// With --udp: the most flows at once; a new client's datagrams past it are dropped
+    /// and counted.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_flows: usize,
     #[command(flatten)]
     pub server: ServerArgs,
 }
 
 impl ProxyArgs {
+    /// With `--udp`: the UDP proxy's settings.
+    pub fn udp_config(&self) -> Result<UdpProxyConfig> {
+        self.config()?; // the checks the TCP proxy makes of --listen hold too
+        if self.max_flows == 0 {
+            return Err("--max-flows must be at least 1".into());
+        }
+        Ok(UdpProxyConfig {
+            upstreams: Upstreams::new(self.upstream.clone(), self.balance, self.backoff),
+            idle: self.udp_idle.max(Duration::from_millis(10)),
+            max_flows: self.max_flows,
+        })
+    }
+
     /// The accept loops' settings and the proxy's; an error for a `--listen` address
     /// given twice.
     pub fn config(&self) -> Result<(ServerConfig, ProxyConfig)> {

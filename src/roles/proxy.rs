@@ -30,6 +30,7 @@
 
 pub mod header;
 pub mod metrics;
+pub mod udp;
 pub mod upstreams;
 
 use std::net::SocketAddr;

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use super::{Generation, Listen, RoleService, Server, Service};
 use crate::Result;
 use crate::net::listener::ServerConfig;
+use crate::net::shutdown::Shutdown;
 use crate::options::{ChatArgs, HelloArgs, HttpArgs, ProxyArgs, Transports};
 use crate::roles::chat::{self, ChatState, broker::ChatConfig};
 use crate::roles::proxy;
@@ -53,7 +54,12 @@ pub(super) fn register(server: Server) -> Server {
             if p.threads.is_some() {
                 return Err("--threads is not for serve: every service's sessions run on the process's connection threads, one per core".into());
             }
-            p.config()?; // the checks, once now rather than at each start
+            // The checks, once now rather than at each start.
+            if p.udp {
+                p.udp_config()?;
+            } else {
+                p.config()?;
+            }
             Ok(Box::new(Proxy(p)))
         })
 }
@@ -149,6 +155,12 @@ struct Proxy(ProxyArgs);
 
 impl Service for Proxy {
     fn listen(&self) -> Listen {
+        if self.0.udp {
+            return Listen {
+                tcp: vec![],
+                udp: self.0.listen.clone(),
+            };
+        }
         Listen {
             tcp: self.0.listen.clone(),
             udp: vec![],
@@ -160,6 +172,21 @@ impl Service for Proxy {
     }
 
     fn start(&self, g: Generation) -> BoxFuture<'static, ()> {
+        if self.0.udp {
+            return match self.0.udp_config() {
+                // A retired generation stops receiving; its flows' replies still go out
+                // until they idle, and their clients' next datagrams start new flows.
+                Ok(config) => {
+                    let stop = Shutdown::either(&g.shutdown, &g.retire);
+                    let run = proxy::udp::run_generation(g.udp, config, g.stats, stop, g.shutdown);
+                    Box::pin(run)
+                }
+                Err(e) => {
+                    log::error!(error = e.to_string().as_str(); "proxy: cannot start");
+                    Box::pin(async {})
+                }
+            };
+        }
         let (server, config) = match self.0.config() {
             Ok(config) => config,
             Err(e) => {

@@ -277,6 +277,71 @@ impl Upstreams {
     }
 }
 
+impl Upstreams {
+    /// A UDP socket connected to the first upstream in [`Upstreams::order`] whose name
+    /// resolves (UDP has no handshake: an upstream that is down shows as the flow's
+    /// refused receive), counted against it as a session is.
+    pub async fn open_udp(
+        self: &Arc<Self>,
+    ) -> Result<(rt::UdpSocket, String, SocketAddr, ActiveGuard), ConnectError> {
+        let mut failures = Vec::new();
+        for i in self.order() {
+            let up = &self.list[i];
+            let (looked_up, errno_left) = resolve(&up.target).await;
+            let opened = match looked_up {
+                Ok(addrs) => open_udp_to(&addrs).await,
+                Err(e) => Err(match lookup_failure(e, errno_left, socket_available) {
+                    Failure::Local(e) => return Err(ConnectError::Local(describe(&e))),
+                    Failure::Remote(why) => why,
+                }),
+            };
+            match opened {
+                Ok((socket, addr)) => {
+                    up.active.fetch_add(1, Relaxed);
+                    let metrics = up.metrics.get().cloned();
+                    if let Some(m) = &metrics {
+                        m.connected(Duration::ZERO);
+                        m.sessions.add(1);
+                    }
+                    let guard = ActiveGuard(self.clone(), i, metrics);
+                    return Ok((socket, up.target.clone(), addr, guard));
+                }
+                Err(why) => {
+                    log::warn!(upstream = up.target.as_str(), error = why.as_str(), backoff_ms = self.backoff.as_millis() as u64;
+                        "proxy: upstream failed; skipping it for a while");
+                    up.down_until
+                        .store(self.now_ms() + self.backoff.as_millis() as u64, Relaxed);
+                    if let Some(m) = up.metrics.get() {
+                        m.failed(self.backoff);
+                    }
+                    failures.push(format!("{}: {why}", up.target));
+                }
+            }
+        }
+        Err(ConnectError::Upstreams(failures.join("; ")))
+    }
+}
+
+/// A UDP socket on a fresh port, connected to the first of `addrs` that takes it.
+async fn open_udp_to(addrs: &[SocketAddr]) -> Result<(rt::UdpSocket, SocketAddr), String> {
+    let mut last = String::from("resolves to no address");
+    for &addr in addrs {
+        let any: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        match rt::UdpSocket::bind(any).await {
+            Ok(socket) => match socket.connect(addr).await {
+                Ok(()) => return Ok((socket, addr)),
+                Err(e) => last = describe(&e),
+            },
+            Err(e) => last = describe(&e),
+        }
+    }
+    Err(last)
+}
+
 async fn connect_one(target: &str, timeout: Duration) -> Result<(Stream, SocketAddr), Failure> {
     // A lookup needs descriptors too (the hosts file, a socket to the DNS server); see
     // [`lookup_failure`] for how a lookup that failed for want of one is told apart.
