@@ -1,0 +1,193 @@
+//! `proxy --udp`: datagrams forwarded per client flow, over real sockets on 127.0.0.1.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket as StdUdp};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::*;
+use switchboard::net::listener::ServerConfig;
+use switchboard::net::shutdown::{self, Trigger};
+use switchboard::net::stats::Stats;
+use switchboard::roles::echo::Echo;
+use switchboard::roles::proxy::udp::{self, MAX_DATAGRAM, UdpProxyConfig};
+use switchboard::roles::proxy::upstreams::{Balance, Upstreams};
+use switchboard::rt;
+
+/// A UDP proxy in this process.
+struct UdpProxy {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    trigger: Option<Trigger>,
+    done: Option<rt::JoinHandle<()>>,
+}
+
+impl UdpProxy {
+    fn start(
+        upstreams: Vec<String>,
+        balance: Balance,
+        idle: Duration,
+        max_flows: usize,
+    ) -> UdpProxy {
+        let socket = rt::block_on(rt::UdpSocket::bind("127.0.0.1:0")).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stats = Stats::new();
+        let (trigger, shutdown) = shutdown::channel();
+        let config = UdpProxyConfig {
+            upstreams: Upstreams::new(upstreams, balance, Duration::from_secs(10)),
+            idle,
+            max_flows,
+        };
+        let done = rt::spawn(udp::run(socket, config, stats.clone(), shutdown));
+        UdpProxy {
+            addr,
+            stats,
+            trigger: Some(trigger),
+            done: Some(done),
+        }
+    }
+
+    fn stop(mut self) {
+        self.trigger.take().unwrap().fire();
+        rt::block_on(self.done.take().unwrap());
+    }
+}
+
+/// A client socket with the test's deadline as its read timeout.
+fn client() -> StdUdp {
+    let s = StdUdp::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+fn ask(s: &StdUdp, to: SocketAddr, data: &[u8]) -> Vec<u8> {
+    s.send_to(data, to).unwrap();
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let (n, from) = s.recv_from(&mut buf).unwrap();
+    assert_eq!(from, to, "the reply comes from the proxy's address");
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn datagrams_keep_their_boundaries_and_size_both_ways() {
+    let upstream = start_role(Echo, ServerConfig::default());
+    let proxy = UdpProxy::start(
+        vec![upstream.udp.to_string()],
+        Balance::RoundRobin,
+        Duration::from_secs(60),
+        100,
+    );
+    let c = client();
+    let mut rng = Rng::new(17);
+    let mut sent = 0u64;
+    for size in [0, 1, 512, 1472, 9000, 65_000, MAX_DATAGRAM] {
+        let data = rng.bytes(size);
+        assert_eq!(ask(&c, proxy.addr, &data), data, "{size} bytes");
+        sent += size as u64;
+    }
+    wait_until("the counts", || {
+        proxy.stats.datagrams.load(Relaxed) == 7
+            && proxy.stats.bytes_in.load(Relaxed) == sent
+            && proxy.stats.bytes_out.load(Relaxed) == sent
+    });
+    proxy.stop();
+    upstream.stop();
+}
+
+#[test]
+fn each_client_is_a_flow_of_its_own_and_flows_end_when_idle() {
+    let (a, b) = (
+        start_role(Echo, ServerConfig::default()),
+        start_role(Echo, ServerConfig::default()),
+    );
+    let proxy = UdpProxy::start(
+        vec![a.udp.to_string(), b.udp.to_string()],
+        Balance::RoundRobin,
+        Duration::from_millis(300),
+        100,
+    );
+    let clients: Vec<StdUdp> = (0..4).map(|_| client()).collect();
+    for (i, c) in clients.iter().enumerate() {
+        for k in 0..3 {
+            let data = format!("client {i} datagram {k}");
+            assert_eq!(ask(c, proxy.addr, data.as_bytes()), data.as_bytes());
+        }
+    }
+    // Round robin over two upstreams: two flows each, every flow's datagrams to one.
+    wait_until("each upstream's datagrams", || {
+        a.stats.datagrams.load(Relaxed) == 6 && b.stats.datagrams.load(Relaxed) == 6
+    });
+    // Four flows, each a task, all gone once idle; a client then starts a new one.
+    wait_until("the flows to idle out", || proxy.stats.live_tasks() == 0);
+    assert_eq!(ask(&clients[0], proxy.addr, b"again"), b"again");
+    proxy.stop();
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn clients_past_max_flows_are_dropped_and_counted() {
+    let upstream = start_role(Echo, ServerConfig::default());
+    let proxy = UdpProxy::start(
+        vec![upstream.udp.to_string()],
+        Balance::First,
+        Duration::from_secs(60),
+        1,
+    );
+    let (first, second) = (client(), client());
+    assert_eq!(ask(&first, proxy.addr, b"in"), b"in");
+    second.send_to(b"out", proxy.addr).unwrap();
+    wait_until("the refusal", || {
+        proxy.stats.refused.max_conns.load(Relaxed) == 1
+    });
+    // The flow that has its place goes on.
+    assert_eq!(ask(&first, proxy.addr, b"still in"), b"still in");
+    assert_eq!(upstream.stats.datagrams.load(Relaxed), 2);
+    proxy.stop();
+    upstream.stop();
+}
+
+#[test]
+fn the_binary_forwards_udp_and_logs_one_line_per_flow() {
+    let upstream = start_role(Echo, ServerConfig::default());
+    let target = upstream.udp.to_string();
+    let mut proc = spawn(&[
+        "--log-format",
+        "json",
+        "proxy",
+        "--udp",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &target,
+        "--udp-idle",
+        "200ms",
+    ]);
+    let (addr, log) = listening_addr_and_log(&mut proc, "UDP");
+    let c = client();
+    assert_eq!(ask(&c, addr, b"hello"), b"hello");
+    assert_eq!(ask(&c, addr, b"world!"), b"world!");
+    let line = std::io::BufRead::lines(log)
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("UDP flow ended"))
+        .expect("a flow line");
+    let flow: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(flow["client"], c.local_addr().unwrap().to_string().as_str());
+    assert_eq!(flow["upstream"], target.as_str());
+    assert_eq!(
+        (
+            &flow["datagrams_up"],
+            &flow["bytes_up"],
+            &flow["datagrams_down"],
+            &flow["bytes_down"]
+        ),
+        (&2.into(), &11.into(), &2.into(), &11.into())
+    );
+    assert_eq!(flow["ended"], "idle");
+    signal(&proc, libc::SIGTERM);
+    assert!(wait_exit(&mut proc).success());
+    upstream.stop();
+}
