@@ -9,7 +9,8 @@
 //!
 //! The receive loop owns the table of flows (client address → flow); a flow's task reads
 //! its upstream socket and hands each reply to the listening socket's send actor
-//! (bounded: a full queue drops and counts, it never waits). A flow ends after `idle`
+//! (bounded: a flow whose replies back up waits, and stops reading its upstream socket,
+//! whose kernel buffer then drops what does not fit, as UDP does anywhere). A flow ends after `idle`
 //! with no datagram either way, when its upstream refuses (ICMP port unreachable), or at
 //! shutdown; it logs one line with the datagrams and bytes each way. Past `max_flows`, a
 //! new client's datagrams are dropped and counted (`refused`, as `max_conns`).
