@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use meters::{Collect, RoleMetrics};
 
+use crate::net::tls::TlsFailures;
+
 /// Counters shared by one server's accept loop, connections and UDP endpoint.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -22,6 +24,8 @@ pub struct Stats {
     pub served: AtomicU64,
     /// TCP connections refused, by why.
     pub refused: Refused,
+    /// TLS handshakes that did not complete, by why.
+    pub tls: TlsFailures,
     /// UDP datagrams received.
     pub datagrams: AtomicU64,
     /// Bytes read from peers (TCP and UDP).
