@@ -10,6 +10,7 @@ use switchboard::bench::{self, BenchOptions};
 use switchboard::client::{connect, listen};
 use switchboard::net::duration::parse_duration;
 use switchboard::net::listener::{Listeners, ServerConfig};
+use switchboard::net::tls::Verify;
 use switchboard::net::stats::Stats;
 use switchboard::options::{ChatArgs, HelloArgs, HttpArgs, ProxyArgs, Transports};
 use switchboard::roles::chat;
@@ -74,9 +75,24 @@ struct ConnectArgs {
     /// UDP: keep printing replies this long after stdin ends.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     wait: Duration,
-    /// TCP: give up connecting after this long.
+    /// TCP: give up connecting (and, with --tls, the handshake) after this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     connect_timeout: Duration,
+    /// TCP: speak TLS (1.2 or 1.3), verifying the server against the system's root
+    /// certificates (or --ca) by the target's host name (or --sni); -v prints the version
+    /// and the server certificate's subject on stderr.
+    #[arg(long, conflicts_with = "udp")]
+    tls: bool,
+    /// With --tls: trust only the certificates in this PEM file.
+    #[arg(long, value_name = "PEM", requires = "tls")]
+    ca: Option<std::path::PathBuf>,
+    /// With --tls: the name to verify the certificate against and send as SNI.
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    sni: Option<String>,
+    /// With --tls: do not verify the server's certificate at all (anyone in the path
+    /// can then read and change the traffic).
+    #[arg(long, requires = "tls", conflicts_with = "ca")]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -98,6 +114,15 @@ fn main() -> ExitCode {
                 udp: args.udp,
                 wait: args.wait,
                 connect_timeout: args.connect_timeout,
+                tls: args.tls.then(|| connect::TlsOptions {
+                    verify: match (args.insecure, args.ca) {
+                        (true, _) => Verify::Insecure,
+                        (false, Some(ca)) => Verify::Ca(ca),
+                        (false, None) => Verify::SystemRoots,
+                    },
+                    sni: args.sni,
+                    verbose: cli.verbosity.level() >= log::LevelFilter::Debug,
+                }),
             };
             ("connect", rt::block_on(connect::run(opts)))
         }

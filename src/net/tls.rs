@@ -431,6 +431,15 @@ pub fn server_name(target: &str, sni: Option<&str>) -> Result<ServerName<'static
     ServerName::try_from(host.to_owned()).map_err(|_| format!("not a valid TLS server name: {host:?}").into())
 }
 
+/// A handshake error as a phrase, with what to do where rustls's own words are terse.
+fn explain(e: &rustls::Error) -> String {
+    let text = e.to_string();
+    if text.contains("CaUsedAsEndEntity") {
+        return "the server's certificate is a CA certificate (basicConstraints CA:TRUE), which is not accepted as a server's own; make it with -addext basicConstraints=critical,CA:FALSE".into();
+    }
+    text
+}
+
 /// What a client learnt in its handshake: the protocol version and the server
 /// certificate's subject.
 #[derive(Clone, Debug)]
@@ -456,7 +465,7 @@ pub async fn connect(
             let why = e
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .map_or_else(|| describe(&e), |tls| tls.to_string());
+                .map_or_else(|| describe(&e), explain);
             return Err(format!("TLS handshake with {addr} ({}) failed: {why}", name.to_str()).into());
         }
         None => return Err(format!("TLS handshake with {addr} not finished within {limit:?}").into()),
