@@ -343,7 +343,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let mode = file.metadata().map_err(|e| named(&e))?.permissions().mode();
     if mode & 0o044 != 0 {
         log::warn!(key = path.display().to_string().as_str(), mode = format!("{:o}", mode & 0o777).as_str();
-            "tls: the key file is readable by other users; chmod 600 it");
+            "tls: the key file is readable by its group or other users; chmod 600 it");
     }
     let mut pem = Vec::new();
     file.read_to_end(&mut pem).map_err(|e| named(&e))?;
@@ -446,6 +446,8 @@ fn explain(e: &rustls::Error) -> String {
 pub struct Peer {
     pub version: &'static str,
     pub subject: String,
+    /// The application protocol agreed (ALPN), if the client offered any.
+    pub alpn: Option<String>,
 }
 
 /// Runs the client side of the handshake over `stream` (connected to `addr`), within
@@ -478,6 +480,9 @@ pub async fn connect(
             .and_then(|chain| chain.first())
             .map(subject_of)
             .unwrap_or_default(),
+        alpn: session
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
     };
     Ok((Stream::over(socket, tls), peer))
 }
