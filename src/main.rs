@@ -10,14 +10,14 @@ use switchboard::bench::{self, BenchOptions};
 use switchboard::client::{connect, listen};
 use switchboard::net::duration::parse_duration;
 use switchboard::net::listener::{Listeners, ServerConfig};
-use switchboard::net::tls::Verify;
 use switchboard::net::stats::Stats;
+use switchboard::net::tls::Verify;
 use switchboard::options::{ChatArgs, HelloArgs, HttpArgs, ProxyArgs, Transports};
+use switchboard::role::NewSession;
 use switchboard::roles::chat;
 use switchboard::roles::proxy;
 use switchboard::roles::{discard, echo, hello, http, upper};
 use switchboard::serve::{self, Server};
-use switchboard::role::NewSession;
 use switchboard::service::{self, Addrs, ServerArgs, Verbosity};
 use switchboard::{Result, rt};
 
@@ -207,7 +207,9 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         }
         if let Some(addr) = &server.tls_listen {
             let bound = service::bind(Some(addr), None).await?;
-            listeners.tls_beside.push(bound.tcp.expect("bound a TCP address"));
+            listeners
+                .tls_beside
+                .push(bound.tcp.expect("bound a TCP address"));
         }
         return service::run_until_signal_closing(
             "proxy",
@@ -224,8 +226,9 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         .await;
     }
     // One listener per address on every thread (the TLS one beside them too).
-    let mut listeners: Vec<Listeners<std::net::TcpListener>> =
-        (0..threads.max(1)).map(|_| Listeners::plain(Vec::new())).collect();
+    let mut listeners: Vec<Listeners<std::net::TcpListener>> = (0..threads.max(1))
+        .map(|_| Listeners::plain(Vec::new()))
+        .collect();
     for addr in &args.listen {
         let bound = service::bind_reuseport(addr, threads).await?;
         for (thread, listener) in listeners.iter_mut().zip(bound) {

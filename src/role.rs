@@ -173,13 +173,17 @@ pub async fn run<R: NewSession>(
 ) {
     let name = role.name();
     let retire = config.retire.clone();
-    let tcp_loops = tcp.into().with_configs(&config).into_iter().map(|(listener, config)| {
-        let (role, stats, shutdown) = (role.clone(), stats.clone(), shutdown.clone());
-        listener::serve(name, listener, config, stats, shutdown, move |conn| {
-            let session = role.session(conn.peer);
-            serve_session(conn, session)
-        })
-    });
+    let tcp_loops = tcp
+        .into()
+        .with_configs(&config)
+        .into_iter()
+        .map(|(listener, config)| {
+            let (role, stats, shutdown) = (role.clone(), stats.clone(), shutdown.clone());
+            listener::serve(name, listener, config, stats, shutdown, move |conn| {
+                let session = role.session(conn.peer);
+                serve_session(conn, session)
+            })
+        });
     let tcp_loop = futures::future::join_all(tcp_loops.collect::<Vec<_>>());
     let udp_loop = async move {
         if let Some(socket) = udp {

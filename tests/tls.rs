@@ -38,7 +38,8 @@ struct Certs {
 
 impl Certs {
     fn new(name: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("switchboard-tls-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-tls-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -124,7 +125,10 @@ fn read_until_contains(r: &mut impl Read, want: &str) -> String {
         match r.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("reading for {want:?}: {e} (read so far: {:?})", String::from_utf8_lossy(&got)),
+            Err(e) => panic!(
+                "reading for {want:?}: {e} (read so far: {:?})",
+                String::from_utf8_lossy(&got)
+            ),
         }
     }
     let text = String::from_utf8_lossy(&got).into_owned();
@@ -189,6 +193,72 @@ fn echo_over_tls_carries_16_mib_each_way_intact() {
     assert_eq!(stats.tls.total(), 0);
 }
 
+// ---------------------------------------------------------------- proxy
+
+#[test]
+fn the_proxy_terminates_tls_and_copies_to_a_plain_upstream_even_with_splice_asked() {
+    use switchboard::roles::proxy::{
+        self, ProxyConfig,
+        upstreams::{Balance, Upstreams},
+    };
+    let certs = Certs::new("proxy");
+    let echo = start_role(Echo, ServerConfig::default());
+    let listener = rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = ProxyConfig {
+        upstreams: Upstreams::new(
+            vec![echo.tcp.to_string()],
+            Balance::First,
+            Duration::from_secs(30),
+        ),
+        connect_timeout: Duration::from_secs(5),
+        fin_timeout: Some(Duration::from_secs(60)),
+        send_proxy: None,
+        accept_proxy: None,
+        tap: false,
+        // Every byte spliced, if the session allowed it: a TLS client side must not.
+        splice: Some(65536),
+        splice_always: true,
+    };
+    let server = ServerConfig {
+        tls: Some(certs.tls(Duration::from_secs(10))),
+        ..ServerConfig::default()
+    };
+    let stats = Stats::new();
+    let (trigger, shutdown) = shutdown::channel();
+    let done = rt::spawn(proxy::run(listener, server, cfg, stats.clone(), shutdown));
+    let data = Rng::new(3).bytes(4 << 20);
+    let got = rt::block_on(async {
+        let plain = Stream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let (stream, _) = tls::connect(certs.client(), name, plain, addr, DEADLINE)
+            .await
+            .unwrap();
+        let (mut read, mut write) = stream.split();
+        let sending = data.clone();
+        let sender = rt::spawn(async move {
+            write.write_all(&sending).await.unwrap();
+            write.close().await.unwrap();
+        });
+        let mut got = Vec::new();
+        rt::timeout(DEADLINE, read.read_to_end(&mut got))
+            .await
+            .expect("the proxied echo did not end in time")
+            .unwrap();
+        sender.await;
+        got
+    });
+    assert!(
+        got == data,
+        "bytes changed through the proxy ({} of {})",
+        got.len(),
+        data.len()
+    );
+    trigger.fire();
+    rt::block_on(done);
+    echo.stop();
+}
+
 // ---------------------------------------------------------------- faults
 
 #[test]
@@ -229,13 +299,23 @@ fn a_stalled_handshake_is_closed_after_the_timeout_and_others_go_on() {
     // One sends nothing; one starts a ClientHello and stops.
     let mut silent = client(server.tcp);
     let mut partial = client(server.tcp);
-    partial.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
-    assert!(closed_by_server(&mut silent), "the silent client was not closed");
-    assert!(closed_by_server(&mut partial), "the stalled handshake was not closed");
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    assert!(
+        closed_by_server(&mut silent),
+        "the silent client was not closed"
+    );
+    assert!(
+        closed_by_server(&mut partial),
+        "the stalled handshake was not closed"
+    );
     wait_until("both timeouts to be counted", || {
         server.stats.tls.timeout.load(Relaxed) == 2
     });
-    wait_until("their connections to be over", || server.stats.active() == 0);
+    wait_until("their connections to be over", || {
+        server.stats.active() == 0
+    });
     // A client that completes its handshake is served as usual.
     let mut ok = blocking_client(server.tcp, certs.client());
     ok.write_all(b"after").unwrap();
@@ -255,7 +335,8 @@ fn a_client_that_resets_mid_handshake_is_counted_and_harms_no_one() {
     );
     let partial = client(server.tcp);
     let mut half = partial.try_clone().unwrap();
-    half.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40, 0x01]).unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40, 0x01])
+        .unwrap();
     reset_on_close(&partial);
     drop((partial, half));
     wait_until("the reset to be counted", || {
@@ -309,7 +390,11 @@ fn start_https(certs: &Certs, body: &[u8]) -> Https {
 }
 
 /// One request on a fresh connection (`Connection: close`): the head and the body.
-fn https_request(addr: SocketAddr, config: Arc<rustls::ClientConfig>, head: &str) -> (String, Vec<u8>) {
+fn https_request(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    head: &str,
+) -> (String, Vec<u8>) {
     let mut s = blocking_client(addr, config);
     s.write_all(head.as_bytes()).unwrap();
     s.flush().unwrap();
@@ -340,7 +425,11 @@ fn https_get_and_range_give_the_exact_bytes_and_alpn_says_http_1_1() {
     );
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(head.contains("Content-Length: 300000"), "{head}");
-    assert!(got == body, "the body changed on the way ({} bytes)", got.len());
+    assert!(
+        got == body,
+        "the body changed on the way ({} bytes)",
+        got.len()
+    );
 
     let (head, got) = https_request(
         server.addr,
@@ -348,7 +437,10 @@ fn https_get_and_range_give_the_exact_bytes_and_alpn_says_http_1_1() {
         "GET /data.bin HTTP/1.1\r\nHost: localhost\r\nRange: bytes=1000-1999\r\nConnection: close\r\n\r\n",
     );
     assert!(head.starts_with("HTTP/1.1 206 Partial Content"), "{head}");
-    assert!(head.contains("Content-Range: bytes 1000-1999/300000"), "{head}");
+    assert!(
+        head.contains("Content-Range: bytes 1000-1999/300000"),
+        "{head}"
+    );
     assert_eq!(got, &body[1000..2000]);
 
     // ALPN: http/1.1 is agreed; a client that wants only h2 is refused in the handshake.
@@ -431,7 +523,10 @@ fn chat_over_tls_shares_the_room_with_plain_tcp_and_udp_users() {
     // Each one's line reaches the other two.
     secure.write_all(b"hello from tls\n").unwrap();
     read_until_contains(telnet.get_mut(), "<secure> hello from tls");
-    assert_eq!(udp_line_containing(&sock, "hello from tls"), "<secure> hello from tls\n");
+    assert_eq!(
+        udp_line_containing(&sock, "hello from tls"),
+        "<secure> hello from tls\n"
+    );
     telnet.get_mut().write_all(b"hello from telnet\n").unwrap();
     read_until_contains(&mut secure, "<plain> hello from telnet");
     sock.send_to(b"hello from udp\n", udp_addr).unwrap();
@@ -465,7 +560,13 @@ fn a_key_that_does_not_match_its_certificate_is_refused_at_start() {
     let other = certs.dir.join("other.pem");
     write_private(&other, &rcgen::KeyPair::generate().unwrap().serialize_pem());
     let out = binary()
-        .args(["echo", "--tcp", "127.0.0.1:0", "--tls-cert", path(&certs.cert)])
+        .args([
+            "echo",
+            "--tcp",
+            "127.0.0.1:0",
+            "--tls-cert",
+            path(&certs.cert),
+        ])
         .args(["--tls-key", path(&other)])
         .stdin(Stdio::null())
         .output()
@@ -483,15 +584,30 @@ fn a_key_that_does_not_match_its_certificate_is_refused_at_start() {
     // A missing key file, and a certificate file with no certificate, are named too.
     let missing = certs.dir.join("missing.pem");
     let out = binary()
-        .args(["echo", "--tcp", "127.0.0.1:0", "--tls-cert", path(&certs.cert)])
+        .args([
+            "echo",
+            "--tcp",
+            "127.0.0.1:0",
+            "--tls-cert",
+            path(&certs.cert),
+        ])
         .args(["--tls-key", path(&missing)])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("--tls-key {}: no such file", missing.display())), "{err}");
+    assert!(
+        err.contains(&format!("--tls-key {}: no such file", missing.display())),
+        "{err}"
+    );
     let out = binary()
-        .args(["echo", "--tcp", "127.0.0.1:0", "--tls-cert", path(&certs.key)])
+        .args([
+            "echo",
+            "--tcp",
+            "127.0.0.1:0",
+            "--tls-cert",
+            path(&certs.key),
+        ])
         .args(["--tls-key", path(&certs.key)])
         .output()
         .unwrap();
@@ -551,7 +667,12 @@ fn connect_tls_verifies_with_ca_refuses_a_wrong_name_and_takes_insecure() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(b"over tls\n").unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"over tls\n")
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         (
             out.status.code(),
@@ -562,11 +683,17 @@ fn connect_tls_verifies_with_ca_refuses_a_wrong_name_and_takes_insecure() {
     let (code, out, err) = run(&["--tls", "--ca", path(&certs.ca), "-v"]);
     assert_eq!((code, out.as_str()), (Some(0), "over tls\n"), "{err}");
     assert!(err.contains("TLSv1.3"), "{err}");
-    assert!(err.contains("peer certificate subject: CN=localhost"), "{err}");
+    assert!(
+        err.contains("peer certificate subject: CN=localhost"),
+        "{err}"
+    );
 
     let (code, out, err) = run(&["--tls", "--ca", path(&certs.ca), "--sni", "wrong.example"]);
     assert_eq!((code, out.as_str()), (Some(1), ""), "{err}");
-    assert!(err.contains("not valid for name \"wrong.example\""), "{err}");
+    assert!(
+        err.contains("not valid for name \"wrong.example\""),
+        "{err}"
+    );
 
     let (code, out, err) = run(&["--tls", "--insecure", "--sni", "wrong.example"]);
     assert_eq!((code, out.as_str()), (Some(0), "over tls\n"), "{err}");
@@ -603,20 +730,48 @@ fn interop_curl_and_openssl_s_client() {
         let server = start_https(&certs, &body);
         let url = format!("https://localhost:{}/data.bin", server.addr.port());
         let out = std::process::Command::new("curl")
-            .args(["-sS", "--fail", "--max-time", "20", "--cacert", path(&certs.ca)])
-            .args(["--resolve", &format!("localhost:{}:127.0.0.1", server.addr.port())])
+            .args([
+                "-sS",
+                "--fail",
+                "--max-time",
+                "20",
+                "--cacert",
+                path(&certs.ca),
+            ])
+            .args([
+                "--resolve",
+                &format!("localhost:{}:127.0.0.1", server.addr.port()),
+            ])
             .arg(&url)
             .output()
             .unwrap();
-        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.stdout == body, "curl got other bytes");
         let out = std::process::Command::new("curl")
-            .args(["-sS", "--fail", "--max-time", "20", "--cacert", path(&certs.ca)])
-            .args(["--resolve", &format!("localhost:{}:127.0.0.1", server.addr.port())])
+            .args([
+                "-sS",
+                "--fail",
+                "--max-time",
+                "20",
+                "--cacert",
+                path(&certs.ca),
+            ])
+            .args([
+                "--resolve",
+                &format!("localhost:{}:127.0.0.1", server.addr.port()),
+            ])
             .args(["-r", "18-35", &url])
             .output()
             .unwrap();
-        assert!(out.status.success(), "curl -r: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl -r: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(out.stdout, &body[18..36]);
     }
     if installed("openssl") {
@@ -637,7 +792,12 @@ fn interop_curl_and_openssl_s_client() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            child.stdin.as_mut().unwrap().write_all(b"from openssl\n").unwrap();
+            child
+                .stdin
+                .as_mut()
+                .unwrap()
+                .write_all(b"from openssl\n")
+                .unwrap();
             let mut out = child.stdout.take().unwrap();
             let echoed = read_n(&mut out, b"from openssl\n".len());
             assert_eq!(echoed, b"from openssl\n", "openssl s_client {version}");

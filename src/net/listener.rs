@@ -106,7 +106,9 @@ impl<L> Listeners<L> {
     /// for the plain ones beside a TLS listener the same without TLS.
     pub fn with_configs(self, config: &Arc<ServerConfig>) -> Vec<(L, Arc<ServerConfig>)> {
         if !self.tls_beside.is_empty() && config.tls.is_none() {
-            log::error!("a TLS listener was given without TLS settings (--tls-cert, --tls-key); it is served plain");
+            log::error!(
+                "a TLS listener was given without TLS settings (--tls-cert, --tls-key); it is served plain"
+            );
         }
         let plain = if self.tls_beside.is_empty() {
             config.clone()
@@ -214,6 +216,17 @@ pub struct Conn {
     /// Fires at the end of the server's drain ([`ServerConfig::close_now`]): a
     /// connection still open then closes itself.
     pub close_now: Option<Shutdown>,
+    /// What the TLS handshake agreed, on a TLS listener (`None`: plain TCP).
+    pub tls: Option<TlsInfo>,
+}
+
+/// What a client's TLS handshake agreed, for a role's logs.
+#[derive(Clone, Debug)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The server name the client asked for (SNI), if it sent one.
+    pub sni: Option<Box<str>>,
 }
 
 /// Accepts on `listener` until `shutdown` fires, running `handler` for each client.
@@ -335,6 +348,7 @@ pub async fn serve<H, F>(
             stats: stats.clone(),
             idle_timeout: config.idle_timeout,
             close_now: config.close_now.clone(),
+            tls: None,
         };
         let guard = stats.connection();
         let task = stats.task();
@@ -350,10 +364,12 @@ pub async fn serve<H, F>(
             // holds one of the two futures at a time.
             Some(tls) => {
                 let (tls, handler) = (tls.clone(), handler.clone());
-                Either::Right(async move { tls.accept(role, conn).await }.then(move |conn| match conn {
-                    Some(conn) => Either::Left(handler(conn)),
-                    None => Either::Right(futures::future::ready(Ok(()))),
-                }))
+                Either::Right(
+                    async move { tls.accept(role, conn).await }.then(move |conn| match conn {
+                        Some(conn) => Either::Left(handler(conn)),
+                        None => Either::Right(futures::future::ready(Ok(()))),
+                    }),
+                )
             }
         };
         let work = work.then(move |result| async move {

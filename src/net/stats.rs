@@ -122,16 +122,22 @@ impl Stats {
 
     /// The counters as `key=value` text for the summary log line (`refused` counts
     /// `--max-conns` and the access lists; accepts that failed for want of descriptors
-    /// are logged as they happen).
+    /// are logged as they happen; TLS handshakes that failed are added when there were
+    /// any).
     pub fn summary(&self) -> String {
-        format!(
+        let mut line = format!(
             "connections={} refused={} datagrams={} bytes_in={} bytes_out={}",
             self.served.load(Relaxed),
             self.refused.max_conns.load(Relaxed) + self.refused.denied.load(Relaxed),
             self.datagrams.load(Relaxed),
             self.bytes_in.load(Relaxed),
             self.bytes_out.load(Relaxed)
-        )
+        );
+        let tls_failed = self.tls.total();
+        if tls_failed > 0 {
+            line += &format!(" tls_handshake_failures={tls_failed}");
+        }
+        line
     }
 }
 

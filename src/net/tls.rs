@@ -44,7 +44,7 @@ use pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::Result;
 use crate::net::describe::describe;
-use crate::net::listener::Conn;
+use crate::net::listener::{Conn, TlsInfo};
 use crate::net::stream::Stream;
 use crate::rt;
 
@@ -56,7 +56,8 @@ pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 const HANDSHAKE_RECORD: u8 = 0x16;
 
 /// The versions offered and accepted: TLS 1.3, and 1.2 for older clients; never less.
-static VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+static VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// The crypto every config here uses: ring's, so no C library beyond what `ring` builds
 /// itself is needed.
@@ -165,22 +166,26 @@ impl Tls {
             stats,
             idle_timeout,
             close_now,
+            tls: _,
         } = conn;
         let socket = stream.socket().clone();
         let failure = match rt::timeout(self.handshake_timeout, self.handshake(stream)).await {
             Some(Ok(tls)) => {
-                if log::log_enabled!(log::Level::Debug) {
-                    let (_, session) = tls.get_ref();
-                    log::debug!(role = role, peer = peer.to_string().as_str(),
-                        version = version_name(session.protocol_version()),
-                        ms = started.elapsed().as_millis() as u64; "tls: handshake done");
-                }
+                let (_, session) = tls.get_ref();
+                let info = TlsInfo {
+                    version: version_name(session.protocol_version()),
+                    sni: session.server_name().map(Box::from),
+                };
+                log::debug!(role = role, peer = peer.to_string().as_str(), version = info.version,
+                    sni = info.sni.as_deref().unwrap_or(""),
+                    ms = started.elapsed().as_millis() as u64; "tls: handshake done");
                 return Some(Conn {
                     stream: Stream::over(socket, tls),
                     peer,
                     stats,
                     idle_timeout,
                     close_now,
+                    tls: Some(info),
                 });
             }
             Some(Err(failure)) => failure,
@@ -229,7 +234,10 @@ enum Failure {
 
 impl Failure {
     fn from_io(e: &io::Error) -> Failure {
-        if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        if let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
             return Failure::Refused(tls.to_string());
         }
         match e.kind() {
@@ -319,10 +327,16 @@ pub fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
 
 /// The certificates in a PEM file (at least one); `option` names the flag for errors.
 fn read_certs(path: &Path, option: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path).map_err(|e| format!("{option} {}: {}", path.display(), describe(&e)))?;
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("{option} {}: {}", path.display(), describe(&e)))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| format!("{option} {}: not a PEM certificate file ({e})", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "{option} {}: not a PEM certificate file ({e})",
+                path.display()
+            )
+        })?;
     if certs.is_empty() {
         return Err(format!(
             "{option} {}: no certificate in it (PEM, -----BEGIN CERTIFICATE-----)",
@@ -428,7 +442,8 @@ pub fn server_name(target: &str, sni: Option<&str>) -> Result<ServerName<'static
             host.trim_start_matches('[').trim_end_matches(']')
         }
     };
-    ServerName::try_from(host.to_owned()).map_err(|_| format!("not a valid TLS server name: {host:?}").into())
+    ServerName::try_from(host.to_owned())
+        .map_err(|_| format!("not a valid TLS server name: {host:?}").into())
 }
 
 /// A handshake error as a phrase, with what to do where rustls's own words are terse.
@@ -468,9 +483,15 @@ pub async fn connect(
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .map_or_else(|| describe(&e), explain);
-            return Err(format!("TLS handshake with {addr} ({}) failed: {why}", name.to_str()).into());
+            return Err(format!(
+                "TLS handshake with {addr} ({}) failed: {why}",
+                name.to_str()
+            )
+            .into());
         }
-        None => return Err(format!("TLS handshake with {addr} not finished within {limit:?}").into()),
+        None => {
+            return Err(format!("TLS handshake with {addr} not finished within {limit:?}").into());
+        }
     };
     let (_, session) = tls.get_ref();
     let peer = Peer {

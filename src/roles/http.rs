@@ -92,12 +92,21 @@ pub async fn run(
     let server = Arc::new(server);
     let http = Arc::new(http);
     let metrics = stats.role_metrics::<HttpMetrics>();
-    let loops = listener.into().with_configs(&server).into_iter().map(|(listener, server)| {
-        let (http, metrics) = (http.clone(), metrics.clone());
-        listener::serve("http", listener, server, stats.clone(), shutdown.clone(), move |conn| {
-            connection(conn, http.clone(), metrics.clone())
-        })
-    });
+    let loops = listener
+        .into()
+        .with_configs(&server)
+        .into_iter()
+        .map(|(listener, server)| {
+            let (http, metrics) = (http.clone(), metrics.clone());
+            listener::serve(
+                "http",
+                listener,
+                server,
+                stats.clone(),
+                shutdown.clone(),
+                move |conn| connection(conn, http.clone(), metrics.clone()),
+            )
+        });
     futures::future::join_all(loops.collect::<Vec<_>>()).await;
 }
 

@@ -109,9 +109,19 @@ pub async fn run_many(
     shutdown: Shutdown,
 ) {
     let (server, proxy) = (Arc::new(server), Arc::new(proxy));
-    let loops = listeners.into().with_configs(&server).into_iter().map(|(listener, server)| {
-        serve(listener, server, proxy.clone(), stats.clone(), shutdown.clone())
-    });
+    let loops = listeners
+        .into()
+        .with_configs(&server)
+        .into_iter()
+        .map(|(listener, server)| {
+            serve(
+                listener,
+                server,
+                proxy.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            )
+        });
     futures::future::join_all(loops.collect::<Vec<_>>()).await;
 }
 
@@ -139,7 +149,9 @@ pub async fn run_pinned(
         .map(|first| {
             first
                 .iter()
-                .filter_map(|(l, server)| Some((l.local_addr().ok()?.to_string(), server.tls.is_some())))
+                .filter_map(|(l, server)| {
+                    Some((l.local_addr().ok()?.to_string(), server.tls.is_some()))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -152,21 +164,22 @@ pub async fn run_pinned(
             done_tx.clone(),
         );
         rt::spawn_pinned_thread(format!("proxy-{i}"), move || async move {
-            let loops = listeners.into_iter().filter_map(|(listener, server)| {
-                match rt::listener_from_std(listener) {
-                    Ok(listener) => Some(serve(
-                        listener,
-                        server,
-                        proxy.clone(),
-                        stats.clone(),
-                        shutdown.clone(),
-                    )),
-                    Err(e) => {
-                        log::error!(error = e.to_string().as_str(); "proxy: listener unusable");
-                        None
-                    }
-                }
-            });
+            let loops =
+                listeners
+                    .into_iter()
+                    .filter_map(|(listener, server)| match rt::listener_from_std(listener) {
+                        Ok(listener) => Some(serve(
+                            listener,
+                            server,
+                            proxy.clone(),
+                            stats.clone(),
+                            shutdown.clone(),
+                        )),
+                        Err(e) => {
+                            log::error!(error = e.to_string().as_str(); "proxy: listener unusable");
+                            None
+                        }
+                    });
             futures::future::join_all(loops.collect::<Vec<_>>()).await;
             let _ = done_tx.send_async(()).await;
             // Keep running this thread's sessions until they end (or the process exits).
@@ -177,7 +190,11 @@ pub async fn run_pinned(
     }
     drop(done_tx);
     for (addr, tls) in &addrs {
-        let listening = if *tls { "listening (TLS)" } else { "listening (TCP)" };
+        let listening = if *tls {
+            "listening (TLS)"
+        } else {
+            "listening (TCP)"
+        };
         log::info!(role = "proxy", addr = addr.as_str(), threads = threads; "{listening}");
     }
     for _ in 0..threads {
@@ -479,7 +496,13 @@ async fn session(
         stats,
         idle_timeout,
         close_now,
+        tls,
     } = conn;
+    // `terminated`: the client's TLS ends here, and the upstream gets plain bytes.
+    let (tls_mode, sni) = match &tls {
+        Some(tls) => ("terminated", tls.sni.as_deref().unwrap_or("").to_owned()),
+        None => ("none", String::new()),
+    };
     let local = client.socket().local_addr()?;
     let client_socket = client.socket().clone();
     let (mut client_read, client_write) = client.split();
@@ -662,7 +685,8 @@ async fn session(
     let cut_by = cut_by.unwrap_or("none");
     if dropped_up == 0 && dropped_down == 0 {
         log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
-            bytes_up = bytes_up, bytes_down = bytes_down, ms = ms, closed_first = closed_first, cut_by = cut_by; "proxy: session closed");
+            bytes_up = bytes_up, bytes_down = bytes_down, ms = ms, closed_first = closed_first, cut_by = cut_by,
+            tls = tls_mode, sni = sni.as_str(); "proxy: session closed");
     } else {
         let why = match cut_by {
             "none" => format!("read but not yet written when the session ended ({closed_first})"),
@@ -672,7 +696,8 @@ async fn session(
         };
         log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
             bytes_up = bytes_up, bytes_down = bytes_down, dropped_up = dropped_up, dropped_down = dropped_down,
-            dropped_why = why.as_str(), ms = ms, closed_first = closed_first, cut_by = cut_by; "proxy: session closed");
+            dropped_why = why.as_str(), ms = ms, closed_first = closed_first, cut_by = cut_by,
+            tls = tls_mode, sni = sni.as_str(); "proxy: session closed");
     }
     up.guard.ended(closed_first);
     Ok(())
