@@ -818,3 +818,105 @@ fn interop_curl_and_openssl_s_client() {
         server.stop();
     }
 }
+
+// ---------------------------------------------------------------- serve
+
+#[test]
+fn serve_takes_the_tls_keys_from_its_file_and_check_finds_their_problems() {
+    let certs = Certs::new("serve");
+    let other = certs.dir.join("other.pem");
+    write_private(&other, &rcgen::KeyPair::generate().unwrap().serialize_pem());
+    let bad = certs.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            r#"[[service]]
+role = "echo"
+tcp = "127.0.0.1:0"
+tls_cert = "{cert}"
+tls_key = "{other}"
+
+[[service]]
+role = "upper"
+tcp = "127.0.0.1:0"
+tls_cert = "{cert}"
+
+[[service]]
+role = "hello"
+tcp = "127.0.0.1:7"
+
+[[service]]
+role = "http"
+listen = "127.0.0.1:0"
+root = "{dir}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+tls_listen = "127.0.0.1:7"
+"#,
+            cert = certs.cert.display(),
+            key = certs.key.display(),
+            other = other.display(),
+            dir = certs.dir.display(),
+        ),
+    )
+    .unwrap();
+    let out = binary().arg("check").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let shown = bad.display();
+    for want in [
+        format!(
+            "{shown}:5: service \"echo\": tls_key: --tls-key {} does not match the certificate in --tls-cert {}",
+            other.display(),
+            certs.cert.display()
+        ),
+        format!("{shown}:10: service \"upper\": tls_cert: --tls-cert and --tls-key go together"),
+        format!("service \"http\": 127.0.0.1:7 (TCP) is also service \"hello\"'s"),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+
+    // A chat with its TLS listener beside the plain one, from the file.
+    let good = certs.dir.join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            r#"[[service]]
+role = "chat"
+tcp = "127.0.0.1:0"
+tls_cert = "{cert}"
+tls_key = "{key}"
+tls_listen = "127.0.0.1:0"
+"#,
+            cert = certs.cert.display(),
+            key = certs.key.display(),
+        ),
+    )
+    .unwrap();
+    let out = binary().arg("check").arg(&good).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut proc = spawn(&["--log-format", "json", "serve", path(&good)]);
+    let mut log = BufReader::new(proc.0.stdout.take().unwrap());
+    let (mut plain, mut secure) = (None, None);
+    let mut line = String::new();
+    while plain.is_none() || secure.is_none() {
+        line.clear();
+        assert!(log.read_line(&mut line).unwrap() > 0, "serve ended early");
+        let addr = find_addr(&line);
+        if line.contains("\"listening (TLS)\"") {
+            secure = addr;
+        } else if line.contains("\"listening (TCP)\"") && line.contains("\"chat\"") {
+            plain = addr;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+    let mut telnet = client(plain.unwrap());
+    read_until_contains(&mut telnet, "* welcome");
+    telnet.write_all(b"/nick telnet\n").unwrap();
+    let mut tls_user = blocking_client(secure.unwrap(), certs.client());
+    read_until_contains(&mut tls_user, "* welcome");
+    tls_user.write_all(b"hi from tls\n").unwrap();
+    read_until_contains(&mut telnet, "hi from tls");
+    telnet.write_all(b"hi back\n").unwrap();
+    read_until_contains(&mut tls_user, "<telnet> hi back");
+}
