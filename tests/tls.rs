@@ -871,7 +871,7 @@ tls_listen = "127.0.0.1:7"
             certs.cert.display()
         ),
         format!("{shown}:10: service \"upper\": tls_cert: --tls-cert and --tls-key go together"),
-        format!("service \"http\": 127.0.0.1:7 (TCP) is also service \"hello\"'s"),
+        "service \"http\": 127.0.0.1:7 (TCP) is also service \"hello\"'s".to_string(),
     ] {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
     }
