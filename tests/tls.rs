@@ -348,6 +348,94 @@ fn a_client_that_resets_mid_handshake_is_counted_and_harms_no_one() {
     server.stop();
 }
 
+#[test]
+fn many_silent_clients_garbage_and_oversized_hellos_are_closed_and_leak_no_task() {
+    let certs = Certs::new("hostile");
+    let server = start_role(
+        Echo,
+        ServerConfig {
+            tls: Some(certs.tls(Duration::from_millis(500))),
+            ..ServerConfig::default()
+        },
+    );
+    // 300 connections that never send a byte.
+    let mut silent: Vec<_> = (0..300).map(|_| client(server.tcp)).collect();
+    // A handshake record of garbage, and one announcing a record past TLS's limit.
+    let mut garbage = client(server.tcp);
+    garbage.write_all(&[0x16, 0x03, 0x01, 0x00, 0x10]).unwrap();
+    garbage.write_all(&[0xAB; 16]).unwrap();
+    let mut oversized = client(server.tcp);
+    oversized
+        .write_all(&[0x16, 0x03, 0x01, 0xFF, 0xFF])
+        .unwrap();
+    let _ = oversized.write_all(&vec![0x01; 20_000]);
+    // Each may get a TLS alert (a 7-byte record, type 0x15) before the close, no more.
+    for (what, s) in [
+        ("garbage", &mut garbage),
+        ("the oversized hello", &mut oversized),
+    ] {
+        let mut got = Vec::new();
+        let end = s.read_to_end(&mut got);
+        assert!(
+            end.is_ok() || end.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{what} was not closed"
+        );
+        assert!(
+            got.is_empty() || (got.len() == 7 && got[0] == 0x15),
+            "{what} got {got:?}"
+        );
+    }
+    // Meanwhile a real client is served at once.
+    let mut ok = blocking_client(server.tcp, certs.client());
+    ok.write_all(b"among them").unwrap();
+    assert_eq!(read_until_contains(&mut ok, "among them"), "among them");
+    drop(ok);
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(closed_by_server(s), "silent client {i} was not closed");
+    }
+    let tls = &server.stats.tls;
+    wait_until("every failure to be counted", || {
+        tls.timeout.load(Relaxed) == 300 && tls.refused.load(Relaxed) == 2
+    });
+    wait_until("every connection task to end", || {
+        server.stats.active() == 0 && server.stats.live_tasks() == 0
+    });
+    server.stop();
+}
+
+#[test]
+fn a_client_hello_in_one_byte_segments_still_makes_a_handshake() {
+    let certs = Certs::new("segments");
+    let server = start_role(
+        Echo,
+        ServerConfig {
+            tls: Some(certs.tls(Duration::from_secs(10))),
+            ..ServerConfig::default()
+        },
+    );
+    let mut tcp = client(server.tcp);
+    tcp.set_nodelay(true).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(certs.client(), name).unwrap();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    assert!(hello.len() > 100, "a ClientHello of {} bytes", hello.len());
+    for byte in &hello {
+        tcp.write_all(std::slice::from_ref(byte)).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
+    }
+    stream.write_all(b"in pieces").unwrap();
+    assert_eq!(read_until_contains(&mut stream, "in pieces"), "in pieces");
+    assert_eq!(server.stats.tls.total(), 0);
+    server.stop();
+}
+
 // ---------------------------------------------------------------- HTTPS
 
 struct Https {
