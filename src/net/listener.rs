@@ -259,11 +259,11 @@ pub async fn serve<H, F>(
     } else {
         log::Level::Info
     };
-    let listening = match config.tls {
-        Some(_) => "listening (TLS)",
-        None => "listening (TCP)",
-    };
-    log::log!(announce, role = role, addr = local.as_str(); "{listening}");
+    match &config.tls {
+        Some(tls) => log::log!(announce, role = role, addr = local.as_str(),
+            cert = tls.subject(); "listening (TLS)"),
+        None => log::log!(announce, role = role, addr = local.as_str(); "listening (TCP)"),
+    }
 
     loop {
         if backoff > Duration::ZERO {
