@@ -479,6 +479,6 @@ fn main() -> std::process::ExitCode {
         max_keys: args.max_keys,
         ..Limits::default()
     };
-    let (addrs, config) = (Addrs::tcp(&args.listen), args.server.config());
-    service::serve_role(Kv::new(limits), addrs, config, args.verbosity)
+    let addrs = Addrs::tcp(&args.listen);
+    service::serve_role(Kv::new(limits), addrs, &args.server, args.verbosity)
 }

@@ -81,5 +81,5 @@ fn main() -> std::process::ExitCode {
     }
     let args = Args::parse();
     let addrs = Addrs::both(&args.listen);
-    service::serve_role(Rot13, addrs, args.server.config(), args.verbosity)
+    service::serve_role(Rot13, addrs, &args.server, args.verbosity)
 }

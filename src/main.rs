@@ -9,14 +9,16 @@ use clap::{Args, Parser, Subcommand};
 use switchboard::bench::{self, BenchOptions};
 use switchboard::client::{connect, listen};
 use switchboard::net::duration::parse_duration;
-use switchboard::net::listener::ServerConfig;
+use switchboard::net::listener::{Listeners, ServerConfig};
 use switchboard::net::stats::Stats;
+use switchboard::net::tls::Verify;
 use switchboard::options::{ChatArgs, HelloArgs, HttpArgs, ProxyArgs, Transports};
+use switchboard::role::NewSession;
 use switchboard::roles::chat;
 use switchboard::roles::proxy;
 use switchboard::roles::{discard, echo, hello, http, upper};
 use switchboard::serve::{self, Server};
-use switchboard::service::{self, Addrs, Verbosity};
+use switchboard::service::{self, Addrs, ServerArgs, Verbosity};
 use switchboard::{Result, rt};
 
 #[derive(Parser)]
@@ -73,9 +75,24 @@ struct ConnectArgs {
     /// UDP: keep printing replies this long after stdin ends.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     wait: Duration,
-    /// TCP: give up connecting after this long.
+    /// TCP: give up connecting (and, with --tls, the handshake) after this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     connect_timeout: Duration,
+    /// TCP: speak TLS (1.2 or 1.3), verifying the server against the system's root
+    /// certificates (or --ca) by the target's host name (or --sni); -v prints the version
+    /// and the server certificate's subject on stderr.
+    #[arg(long, conflicts_with = "udp")]
+    tls: bool,
+    /// With --tls: trust only the certificates in this PEM file.
+    #[arg(long, value_name = "PEM", requires = "tls")]
+    ca: Option<std::path::PathBuf>,
+    /// With --tls: the name to verify the certificate against and send as SNI.
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    sni: Option<String>,
+    /// With --tls: do not verify the server's certificate at all (anyone in the path
+    /// can then read and change the traffic).
+    #[arg(long, requires = "tls", conflicts_with = "ca")]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -97,6 +114,15 @@ fn main() -> ExitCode {
                 udp: args.udp,
                 wait: args.wait,
                 connect_timeout: args.connect_timeout,
+                tls: args.tls.then(|| connect::TlsOptions {
+                    verify: match (args.insecure, args.ca) {
+                        (true, _) => Verify::Insecure,
+                        (false, Some(ca)) => Verify::Ca(ca),
+                        (false, None) => Verify::SystemRoots,
+                    },
+                    sni: args.sni,
+                    verbose: cli.verbosity.level() >= log::LevelFilter::Debug,
+                }),
             };
             ("connect", rt::block_on(connect::run(opts)))
         }
@@ -115,34 +141,19 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
         Command::Http(h) => ("http", serve_http(h).await),
         Command::Echo(t) => (
             "echo",
-            service::run_role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), t.server.config()).await,
+            run_role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), &t.server).await,
         ),
         Command::Upper(t) => (
             "upper",
-            service::run_role(
-                upper::Upper,
-                t.addrs(upper::DEFAULT_ADDR),
-                t.server.config(),
-            )
-            .await,
+            run_role(upper::Upper, t.addrs(upper::DEFAULT_ADDR), &t.server).await,
         ),
         Command::Hello(h) => (
             "hello",
-            service::run_role(
-                hello::Hello::new(&h.message),
-                Addrs::tcp(&h.tcp),
-                h.server.config(),
-            )
-            .await,
+            run_role(hello::Hello::new(&h.message), Addrs::tcp(&h.tcp), &h.server).await,
         ),
         Command::Discard(t) => (
             "discard",
-            service::run_role(
-                discard::Discard,
-                t.addrs(discard::DEFAULT_ADDR),
-                t.server.config(),
-            )
-            .await,
+            run_role(discard::Discard, t.addrs(discard::DEFAULT_ADDR), &t.server).await,
         ),
         Command::Connect(_) | Command::Listen(_) | Command::Bench(_) | Command::Serve(_) => {
             unreachable!("client commands are run by main")
@@ -150,13 +161,20 @@ async fn run_server(command: Command) -> (&'static str, Result<()>) {
     }
 }
 
+/// A role of the library's as the whole process: its options read (TLS files too), then
+/// bound and served until a signal.
+async fn run_role<R: NewSession>(role: R, addrs: Addrs, server: &ServerArgs) -> Result<()> {
+    service::run_role(role, addrs, server.config()?).await
+}
+
 async fn serve_chat(args: ChatArgs) -> Result<()> {
     let (addrs, server, config) = args.config()?;
-    let bound = service::bind(addrs.tcp.as_deref(), addrs.udp.as_deref()).await?;
+    let mut bound = service::bind_with(&addrs, &server).await?;
     let stats = Stats::new();
     let serve_stats = stats.clone();
+    let tcp = bound.listeners();
     service::run_until_signal("chat", stats, service::DEFAULT_DRAIN, move |shutdown| {
-        chat::run(bound.tcp, bound.udp, server, config, serve_stats, shutdown)
+        chat::run(tcp, bound.udp, server, config, serve_stats, shutdown)
     })
     .await
 }
@@ -185,10 +203,16 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
         switchboard::rt::set_connection_threads(0);
-        let mut listeners = Vec::with_capacity(args.listen.len());
+        let mut listeners = Listeners::plain(Vec::with_capacity(args.listen.len()));
         for addr in &args.listen {
             let bound = service::bind(Some(addr), None).await?;
-            listeners.push(bound.tcp.expect("bound a TCP address"));
+            listeners.main.push(bound.tcp.expect("bound a TCP address"));
+        }
+        if let Some(addr) = &server.tls_listen {
+            let bound = service::bind(Some(addr), None).await?;
+            listeners
+                .tls_beside
+                .push(bound.tcp.expect("bound a TCP address"));
         }
         return service::run_until_signal_closing(
             "proxy",
@@ -204,13 +228,20 @@ async fn serve_proxy(args: ProxyArgs) -> Result<()> {
         )
         .await;
     }
-    // One listener per address on every thread.
-    let mut listeners: Vec<Vec<std::net::TcpListener>> =
-        (0..threads.max(1)).map(|_| Vec::new()).collect();
+    // One listener per address on every thread (the TLS one beside them too).
+    let mut listeners: Vec<Listeners<std::net::TcpListener>> = (0..threads.max(1))
+        .map(|_| Listeners::plain(Vec::new()))
+        .collect();
     for addr in &args.listen {
         let bound = service::bind_reuseport(addr, threads).await?;
         for (thread, listener) in listeners.iter_mut().zip(bound) {
-            thread.push(listener);
+            thread.main.push(listener);
+        }
+    }
+    if let Some(addr) = &server.tls_listen {
+        let bound = service::bind_reuseport(addr, threads).await?;
+        for (thread, listener) in listeners.iter_mut().zip(bound) {
+            thread.tls_beside.push(listener);
         }
     }
     service::run_until_signal_closing(
@@ -250,10 +281,10 @@ async fn serve_udp_proxy(args: ProxyArgs) -> Result<()> {
 
 async fn serve_http(args: HttpArgs) -> Result<()> {
     let config = args.config()?;
-    let bound = service::bind(Some(&args.listen), None).await?;
-    let listener = bound.tcp.expect("bound a TCP address");
+    let server = args.server.config_owned()?;
+    let mut bound = service::bind_with(&Addrs::tcp(&args.listen), &server).await?;
+    let listener = bound.listeners();
     log::info!(root = config.root.display().to_string().as_str(); "http: serving files");
-    let server = args.server.config_owned();
     let stats = Stats::new();
     let serve_stats = stats.clone();
     // At the end of the drain, responses still being sent are cut (and logged as such).

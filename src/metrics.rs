@@ -18,6 +18,7 @@
 //! | `switchboard_refused_connections_total` | counter | `reason`: `max_conns`, `denied`, `emfile` | TCP clients turned away |
 //! | `switchboard_bytes_in_total`, `switchboard_bytes_out_total` | counter | | bytes read and written, TCP and UDP (the proxy's both sides) |
 //! | `switchboard_datagrams_received_total` | counter | | UDP datagrams received |
+//! | `switchboard_tls_handshake_failures_total` | counter | `reason`: `timeout`, `plaintext`, `closed`, `refused` | TLS handshakes that did not complete (0 for a service without TLS) |
 //! | `switchboard_chat_users` | gauge | `transport`: `tcp`, `udp` | users joined |
 //! | `switchboard_chat_rooms` | gauge | | rooms (the lobby once anyone has joined) |
 //! | `switchboard_chat_lines_said_total` | counter | | lines said to a room or a nick |
@@ -127,6 +128,14 @@ pub static DATAGRAMS: Family = Family {
     seconds: false,
 };
 
+/// `switchboard_tls_handshake_failures_total{reason}`.
+pub static TLS_HANDSHAKE_FAILURES: Family = Family {
+    name: "switchboard_tls_handshake_failures",
+    help: "TLS handshakes that did not complete: not finished within --tls-handshake-timeout, plain text to a TLS port, the client closed, or the handshake failed.",
+    kind: Kind::Counter,
+    seconds: false,
+};
+
 /// The services' metrics as OpenMetrics text ([`CONTENT_TYPE`]), ending with `# EOF`.
 ///
 /// Reads each service's counters once, with relaxed loads: a series read while traffic
@@ -177,6 +186,9 @@ fn common(service: &ServiceView<'_>, out: &mut dyn Collect) {
     out.series(&BYTES_IN, &[], counter(&stats.bytes_in));
     out.series(&BYTES_OUT, &[], counter(&stats.bytes_out));
     out.series(&DATAGRAMS, &[], counter(&stats.datagrams));
+    for (reason, n) in stats.tls.by_reason() {
+        out.series(&TLS_HANDSHAKE_FAILURES, &[("reason", reason)], counter(n));
+    }
 }
 
 /// Labels of one series: `service` and `role`, then its own.
@@ -334,6 +346,9 @@ mod tests {
         )));
         assert!(text.contains(&format!("switchboard_bytes_in_total{{{l}}} 7\n")));
         assert!(text.contains(&format!("switchboard_datagrams_received_total{{{l}}} 0\n")));
+        assert!(text.contains(&format!(
+            "switchboard_tls_handshake_failures_total{{{l},reason=\"timeout\"}} 0\n"
+        )));
         assert!(text.ends_with("# EOF\n"));
     }
 

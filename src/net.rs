@@ -23,5 +23,6 @@ pub mod splice;
 pub mod stats;
 pub mod stream;
 pub(crate) mod sys;
+pub mod tls;
 pub mod udp;
 pub mod writer;

@@ -130,7 +130,7 @@ impl ChatArgs {
             udp_challenge_rate: (2.0 * self.udp_join_rate).max(10.0),
         };
         let addrs = self.transports.addrs(chat::DEFAULT_ADDR);
-        Ok((addrs, self.transports.server.config_owned(), config))
+        Ok((addrs, self.transports.server.config_owned()?, config))
     }
 }
 
@@ -292,9 +292,14 @@ impl ProxyArgs {
                 .then_some(self.splice_pipe as usize),
             splice_always: self.splice_always,
         };
+        if self.accept_proxy && self.server.tls_cert.is_some() {
+            // A balancer's PROXY header comes before the client's TLS handshake, and
+            // the handshake runs before the session reads anything.
+            return Err("--accept-proxy cannot be used with --tls-cert yet: the PROXY header would come before the TLS handshake".into());
+        }
         let server = ServerConfig {
             proxy_from: AccessList::new(self.proxy_from.clone(), vec![]),
-            ..self.server.config_owned()
+            ..self.server.config_owned()?
         };
         Ok((server, config))
     }

@@ -39,12 +39,12 @@ pub use lines::{LineTooLong, Lines};
 
 use crate::Result;
 use crate::net::connection::{Connection, Event, Reason, Setup};
-use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::listener::{self, Conn, Listeners, ServerConfig};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::net::udp;
 use crate::net::writer::WRITER_MAILBOX;
-use crate::rt::{TcpListener, UdpSocket};
+use crate::rt::UdpSocket;
 
 /// What a session wants after it has spoken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,7 +165,7 @@ pub const SEND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// have stopped (connections may still be flushing: see [`Stats::live_tasks`]).
 pub async fn run<R: NewSession>(
     role: Arc<R>,
-    tcp: Option<TcpListener>,
+    tcp: impl Into<Listeners>,
     udp: Option<UdpSocket>,
     config: Arc<ServerConfig>,
     stats: Arc<Stats>,
@@ -173,18 +173,18 @@ pub async fn run<R: NewSession>(
 ) {
     let name = role.name();
     let retire = config.retire.clone();
-    let tcp_loop = {
-        let (role, stats, shutdown) = (role.clone(), stats.clone(), shutdown.clone());
-        async move {
-            if let Some(listener) = tcp {
-                listener::serve(name, listener, config, stats, shutdown, move |conn| {
-                    let session = role.session(conn.peer);
-                    serve_session(conn, session)
-                })
-                .await;
-            }
-        }
-    };
+    let tcp_loops = tcp
+        .into()
+        .with_configs(&config)
+        .into_iter()
+        .map(|(listener, config)| {
+            let (role, stats, shutdown) = (role.clone(), stats.clone(), shutdown.clone());
+            listener::serve(name, listener, config, stats, shutdown, move |conn| {
+                let session = role.session(conn.peer);
+                serve_session(conn, session)
+            })
+        });
+    let tcp_loop = futures::future::join_all(tcp_loops.collect::<Vec<_>>());
     let udp_loop = async move {
         if let Some(socket) = udp {
             // A retired generation (a reload) stops receiving; its sessions are datagrams.

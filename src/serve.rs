@@ -34,7 +34,7 @@ use clap::{Args, FromArgMatches};
 use futures::future::BoxFuture;
 
 use crate::Result;
-use crate::net::listener::ServerConfig;
+use crate::net::listener::{Listeners, ServerConfig};
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::options::Transports;
@@ -186,7 +186,7 @@ impl Server {
                     tcp: t.tcp,
                     udp: t.udp,
                 },
-                server: t.server.config_owned(),
+                server: t.server.config_owned()?,
             }) as Box<dyn Service>)
         })
     }
@@ -334,7 +334,7 @@ struct RoleService<R> {
 impl<R: NewSession> Service for RoleService<R> {
     fn listen(&self) -> Listen {
         Listen {
-            tcp: self.addrs.tcp.iter().cloned().collect(),
+            tcp: with_tls(self.addrs.tcp.iter().cloned().collect(), &self.server),
             udp: self.addrs.udp.iter().cloned().collect(),
         }
     }
@@ -346,12 +346,33 @@ impl<R: NewSession> Service for RoleService<R> {
         };
         Box::pin(role::run(
             self.role.clone(),
-            g.tcp.pop(),
+            listeners(std::mem::take(&mut g.tcp), &server),
             g.udp.pop(),
             Arc::new(server),
             g.stats,
             g.shutdown,
         ))
+    }
+}
+
+/// A service's TCP addresses for [`Service::listen`]: its own, then the TLS listener
+/// beside them (`tls_listen`), which the check of the file and the sockets held across
+/// reloads then cover like any other.
+pub fn with_tls(mut tcp: Vec<String>, server: &ServerConfig) -> Vec<String> {
+    tcp.extend(server.tls_listen.iter().cloned());
+    tcp
+}
+
+/// A generation's TCP sockets, in the order [`with_tls`] listed their addresses: its
+/// own, and the TLS one beside them last.
+pub fn listeners(mut tcp: Vec<TcpListener>, server: &ServerConfig) -> Listeners {
+    let tls_beside = match server.tls_listen {
+        Some(_) => tcp.pop().into_iter().collect(),
+        None => Vec::new(),
+    };
+    Listeners {
+        main: tcp,
+        tls_beside,
     }
 }
 

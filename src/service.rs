@@ -13,6 +13,7 @@
 //! process logs one summary line and returns.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +26,10 @@ use crate::logging::{self, LogFormat, LogSettings};
 use crate::net::access::{AccessList, parse_cidr};
 use crate::net::describe::describe;
 use crate::net::duration::{nonzero, parse_duration};
-use crate::net::listener::ServerConfig;
+use crate::net::listener::{Listeners, ServerConfig};
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
+use crate::net::tls::Tls;
 use crate::net::{bind, limits};
 use crate::role::{self, NewSession};
 use crate::rt::{self, TcpListener, UdpSocket};
@@ -45,6 +47,27 @@ const CLOSE_WAIT: Duration = Duration::from_millis(500);
 pub struct Bound {
     pub tcp: Option<TcpListener>,
     pub udp: Option<UdpSocket>,
+    /// The TLS listener beside the TCP one (`--tls-listen`), bound by [`bind_with`].
+    pub tls: Option<TcpListener>,
+}
+
+impl Bound {
+    /// The TCP listeners: the TCP one, and the TLS one beside it.
+    pub fn listeners(&mut self) -> Listeners {
+        Listeners {
+            main: self.tcp.take().into_iter().collect(),
+            tls_beside: self.tls.take().into_iter().collect(),
+        }
+    }
+}
+
+/// Binds `addrs` and the TLS address of `config` (`--tls-listen`), if any.
+pub async fn bind_with(addrs: &Addrs, config: &ServerConfig) -> Result<Bound> {
+    let mut bound = bind(addrs.tcp.as_deref(), addrs.udp.as_deref()).await?;
+    if let Some(addr) = &config.tls_listen {
+        bound.tls = Some(bind::bind_tcp(addr).await?);
+    }
+    Ok(bound)
 }
 
 /// Binds the addresses given; the error names the address that failed.
@@ -57,7 +80,11 @@ pub async fn bind(tcp: Option<&str>, udp: Option<&str>) -> Result<Bound> {
         Some(a) => Some(bind::bind_udp(a).await?),
         None => None,
     };
-    Ok(Bound { tcp, udp })
+    Ok(Bound {
+        tcp,
+        udp,
+        tls: None,
+    })
 }
 
 /// Binds `n` listeners on one address with `SO_REUSEPORT` (port 0 picks one port for all).
@@ -197,21 +224,63 @@ pub struct ServerArgs {
     /// Refuse clients in this block (repeatable; wins over --allow).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub deny: Vec<IpNet>,
+    /// TLS certificate chain (PEM, leaf first). With --tls-key, the TCP listener speaks
+    /// TLS (1.2 and 1.3); with --tls-listen too, a TLS listener is added beside it.
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1), read once at start;
+    /// keep it readable by its owner alone (a warning says when it is not).
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// With --tls-cert and --tls-key: serve TLS on this address beside the plain TCP
+    /// listener, instead of making that one TLS (chat: TLS and telnet users in one room).
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<String>,
+    /// Close a TLS client that has not finished its handshake within this time.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub tls_handshake_timeout: Duration,
 }
 
 impl ServerArgs {
-    /// The accept loop's settings these options ask for.
-    pub fn config(&self) -> Arc<ServerConfig> {
-        Arc::new(self.config_owned())
+    /// The accept loop's settings these options ask for. With `--tls-cert` and
+    /// `--tls-key` it reads both files ([`Tls::load`]): an error names the file, or the
+    /// options given without their partner.
+    pub fn config(&self) -> Result<Arc<ServerConfig>> {
+        Ok(Arc::new(self.config_owned()?))
     }
 
     /// [`config`](Self::config), for a role that adds settings of its own.
-    pub fn config_owned(&self) -> ServerConfig {
-        ServerConfig {
+    pub fn config_owned(&self) -> Result<ServerConfig> {
+        Ok(ServerConfig {
             max_conns: self.max_conns,
             idle_timeout: nonzero(self.idle_timeout),
             access: AccessList::new(self.allow.clone(), self.deny.clone()),
+            tls: self.tls()?,
+            tls_listen: self.tls_listen.clone(),
             ..ServerConfig::default()
+        })
+    }
+
+    /// The server's TLS, loaded from `--tls-cert` and `--tls-key` (`None` without them).
+    pub fn tls(&self) -> Result<Option<Arc<Tls>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) if self.tls_listen.is_some() => {
+                Err("--tls-listen needs --tls-cert and --tls-key".into())
+            }
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                if self.tls_handshake_timeout.is_zero() {
+                    return Err("--tls-handshake-timeout must be above 0".into());
+                }
+                Ok(Some(Arc::new(Tls::load(
+                    cert,
+                    key,
+                    self.tls_handshake_timeout,
+                )?)))
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                Err("--tls-cert and --tls-key go together: give both, or neither".into())
+            }
         }
     }
 }
@@ -279,13 +348,14 @@ pub async fn run_role<R: NewSession>(
     addrs: Addrs,
     config: Arc<ServerConfig>,
 ) -> Result<()> {
-    let bound = bind(addrs.tcp.as_deref(), addrs.udp.as_deref()).await?;
+    let mut bound = bind_with(&addrs, &config).await?;
     let stats = Stats::new();
     let role = Arc::new(role);
     let name = role.name();
     let serve_stats = stats.clone();
+    let tcp = bound.listeners();
     run_until_signal(name, stats, DEFAULT_DRAIN, move |shutdown| {
-        role::run(role, bound.tcp, bound.udp, config, serve_stats, shutdown)
+        role::run(role, tcp, bound.udp, config, serve_stats, shutdown)
     })
     .await
 }
@@ -302,17 +372,39 @@ pub fn exit_code(name: &str, result: Result<()>) -> ExitCode {
     }
 }
 
+/// The settings a server runs with, as [`serve_role`] takes them: a [`ServerConfig`]
+/// made already, or the [`ServerArgs`] to make it from once the log is up (so a warning
+/// about the TLS key file is logged, and an unreadable file is the process's error).
+pub trait ServerSettings {
+    /// The accept loop's settings.
+    fn server_config(self) -> Result<Arc<ServerConfig>>;
+}
+
+impl ServerSettings for Arc<ServerConfig> {
+    fn server_config(self) -> Result<Arc<ServerConfig>> {
+        Ok(self)
+    }
+}
+
+impl ServerSettings for &ServerArgs {
+    fn server_config(self) -> Result<Arc<ServerConfig>> {
+        self.config()
+    }
+}
+
 /// A whole server process in one call: serves `role` on `addrs` until SIGINT or
 /// SIGTERM, with the log pipe as `log` says (a [`Verbosity`], or a level alone) and the
-/// open-files limit raised, then drains and logs a summary. An error (an address that
-/// cannot be bound) is printed on stderr after the role's name, and the exit code says
-/// so.
+/// open-files limit raised, then drains and logs a summary. `config` is the
+/// [`ServerArgs`] flattened into the command (or a [`ServerConfig`] made already). An
+/// error (an address that cannot be bound, a TLS file that cannot be used) is printed
+/// on stderr after the role's name, and the exit code says so.
 pub fn serve_role<R: NewSession>(
     role: R,
     addrs: Addrs,
-    config: Arc<ServerConfig>,
+    config: impl ServerSettings,
     log: impl Into<LogSettings>,
 ) -> ExitCode {
     let name = role.name();
-    exit_code(name, run_process(log, run_role(role, addrs, config)))
+    let run = async move { run_role(role, addrs, config.server_config()?).await };
+    exit_code(name, run_process(log, run))
 }

@@ -83,7 +83,7 @@ fn both_examples_take_the_server_options_and_explain_them() {
     ])
     .unwrap();
     assert_eq!((args.listen.as_str(), args.max_keys), ("127.0.0.1:0", 5));
-    assert_eq!(args.server.config().max_conns, 3);
+    assert_eq!(args.server.config().unwrap().max_conns, 3);
     assert_eq!(args.verbosity.level(), log::LevelFilter::Trace);
     assert_eq!(args.verbosity.format(), LogFormat::Auto);
     let args = rot13::Args::try_parse_from(["rot13", "-q", "--log-format", "json"]).unwrap();

@@ -8,7 +8,13 @@
 //! UDP: each stdin line (with its newline) is one datagram; replies print as they come.
 //! At stdin EOF replies still print for `--wait`, then the command exits.
 //!
-//! Try it: `printf 'hi\n' | switchboard connect 127.0.0.1:7007`.
+//! TLS (`--tls`): the handshake follows the connect, verifying the server against the
+//! system's roots or `--ca`, by the target's host name or `--sni` (`--insecure`: not at
+//! all); then the same two actors carry the bytes through the session, and stdin's EOF
+//! sends TLS's close_notify before the FIN.
+//!
+//! Try it: `printf 'hi\n' | switchboard connect 127.0.0.1:7007`, or with
+//! `--tls --ca cert.pem -v` against a server started with `--tls-cert`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,6 +28,7 @@ use crate::net::describe::describe;
 use crate::net::reader::{Input, READ_CHUNK, Reader};
 use crate::net::stats::Stats;
 use crate::net::stream::Stream;
+use crate::net::tls::{self, Verify};
 use crate::net::udp::{MAX_DATAGRAM, RECV_BUFFER};
 use crate::net::writer::spawn_writer;
 use crate::rt::{self, UdpSocket};
@@ -33,8 +40,21 @@ pub struct ConnectOptions {
     pub udp: bool,
     /// UDP: how long to keep printing replies after stdin ends.
     pub wait: Duration,
-    /// How long a TCP connect may take.
+    /// How long a TCP connect may take (and, with TLS, the handshake after it).
     pub connect_timeout: Duration,
+    /// TLS over the TCP connection (`--tls`), and how to check the server.
+    pub tls: Option<TlsOptions>,
+}
+
+/// `--tls`, `--ca`, `--sni`, `--insecure`, and `-v` for what the handshake showed.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// Whose certificates to trust: the system's roots, a `--ca` file, or none.
+    pub verify: Verify,
+    /// The name to verify and send as SNI; by default the target's host.
+    pub sni: Option<String>,
+    /// Print the protocol version and the server certificate's subject on stderr.
+    pub verbose: bool,
 }
 
 /// Runs `connect`; `Ok` means the session ended cleanly.
@@ -61,8 +81,37 @@ pub async fn connect_any(target: &str, addrs: &[SocketAddr], limit: Duration) ->
 }
 
 async fn tcp(opts: &ConnectOptions, addrs: Vec<SocketAddr>) -> Result<()> {
-    let stream = connect_any(&opts.target, &addrs, opts.connect_timeout).await?;
+    // The TLS settings first: a bad --ca or --sni is an error before any connect.
+    let tls = match &opts.tls {
+        Some(tls) => Some((
+            tls::client_config(&tls.verify)?,
+            tls::server_name(&opts.target, tls.sni.as_deref())?,
+            tls.verbose,
+        )),
+        None => None,
+    };
+    let mut stream = connect_any(&opts.target, &addrs, opts.connect_timeout).await?;
     let _ = stream.socket().set_nodelay(true);
+    if let Some((config, name, verbose)) = tls {
+        let addr = stream.socket().peer_addr()?;
+        let (secure, peer) = tls::connect(config, name, stream, addr, opts.connect_timeout)
+            .await
+            .map_err(|e| match opts.tls.as_ref().map(|t| &t.verify) {
+                Some(Verify::SystemRoots) => format!(
+                    "{e} (checked against the system's root certificates; --ca PEM trusts a certificate of your own)"
+                )
+                .into(),
+                _ => e,
+            })?;
+        if verbose {
+            crate::note!(
+                "switchboard connect: {} with {addr}; peer certificate subject: {}",
+                peer.version,
+                peer.subject
+            );
+        }
+        stream = secure;
+    }
     let (read, write) = stream.split();
     let stats = Stats::new();
 

@@ -116,10 +116,17 @@ async fn listen_tcp(addr: &str, stdout_tx: flume::Sender<Vec<u8>>) -> Result<()>
     // `listen` runs until the process is stopped: this shutdown never fires.
     let (_never, shutdown) = shutdown::channel();
     let config = Arc::new(ServerConfig::default());
-    listener::serve("listen", listener, config, Stats::new(), shutdown, |conn| {
-        crate::note!("[{}] connected", conn.peer);
-        print_lines(conn, stdout_tx.clone())
-    })
+    listener::serve(
+        "listen",
+        listener,
+        config,
+        Stats::new(),
+        shutdown,
+        move |conn| {
+            crate::note!("[{}] connected", conn.peer);
+            print_lines(conn, stdout_tx.clone())
+        },
+    )
     .await;
     Ok(())
 }

@@ -179,6 +179,7 @@ impl Connection {
             stats,
             idle_timeout,
             close_now,
+            tls: _,
         } = conn;
         let (writer_tx, writer_rx) = flume::bounded::<B>(setup.mailbox);
         let (read, write) = stream.split();
@@ -297,6 +298,7 @@ mod tests {
                 stats: stats.clone(),
                 idle_timeout: None,
                 close_now: None,
+                tls: None,
             };
             let setup = Setup::new(4).send_timeout(Some(Duration::from_millis(200)));
             let (mut conn, writer_tx) = Connection::start::<Vec<u8>>(conn, setup);

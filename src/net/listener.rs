@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
+use futures::future::Either;
 use futures::io::AsyncWriteExt;
 
 use crate::Result;
@@ -27,6 +28,7 @@ use crate::net::shutdown::Shutdown;
 use crate::net::socket::Socket;
 use crate::net::stats::Stats;
 use crate::net::stream::Stream;
+use crate::net::tls::Tls;
 use crate::rt::{self, TcpListener};
 
 /// Longest pause after the process runs out of descriptors before accepting again
@@ -79,6 +81,79 @@ pub struct ServerConfig {
     /// its open connections stay as they are; it still shuts them at `shutdown` (unless
     /// `keep_open_on_shutdown`), and returns early once the last one has closed.
     pub retire: Option<Shutdown>,
+    /// TLS on this loop's listener: each client's handshake runs in its own task, within
+    /// the handshake timeout, before the handler gets the connection ([`Tls::accept`]).
+    /// A client refused by `max_conns` is closed without the `full_notice`, which it
+    /// could not read.
+    pub tls: Option<Arc<Tls>>,
+    /// `--tls-listen`: the address of a TLS listener beside the plain one. Whoever binds
+    /// the server's sockets binds it too and hands it over as [`Listeners::tls_beside`].
+    pub tls_listen: Option<String>,
+}
+
+/// The TCP listeners of one server: its own (`--tcp`, `--listen`) and the TLS ones beside
+/// them (`--tls-listen`). With TLS in the [`ServerConfig`] and nothing beside them, its
+/// own listeners speak TLS; with a TLS listener beside them, they stay plain. A role's
+/// run function takes `impl Into<Listeners>`, so a plain listener (or an `Option` or a
+/// `Vec` of them) is one too.
+pub struct Listeners<L = TcpListener> {
+    pub main: Vec<L>,
+    pub tls_beside: Vec<L>,
+}
+
+impl<L> Listeners<L> {
+    /// Each listener with the settings of its accept loop: `config` for a TLS one, and
+    /// for the plain ones beside a TLS listener the same without TLS.
+    pub fn with_configs(self, config: &Arc<ServerConfig>) -> Vec<(L, Arc<ServerConfig>)> {
+        if !self.tls_beside.is_empty() && config.tls.is_none() {
+            log::error!(
+                "a TLS listener was given without TLS settings (--tls-cert, --tls-key); it is served plain"
+            );
+        }
+        let plain = if self.tls_beside.is_empty() {
+            config.clone()
+        } else {
+            Arc::new(ServerConfig {
+                tls: None,
+                ..(**config).clone()
+            })
+        };
+        let main = self.main.into_iter().map(|l| (l, plain.clone()));
+        let beside = self.tls_beside.into_iter().map(|l| (l, config.clone()));
+        main.chain(beside).collect()
+    }
+
+    /// These listeners, each its own: none beside.
+    pub fn plain(main: Vec<L>) -> Self {
+        Listeners {
+            main,
+            tls_beside: Vec::new(),
+        }
+    }
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(listener: TcpListener) -> Self {
+        Listeners::plain(vec![listener])
+    }
+}
+
+impl From<Option<TcpListener>> for Listeners {
+    fn from(listener: Option<TcpListener>) -> Self {
+        Listeners::plain(listener.into_iter().collect())
+    }
+}
+
+impl From<Vec<TcpListener>> for Listeners {
+    fn from(listeners: Vec<TcpListener>) -> Self {
+        Listeners::plain(listeners)
+    }
+}
+
+impl From<Vec<std::net::TcpListener>> for Listeners<std::net::TcpListener> {
+    fn from(listeners: Vec<std::net::TcpListener>) -> Self {
+        Listeners::plain(listeners)
+    }
 }
 
 impl ServerConfig {
@@ -141,6 +216,17 @@ pub struct Conn {
     /// Fires at the end of the server's drain ([`ServerConfig::close_now`]): a
     /// connection still open then closes itself.
     pub close_now: Option<Shutdown>,
+    /// What the TLS handshake agreed, on a TLS listener (`None`: plain TCP).
+    pub tls: Option<TlsInfo>,
+}
+
+/// What a client's TLS handshake agreed, for a role's logs.
+#[derive(Clone, Debug)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The server name the client asked for (SNI), if it sent one.
+    pub sni: Option<Box<str>>,
 }
 
 /// Accepts on `listener` until `shutdown` fires, running `handler` for each client.
@@ -155,9 +241,11 @@ pub async fn serve<H, F>(
     shutdown: Shutdown,
     handler: H,
 ) where
-    H: Fn(Conn) -> F,
+    H: Fn(Conn) -> F + Send + Sync + 'static,
     F: Future<Output = Result<()>> + Send + 'static,
 {
+    // Shared with the connection tasks, which call it after their TLS handshake.
+    let handler = Arc::new(handler);
     let (closed_tx, closed_rx) = flume::bounded::<u64>(CLOSED_MAILBOX);
     let mut open: HashMap<u64, Socket> = HashMap::new();
     let mut next_id = 0u64;
@@ -171,7 +259,11 @@ pub async fn serve<H, F>(
     } else {
         log::Level::Info
     };
-    log::log!(announce, role = role, addr = local.as_str(); "listening (TCP)");
+    match &config.tls {
+        Some(tls) => log::log!(announce, role = role, addr = local.as_str(),
+            cert = tls.subject(); "listening (TLS)"),
+        None => log::log!(announce, role = role, addr = local.as_str(); "listening (TCP)"),
+    }
 
     loop {
         if backoff > Duration::ZERO {
@@ -232,7 +324,7 @@ pub async fn serve<H, F>(
             stats.refused.max_conns.fetch_add(1, Ordering::Relaxed);
             log::warn!(role = role, peer = peer.to_string().as_str(), max_conns = config.max_conns;
                 "refused: server full");
-            if let Some(notice) = config.full_notice.clone() {
+            if let Some(notice) = config.full_notice.clone().filter(|_| config.tls.is_none()) {
                 // Written from its own task: the loop never waits on a client.
                 let task = stats.task();
                 rt::spawn_connection(async move {
@@ -256,6 +348,7 @@ pub async fn serve<H, F>(
             stats: stats.clone(),
             idle_timeout: config.idle_timeout,
             close_now: config.close_now.clone(),
+            tls: None,
         };
         let guard = stats.connection();
         let task = stats.task();
@@ -265,7 +358,21 @@ pub async fn serve<H, F>(
         // `then`, not an `async` block awaiting the handler's future: that block would
         // hold the future twice (captured, and again while awaited), in every idle
         // client's task.
-        let work = handler(conn).then(move |result| async move {
+        let work = match &config.tls {
+            None => Either::Left(handler(conn)),
+            // The handshake in the connection's task, then the role's handler; `then`
+            // holds one of the two futures at a time.
+            Some(tls) => {
+                let (tls, handler) = (tls.clone(), handler.clone());
+                Either::Right(
+                    async move { tls.accept(role, conn).await }.then(move |conn| match conn {
+                        Some(conn) => Either::Left(handler(conn)),
+                        None => Either::Right(futures::future::ready(Ok(()))),
+                    }),
+                )
+            }
+        };
+        let work = work.then(move |result| async move {
             let _task = task;
             if let Err(e) = result {
                 log::warn!(role = role, peer = peer.to_string().as_str(), error = e.to_string().as_str(); "connection failed");

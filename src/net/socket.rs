@@ -86,6 +86,21 @@ impl Socket {
         woken_or_ready(|cx| self.io.poll_writable(cx)).await
     }
 
+    /// Looks at the next bytes the peer sent without taking them (`MSG_PEEK`), waiting
+    /// until there are some: how many were copied into `buf` (0 at end of input). The
+    /// TLS accept path reads the first byte so, to tell a ClientHello from plain text
+    /// before any TLS code answers.
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match rustix::net::recv(self, &mut *buf, rustix::net::RecvFlags::PEEK) {
+                Ok((n, _)) => return Ok(n),
+                Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.readable().await?;
+        }
+    }
+
     /// Stops reading: a reader waiting on the socket sees end of input.
     pub fn shut_read(&self) -> io::Result<()> {
         self.io.get_ref().shutdown(Shutdown::Read)

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use meters::{Collect, RoleMetrics};
 
+use crate::net::tls::TlsFailures;
+
 /// Counters shared by one server's accept loop, connections and UDP endpoint.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -22,6 +24,8 @@ pub struct Stats {
     pub served: AtomicU64,
     /// TCP connections refused, by why.
     pub refused: Refused,
+    /// TLS handshakes that did not complete, by why.
+    pub tls: TlsFailures,
     /// UDP datagrams received.
     pub datagrams: AtomicU64,
     /// Bytes read from peers (TCP and UDP).
@@ -118,16 +122,22 @@ impl Stats {
 
     /// The counters as `key=value` text for the summary log line (`refused` counts
     /// `--max-conns` and the access lists; accepts that failed for want of descriptors
-    /// are logged as they happen).
+    /// are logged as they happen; TLS handshakes that failed are added when there were
+    /// any).
     pub fn summary(&self) -> String {
-        format!(
+        let mut line = format!(
             "connections={} refused={} datagrams={} bytes_in={} bytes_out={}",
             self.served.load(Relaxed),
             self.refused.max_conns.load(Relaxed) + self.refused.denied.load(Relaxed),
             self.datagrams.load(Relaxed),
             self.bytes_in.load(Relaxed),
             self.bytes_out.load(Relaxed)
-        )
+        );
+        let tls_failed = self.tls.total();
+        if tls_failed > 0 {
+            line += &format!(" tls_handshake_failures={tls_failed}");
+        }
+        line
     }
 }
 

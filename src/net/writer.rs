@@ -277,7 +277,19 @@ async fn write_loop<B: Outgoing>(
     let mut held: Vec<(B, usize)> = Vec::new();
     // With B::REPORTS: messages written in full, waiting for the peer's acknowledgement.
     let mut unconfirmed: VecDeque<Unconfirmed<B>> = VecDeque::new();
+    // A session over the socket (TLS) may hold bytes it took but could not write yet:
+    // they are written before the writer waits for anything, or they would wait for the
+    // next message (and the acknowledgements awaited for them would never come).
+    let layered = stream.raw().is_none();
     loop {
+        if layered
+            && next.is_empty()
+            && let Err(e) = progress(socket, send_timeout, close, stream.flush()).await
+        {
+            count.after_failure(socket, &e);
+            settle(&mut unconfirmed, count.handed, Some(&e));
+            return Err(e);
+        }
         let first = match next.pop_front() {
             Some(b) => b,
             None if !unconfirmed.is_empty() => {

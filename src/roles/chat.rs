@@ -33,11 +33,11 @@ use protocol::TelnetFilter;
 use crate::Result;
 use crate::net::connection::{Connection, Event, Reason, Setup};
 use crate::net::lines::{LineFramer, Overlong};
-use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::listener::{self, Conn, Listeners, ServerConfig};
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
 use crate::net::udp::{self, DatagramSender};
-use crate::rt::{self, TcpListener, UdpSocket};
+use crate::rt::{self, UdpSocket};
 
 /// Default address for TCP and UDP.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7000";
@@ -56,7 +56,7 @@ const TICK_MAX: Duration = Duration::from_secs(1);
 /// Serves chat on the sockets given until `shutdown` fires. Every client is told
 /// `* server shutting down` before its socket closes.
 pub async fn run(
-    tcp: Option<TcpListener>,
+    tcp: impl Into<Listeners>,
     udp: Option<UdpSocket>,
     server: ServerConfig,
     chat: ChatConfig,
@@ -117,7 +117,7 @@ struct Running {
 /// stops accepting when its `server.retire` fires, leaving its users where they are. At
 /// `shutdown` everyone is told `* server shutting down` first.
 pub async fn run_generation(
-    tcp: Option<TcpListener>,
+    tcp: impl Into<Listeners>,
     udp: Option<UdpSocket>,
     server: ServerConfig,
     chat: ChatConfig,
@@ -131,6 +131,7 @@ pub async fn run_generation(
     } = generation;
     let retire = server.retire.clone();
     let server = Arc::new(server.or_full_notice(FULL_NOTICE));
+    let tcp = tcp.into().with_configs(&server);
     let udp = udp.map(Arc::new);
     let broker = {
         let mut running = state.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -169,23 +170,22 @@ pub async fn run_generation(
     // The accept and receive loops stop only after the broker has said goodbye.
     let (loops_trigger, loops_shutdown) = shutdown::channel();
     let max_line = chat.max_line;
-    let tcp_loop = {
+    // Every TCP listener (plain, and TLS beside it) feeds the one broker: TLS and telnet
+    // users share the rooms.
+    let sendq = chat.sendq;
+    let tcp_loops = tcp.into_iter().map(|(listener, server)| {
         let (broker, stats, loops_shutdown) =
             (broker.clone(), stats.clone(), loops_shutdown.clone());
-        async move {
-            if let Some(listener) = tcp {
-                listener::serve(
-                    "chat",
-                    listener,
-                    server,
-                    stats,
-                    loops_shutdown,
-                    move |conn| serve_client(conn, broker.clone(), chat.sendq, max_line),
-                )
-                .await;
-            }
-        }
-    };
+        listener::serve(
+            "chat",
+            listener,
+            server,
+            stats,
+            loops_shutdown,
+            move |conn| serve_client(conn, broker.clone(), sendq, max_line),
+        )
+    });
+    let tcp_loop = futures::future::join_all(tcp_loops.collect::<Vec<_>>());
     let udp_loop = {
         let broker = broker.clone();
         let stop = match &retire {

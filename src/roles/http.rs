@@ -22,12 +22,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::Result;
 use crate::net::connection::{Connection, Event, Reason, Setup};
-use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::listener::{self, Conn, Listeners, ServerConfig};
 use crate::net::sendfile::FileRegion;
 use crate::net::shutdown::Shutdown;
 use crate::net::stats::Stats;
 use crate::net::writer::{Outgoing, WRITER_MAILBOX};
-use crate::rt::{self, TcpListener};
+use crate::rt;
 use files::{Body, Response};
 use metrics::HttpMetrics;
 use request::{HeadBuffer, HeadError, Request};
@@ -80,20 +80,38 @@ impl HttpConfig {
 
 /// Serves HTTP on `listener` until `shutdown` fires.
 pub async fn run(
-    listener: TcpListener,
+    listener: impl Into<Listeners>,
     server: ServerConfig,
     http: HttpConfig,
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    let server = Arc::new(server.or_full_notice(BUSY));
+    let mut server = server.or_full_notice(BUSY);
+    // Over TLS, a client learns in the handshake that this is HTTP/1.1 (ALPN).
+    server.tls = server.tls.map(|tls| Arc::new(tls.with_alpn(&[ALPN])));
+    let server = Arc::new(server);
     let http = Arc::new(http);
     let metrics = stats.role_metrics::<HttpMetrics>();
-    listener::serve("http", listener, server, stats, shutdown, move |conn| {
-        connection(conn, http.clone(), metrics.clone())
-    })
-    .await;
+    let loops = listener
+        .into()
+        .with_configs(&server)
+        .into_iter()
+        .map(|(listener, server)| {
+            let (http, metrics) = (http.clone(), metrics.clone());
+            listener::serve(
+                "http",
+                listener,
+                server,
+                stats.clone(),
+                shutdown.clone(),
+                move |conn| connection(conn, http.clone(), metrics.clone()),
+            )
+        });
+    futures::future::join_all(loops.collect::<Vec<_>>()).await;
 }
+
+/// The one application protocol offered in a TLS handshake.
+pub const ALPN: &[u8] = b"http/1.1";
 
 /// One response on its way to the writer: head (and small body), then maybe a file region.
 struct Out {

@@ -44,7 +44,7 @@ use crate::Result;
 use crate::net::access::AccessList;
 use crate::net::handoff::{Delivery, DirectWrites, Handoff};
 use crate::net::idle::{Activity, IdleTimer};
-use crate::net::listener::{self, Conn, ServerConfig};
+use crate::net::listener::{self, Conn, Listeners, ServerConfig};
 use crate::net::reader::{Input, Reader};
 use crate::net::shutdown::Shutdown;
 use crate::net::socket::{Hangup, Socket};
@@ -103,23 +103,27 @@ pub async fn run(
 /// [`run`] on several listeners at once (`--listen` repeated), sharing the upstreams,
 /// their balancing and the counts.
 pub async fn run_many(
-    listeners: Vec<TcpListener>,
+    listeners: impl Into<Listeners>,
     server: ServerConfig,
     proxy: ProxyConfig,
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
     let (server, proxy) = (Arc::new(server), Arc::new(proxy));
-    let loops = listeners.into_iter().map(|listener| {
-        serve(
-            listener,
-            server.clone(),
-            proxy.clone(),
-            stats.clone(),
-            shutdown.clone(),
-        )
-    });
-    futures::future::join_all(loops).await;
+    let loops = listeners
+        .into()
+        .with_configs(&server)
+        .into_iter()
+        .map(|(listener, server)| {
+            serve(
+                listener,
+                server,
+                proxy.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            )
+        });
+    futures::future::join_all(loops.collect::<Vec<_>>()).await;
 }
 
 /// Serves the proxy with one pinned thread per entry of `listeners`, each entry the
@@ -128,50 +132,55 @@ pub async fn run_many(
 /// every actor of a session runs on the thread that accepted it, so no hop wakes another
 /// thread. Returns once every accept loop has stopped; sessions finish on their threads.
 pub async fn run_pinned(
-    listeners: Vec<Vec<std::net::TcpListener>>,
+    listeners: Vec<impl Into<Listeners<std::net::TcpListener>>>,
     server: ServerConfig,
     proxy: ProxyConfig,
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) -> Result<()> {
     let threads = listeners.len();
-    let addrs: Vec<String> = listeners
+    // Each thread's accept loop logs at debug; each address is announced here, once.
+    let (server, proxy) = (Arc::new(server.quiet()), Arc::new(proxy));
+    let listeners: Vec<_> = listeners
+        .into_iter()
+        .map(|l| l.into().with_configs(&server))
+        .collect();
+    let addrs: Vec<(String, bool)> = listeners
         .first()
         .map(|first| {
             first
                 .iter()
-                .filter_map(|l| l.local_addr().ok())
-                .map(|a| a.to_string())
+                .filter_map(|(l, server)| {
+                    Some((l.local_addr().ok()?.to_string(), server.tls.is_some()))
+                })
                 .collect()
         })
         .unwrap_or_default();
-    // Each thread's accept loop logs at debug; each address is announced here, once.
-    let (server, proxy) = (Arc::new(server.quiet()), Arc::new(proxy));
     let (done_tx, done_rx) = flume::bounded::<()>(threads);
     for (i, listeners) in listeners.into_iter().enumerate() {
-        let (server, proxy, stats, shutdown, done_tx) = (
-            server.clone(),
+        let (proxy, stats, shutdown, done_tx) = (
             proxy.clone(),
             stats.clone(),
             shutdown.clone(),
             done_tx.clone(),
         );
         rt::spawn_pinned_thread(format!("proxy-{i}"), move || async move {
-            let loops = listeners.into_iter().filter_map(|listener| {
-                match rt::listener_from_std(listener) {
-                    Ok(listener) => Some(serve(
-                        listener,
-                        server.clone(),
-                        proxy.clone(),
-                        stats.clone(),
-                        shutdown.clone(),
-                    )),
-                    Err(e) => {
-                        log::error!(error = e.to_string().as_str(); "proxy: listener unusable");
-                        None
-                    }
-                }
-            });
+            let loops =
+                listeners
+                    .into_iter()
+                    .filter_map(|(listener, server)| match rt::listener_from_std(listener) {
+                        Ok(listener) => Some(serve(
+                            listener,
+                            server,
+                            proxy.clone(),
+                            stats.clone(),
+                            shutdown.clone(),
+                        )),
+                        Err(e) => {
+                            log::error!(error = e.to_string().as_str(); "proxy: listener unusable");
+                            None
+                        }
+                    });
             futures::future::join_all(loops.collect::<Vec<_>>()).await;
             let _ = done_tx.send_async(()).await;
             // Keep running this thread's sessions until they end (or the process exits).
@@ -181,8 +190,13 @@ pub async fn run_pinned(
         })?;
     }
     drop(done_tx);
-    for addr in &addrs {
-        log::info!(role = "proxy", addr = addr.as_str(), threads = threads; "listening (TCP)");
+    for (addr, tls) in &addrs {
+        let listening = if *tls {
+            "listening (TLS)"
+        } else {
+            "listening (TCP)"
+        };
+        log::info!(role = "proxy", addr = addr.as_str(), threads = threads; "{listening}");
     }
     for _ in 0..threads {
         let _ = done_rx.recv_async().await;
@@ -483,7 +497,13 @@ async fn session(
         stats,
         idle_timeout,
         close_now,
+        tls,
     } = conn;
+    // `terminated`: the client's TLS ends here, and the upstream gets plain bytes.
+    let (tls_mode, sni) = match &tls {
+        Some(tls) => ("terminated", tls.sni.as_deref().unwrap_or("").to_owned()),
+        None => ("none", String::new()),
+    };
     let local = client.socket().local_addr()?;
     let client_socket = client.socket().clone();
     let (mut client_read, client_write) = client.split();
@@ -666,7 +686,8 @@ async fn session(
     let cut_by = cut_by.unwrap_or("none");
     if dropped_up == 0 && dropped_down == 0 {
         log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
-            bytes_up = bytes_up, bytes_down = bytes_down, ms = ms, closed_first = closed_first, cut_by = cut_by; "proxy: session closed");
+            bytes_up = bytes_up, bytes_down = bytes_down, ms = ms, closed_first = closed_first, cut_by = cut_by,
+            tls = tls_mode, sni = sni.as_str(); "proxy: session closed");
     } else {
         let why = match cut_by {
             "none" => format!("read but not yet written when the session ended ({closed_first})"),
@@ -676,7 +697,8 @@ async fn session(
         };
         log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
             bytes_up = bytes_up, bytes_down = bytes_down, dropped_up = dropped_up, dropped_down = dropped_down,
-            dropped_why = why.as_str(), ms = ms, closed_first = closed_first, cut_by = cut_by; "proxy: session closed");
+            dropped_why = why.as_str(), ms = ms, closed_first = closed_first, cut_by = cut_by,
+            tls = tls_mode, sni = sni.as_str(); "proxy: session closed");
     }
     // Counted by what ended it: this task's cut (a timeout, the drain) if it made one,
     // else the side that closed first. By `closed_first` alone a fin timeout would never

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::{Generation, Listen, RoleService, Server, Service};
+use super::{Generation, Listen, RoleService, Server, Service, listeners, with_tls};
 use crate::Result;
 use crate::net::listener::ServerConfig;
 use crate::net::shutdown::Shutdown;
@@ -28,25 +28,25 @@ pub(super) fn register(server: Server) -> Server {
             }) as Box<dyn Service>)
         })
         .service("echo", |t: Transports| {
-            Ok(role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), &t))
+            role(echo::Echo, t.addrs(echo::DEFAULT_ADDR), &t)
         })
         .service("upper", |t: Transports| {
-            Ok(role(upper::Upper, t.addrs(upper::DEFAULT_ADDR), &t))
+            role(upper::Upper, t.addrs(upper::DEFAULT_ADDR), &t)
         })
         .service("discard", |t: Transports| {
-            Ok(role(discard::Discard, t.addrs(discard::DEFAULT_ADDR), &t))
+            role(discard::Discard, t.addrs(discard::DEFAULT_ADDR), &t)
         })
         .service("hello", |h: HelloArgs| {
             Ok(Box::new(RoleService {
                 role: Arc::new(hello::Hello::new(&h.message)),
                 addrs: Addrs::tcp(&h.tcp),
-                server: h.server.config_owned(),
+                server: h.server.config_owned()?,
             }) as Box<dyn Service>)
         })
         .service("http", |h: HttpArgs| {
             Ok(Box::new(Http {
                 listen: h.listen.clone(),
-                server: h.server.config_owned(),
+                server: h.server.config_owned()?,
                 http: h.config()?,
             }) as Box<dyn Service>)
         })
@@ -65,12 +65,16 @@ pub(super) fn register(server: Server) -> Server {
 }
 
 /// A built-in [`crate::role::Role`] on the addresses of its `--tcp`/`--udp`.
-fn role<R: crate::role::NewSession>(role: R, addrs: Addrs, t: &Transports) -> Box<dyn Service> {
-    Box::new(RoleService {
+fn role<R: crate::role::NewSession>(
+    role: R,
+    addrs: Addrs,
+    t: &Transports,
+) -> Result<Box<dyn Service>> {
+    Ok(Box::new(RoleService {
         role: Arc::new(role),
         addrs,
-        server: t.server.config_owned(),
-    })
+        server: t.server.config_owned()?,
+    }))
 }
 
 /// The chat: its broker (and with it every user) is the service's state, so a
@@ -84,7 +88,7 @@ struct Chat {
 impl Service for Chat {
     fn listen(&self) -> Listen {
         Listen {
-            tcp: self.addrs.tcp.iter().cloned().collect(),
+            tcp: with_tls(self.addrs.tcp.iter().cloned().collect(), &self.server),
             udp: self.addrs.udp.iter().cloned().collect(),
         }
     }
@@ -103,7 +107,7 @@ impl Service for Chat {
         let generation = ChatState::next_generation(g.state::<ChatState>());
         Box::pin(async move {
             chat::run_generation(
-                g.tcp.pop(),
+                listeners(g.tcp, &server),
                 g.udp.pop(),
                 server,
                 chat,
@@ -126,22 +130,19 @@ struct Http {
 impl Service for Http {
     fn listen(&self) -> Listen {
         Listen {
-            tcp: vec![self.listen.clone()],
+            tcp: with_tls(vec![self.listen.clone()], &self.server),
             udp: vec![],
         }
     }
 
-    fn start(&self, mut g: Generation) -> BoxFuture<'static, ()> {
+    fn start(&self, g: Generation) -> BoxFuture<'static, ()> {
         let server = ServerConfig {
             retire: Some(g.retire.clone()),
             close_now: Some(g.close.clone()),
             ..self.server.clone()
         };
-        let Some(listener) = g.tcp.pop() else {
-            return Box::pin(async {});
-        };
         Box::pin(http::run(
-            listener,
+            listeners(g.tcp, &server),
             server,
             self.http.clone(),
             g.stats,
@@ -162,7 +163,11 @@ impl Service for Proxy {
             };
         }
         Listen {
-            tcp: self.0.listen.clone(),
+            tcp: {
+                let mut tcp = self.0.listen.clone();
+                tcp.extend(self.0.server.tls_listen.iter().cloned());
+                tcp
+            },
             udp: vec![],
         }
     }
@@ -200,6 +205,7 @@ impl Service for Proxy {
             close_now: Some(g.close.clone()),
             ..server
         };
-        Box::pin(proxy::run_many(g.tcp, server, config, g.stats, g.shutdown))
+        let tcp = listeners(g.tcp, &server);
+        Box::pin(proxy::run_many(tcp, server, config, g.stats, g.shutdown))
     }
 }
