@@ -243,7 +243,7 @@ pub struct ProxyArgs {
     pub drain: Duration,
     /// Forward UDP datagrams instead of TCP connections: each client address is a flow
     /// with a socket of its own to the upstream --balance picks, so replies find it.
-    #[arg(long, conflicts_with_all = ["accept_proxy", "send_proxy", "tap", "splice", "splice_always"])]
+    #[arg(long, conflicts_with_all = ["accept_proxy", "send_proxy", "tap", "splice", "splice_always", "tls_cert", "tls_listen"])]
     pub udp: bool,
     /// With --udp: a flow ends after this long with no datagram either way.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
