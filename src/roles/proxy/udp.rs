@@ -33,6 +33,9 @@ use crate::rt::{self, UdpSocket};
 /// The largest UDP payload (IPv4: 65,535 − 8 − 20); the buffers take any datagram whole.
 pub const MAX_DATAGRAM: usize = 65_507;
 
+/// At most one "no upstream for new UDP clients" line this often.
+const UNSTARTED_LOG_EVERY: Duration = Duration::from_secs(1);
+
 /// Room for the "flow ended" messages to the receive loop: a flow sends one in its life.
 const ENDED_MAILBOX: usize = 1024;
 
@@ -130,6 +133,7 @@ async fn run_shared(
     let mut flows: HashMap<SocketAddr, Arc<Flow>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut refused_since_log = 0u64;
+    let (mut unstarted, mut last_unstarted_log) = (0u64, None::<Instant>);
     loop {
         let got = futures::select! {
             got = socket.recv_from(&mut buf).fuse() => got,
@@ -167,7 +171,7 @@ async fn run_shared(
                     log::info!(role = "proxy", dropped = refused_since_log; "proxy: UDP flows free again");
                     refused_since_log = 0;
                 }
-                match start_flow(
+                let started = start_flow(
                     client,
                     &config,
                     &stats,
@@ -176,13 +180,24 @@ async fn run_shared(
                     base,
                     &shutdown,
                 )
-                .await
-                {
-                    Some(flow) => {
+                .await;
+                match started {
+                    Ok(flow) => {
                         flows.insert(client, flow.clone());
                         flow
                     }
-                    None => continue,
+                    Err(why) => {
+                        // At most a line a second: a flood of new clients must not
+                        // become a flood of log lines.
+                        unstarted += 1;
+                        if last_unstarted_log.is_none_or(|at| at.elapsed() >= UNSTARTED_LOG_EVERY) {
+                            log::warn!(role = "proxy", client = client.to_string().as_str(), error = why.as_str(), dropped = unstarted;
+                                "proxy: no upstream for new UDP clients; their datagrams are dropped");
+                            last_unstarted_log = Some(Instant::now());
+                            unstarted = 0;
+                        }
+                        continue;
+                    }
                 }
             }
         };
@@ -214,14 +229,10 @@ async fn start_flow(
     ended_tx: &flume::Sender<SocketAddr>,
     base: Instant,
     shutdown: &Shutdown,
-) -> Option<Arc<Flow>> {
+) -> Result<Arc<Flow>, String> {
     let (socket, name, addr, guard) = match config.upstreams.open_udp().await {
         Ok(opened) => opened,
-        Err(ConnectError::Upstreams(why) | ConnectError::Local(why)) => {
-            log::warn!(role = "proxy", client = client.to_string().as_str(), error = why.as_str();
-                "proxy: no upstream for a UDP client; its datagram is dropped");
-            return None;
-        }
+        Err(ConnectError::Upstreams(why) | ConnectError::Local(why)) => return Err(why),
     };
     let flow = Arc::new(Flow {
         upstream: Arc::new(socket),
@@ -243,7 +254,7 @@ async fn start_flow(
         task: stats.task(),
     };
     rt::spawn(task.run());
-    Some(flow)
+    Ok(flow)
 }
 
 /// What a flow's task holds.

@@ -290,10 +290,18 @@ impl Upstreams {
             let (looked_up, errno_left) = resolve(&up.target).await;
             let opened = match looked_up {
                 Ok(addrs) => open_udp_to(&addrs).await,
-                Err(e) => Err(match lookup_failure(e, errno_left, socket_available) {
-                    Failure::Local(e) => return Err(ConnectError::Local(describe(&e))),
-                    Failure::Remote(why) => why,
-                }),
+                Err(e) => Err(lookup_failure(e, errno_left, socket_available)),
+            };
+            let opened = match opened {
+                Err(Failure::Local(e)) => {
+                    // Ours, not the upstream's: the datagram is dropped, nobody backs off.
+                    return Err(ConnectError::Local(format!(
+                        "{}: no descriptor for a new flow (a local limit; see ulimit -n)",
+                        describe(&e)
+                    )));
+                }
+                Err(Failure::Remote(why)) => Err(why),
+                Ok(opened) => Ok(opened),
             };
             match opened {
                 Ok((socket, addr)) => {
@@ -322,8 +330,9 @@ impl Upstreams {
     }
 }
 
-/// A UDP socket on a fresh port, connected to the first of `addrs` that takes it.
-async fn open_udp_to(addrs: &[SocketAddr]) -> Result<(rt::UdpSocket, SocketAddr), String> {
+/// A UDP socket on a fresh port, connected to the first of `addrs` that takes it. Out
+/// of descriptors here is [`Failure::Local`]: no upstream is blamed for it.
+async fn open_udp_to(addrs: &[SocketAddr]) -> Result<(rt::UdpSocket, SocketAddr), Failure> {
     let mut last = String::from("resolves to no address");
     for &addr in addrs {
         let any: SocketAddr = if addr.is_ipv4() {
@@ -331,15 +340,17 @@ async fn open_udp_to(addrs: &[SocketAddr]) -> Result<(rt::UdpSocket, SocketAddr)
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        match rt::UdpSocket::bind(any).await {
-            Ok(socket) => match socket.connect(addr).await {
-                Ok(()) => return Ok((socket, addr)),
-                Err(e) => last = describe(&e),
-            },
+        let opened = match rt::UdpSocket::bind(any).await {
+            Ok(socket) => socket.connect(addr).await.map(|()| socket),
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(socket) => return Ok((socket, addr)),
+            Err(e) if is_resource_exhaustion(&e) => return Err(Failure::Local(e)),
             Err(e) => last = describe(&e),
         }
     }
-    Err(last)
+    Err(Failure::Remote(last))
 }
 
 async fn connect_one(target: &str, timeout: Duration) -> Result<(Stream, SocketAddr), Failure> {
