@@ -31,7 +31,17 @@ impl UdpProxy {
         idle: Duration,
         max_flows: usize,
     ) -> UdpProxy {
-        let socket = rt::block_on(rt::UdpSocket::bind("127.0.0.1:0")).unwrap();
+        Self::start_on("127.0.0.1:0", upstreams, balance, idle, max_flows)
+    }
+
+    fn start_on(
+        bind: &str,
+        upstreams: Vec<String>,
+        balance: Balance,
+        idle: Duration,
+        max_flows: usize,
+    ) -> UdpProxy {
+        let socket = rt::block_on(rt::UdpSocket::bind(bind)).unwrap();
         let addr = socket.local_addr().unwrap();
         let stats = Stats::new();
         let (trigger, shutdown) = shutdown::channel();
@@ -126,6 +136,99 @@ fn each_client_is_a_flow_of_its_own_and_flows_end_when_idle() {
     proxy.stop();
     a.stop();
     b.stop();
+}
+
+/// A port on 127.0.0.1 where nothing listens (the kernel answers ICMP port unreachable).
+fn closed_port() -> SocketAddr {
+    StdUdp::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Sends `data` until a reply comes (each try waits `wait`), at most `tries` times.
+fn ask_until_answered(s: &StdUdp, to: SocketAddr, data: &[u8], tries: usize) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = vec![0u8; 70_000];
+    for _ in 0..tries {
+        s.send_to(data, to).unwrap();
+        if let Ok(n) = s.recv(&mut buf) {
+            return Some(buf[..n].to_vec());
+        }
+    }
+    None
+}
+
+#[test]
+fn an_upstream_that_refuses_is_backed_off_so_new_flows_fail_over() {
+    let up = start_role(Echo, ServerConfig::default());
+    let proxy = UdpProxy::start(
+        vec![closed_port().to_string(), up.udp.to_string()],
+        Balance::First,
+        Duration::from_secs(60),
+        100,
+    );
+    // The first client's first datagram meets the closed port
+    // (its flow ends), then it is backed off, so `first` picks the other.
+    let c = client();
+    assert_eq!(
+        ask_until_answered(&c, proxy.addr, b"again", 25).as_deref(),
+        Some(&b"again"[..])
+    );
+    // A new client is answered at once.
+    assert_eq!(ask(&client(), proxy.addr, b"new"), b"new");
+    proxy.stop();
+    up.stop();
+}
+
+#[test]
+fn a_burst_toward_an_upstream_that_refuses_still_ends_its_flow() {
+    // Sends after the ICMP error take it (ECONNREFUSED) before the flow's task reads it:
+    // the flow must end all the same, not carry the client's datagrams to nowhere.
+    let up = start_role(Echo, ServerConfig::default());
+    let proxy = UdpProxy::start(
+        vec![closed_port().to_string(), up.udp.to_string()],
+        Balance::First,
+        Duration::from_secs(60),
+        100,
+    );
+    let c = client();
+    for _ in 0..200 {
+        c.send_to(b"burst", proxy.addr).unwrap();
+    }
+    // Any answer (the burst's own datagrams echo once the flow has failed over).
+    assert!(ask_until_answered(&c, proxy.addr, b"then", 25).is_some());
+    proxy.stop();
+    up.stop();
+}
+
+#[test]
+fn an_ipv6_datagram_larger_than_ipv4_allows_is_not_cut() {
+    // Over IPv6 a UDP payload can be 65,527 bytes.
+    let Ok(echo) = StdUdp::bind("[::1]:0") else {
+        return; // no IPv6 loopback here
+    };
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let proxy = UdpProxy::start_on(
+        "[::1]:0",
+        vec![echo_addr.to_string()],
+        Balance::First,
+        Duration::from_secs(60),
+        10,
+    );
+    let c = StdUdp::bind("[::1]:0").unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    let data = Rng::new(5).bytes(65_527);
+    c.send_to(&data, proxy.addr).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(n, data.len(), "the reply is whole");
+    assert_eq!(&buf[..n], &data[..]);
+    proxy.stop();
 }
 
 #[test]

@@ -30,7 +30,8 @@ use crate::net::stats::Stats;
 use crate::net::udp::{self, DatagramSender};
 use crate::rt::{self, UdpSocket};
 
-/// The largest UDP payload (IPv4: 65,535 − 8 − 20); the buffers take any datagram whole.
+/// The largest UDP payload over IPv4 (65,535 − 8 − 20). Over IPv6 a payload can be
+/// 65,527 bytes; the receive buffers are [`udp::RECV_BUFFER`], so either is taken whole.
 pub const MAX_DATAGRAM: usize = 65_507;
 
 /// At most one "no upstream for new UDP clients" line this often.
@@ -50,7 +51,12 @@ pub struct UdpProxyConfig {
 
 /// One client's flow: its socket toward the upstream and its counts.
 struct Flow {
+    /// Tells this flow apart from a later one of the same client in the table.
+    id: u64,
     upstream: Arc<UdpSocket>,
+    /// Ends the flow's task: fired by the receive loop when a send upstream is refused
+    /// (the send took the socket's pending ICMP error, so the task's receive never sees it).
+    end: std::sync::Mutex<Option<crate::net::shutdown::Trigger>>,
     /// Milliseconds since the proxy started at the last datagram either way.
     last: AtomicU64,
     up: Counts,
@@ -129,16 +135,20 @@ async fn run_shared(
     log::info!(role = "proxy", addr = local.as_str(); "listening (UDP)");
     let to_clients = udp::spawn_sender(socket.clone(), &stats);
     let base = Instant::now();
-    let (ended_tx, ended_rx) = flume::bounded::<SocketAddr>(ENDED_MAILBOX);
+    let (ended_tx, ended_rx) = flume::bounded::<(SocketAddr, u64)>(ENDED_MAILBOX);
+    let mut next_id = 0u64;
     let mut flows: HashMap<SocketAddr, Arc<Flow>> = HashMap::new();
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut buf = vec![0u8; udp::RECV_BUFFER];
     let mut refused_since_log = 0u64;
     let (mut unstarted, mut last_unstarted_log) = (0u64, None::<Instant>);
     loop {
         let got = futures::select! {
             got = socket.recv_from(&mut buf).fuse() => got,
             client = ended_rx.recv_async() => {
-                if let Ok(client) = client {
+                // Only the flow that ended: the client may have a newer one by now.
+                if let Ok((client, id)) = client
+                    && flows.get(&client).is_some_and(|f| f.id == id)
+                {
                     flows.remove(&client);
                 }
                 continue;
@@ -172,7 +182,10 @@ async fn run_shared(
                     refused_since_log = 0;
                 }
                 let started = start_flow(
-                    client,
+                    (client, {
+                        next_id += 1;
+                        next_id
+                    }),
                     &config,
                     &stats,
                     &to_clients,
@@ -204,6 +217,15 @@ async fn run_shared(
         flow.last.store(ms_since(base), Relaxed);
         match flow.upstream.send(&buf[..n]).await {
             Ok(_) => flow.up.add(n),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                // The upstream refused an earlier datagram, and this send took the error:
+                // end the flow (its task backs the upstream off), so that the client's next
+                // datagram starts a flow toward an upstream that answers.
+                flows.remove(&client);
+                if let Some(end) = flow.end.lock().unwrap().take() {
+                    end.fire();
+                }
+            }
             Err(e) => {
                 log::debug!(client = client.to_string().as_str(), error = e.to_string().as_str(); "proxy: UDP send upstream failed")
             }
@@ -222,11 +244,11 @@ fn ms_since(base: Instant) -> u64 {
 
 /// Opens a flow for `client` toward the upstream the balance picks, and starts its task.
 async fn start_flow(
-    client: SocketAddr,
+    (client, id): (SocketAddr, u64),
     config: &Arc<UdpProxyConfig>,
     stats: &Arc<Stats>,
     to_clients: &DatagramSender,
-    ended_tx: &flume::Sender<SocketAddr>,
+    ended_tx: &flume::Sender<(SocketAddr, u64)>,
     base: Instant,
     shutdown: &Shutdown,
 ) -> Result<Arc<Flow>, String> {
@@ -234,8 +256,11 @@ async fn start_flow(
         Ok(opened) => opened,
         Err(ConnectError::Upstreams(why) | ConnectError::Local(why)) => return Err(why),
     };
+    let (end, refused) = crate::net::shutdown::channel();
     let flow = Arc::new(Flow {
+        id,
         upstream: Arc::new(socket),
+        end: std::sync::Mutex::new(Some(end)),
         last: AtomicU64::new(ms_since(base)),
         up: Counts::default(),
         down: Counts::default(),
@@ -251,6 +276,7 @@ async fn start_flow(
         to_clients: to_clients.clone(),
         ended_tx: ended_tx.clone(),
         shutdown: shutdown.clone(),
+        refused,
         task: stats.task(),
     };
     rt::spawn(task.run());
@@ -267,8 +293,10 @@ struct FlowTask {
     idle: Duration,
     base: Instant,
     to_clients: DatagramSender,
-    ended_tx: flume::Sender<SocketAddr>,
+    ended_tx: flume::Sender<(SocketAddr, u64)>,
     shutdown: Shutdown,
+    /// Fired when the receive loop's send upstream was refused.
+    refused: Shutdown,
     task: crate::net::stats::TaskGuard,
 }
 
@@ -276,7 +304,7 @@ impl FlowTask {
     /// Relays the upstream's replies to the client until the flow ends; logs its line.
     async fn run(self) {
         let started = Instant::now();
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut buf = vec![0u8; udp::RECV_BUFFER];
         let idle_ms = self.idle.as_millis() as u64;
         let (end, why) = loop {
             let quiet = ms_since(self.base).saturating_sub(self.flow.last.load(Relaxed));
@@ -287,6 +315,10 @@ impl FlowTask {
             let got = futures::select! {
                 got = rt::timeout(wait, self.flow.upstream.recv(&mut buf)).fuse() => got,
                 _ = self.shutdown.wait().fuse() => break ("shutdown", "server shutting down".to_owned()),
+                _ = self.refused.wait().fuse() => {
+                    let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+                    break ("server_reset", describe(&e));
+                }
             };
             match got {
                 None => continue, // look at the last datagram either way again
@@ -298,7 +330,12 @@ impl FlowTask {
                 Some(Err(e)) => break ("server_reset", describe(&e)),
             }
         };
-        let _ = self.ended_tx.send_async(self.client).await;
+        if end == "server_reset" {
+            // ICMP port unreachable: nothing listens there. Back it off as a failed
+            // connect would be, so the balance sends new flows elsewhere.
+            self.guard.failed(&why);
+        }
+        let _ = self.ended_tx.send_async((self.client, self.flow.id)).await;
         let (up, down) = (&self.flow.up, &self.flow.down);
         log::info!(
             role = "proxy",

@@ -112,6 +112,22 @@ impl ActiveGuard {
     }
 }
 
+impl ActiveGuard {
+    /// The upstream failed this session in a way a connect would have (a UDP flow's
+    /// upstream refused: ICMP port unreachable): it is skipped for the back-off.
+    pub fn failed(&self, why: &str) {
+        let (table, i) = (&self.0, self.1);
+        let up = &table.list[i];
+        log::warn!(upstream = up.target.as_str(), error = why, backoff_ms = table.backoff.as_millis() as u64;
+            "proxy: upstream failed; skipping it for a while");
+        up.down_until
+            .store(table.now_ms() + table.backoff.as_millis() as u64, Relaxed);
+        if let Some(m) = up.metrics.get() {
+            m.failed(table.backoff);
+        }
+    }
+}
+
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.list[self.1].active.fetch_sub(1, Relaxed);
