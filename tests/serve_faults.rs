@@ -172,9 +172,15 @@ fn sighup_during_the_drain_does_not_cut_it_short() {
 /// owner of the address.
 #[test]
 fn a_service_named_the_admin_listener_is_not_the_admin_listener() {
+    // A port of our own (held, so nothing else takes it); check finds the clash before
+    // it would bind anything.
+    let held = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
     let config = Config::new(
         "admin-name",
-        "[admin]\nlisten = \"127.0.0.1:18999\"\n\n[[service]]\nname = \"the admin listener\"\nrole = \"hello\"\ntcp = \"127.0.0.1:18999\"\n",
+        &format!(
+            "[admin]\nlisten = \"{addr}\"\n\n[[service]]\nname = \"the admin listener\"\nrole = \"hello\"\ntcp = \"{addr}\"\n"
+        ),
     );
     let (ok, err) = check(&config);
     assert!(!ok);
