@@ -30,7 +30,7 @@
 //! | `switchboard_proxy_upstream_connect_failures_total` | counter | `upstream` | connects it failed |
 //! | `switchboard_proxy_upstream_connect_time_seconds` | histogram | `upstream` | time to connect |
 //! | `switchboard_proxy_sessions_total` | counter | `upstream`, `end`: `client_fin`, `server_fin`, `client_reset`, `server_reset`, `idle_timeout`, `fin_timeout`, `shutdown` | sessions ended, by the session line's `cut_by` when the proxy cut it (a timeout, the drain), else its `closed_first` |
-//! | `switchboard_proxy_unconnected_total` | counter | `reason`: `no_upstream`, `local` | clients closed without an upstream |
+//! | `switchboard_proxy_unconnected_total` | counter | `reason`: `no_upstream`, `local`, `no_hello`, `no_route` | clients closed without an upstream (the last two: routing by SNI) |
 //! | `switchboard_http_responses_total` | counter | `code`: `1xx`…`5xx` | responses written |
 //! | `switchboard_http_response_time_seconds` | histogram | | from the request to its last byte acknowledged |
 //! | `switchboard_http_sendfile_bytes_total` | counter | | body bytes sent from files |

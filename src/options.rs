@@ -15,12 +15,14 @@ use crate::net::access::{AccessList, parse_cidr};
 use crate::net::duration::{nonzero, parse_duration};
 use crate::net::listener::ServerConfig;
 use crate::net::splice;
+use crate::net::tls::{self, Verify};
 use crate::roles::chat::{self, broker::ChatConfig};
 use crate::roles::proxy::{
     self, ProxyConfig,
     header::Version,
+    sni::{self, SniRoute, SniRoutes},
     udp::UdpProxyConfig,
-    upstreams::{Balance, Upstreams},
+    upstreams::{Balance, UpstreamTls, Upstreams},
 };
 use crate::roles::{hello, http};
 use crate::service::{Addrs, ServerArgs};
@@ -184,8 +186,41 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "ADDR", default_value = proxy::DEFAULT_ADDR)]
     pub listen: Vec<String>,
     /// Where to forward: HOST:PORT (repeatable; resolved at every connect).
-    #[arg(long, value_name = "HOST:PORT", required = true)]
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "sni_route")]
     pub upstream: Vec<String>,
+    /// Originate TLS: connect to each upstream over TLS, verifying its certificate
+    /// against the system's roots (or --upstream-ca) by its host name (or
+    /// --upstream-sni). A failed handshake fails that upstream; never a plain fallback.
+    #[arg(long)]
+    pub upstream_tls: bool,
+    /// With --upstream-tls: verify upstreams against the certificates in this PEM file
+    /// instead of the system's roots.
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "upstream_tls",
+        conflicts_with = "upstream_insecure"
+    )]
+    pub upstream_ca: Option<PathBuf>,
+    /// With --upstream-tls: the server name to send and verify, instead of each
+    /// upstream's host.
+    #[arg(long, value_name = "NAME", requires = "upstream_tls")]
+    pub upstream_sni: Option<String>,
+    /// With --upstream-tls: do not verify upstreams' certificates at all (anyone in the
+    /// path can read and change the traffic; logged at start).
+    #[arg(long, requires = "upstream_tls")]
+    pub upstream_insecure: bool,
+    /// TLS passthrough routed by SNI: clients whose ClientHello names NAME (exact, or
+    /// `*.example.com` for any name under it) go to HOST:PORT, their bytes untouched
+    /// (repeatable; a NAME given again balances among its upstreams). The hello must
+    /// come within --proxy-header-timeout.
+    #[arg(long, value_name = "NAME=HOST:PORT", value_parser = sni::parse_route,
+        conflicts_with_all = ["upstream", "upstream_tls", "tls_cert", "tls_listen"])]
+    pub sni_route: Vec<SniRoute>,
+    /// With --sni-route: where a ClientHello with no server name, or one no route takes,
+    /// goes (by default such clients are closed).
+    #[arg(long, value_name = "HOST:PORT", requires = "sni_route")]
+    pub sni_default: Option<String>,
     /// How new sessions pick an upstream.
     #[arg(long, value_enum, default_value = "round-robin")]
     pub balance: Balance,
@@ -208,7 +243,8 @@ pub struct ProxyArgs {
     /// anyone). --allow/--deny then judge the client each header names.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr, requires = "accept_proxy")]
     pub proxy_from: Vec<IpNet>,
-    /// With --accept-proxy: close clients that send no header within this time.
+    /// Close clients that send no whole PROXY header (--accept-proxy) or ClientHello
+    /// (--sni-route) within this time.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub proxy_header_timeout: Duration,
     /// Log the traffic itself, tagged client->server / server->client (text, or hex; the
@@ -243,7 +279,7 @@ pub struct ProxyArgs {
     pub drain: Duration,
     /// Forward UDP datagrams instead of TCP connections: each client address is a flow
     /// with a socket of its own to the upstream --balance picks, so replies find it.
-    #[arg(long, conflicts_with_all = ["accept_proxy", "send_proxy", "tap", "splice", "splice_always", "tls_cert", "tls_listen"])]
+    #[arg(long, conflicts_with_all = ["accept_proxy", "send_proxy", "tap", "splice", "splice_always", "tls_cert", "tls_listen", "upstream_tls", "sni_route"])]
     pub udp: bool,
     /// With --udp: a flow ends after this long with no datagram either way.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
@@ -257,6 +293,28 @@ pub struct ProxyArgs {
 }
 
 impl ProxyArgs {
+    /// With `--upstream-tls`: the client side's settings (the CA file is read here, so
+    /// a bad one is an error at start and at reload).
+    fn upstream_tls(&self) -> Result<Option<UpstreamTls>> {
+        if !self.upstream_tls {
+            return Ok(None);
+        }
+        let verify = match (&self.upstream_ca, self.upstream_insecure) {
+            (_, true) => Verify::Insecure,
+            (Some(ca), false) => Verify::Ca(ca.clone()),
+            (None, false) => Verify::SystemRoots,
+        };
+        let config = tls::client_config_for(&verify, "--upstream-ca", "--upstream-insecure")?;
+        if let Some(name) = &self.upstream_sni {
+            tls::server_name("", Some(name)).map_err(|e| format!("--upstream-sni: {e}"))?;
+        }
+        Ok(Some(UpstreamTls {
+            config,
+            sni: self.upstream_sni.clone(),
+            insecure: self.upstream_insecure,
+        }))
+    }
+
     /// With `--udp`: the UDP proxy's settings.
     pub fn udp_config(&self) -> Result<UdpProxyConfig> {
         self.config()?; // the checks the TCP proxy makes of --listen hold too
@@ -279,8 +337,24 @@ impl ProxyArgs {
                 return Err(format!("--listen {addr} is given twice").into());
             }
         }
+        let upstreams = Upstreams::with_tls(
+            self.upstream.clone(),
+            self.balance,
+            self.backoff,
+            self.upstream_tls()?,
+        );
+        let sni = match self.sni_route.is_empty() {
+            true => None,
+            false => Some(SniRoutes::new(
+                &self.sni_route,
+                self.sni_default.as_deref(),
+                &upstreams,
+                self.proxy_header_timeout,
+            )?),
+        };
         let config = ProxyConfig {
-            upstreams: Upstreams::new(self.upstream.clone(), self.balance, self.backoff),
+            upstreams,
+            sni,
             connect_timeout: self.connect_timeout.max(Duration::from_millis(1)),
             fin_timeout: nonzero(self.fin_timeout),
             send_proxy: self.send_proxy,

@@ -517,6 +517,7 @@ fn a_keep_alive_exchange_works_through_the_proxy() {
     let proxy_addr = listener.local_addr().unwrap();
     let (_trigger, shutdown) = shutdown::channel();
     let cfg = ProxyConfig {
+        sni: None,
         upstreams: Upstreams::new(
             vec![server.addr.to_string()],
             Balance::First,

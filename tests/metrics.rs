@@ -375,6 +375,7 @@ fn chat_counts_users_rooms_lines_said_deliveries_departures_and_flood_drops() {
 
 fn proxy_config(upstreams: &[SocketAddr]) -> ProxyConfig {
     ProxyConfig {
+        sni: None,
         upstreams: Upstreams::new(
             upstreams.iter().map(|a| a.to_string()).collect(),
             Balance::First,

@@ -35,6 +35,7 @@ struct Proxy {
 
 fn config(upstreams: &[SocketAddr], balance: Balance) -> ProxyConfig {
     ProxyConfig {
+        sni: None,
         upstreams: Upstreams::new(
             upstreams.iter().map(|a| a.to_string()).collect(),
             balance,

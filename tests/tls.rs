@@ -8,12 +8,13 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use common::certs::*;
 use common::*;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use rustls::pki_types::ServerName;
@@ -21,86 +22,11 @@ use switchboard::net::listener::{Listeners, ServerConfig};
 use switchboard::net::shutdown::{self, Trigger};
 use switchboard::net::stats::Stats;
 use switchboard::net::stream::Stream;
-use switchboard::net::tls::{self, Tls, Verify};
+use switchboard::net::tls;
 use switchboard::roles::chat::{self, broker::ChatConfig};
 use switchboard::roles::echo::Echo;
 use switchboard::roles::http::{self, HttpConfig};
 use switchboard::rt::{self, TcpListener};
-
-/// A CA, a server certificate it signed for `localhost` and 127.0.0.1, and the server's
-/// key, written to a directory of their own (the key mode 600, as a server wants it).
-struct Certs {
-    dir: PathBuf,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Certs {
-    fn new(name: &str) -> Certs {
-        let dir =
-            std::env::temp_dir().join(format!("switchboard-tls-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "switchboard test CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "localhost");
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        let certs = Certs {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            dir,
-        };
-        std::fs::write(&certs.ca, ca.pem()).unwrap();
-        std::fs::write(&certs.cert, cert.pem()).unwrap();
-        write_private(&certs.key, &key.serialize_pem());
-        certs
-    }
-
-    /// The server's TLS, with a handshake limit.
-    fn tls(&self, handshake: Duration) -> Arc<Tls> {
-        Arc::new(Tls::load(&self.cert, &self.key, handshake).unwrap())
-    }
-
-    /// A client config trusting this CA only.
-    fn client(&self) -> Arc<rustls::ClientConfig> {
-        tls::client_config(&Verify::Ca(self.ca.clone())).unwrap()
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A blocking TLS client on a std socket (reads time out after [`DEADLINE`]).
 type Blocking = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
@@ -206,6 +132,7 @@ fn the_proxy_terminates_tls_and_copies_to_a_plain_upstream_even_with_splice_aske
     let listener = rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = ProxyConfig {
+        sni: None,
         upstreams: Upstreams::new(
             vec![echo.tcp.to_string()],
             Balance::First,

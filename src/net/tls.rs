@@ -393,6 +393,16 @@ pub enum Verify {
 
 /// A client's TLS settings: TLS 1.2 and 1.3, verifying as `verify` says.
 pub fn client_config(verify: &Verify) -> Result<Arc<rustls::ClientConfig>> {
+    client_config_for(verify, "--ca", "--insecure")
+}
+
+/// [`client_config`], its errors naming the options as `ca` and `insecure` (the proxy's
+/// are `--upstream-ca` and `--upstream-insecure`).
+pub fn client_config_for(
+    verify: &Verify,
+    ca: &str,
+    insecure: &str,
+) -> Result<Arc<rustls::ClientConfig>> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| format!("TLS: {e}"))?;
@@ -403,10 +413,10 @@ pub fn client_config(verify: &Verify) -> Result<Arc<rustls::ClientConfig>> {
             .with_no_client_auth(),
         Verify::Ca(path) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certs(path, "--ca")? {
+            for cert in read_certs(path, ca)? {
                 roots
                     .add(cert)
-                    .map_err(|e| format!("--ca {}: {e}", path.display()))?;
+                    .map_err(|e| format!("{ca} {}: {e}", path.display()))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -421,7 +431,7 @@ pub fn client_config(verify: &Verify) -> Result<Arc<rustls::ClientConfig>> {
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default();
                 return Err(format!(
-                    "no system root certificates found{why}: give --ca PEM, or --insecure"
+                    "no system root certificates found{why}: give {ca} PEM, or {insecure}"
                 )
                 .into());
             }
@@ -463,6 +473,8 @@ pub struct Peer {
     pub subject: String,
     /// The application protocol agreed (ALPN), if the client offered any.
     pub alpn: Option<String>,
+    /// The name the certificate was verified by (and sent as SNI, unless an IP address).
+    pub server_name: String,
 }
 
 /// Runs the client side of the handshake over `stream` (connected to `addr`), within
@@ -504,6 +516,7 @@ pub async fn connect(
         alpn: session
             .alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned()),
+        server_name: name.to_str().into_owned(),
     };
     Ok((Stream::over(socket, tls), peer))
 }

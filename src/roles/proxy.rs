@@ -30,6 +30,7 @@
 
 pub mod header;
 pub mod metrics;
+pub mod sni;
 pub mod udp;
 pub mod upstreams;
 
@@ -64,7 +65,12 @@ const TAP_MAX: usize = 1024;
 
 /// Proxy settings beyond the common server ones.
 pub struct ProxyConfig {
+    /// Where sessions go; with `sni`, empty: the routes' tables are its siblings
+    /// ([`Upstreams::sibling`]) and share its descriptor waiters.
     pub upstreams: Arc<Upstreams>,
+    /// `--sni-route`/`--sni-default`: TLS passthrough, each session's upstreams picked by
+    /// the server name in its ClientHello ([`sni`]).
+    pub sni: Option<sni::SniRoutes>,
     /// How long one connect attempt to an upstream may take.
     pub connect_timeout: Duration,
     /// After one side's FIN, close the session if nothing moves for this long.
@@ -109,6 +115,7 @@ pub async fn run_many(
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
+    announce(&proxy);
     let (server, proxy) = (Arc::new(server), Arc::new(proxy));
     let loops = listeners
         .into()
@@ -139,6 +146,7 @@ pub async fn run_pinned(
     shutdown: Shutdown,
 ) -> Result<()> {
     let threads = listeners.len();
+    announce(&proxy);
     // Each thread's accept loop logs at debug; each address is announced here, once.
     let (server, proxy) = (Arc::new(server.quiet()), Arc::new(proxy));
     let listeners: Vec<_> = listeners
@@ -205,6 +213,15 @@ pub async fn run_pinned(
     Ok(())
 }
 
+/// The start-up lines of what is not said per session: upstreams that are not verified.
+fn announce(proxy: &ProxyConfig) {
+    if proxy.upstreams.tls().is_some_and(|t| t.insecure) {
+        let targets: Vec<&str> = proxy.upstreams.targets().collect();
+        log::warn!(role = "proxy", upstreams = targets.join(",").as_str();
+            "--upstream-insecure: the upstreams' certificates are NOT verified; anyone in the path can read and change the traffic");
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     server: Arc<ServerConfig>,
@@ -227,6 +244,9 @@ async fn serve(
     // The service's counters (the same on every listener and thread, and after a reload).
     let metrics = stats.role_metrics::<ProxyMetrics>();
     proxy.upstreams.count_into(&metrics);
+    for table in proxy.sni.iter().flat_map(sni::SniRoutes::tables) {
+        table.count_into(&metrics);
+    }
     listener::serve(
         "proxy",
         listener,
@@ -499,11 +519,6 @@ async fn session(
         close_now,
         tls,
     } = conn;
-    // `terminated`: the client's TLS ends here, and the upstream gets plain bytes.
-    let (tls_mode, sni) = match &tls {
-        Some(tls) => ("terminated", tls.sni.as_deref().unwrap_or("").to_owned()),
-        None => ("none", String::new()),
-    };
     let local = client.socket().local_addr()?;
     let client_socket = client.socket().clone();
     let (mut client_read, client_write) = client.split();
@@ -527,7 +542,43 @@ async fn session(
             return Ok(());
         }
     }
-    let up = match cfg.upstreams.connect(cfg.connect_timeout).await {
+    // Routing by SNI: the ClientHello picks the upstreams, and is their first bytes.
+    let (upstreams, passthrough) = match &cfg.sni {
+        None => (&cfg.upstreams, None),
+        Some(routes) => {
+            let taken = std::mem::take(&mut early);
+            let hello = match sni::read_client_hello(
+                &mut client_read,
+                taken,
+                routes.hello_timeout,
+                &stats,
+            )
+            .await
+            {
+                Ok(hello) => hello,
+                Err(why) => {
+                    metrics.unconnected[2].inc();
+                    log::info!(client = src.to_string().as_str(), error = why.as_str(); "proxy: no ClientHello to route by; closing the client");
+                    return Ok(());
+                }
+            };
+            early = hello.bytes;
+            let name = hello.sni.unwrap_or_default();
+            match routes.pick(Some(name.as_str()).filter(|n| !n.is_empty())) {
+                Some(table) => (table, Some(name)),
+                None => {
+                    metrics.unconnected[3].inc();
+                    let why = match name.as_str() {
+                        "" => "its ClientHello names no server (no SNI)",
+                        _ => "no --sni-route takes its server name",
+                    };
+                    log::info!(client = src.to_string().as_str(), sni = name.as_str(); "proxy: {why}, and there is no --sni-default; closing the client");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let up = match upstreams.connect(cfg.connect_timeout).await {
         Ok(up) => up,
         Err(ConnectError::Upstreams(why)) => {
             metrics.unconnected[0].inc();
@@ -541,6 +592,19 @@ async fn session(
         }
     };
 
+    // How TLS crosses the proxy, for the session line: `terminated` (the client's TLS
+    // ends here), `originated` (ours to the upstream), both, or `passthrough` (routed
+    // by SNI, relayed untouched); and the server name the client asked for.
+    let (tls_mode, sni_name) = match (&tls, &up.tls, passthrough) {
+        (_, _, Some(name)) => ("passthrough", name),
+        (Some(tls), Some(_), None) => (
+            "terminated+originated",
+            tls.sni.as_deref().unwrap_or("").to_owned(),
+        ),
+        (Some(tls), None, None) => ("terminated", tls.sni.as_deref().unwrap_or("").to_owned()),
+        (None, Some(up), None) => ("originated", up.server_name.clone()),
+        (None, None, None) => ("none", String::new()),
+    };
     let up_socket = up.stream.socket().clone();
     let (up_read, up_write) = up.stream.split();
     // Splicing moves bytes between the sockets themselves, so both must be plain.
@@ -687,7 +751,7 @@ async fn session(
     if dropped_up == 0 && dropped_down == 0 {
         log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
             bytes_up = bytes_up, bytes_down = bytes_down, ms = ms, closed_first = closed_first, cut_by = cut_by,
-            tls = tls_mode, sni = sni.as_str(); "proxy: session closed");
+            tls = tls_mode, sni = sni_name.as_str(); "proxy: session closed");
     } else {
         let why = match cut_by {
             "none" => format!("read but not yet written when the session ended ({closed_first})"),
@@ -698,7 +762,7 @@ async fn session(
         log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
             bytes_up = bytes_up, bytes_down = bytes_down, dropped_up = dropped_up, dropped_down = dropped_down,
             dropped_why = why.as_str(), ms = ms, closed_first = closed_first, cut_by = cut_by,
-            tls = tls_mode, sni = sni.as_str(); "proxy: session closed");
+            tls = tls_mode, sni = sni_name.as_str(); "proxy: session closed");
     }
     // Counted by what ended it: this task's cut (a timeout, the drain) if it made one,
     // else the side that closed first. By `closed_first` alone a fin timeout would never

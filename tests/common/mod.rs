@@ -2,6 +2,7 @@
 //! condition with a deadline, run the built binary, make reproducible random bytes.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod certs;
 pub mod prom;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -34,7 +34,7 @@ pub static SESSIONS_OPEN: Family = Family {
 /// `switchboard_proxy_upstream_connect_failures_total{upstream}`.
 pub static CONNECT_FAILURES: Family = Family {
     name: "switchboard_proxy_upstream_connect_failures",
-    help: "Connects to this upstream that failed (refused, timed out, did not resolve); a shortage of descriptors here is not counted.",
+    help: "Connects to this upstream that failed (refused, timed out, did not resolve; with --upstream-tls, a TLS handshake that failed); a shortage of descriptors here is not counted.",
     kind: Kind::Counter,
     seconds: false,
 };
@@ -58,7 +58,7 @@ pub static SESSIONS: Family = Family {
 /// `switchboard_proxy_unconnected_total{reason}`.
 pub static UNCONNECTED: Family = Family {
     name: "switchboard_proxy_unconnected",
-    help: "Clients closed without a session: no upstream answered, or no descriptor to connect with here.",
+    help: "Clients closed without a session: no upstream answered, no descriptor to connect with here, or (routing by SNI) no valid ClientHello in time or no route for its name.",
     kind: Kind::Counter,
     seconds: false,
 };
@@ -90,8 +90,10 @@ pub const ENDS: [(&str, &str); 7] = [
     ("shutdown", "shutdown"),
 ];
 
-/// Why a client got no session, in [`ProxyMetrics::unconnected`]' order.
-pub const UNCONNECTED_REASONS: [&str; 2] = ["no_upstream", "local"];
+/// Why a client got no session, in [`ProxyMetrics::unconnected`]' order: no upstream
+/// answered; no descriptor here; (routing by SNI) no whole, valid ClientHello in time;
+/// no route for its name and no default.
+pub const UNCONNECTED_REASONS: [&str; 4] = ["no_upstream", "local", "no_hello", "no_route"];
 
 /// One proxy service's counters.
 #[derive(Debug, Default)]
@@ -100,7 +102,7 @@ pub struct ProxyMetrics {
     /// starts and when the counters are read out, never by a session.
     upstreams: Mutex<Vec<Arc<UpstreamMetrics>>>,
     /// By [`UNCONNECTED_REASONS`].
-    pub unconnected: [Counter; 2],
+    pub unconnected: [Counter; 4],
 }
 
 impl ProxyMetrics {

@@ -20,10 +20,13 @@ use std::time::{Duration, Instant};
 
 use super::metrics::{ProxyMetrics, UpstreamMetrics};
 
+use futures_rustls::rustls;
+
 use crate::net::describe::describe;
 use crate::net::limits::{errno_left_by, exhausted, is_resource_exhaustion, socket_available};
 use crate::net::splice;
 use crate::net::stream::Stream;
+use crate::net::tls;
 use crate::rt;
 
 /// First pause before a connect that met a local shortage is tried again; it doubles.
@@ -65,6 +68,20 @@ pub struct Upstreams {
     base: Instant,
     /// Sessions waiting for a descriptor to connect with (see the module notes).
     descriptor_waiters: Arc<AtomicUsize>,
+    /// `--upstream-tls`: each connection's TLS handshake is part of connecting to it.
+    tls: Option<Arc<UpstreamTls>>,
+}
+
+/// `--upstream-tls`: the proxy is the TLS client of its upstreams (*originates* TLS).
+/// A handshake that fails (a certificate that is expired, of another name or of an
+/// unknown issuer; no TLS at all) fails that upstream as a refused connect does: it is
+/// logged, put in back-off and the next one is tried. There is never a plain fallback.
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// `--upstream-sni`: the name sent and verified; by default each upstream's host.
+    pub sni: Option<String>,
+    /// `--upstream-insecure`: certificates are not verified (the proxy says so at start).
+    pub insecure: bool,
 }
 
 /// Why no upstream could be reached.
@@ -140,6 +157,8 @@ impl Drop for ActiveGuard {
 /// A connected upstream.
 pub struct Connected {
     pub stream: Stream,
+    /// With `--upstream-tls`: what the upstream's handshake showed.
+    pub tls: Option<tls::Peer>,
     /// The upstream as configured (for logs).
     pub name: String,
     /// The address actually reached.
@@ -149,6 +168,51 @@ pub struct Connected {
 
 impl Upstreams {
     pub fn new(targets: Vec<String>, balance: Balance, backoff: Duration) -> Arc<Self> {
+        Self::build(
+            targets,
+            balance,
+            backoff,
+            None,
+            Arc::new(AtomicUsize::new(0)),
+        )
+    }
+
+    /// Upstreams reached over TLS (`tls`), or plain (`None`).
+    pub fn with_tls(
+        targets: Vec<String>,
+        balance: Balance,
+        backoff: Duration,
+        tls: Option<UpstreamTls>,
+    ) -> Arc<Self> {
+        Self::build(
+            targets,
+            balance,
+            backoff,
+            tls.map(Arc::new),
+            Arc::new(AtomicUsize::new(0)),
+        )
+    }
+
+    /// Another table with these targets and this one's balance, back-off, TLS and
+    /// descriptor waiters: one proxy's tables (one per `--sni-route` name) hold new
+    /// clients together while any session waits for a descriptor.
+    pub fn sibling(&self, targets: Vec<String>) -> Arc<Self> {
+        Self::build(
+            targets,
+            self.balance,
+            self.backoff,
+            self.tls.clone(),
+            self.descriptor_waiters.clone(),
+        )
+    }
+
+    fn build(
+        targets: Vec<String>,
+        balance: Balance,
+        backoff: Duration,
+        tls: Option<Arc<UpstreamTls>>,
+        descriptor_waiters: Arc<AtomicUsize>,
+    ) -> Arc<Self> {
         let list = targets
             .into_iter()
             .map(|target| Upstream {
@@ -164,8 +228,19 @@ impl Upstreams {
             cursor: AtomicUsize::new(0),
             backoff,
             base: Instant::now(),
-            descriptor_waiters: Arc::new(AtomicUsize::new(0)),
+            descriptor_waiters,
+            tls,
         })
+    }
+
+    /// With `--upstream-tls`: its settings.
+    pub fn tls(&self) -> Option<&UpstreamTls> {
+        self.tls.as_deref()
+    }
+
+    /// The targets, as configured.
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(|up| up.target.as_str())
     }
 
     /// Counts each upstream into `metrics` from now on (by its target as configured).
@@ -237,8 +312,8 @@ impl Upstreams {
             let mut pause = LOCAL_RETRY_MIN;
             loop {
                 let tried = Instant::now();
-                match connect_one(&up.target, timeout).await {
-                    Ok((stream, addr)) => {
+                match connect_one(&up.target, timeout, self.tls.as_deref()).await {
+                    Ok((stream, addr, tls)) => {
                         up.down_until.store(0, Relaxed);
                         up.active.fetch_add(1, Relaxed);
                         let metrics = up.metrics.get().cloned();
@@ -248,6 +323,7 @@ impl Upstreams {
                         }
                         return Ok(Connected {
                             stream,
+                            tls,
                             name: up.target.clone(),
                             addr,
                             guard: ActiveGuard(self.clone(), i, metrics),
@@ -369,7 +445,30 @@ async fn open_udp_to(addrs: &[SocketAddr]) -> Result<(rt::UdpSocket, SocketAddr)
     Err(Failure::Remote(last))
 }
 
-async fn connect_one(target: &str, timeout: Duration) -> Result<(Stream, SocketAddr), Failure> {
+/// Connects to `target` (and, with `tls`, runs the client handshake over the
+/// connection, within `timeout` too): the stream, the address reached, and what the
+/// handshake showed.
+async fn connect_one(
+    target: &str,
+    timeout: Duration,
+    tls: Option<&UpstreamTls>,
+) -> Result<(Stream, SocketAddr, Option<tls::Peer>), Failure> {
+    let (stream, addr) = connect_tcp(target, timeout).await?;
+    let Some(settings) = tls else {
+        return Ok((stream, addr, None));
+    };
+    let name = tls::server_name(target, settings.sni.as_deref()).map_err(|e| {
+        Failure::Remote(format!(
+            "no TLS name to verify it by ({e}); give --upstream-sni"
+        ))
+    })?;
+    match tls::connect(settings.config.clone(), name, stream, addr, timeout).await {
+        Ok((stream, peer)) => Ok((stream, addr, Some(peer))),
+        Err(e) => Err(Failure::Remote(e.to_string())),
+    }
+}
+
+async fn connect_tcp(target: &str, timeout: Duration) -> Result<(Stream, SocketAddr), Failure> {
     // A lookup needs descriptors too (the hosts file, a socket to the DNS server); see
     // [`lookup_failure`] for how a lookup that failed for want of one is told apart.
     let (looked_up, errno_left) = resolve(target).await;
