@@ -219,7 +219,12 @@ pub struct ProxyArgs {
     pub sni_route: Vec<SniRoute>,
     /// With --sni-route: where a ClientHello with no server name, or one no route takes,
     /// goes (by default such clients are closed).
-    #[arg(long, value_name = "HOST:PORT", requires = "sni_route")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        requires = "sni_route",
+        conflicts_with = "upstream"
+    )]
     pub sni_default: Option<String>,
     /// How new sessions pick an upstream.
     #[arg(long, value_enum, default_value = "round-robin")]
