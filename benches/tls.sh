@@ -17,7 +17,7 @@
 #     connection at a time, so it is latency-bound: compare it only across servers).
 #
 # Uses wrk, nginx and openssl (installed with apt-get if missing, as root). Binds
-# 127.0.0.1 ports 17120-17123 only; every run is bounded by `timeout`; everything it
+# 127.0.0.1 ports 17240-17242 only (it stops if one is taken); every run is bounded by `timeout`; everything it
 # starts is stopped when it exits. Progress to stderr, one line per figure to stdout.
 set -euo pipefail
 
@@ -86,8 +86,14 @@ mkdir -p site
 head -c 1024 /dev/urandom >site/1k
 chmod -R a+rX site
 
-start sb_http "$SB" -q http --listen 127.0.0.1:17120 --root site --tls-cert cert.pem --tls-key key.pem
-start sb_echo "$SB" -q echo --tcp 127.0.0.1:17121 --tls-cert cert.pem --tls-key key.pem
+for port in 17240 17241 17242; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        say "127.0.0.1:$port is taken by another program: stop it first"
+        exit 1
+    fi
+done
+start sb_http "$SB" -q http --listen 127.0.0.1:17240 --root site --tls-cert cert.pem --tls-key key.pem
+start sb_echo "$SB" -q echo --tcp 127.0.0.1:17241 --tls-cert cert.pem --tls-key key.pem
 cat >nginx.conf <<CFG
 worker_processes auto;
 daemon off;
@@ -100,7 +106,7 @@ http {
     tcp_nopush on;
     keepalive_requests 1000000;
     server {
-        listen 127.0.0.1:17122 ssl;
+        listen 127.0.0.1:17242 ssl;
         ssl_certificate $WORK/cert.pem;
         ssl_certificate_key $WORK/key.pem;
         ssl_protocols TLSv1.3;
@@ -109,7 +115,7 @@ http {
 }
 CFG
 start nginx nginx -p "$WORK" -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf"
-for port in 17120 17121 17122; do wait_port $port; done
+for port in 17240 17241 17242; do wait_port $port; done
 BOUND=$((DUR + 30))
 
 # wrk's requests/s; nothing if any request failed or was not a 2xx.
@@ -136,16 +142,16 @@ s_time() {
 
 for round in $(seq "$ROUNDS"); do
     say "round $round of $ROUNDS"
-    echo "round $round  https 1k keep-alive  switchboard  $(wrk_rate -t2 -c64 -d"${DUR}s" https://127.0.0.1:17120/1k) req/s"
-    echo "round $round  https 1k keep-alive  nginx        $(wrk_rate -t2 -c64 -d"${DUR}s" https://127.0.0.1:17122/1k) req/s"
-    echo "round $round  bench connect --tls  switchboard echo  $(handshakes 17121) handshakes/s"
-    echo "round $round  bench connect --tls  switchboard http  $(handshakes 17120) handshakes/s"
-    echo "round $round  bench connect --tls  nginx             $(handshakes 17122) handshakes/s"
+    echo "round $round  https 1k keep-alive  switchboard  $(wrk_rate -t2 -c64 -d"${DUR}s" https://127.0.0.1:17240/1k) req/s"
+    echo "round $round  https 1k keep-alive  nginx        $(wrk_rate -t2 -c64 -d"${DUR}s" https://127.0.0.1:17242/1k) req/s"
+    echo "round $round  bench connect --tls  switchboard echo  $(handshakes 17241) handshakes/s"
+    echo "round $round  bench connect --tls  switchboard http  $(handshakes 17240) handshakes/s"
+    echo "round $round  bench connect --tls  nginx             $(handshakes 17242) handshakes/s"
     close=(-t2 -c64 -d"${DUR}s" -H 'Connection: close')
-    echo "round $round  wrk Connection: close  switchboard  $(wrk_rate "${close[@]}" https://127.0.0.1:17120/1k) req/s"
-    echo "round $round  wrk Connection: close  nginx        $(wrk_rate "${close[@]}" https://127.0.0.1:17122/1k) req/s"
-    echo "round $round  openssl s_time -new    switchboard  $(s_time 17120) conn/s"
-    echo "round $round  openssl s_time -new    nginx        $(s_time 17122) conn/s"
+    echo "round $round  wrk Connection: close  switchboard  $(wrk_rate "${close[@]}" https://127.0.0.1:17240/1k) req/s"
+    echo "round $round  wrk Connection: close  nginx        $(wrk_rate "${close[@]}" https://127.0.0.1:17242/1k) req/s"
+    echo "round $round  openssl s_time -new    switchboard  $(s_time 17240) conn/s"
+    echo "round $round  openssl s_time -new    nginx        $(s_time 17242) conn/s"
 done
 if [ -s bench.err ]; then
     say "bench said:"
