@@ -5,6 +5,10 @@
 //! bounded grace period to collect what is in flight), checks what comes back, and prints
 //! a table (or `--json`). A target that refuses or misbehaves is a clear error, not a hang.
 //!
+//! With `--tls` (echo, stream, http, connect) every connection is opened through a
+//! [`Dialer`]: TCP, then a full TLS handshake (no session resumption), verified as
+//! `connect --tls` verifies; the first connection that fails says why and ends the run.
+//!
 //! Try it: `switchboard echo & switchboard bench echo 127.0.0.1:7007 --conns 50 --size 512`.
 
 pub mod chat;
@@ -14,7 +18,7 @@ pub mod http;
 mod many;
 pub mod stream;
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,18 +26,29 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use futures_rustls::rustls;
+use futures_rustls::rustls::pki_types::ServerName;
+
 use crate::Result;
+use crate::client::TlsArgs;
+use crate::net::describe::describe;
 use crate::net::duration::parse_duration;
 use crate::net::stream::Stream;
+use crate::net::tls::{self, Verify};
 use crate::rt;
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
+    /// Ping-pong SIZE-byte messages, one in flight per connection.
     Echo,
+    /// Push SIZE-byte chunks as fast as the target takes them.
     Stream,
+    /// Open and close connections (with --tls: a full handshake each, no resumption).
     Connect,
+    /// Many clients in one room; deliveries and their latency (no --tls).
     Chat,
+    /// Keep-alive GETs of --path (with --tls: ALPN http/1.1).
     Http,
 }
 
@@ -45,7 +60,7 @@ pub struct BenchOptions {
     pub mode: Mode,
     /// The server to load: HOST:PORT (loopback only is the polite choice).
     #[arg(value_parser = parse_target)]
-    pub target: SocketAddr,
+    pub target: Target,
     /// Concurrent connections (chat: clients).
     #[arg(long, default_value_t = 50)]
     pub conns: usize,
@@ -81,19 +96,41 @@ pub struct BenchOptions {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// echo, stream, http, connect over TLS. connect: every connection is a new full
+    /// handshake (no session resumption), and the latency is connect plus handshake.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Print a progress line every second (on a terminal; set by the binary).
     #[arg(skip)]
     pub progress: bool,
 }
 
+/// What `bench` loads: the first address `HOST:PORT` resolves to, and `HOST:PORT` as
+/// typed (whose host is the name TLS verifies unless `--sni` says another).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub typed: String,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
 /// `HOST:PORT` as a target: the first address it resolves to.
-fn parse_target(target: &str) -> std::result::Result<SocketAddr, String> {
+fn parse_target(target: &str) -> std::result::Result<Target, String> {
     use std::net::ToSocketAddrs;
-    target
+    let addr = target
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {target}: {e}"))?
         .next()
-        .ok_or_else(|| format!("{target} resolves to no address"))
+        .ok_or_else(|| format!("{target} resolves to no address"))?;
+    Ok(Target {
+        addr,
+        typed: target.to_owned(),
+    })
 }
 
 /// The most any run may take beyond `--duration` to collect what is in flight.
@@ -345,6 +382,9 @@ pub async fn run(opts: BenchOptions) -> Result<()> {
     if opts.conns == 0 {
         return Err("--conns must be at least 1".into());
     }
+    if opts.tls.tls && opts.mode == Mode::Chat {
+        return Err("bench chat does not speak TLS (its receivers read raw sockets with epoll): load the chat's plain port".into());
+    }
     let progress = Progress::default();
     let ticker = opts.progress.then(|| {
         let p = progress.clone();
@@ -394,24 +434,95 @@ pub async fn run(opts: BenchOptions) -> Result<()> {
     Ok(())
 }
 
-/// Opens `n` TCP connections to `target` (with TCP_NODELAY); a refusal is an error.
-pub async fn open_all(target: SocketAddr, n: usize) -> Result<Vec<Stream>> {
-    let mut conns = Vec::with_capacity(n);
-    for i in 0..n {
-        let s = match rt::timeout(REPLY_TIMEOUT, Stream::connect(target)).await {
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                let why = crate::net::describe::describe(&e);
-                return Err(format!("connection {} of {n} to {target}: {why}", i + 1).into());
-            }
-            None => {
-                return Err(format!("connection {} of {n} to {target}: timed out", i + 1).into());
-            }
+/// How every connection of a run is opened: TCP with TCP_NODELAY, and with `--tls` a full
+/// handshake over it. Cheap to clone (one per task).
+#[derive(Clone)]
+pub struct Dialer {
+    target: SocketAddr,
+    tls: Option<DialTls>,
+}
+
+#[derive(Clone)]
+struct DialTls {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    verify: Verify,
+}
+
+impl Dialer {
+    /// The dialer for `opts`, offering `alpn` under TLS. The TLS settings are read here,
+    /// so a bad `--ca` or `--sni` is an error before any connection. Session resumption is
+    /// off: every connection pays a full handshake, which is what `connect` measures.
+    pub fn new(opts: &BenchOptions, alpn: &[&[u8]]) -> Result<Dialer> {
+        let tls = if opts.tls.tls {
+            let verify = opts.tls.verify();
+            let mut config = (*tls::client_config(&verify)?).clone();
+            config.resumption = rustls::client::Resumption::disabled();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Some(DialTls {
+                config: Arc::new(config),
+                name: tls::server_name(&opts.target.typed, opts.tls.sni.as_deref())?,
+                verify,
+            })
+        } else {
+            None
         };
-        s.socket().set_nodelay(true)?;
-        conns.push(s);
+        Ok(Dialer {
+            target: opts.target.addr,
+            tls,
+        })
     }
-    Ok(conns)
+
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// One connection, ready for the mode's bytes (its handshake done, under TLS); an
+    /// error is a phrase saying why.
+    pub async fn open(&self) -> Result<Stream> {
+        let stream = match rt::timeout(REPLY_TIMEOUT, Stream::connect(self.target)).await {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return Err(describe(&e).into()),
+            None => return Err("connect timed out".into()),
+        };
+        stream.socket().set_nodelay(true)?;
+        let Some(t) = &self.tls else {
+            return Ok(stream);
+        };
+        let handshake = tls::connect(
+            t.config.clone(),
+            t.name.clone(),
+            stream,
+            self.target,
+            REPLY_TIMEOUT,
+        );
+        match handshake.await {
+            Ok((stream, _)) => Ok(stream),
+            Err(e) => Err(tls::with_hint(e, &t.verify)),
+        }
+    }
+
+    /// Opens `n` connections one after another; the first that fails ends it, with why.
+    pub async fn open_all(&self, n: usize) -> Result<Vec<Stream>> {
+        let mut conns = Vec::with_capacity(n);
+        for i in 0..n {
+            match self.open().await {
+                Ok(s) => conns.push(s),
+                Err(why) => {
+                    return Err(
+                        format!("connection {} of {n} to {}: {why}", i + 1, self.target).into(),
+                    );
+                }
+            }
+        }
+        Ok(conns)
+    }
+}
+
+/// Opens `n` plain TCP connections to `target` (with TCP_NODELAY); a refusal is an error.
+pub async fn open_all(target: SocketAddr, n: usize) -> Result<Vec<Stream>> {
+    Dialer { target, tls: None }.open_all(n).await
 }
 
 /// Waits for every task and merges their parts.

@@ -7,11 +7,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use switchboard::bench::{self, BenchOptions};
-use switchboard::client::{connect, listen};
+use switchboard::client::{TlsArgs, connect, listen};
 use switchboard::net::duration::parse_duration;
 use switchboard::net::listener::{Listeners, ServerConfig};
 use switchboard::net::stats::Stats;
-use switchboard::net::tls::Verify;
 use switchboard::options::{ChatArgs, HelloArgs, HttpArgs, ProxyArgs, Transports};
 use switchboard::role::NewSession;
 use switchboard::roles::chat;
@@ -55,6 +54,9 @@ enum Command {
     #[command(flatten)]
     Serve(serve::Command),
     /// Like nc: stdin to the socket and the socket to stdout, at the same time.
+    ///
+    /// With --tls, -v prints the TLS version and the server certificate's subject on
+    /// stderr.
     Connect(ConnectArgs),
     /// Prints what arrives, from many clients at once, each line tagged with its sender.
     ///
@@ -78,21 +80,8 @@ struct ConnectArgs {
     /// TCP: give up connecting (and, with --tls, the handshake) after this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     connect_timeout: Duration,
-    /// TCP: speak TLS (1.2 or 1.3), verifying the server against the system's root
-    /// certificates (or --ca) by the target's host name (or --sni); -v prints the version
-    /// and the server certificate's subject on stderr.
-    #[arg(long, conflicts_with = "udp")]
-    tls: bool,
-    /// With --tls: trust only the certificates in this PEM file.
-    #[arg(long, value_name = "PEM", requires = "tls")]
-    ca: Option<std::path::PathBuf>,
-    /// With --tls: the name to verify the certificate against and send as SNI.
-    #[arg(long, value_name = "NAME", requires = "tls")]
-    sni: Option<String>,
-    /// With --tls: do not verify the server's certificate at all (anyone in the path
-    /// can then read and change the traffic).
-    #[arg(long, requires = "tls", conflicts_with = "ca")]
-    insecure: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args)]
@@ -114,13 +103,9 @@ fn main() -> ExitCode {
                 udp: args.udp,
                 wait: args.wait,
                 connect_timeout: args.connect_timeout,
-                tls: args.tls.then(|| connect::TlsOptions {
-                    verify: match (args.insecure, args.ca) {
-                        (true, _) => Verify::Insecure,
-                        (false, Some(ca)) => Verify::Ca(ca),
-                        (false, None) => Verify::SystemRoots,
-                    },
-                    sni: args.sni,
+                tls: args.tls.tls.then(|| connect::TlsOptions {
+                    verify: args.tls.verify(),
+                    sni: args.tls.sni,
                     verbose: cli.verbosity.level() >= log::LevelFilter::Debug,
                 }),
             };
@@ -181,7 +166,7 @@ async fn serve_chat(args: ChatArgs) -> Result<()> {
 
 async fn run_bench(mut opts: bench::BenchOptions) -> Result<()> {
     use std::io::IsTerminal;
-    if !opts.target.ip().is_loopback() {
+    if !opts.target.addr.ip().is_loopback() {
         switchboard::note!(
             "switchboard bench: note: {} is not a loopback address; load only machines you run",
             opts.target

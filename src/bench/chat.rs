@@ -58,7 +58,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         return Err("chat needs --rate LINES (per sender per second)".into());
     }
     let senders = opts.senders.clamp(1, opts.conns);
-    let streams = open_all(opts.target, opts.conns).await?;
+    let streams = open_all(opts.target.addr, opts.conns).await?;
     let sockets: Vec<Socket> = streams.iter().map(|s| s.socket().clone()).collect();
     let (reads, mut writes): (Vec<_>, Vec<_>) = streams.into_iter().map(Stream::split).unzip();
     // Wait for each client's first line (welcome or announce): once the last one has

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{BenchOptions, Part, Progress, REPLY_TIMEOUT, Report, collect, open_all};
+use super::{BenchOptions, Dialer, Part, Progress, REPLY_TIMEOUT, Report, collect};
 use crate::Result;
 use crate::net::stream::Stream;
 use crate::rt::{self, UdpSocket};
@@ -19,7 +19,11 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         return Err("--size must be at least 1".into());
     }
     let report = Report::new(
-        if opts.udp { "echo (UDP)" } else { "echo" },
+        match (opts.udp, opts.tls.tls) {
+            (true, _) => "echo (UDP)",
+            (false, true) => "echo (TLS)",
+            (false, false) => "echo",
+        },
         "round trips",
         opts.conns,
     );
@@ -29,20 +33,21 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     let mut tasks = Vec::new();
     if opts.udp {
         for i in 0..opts.conns {
-            let socket = UdpSocket::bind(if opts.target.is_ipv4() {
+            let socket = UdpSocket::bind(if opts.target.addr.is_ipv4() {
                 "0.0.0.0:0"
             } else {
                 "[::]:0"
             })
             .await?;
-            socket.connect(opts.target).await?;
+            socket.connect(opts.target.addr).await?;
             let (size, progress) = (opts.size, progress.clone());
             tasks.push(rt::spawn(udp_conn(
                 socket, size, i as u8, end, pause, progress,
             )));
         }
     } else {
-        for (i, stream) in open_all(opts.target, opts.conns)
+        for (i, stream) in Dialer::new(opts, &[])?
+            .open_all(opts.conns)
             .await?
             .into_iter()
             .enumerate()
@@ -84,7 +89,8 @@ async fn tcp_conn(
     while Instant::now() < end {
         fill(&mut msg, conn, round);
         let t = Instant::now();
-        if let Err(e) = stream.write_all(&msg).await {
+        // (The flush: under TLS, so no ciphertext stays in the session; plain, nothing.)
+        if let Err(e) = stream.write_all(&msg).await.and(stream.flush().await) {
             part.error(format!("write: {e}"));
             break;
         }

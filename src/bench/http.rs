@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{BenchOptions, Part, Progress, REPLY_TIMEOUT, Report, collect, open_all};
+use super::{BenchOptions, Dialer, Part, Progress, REPLY_TIMEOUT, Report, collect};
 use crate::Result;
 use crate::net::stream::Stream;
 use crate::rt;
@@ -18,12 +18,16 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: switchboard-bench\r\n\r\n",
         opts.path, opts.target
     );
-    let report = Report::new("http", "requests", opts.conns);
+    let mode = if opts.tls.tls { "https" } else { "http" };
+    let report = Report::new(mode, "requests", opts.conns);
     let started = Instant::now();
     let end = started + opts.duration;
     let pause = (opts.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.rate));
     let mut tasks = Vec::new();
-    for stream in open_all(opts.target, opts.conns).await? {
+    for stream in Dialer::new(opts, &[b"http/1.1"])?
+        .open_all(opts.conns)
+        .await?
+    {
         let (request, progress) = (request.clone(), progress.clone());
         tasks.push(rt::spawn(one(stream, request, end, pause, progress)));
     }
@@ -44,7 +48,9 @@ async fn one(
     let mut have = 0usize; // bytes of `buf` holding unread response data
     while Instant::now() < end {
         let t = Instant::now();
-        if let Err(e) = stream.write_all(request.as_bytes()).await {
+        // (The flush: under TLS, so no ciphertext stays in the session; plain, nothing.)
+        let sent = stream.write_all(request.as_bytes()).await;
+        if let Err(e) = sent.and(stream.flush().await) {
             part.error(format!("write: {e}"));
             break;
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{BenchOptions, GRACE, Part, Progress, Report, collect, open_all};
+use super::{BenchOptions, Dialer, GRACE, Part, Progress, Report, collect};
 use crate::Result;
 use crate::net::stream::Stream;
 use crate::rt;
@@ -21,11 +21,17 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         return Err("--size must be at least 1".into());
     }
     let duplex = opts.duplex || opts.verify;
-    let report = Report::new("stream", "chunks", opts.conns);
+    let mode = if opts.tls.tls {
+        "stream (TLS)"
+    } else {
+        "stream"
+    };
+    let report = Report::new(mode, "chunks", opts.conns);
     let started = Instant::now();
     let end = started + opts.duration;
     let mut tasks = Vec::new();
-    for (i, stream) in open_all(opts.target, opts.conns)
+    for (i, stream) in Dialer::new(opts, &[])?
+        .open_all(opts.conns)
         .await?
         .into_iter()
         .enumerate()
@@ -137,7 +143,11 @@ async fn one(
             }
         }
     }
-    let _ = writer.socket().shut_write();
+    // The half-close: under TLS, what the session still holds, then close_notify, then
+    // the FIN (for a plain stream, just the FIN).
+    if rt::timeout(GRACE, writer.close()).await.is_none() {
+        let _ = writer.socket().shut_write();
+    }
     let received = receiving.await;
     if duplex && received.bytes_received != part.bytes_sent && received.errors.is_empty() {
         part.error(format!(

@@ -96,12 +96,9 @@ async fn tcp(opts: &ConnectOptions, addrs: Vec<SocketAddr>) -> Result<()> {
         let addr = stream.socket().peer_addr()?;
         let (secure, peer) = tls::connect(config, name, stream, addr, opts.connect_timeout)
             .await
-            .map_err(|e| match opts.tls.as_ref().map(|t| &t.verify) {
-                Some(Verify::SystemRoots) => format!(
-                    "{e} (checked against the system's root certificates; --ca PEM trusts a certificate of your own)"
-                )
-                .into(),
-                _ => e,
+            .map_err(|e| match &opts.tls {
+                Some(tls) => tls::with_hint(e, &tls.verify),
+                None => e,
             })?;
         if verbose {
             crate::note!(

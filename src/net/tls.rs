@@ -458,11 +458,36 @@ pub fn server_name(target: &str, sni: Option<&str>) -> Result<ServerName<'static
 
 /// A handshake error as a phrase, with what to do where rustls's own words are terse.
 fn explain(e: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error, HandshakeType};
     let text = e.to_string();
     if text.contains("CaUsedAsEndEntity") {
         return "the server's certificate is a CA certificate (basicConstraints CA:TRUE), which is not accepted as a server's own; make it with -addext basicConstraints=critical,CA:FALSE".into();
     }
-    text
+    match e {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            format!("{text} (the certificate is not signed by any CA this client trusts)")
+        }
+        // A plain-text server answers a ClientHello with its own words (an HTTP 400, a
+        // banner) or, if it echoes, with the ClientHello itself.
+        Error::InvalidMessage(_)
+        | Error::InappropriateHandshakeMessage {
+            got_type: HandshakeType::ClientHello,
+            ..
+        } => format!("{text} (the server did not answer in TLS: is it a plain-text server?)"),
+        _ => text,
+    }
+}
+
+/// A client's handshake error with what to do when it was checked against the system's
+/// roots: a private CA is trusted with `--ca`.
+pub fn with_hint(e: crate::Error, verify: &Verify) -> crate::Error {
+    match verify {
+        Verify::SystemRoots => format!(
+            "{e} (checked against the system's root certificates; --ca PEM trusts a certificate of your own)"
+        )
+        .into(),
+        _ => e,
+    }
 }
 
 /// What a client learnt in its handshake: the protocol version and the server
