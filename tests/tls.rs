@@ -738,6 +738,142 @@ fn installed(program: &str) -> bool {
 }
 
 #[test]
+fn interop_ncat_ssl_joins_the_chat_beside_a_telnet_user() {
+    if !installed("ncat") {
+        return;
+    }
+    let certs = Certs::new("interop-ncat");
+    let (plain, secure) = rt::block_on(async {
+        (
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        )
+    });
+    let (plain_addr, tls_addr) = (plain.local_addr().unwrap(), secure.local_addr().unwrap());
+    let (trigger, shutdown) = shutdown::channel();
+    let server = ServerConfig {
+        tls: Some(certs.tls(Duration::from_secs(10))),
+        ..ServerConfig::default()
+    };
+    let done = rt::spawn(chat::run(
+        Listeners {
+            main: vec![plain],
+            tls_beside: vec![secure],
+        },
+        None,
+        server,
+        ChatConfig::default(),
+        Stats::new(),
+        shutdown,
+    ));
+    let mut telnet = BufReader::new(client(plain_addr));
+    telnet.get_mut().write_all(b"/nick plain\n").unwrap();
+    read_until_contains(telnet.get_mut(), "is now plain");
+    // ncat verifies the certificate (--ssl-trustfile) by the name it is given.
+    let mut ncat = std::process::Command::new("ncat")
+        .args(["--ssl", "--ssl-trustfile", path(&certs.ca)])
+        .args(["--ssl-servername", "localhost"])
+        .args(["127.0.0.1", &tls_addr.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_ncat = ncat.stdin.take().unwrap();
+    let mut from_ncat = ncat.stdout.take().unwrap();
+    read_until_contains(&mut from_ncat, "* welcome to #lobby");
+    to_ncat.write_all(b"/nick ncat\n").unwrap();
+    read_until_contains(telnet.get_mut(), "is now ncat");
+    to_ncat.write_all(b"hello over ncat --ssl\n").unwrap();
+    read_until_contains(telnet.get_mut(), "<ncat> hello over ncat --ssl");
+    telnet.get_mut().write_all(b"hello from telnet\n").unwrap();
+    read_until_contains(&mut from_ncat, "<plain> hello from telnet");
+    drop(to_ncat);
+    let _ = ncat.kill();
+    let _ = ncat.wait();
+    trigger.fire();
+    rt::block_on(done);
+}
+
+#[test]
+fn interop_openssl_s_client_is_routed_by_sni_through_the_proxy() {
+    use switchboard::roles::proxy::{
+        self, ProxyConfig,
+        sni::{SniRoutes, parse_route},
+        upstreams::{Balance, Upstreams},
+    };
+    if !installed("openssl") {
+        return;
+    }
+    let (a, b) = (
+        Certs::named("interop-sni-a", &["a.test"]),
+        Certs::named("interop-sni-b", &["b.test"]),
+    );
+    let tls_echo = |certs: &Certs| {
+        start_role(
+            Echo,
+            ServerConfig {
+                tls: Some(certs.tls(Duration::from_secs(10))),
+                ..ServerConfig::default()
+            },
+        )
+    };
+    let (echo_a, echo_b) = (tls_echo(&a), tls_echo(&b));
+    let like = Upstreams::new(vec![], Balance::First, Duration::from_secs(30));
+    let routes = [
+        parse_route(&format!("a.test={}", echo_a.tcp)).unwrap(),
+        parse_route(&format!("*.test={}", echo_b.tcp)).unwrap(),
+    ];
+    let sni = SniRoutes::new(&routes, None, &like, Duration::from_secs(10)).unwrap();
+    let cfg = ProxyConfig {
+        sni: Some(sni),
+        upstreams: like,
+        connect_timeout: Duration::from_secs(5),
+        fin_timeout: Some(Duration::from_secs(60)),
+        send_proxy: None,
+        accept_proxy: None,
+        tap: false,
+        splice: Some(65536),
+        splice_always: false,
+    };
+    let listener = rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, shutdown) = shutdown::channel();
+    let done = rt::spawn(proxy::run(
+        listener,
+        ServerConfig::default(),
+        cfg,
+        Stats::new(),
+        shutdown,
+    ));
+    // Each name reaches the upstream holding its certificate (verified by its CA).
+    for (name, certs) in [("a.test", &a), ("b.test", &b)] {
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string(), "-quiet"])
+            .args(["-servername", name, "-verify_return_error"])
+            .args(["-verify_hostname", name, "-CAfile", path(&certs.ca)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let line = format!("to {name}\n");
+        child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(line.as_bytes())
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        assert_eq!(read_n(&mut out, line.len()), line.as_bytes(), "{name}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    trigger.fire();
+    rt::block_on(done);
+}
+
+#[test]
 fn interop_curl_and_openssl_s_client() {
     let certs = Certs::new("interop");
     if installed("curl") {
