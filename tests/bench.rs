@@ -1,5 +1,8 @@
 //! `switchboard bench` driven as the built binary against servers in this process:
-//! every mode completes, checks what comes back, and fails clearly on a bad target.
+//! every mode completes, checks what comes back, and fails clearly on a bad target. With
+//! `--tls` (certificates made here, rcgen): echo, stream --verify, http and connect
+//! complete; a wrong name, an unknown CA, a plain-text server and a server that never
+//! answers the handshake are each a clear error, not a hang.
 
 mod common;
 
@@ -7,6 +10,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::certs::*;
 use common::*;
 use switchboard::net::listener::ServerConfig;
 use switchboard::net::shutdown;
@@ -256,4 +260,198 @@ fn a_refusing_or_misbehaving_target_is_a_clear_error() {
     ]);
     assert!(!ok && out.contains("no reply within 10s"), "{out}");
     upper.stop();
+}
+
+// ---------------------------------------------------------------- --tls
+
+#[test]
+fn echo_stream_verify_and_connect_over_tls_complete() {
+    let certs = Certs::named("echo", &["localhost", "127.0.0.1"]);
+    let server = start_role(Echo, certs.server_config());
+    // By the target's host name (localhost), as connect verifies it.
+    let target = format!("localhost:{}", server.tcp.port());
+    let tls = ["--tls", "--ca", path(&certs.ca)];
+
+    let (ok, out, err) = bench(&[&["echo", &target, "--conns", "4"], &tls[..]].concat());
+    assert_clean(ok, &out, &err);
+    assert!(out.contains("\"mode\":\"echo (TLS)\""), "{out}");
+    assert_eq!(field(&out, "bytes_received"), field(&out, "bytes_sent"));
+
+    let stream = [
+        "stream", &target, "--conns", "2", "--size", "65536", "--verify",
+    ];
+    let (ok, out, err) = bench(&[&stream[..], &tls[..]].concat());
+    assert_clean(ok, &out, &err);
+    assert_eq!(
+        field(&out, "bytes_received"),
+        field(&out, "bytes_sent"),
+        "every byte came back through the session"
+    );
+
+    let (ok, out, err) = bench(&[&["connect", &target, "--conns", "2"], &tls[..]].concat());
+    assert_clean(ok, &out, &err);
+    assert!(out.contains("\"mode\":\"connect (TLS)\""), "{out}");
+    assert!(out.contains("\"latency_us\""), "{out}");
+
+    // Every handshake bench counted, the server finished too: none failed on its side
+    // (bench closes with close_notify and waits for the server's close, no resets).
+    let stats = server.stop();
+    assert_eq!(stats.tls.total(), 0, "handshakes the server saw fail");
+}
+
+#[test]
+fn http_over_tls_completes() {
+    let certs = Certs::named("http", &["localhost", "127.0.0.1"]);
+    let root = certs.dir.join("site");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("1k"), vec![b'x'; 1024]).unwrap();
+    let listener = rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = HttpConfig::new(&root, Duration::from_secs(10)).unwrap();
+    let (trigger, shutdown) = shutdown::channel();
+    let done = rt::spawn(http::run(
+        listener,
+        certs.server_config(),
+        cfg,
+        Stats::new(),
+        shutdown,
+    ));
+
+    // By IP address: the certificate names 127.0.0.1 too.
+    let target = addr.to_string();
+    let args = [
+        "http",
+        &target,
+        "--conns",
+        "4",
+        "--path",
+        "/1k",
+        "--tls",
+        "--ca",
+        path(&certs.ca),
+    ];
+    let (ok, out, err) = bench(&args);
+    assert_clean(ok, &out, &err);
+    assert_eq!(field(&out, "status 200"), field(&out, "ops"));
+    let (ok, out, err) = bench(&[
+        "connect",
+        &target,
+        "--conns",
+        "2",
+        "--tls",
+        "--ca",
+        path(&certs.ca),
+    ]);
+    assert_clean(ok, &out, &err);
+    trigger.fire();
+    rt::block_on(done);
+}
+
+#[test]
+fn a_wrong_name_or_unknown_ca_is_a_clear_error() {
+    let certs = Certs::named("other", &["other.example"]);
+    let server = start_role(Echo, certs.server_config());
+    let target = format!("localhost:{}", server.tcp.port());
+    for mode in ["echo", "connect", "http", "stream"] {
+        let (ok, out, err) = bench(&[mode, &target, "--tls", "--ca", path(&certs.ca)]);
+        assert!(!ok, "{mode}: {out}");
+        assert!(
+            err.contains("not valid for name \"localhost\""),
+            "{mode}: {err}"
+        );
+        assert!(err.contains("TLS handshake"), "{mode}: {err}");
+    }
+    // --sni names what the certificate says: accepted.
+    let (ok, out, err) = bench(&[
+        "echo",
+        &target,
+        "--conns",
+        "1",
+        "--tls",
+        "--ca",
+        path(&certs.ca),
+        "--sni",
+        "other.example",
+    ]);
+    assert_clean(ok, &out, &err);
+
+    // A CA that did not sign the server's certificate.
+    let stranger = Certs::named("stranger", &["localhost"]);
+    let (ok, _, err) = bench(&[
+        "echo",
+        &target,
+        "--tls",
+        "--ca",
+        path(&stranger.ca),
+        "--sni",
+        "other.example",
+    ]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("not signed by any CA this client trusts"),
+        "{err}"
+    );
+
+    // --insecure takes any certificate.
+    let (ok, out, err) = bench(&["connect", &target, "--conns", "1", "--tls", "--insecure"]);
+    assert_clean(ok, &out, &err);
+    server.stop();
+}
+
+#[test]
+fn a_plain_or_silent_server_is_a_clear_error() {
+    // A plain echo server sends our ClientHello back; a plain HTTP server answers text.
+    let plain = start_role(Echo, ServerConfig::default());
+    let target = plain.tcp.to_string();
+    for mode in ["echo", "connect"] {
+        let (ok, _, err) = bench(&[mode, &target, "--tls", "--insecure"]);
+        assert!(!ok, "{mode}: {err}");
+        assert!(
+            err.contains("did not answer in TLS: is it a plain-text server?"),
+            "{mode}: {err}"
+        );
+    }
+    plain.stop();
+
+    let root = std::env::temp_dir().join(format!("switchboard-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let listener = rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = HttpConfig::new(&root, Duration::from_secs(10)).unwrap();
+    let (trigger, shutdown) = shutdown::channel();
+    let done = rt::spawn(http::run(
+        listener,
+        ServerConfig::default(),
+        cfg,
+        Stats::new(),
+        shutdown,
+    ));
+    let (ok, _, err) = bench(&["http", &addr.to_string(), "--tls", "--insecure"]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("is it a plain-text server?"), "{err}");
+    trigger.fire();
+    rt::block_on(done);
+    let _ = std::fs::remove_dir_all(&root);
+
+    // A server that accepts and never answers the handshake: an error after the reply
+    // timeout, not a hang.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (ok, _, err) = bench(&[
+        "echo",
+        &silent.local_addr().unwrap().to_string(),
+        "--conns",
+        "1",
+        "--tls",
+        "--insecure",
+    ]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("not finished within"), "{err}");
+    drop(silent);
+}
+
+#[test]
+fn chat_over_tls_is_refused_with_a_reason() {
+    let (ok, _, err) = bench(&["chat", "127.0.0.1:9", "--rate", "1", "--tls", "--insecure"]);
+    assert!(!ok);
+    assert!(err.contains("bench chat does not speak TLS"), "{err}");
 }

@@ -38,9 +38,10 @@ impl Certs {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "switchboard test CA");
+        ca_params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("switchboard test CA {label}"),
+        );
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
@@ -71,6 +72,14 @@ impl Certs {
     /// The server's TLS, with a handshake limit.
     pub fn tls(&self, handshake: Duration) -> Arc<Tls> {
         Arc::new(Tls::load(&self.cert, &self.key, handshake).unwrap())
+    }
+
+    /// A server's settings with this certificate (a 10 s handshake limit).
+    pub fn server_config(&self) -> switchboard::net::listener::ServerConfig {
+        switchboard::net::listener::ServerConfig {
+            tls: Some(self.tls(Duration::from_secs(10))),
+            ..Default::default()
+        }
     }
 
     /// A client config trusting this CA only.
