@@ -285,8 +285,9 @@ fn many_silent_clients_garbage_and_oversized_hellos_are_closed_and_leak_no_task(
             ..ServerConfig::default()
         },
     );
-    // 300 connections that never send a byte.
-    let mut silent: Vec<_> = (0..300).map(|_| client(server.tcp)).collect();
+    // 1,000 connections that never send a byte (as many as the descriptor limit lets).
+    let silent_count = raise_open_files(1000);
+    let mut silent: Vec<_> = (0..silent_count).map(|_| client(server.tcp)).collect();
     // A handshake record of garbage, and one announcing a record past TLS's limit.
     let mut garbage = client(server.tcp);
     garbage.write_all(&[0x16, 0x03, 0x01, 0x00, 0x10]).unwrap();
@@ -322,7 +323,7 @@ fn many_silent_clients_garbage_and_oversized_hellos_are_closed_and_leak_no_task(
     }
     let tls = &server.stats.tls;
     wait_until("every failure to be counted", || {
-        tls.timeout.load(Relaxed) == 300 && tls.refused.load(Relaxed) == 2
+        tls.timeout.load(Relaxed) == silent_count as u64 && tls.refused.load(Relaxed) == 2
     });
     wait_until("every connection task to end", || {
         server.stats.active() == 0 && server.stats.live_tasks() == 0

@@ -552,30 +552,3 @@ fn garbage_an_endless_hello_stalled_and_silent_clients_are_closed_and_others_go_
         proxy.stats.active() == 0 && proxy.stats.live_tasks() == 0
     });
 }
-
-/// Raises this process's descriptor limit so `want` silent clients (two descriptors
-/// each here: theirs and the proxy's) fit; how many fit.
-fn raise_open_files(want: usize) -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        let needed = (want as libc::rlim_t) * 2 + 512;
-        if limit.rlim_cur < needed {
-            limit.rlim_cur = needed.min(limit.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        }
-    }
-    let fit = ((limit.rlim_cur.saturating_sub(512)) / 2) as usize;
-    if fit < want {
-        eprintln!(
-            "descriptor limit {}: {fit} silent clients, not {want}",
-            limit.rlim_cur
-        );
-    }
-    fit.min(want)
-}
