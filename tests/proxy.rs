@@ -99,6 +99,7 @@ spliced_and_copied!(
     a_client_half_close_reaches_the_server_and_the_reply_still_arrives,
     a_server_half_close_reaches_the_client_and_the_client_can_still_send,
     a_quiet_half_closed_session_ends_after_fin_timeout,
+    a_fin_after_a_quiet_spell_longer_than_the_fin_timeout_still_gets_its_reply,
     idle_timeout_counts_both_directions,
     an_upstream_reset_closes_the_client,
     send_proxy_writes_the_header_first,
@@ -320,6 +321,32 @@ fn a_quiet_half_closed_session_ends_after_fin_timeout(splice: Carry) {
     let start = Instant::now();
     assert!(closed_by_server(&mut s));
     assert!(start.elapsed() < DEADLINE);
+    wait_until("the session to end", || proxy.stats.active() == 0);
+}
+
+fn a_fin_after_a_quiet_spell_longer_than_the_fin_timeout_still_gets_its_reply(splice: Carry) {
+    // The client says nothing for longer than --fin-timeout, then shuts its write half;
+    // the upstream answers that FIN (reads to the end, then replies and closes). The
+    // FIN is news: the fin timeout counts from it, not from the last byte before it,
+    // so the reply arrives.
+    let upstream = custom_upstream(|mut s| {
+        let mut got = Vec::new();
+        if s.read_to_end(&mut got).is_ok() {
+            let _ = s.write_all(format!("bye after {} bytes", got.len()).as_bytes());
+        }
+    });
+    let fin_timeout = Duration::from_millis(400);
+    let mut cfg = with_splice(config(&[upstream], Balance::First), splice);
+    cfg.fin_timeout = Some(fin_timeout);
+    let proxy = start_proxy(cfg, ServerConfig::default());
+    let mut s = client(proxy.addr);
+    s.write_all(b"request").unwrap();
+    wait_until("the request to reach the upstream", || {
+        bytes(&proxy.stats.bytes_out) == 7
+    });
+    thread::sleep(fin_timeout * 2); // the quiet spell itself, not synchronisation
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut s), b"bye after 7 bytes");
     wait_until("the session to end", || proxy.stats.active() == 0);
 }
 

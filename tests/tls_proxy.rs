@@ -552,3 +552,48 @@ fn garbage_an_endless_hello_stalled_and_silent_clients_are_closed_and_others_go_
         proxy.stats.active() == 0 && proxy.stats.live_tasks() == 0
     });
 }
+
+/// A ClientHello as a TLS 1.0 client sends it (no `signature_algorithms`, which only
+/// TLS 1.2 has), for `name`.
+fn tls10_client_hello(name: &str) -> Vec<u8> {
+    let mut body = vec![0x03, 0x01]; // TLS 1.0
+    body.extend_from_slice(&[0x24; 32]); // random
+    body.push(0); // no session id
+    body.extend_from_slice(&[0x00, 0x02, 0x00, 0x2f]); // TLS_RSA_WITH_AES_128_CBC_SHA
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    let host = name.as_bytes();
+    let mut sni = Vec::new();
+    sni.extend_from_slice(&((host.len() + 3) as u16).to_be_bytes());
+    sni.push(0); // host_name
+    sni.extend_from_slice(&(host.len() as u16).to_be_bytes());
+    sni.extend_from_slice(host);
+    let mut ext = vec![0x00, 0x00];
+    ext.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    ext.extend_from_slice(&sni);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&((body.len() + 4) as u16).to_be_bytes());
+    record.push(0x01); // client_hello
+    record.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    record.extend_from_slice(&body);
+    record
+}
+
+#[test]
+fn a_tls_1_0_hello_is_routed_by_its_name_and_the_upstream_decides() {
+    // Whether TLS 1.0 (or a hello without signature_algorithms) will do is the
+    // upstream's call, not the proxy's: it holds no key and does no handshake.
+    let (up, recorded) = recorder();
+    let proxy = Proxy::start(
+        sni_config(&[("old.test", up)], None, Duration::from_secs(10)),
+        ServerConfig::default(),
+    );
+    let mut hello = tls10_client_hello("old.test");
+    hello.extend_from_slice(b"and what follows it");
+    let mut c = client(proxy.addr);
+    c.write_all(&hello).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_same(&recorded.join().unwrap(), &hello, "a TLS 1.0 hello");
+    assert_eq!(proxy.unconnected("no_hello"), 0);
+}

@@ -703,11 +703,16 @@ async fn session(
         // (`End::FinAfterReset`) met a reset; the session goes on as after a FIN.
         futures::select! {
             (bytes, end, at) = up_pump => {
+                // A FIN is news: the fin timeout it starts counts from it, not from the
+                // last byte before it (a client quiet for longer would be cut at once,
+                // before the server's answer to its FIN).
+                activity.touch();
                 read_up = Some(bytes);
                 closed_first.ended(at, match end { End::Fin => "client FIN", End::FinAfterReset | End::Reset => "client reset", End::WriterGone => "server reset" });
                 if !matches!(end, End::Fin | End::FinAfterReset) { shut(&sockets); }
             }
             (bytes, end, at) = down_pump => {
+                activity.touch();
                 read_down = Some(bytes);
                 closed_first.ended(at, match end { End::Fin => "server FIN", End::FinAfterReset | End::Reset => "server reset", End::WriterGone => "client reset" });
                 if !matches!(end, End::Fin | End::FinAfterReset) { shut(&sockets); }
@@ -717,6 +722,7 @@ async fn session(
             note = notes.next() => {
                 // `None` (both pumps gone) fuses the stream; the arms above see the ends.
                 if let Some(label) = note {
+                    activity.touch();
                     fin_noticed = true;
                     closed_first.event(label);
                 }

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!   client ─ClientHello─▶ session: read_client_hello (within --proxy-header-timeout)
-//!                           rustls's Acceptor parses it (records joined, any split)
+//!                           HelloParser finds its end and name (records joined,
+//!                           any split; what the upstream decides is not judged)
 //!                           SniRoutes::pick(name) ─▶ that route's Upstreams::connect
 //!                           the hello's bytes are the upstream's first bytes, then
 //!                           the same relay as plain TCP (splice, when on)
@@ -22,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::io::AsyncReadExt;
-use futures_rustls::rustls::server::Acceptor;
 
 use super::upstreams::Upstreams;
 use crate::Result;
@@ -171,6 +171,188 @@ pub struct Hello {
     pub bytes: Vec<u8>,
 }
 
+/// The most bytes of one TLS record's payload (RFC 8446 5.1: 2^14).
+const MAX_RECORD: usize = 1 << 14;
+
+/// The largest ClientHello body taken (rustls's limit for any handshake message).
+const MAX_MESSAGE: usize = 0xffff;
+
+/// Finds the end of a ClientHello and the server name in it, as its bytes come: the
+/// records at the front are joined (any segmentation, a hello over many records) into
+/// the handshake message, and the message is parsed once it is whole.
+///
+/// It reads only what routing needs, and judges nothing an upstream would decide: a TLS
+/// 1.0 hello, one without `signature_algorithms` or with a compression method besides
+/// null goes through for the upstream to take or refuse (rustls's `Acceptor`, a
+/// server's parser, refused those itself). What it does refuse is what cannot be routed
+/// by: not a handshake record, another message than a ClientHello, a malformed one, two
+/// `server_name` extensions or host names, or a name that is not a host name. An IP
+/// address as the name (which RFC 6066 forbids and some clients send) counts as no name.
+#[derive(Default)]
+struct HelloParser {
+    /// How far the records read so far go.
+    at: usize,
+    /// The handshake bytes of those records.
+    message: Vec<u8>,
+}
+
+impl HelloParser {
+    /// With `bytes` everything read so far (what an earlier call saw, then more): `None`
+    /// while the hello is not whole, then its server name.
+    fn feed(&mut self, bytes: &[u8]) -> std::result::Result<Option<Option<String>>, String> {
+        while let Some(header) = bytes.get(self.at..self.at + 5) {
+            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            match header[0] {
+                0x16 => {}
+                0x15 => return Err("an alert before the ClientHello ended".into()),
+                other => {
+                    return Err(format!(
+                        "a record of type {other:#04x} before the ClientHello ended"
+                    ));
+                }
+            }
+            if header[1] != 0x03 {
+                return Err(format!(
+                    "not a TLS record (version {}.{})",
+                    header[1], header[2]
+                ));
+            }
+            if len == 0 || len > MAX_RECORD {
+                return Err(format!("a handshake record of {len} bytes"));
+            }
+            let Some(fragment) = bytes.get(self.at + 5..self.at + 5 + len) else {
+                return Ok(None);
+            };
+            self.message.extend_from_slice(fragment);
+            self.at += 5 + len;
+            if let [kind, a, b, c, ..] = self.message[..] {
+                if kind != 0x01 {
+                    return Err(format!(
+                        "a handshake message of type {kind}, not a ClientHello"
+                    ));
+                }
+                let body = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+                if body > MAX_MESSAGE {
+                    return Err(format!("a ClientHello of {body} bytes"));
+                }
+                if self.message.len() >= body + 4 {
+                    return server_name(&self.message[4..body + 4]).map(Some);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Reads a ClientHello's fields in turn.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize, what: &str) -> std::result::Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err(format!("the ClientHello ends inside its {what}"));
+        }
+        let (taken, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(taken)
+    }
+
+    fn u8(&mut self, what: &str) -> std::result::Result<u8, String> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u16(&mut self, what: &str) -> std::result::Result<u16, String> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// A vector with a one-byte length.
+    fn vec8(&mut self, what: &str) -> std::result::Result<&'a [u8], String> {
+        let n = self.u8(what)?;
+        self.take(n.into(), what)
+    }
+
+    /// A vector with a two-byte length.
+    fn vec16(&mut self, what: &str) -> std::result::Result<&'a [u8], String> {
+        let n = self.u16(what)?;
+        self.take(n.into(), what)
+    }
+}
+
+/// The server name of a ClientHello's body (after the type and length).
+fn server_name(body: &[u8]) -> std::result::Result<Option<String>, String> {
+    let mut hello = Fields(body);
+    hello.take(2 + 32, "version and random")?;
+    if hello.vec8("session id")?.len() > 32 {
+        return Err("a session id longer than 32 bytes".into());
+    }
+    let suites = hello.vec16("cipher suites")?;
+    if suites.is_empty() || suites.len() % 2 != 0 {
+        return Err("no cipher suites".into());
+    }
+    if hello.vec8("compression methods")?.is_empty() {
+        return Err("no compression methods".into());
+    }
+    if hello.0.is_empty() {
+        return Ok(None); // no extensions at all (SSL 3.0, early TLS clients)
+    }
+    let mut extensions = Fields(hello.vec16("extensions")?);
+    if !hello.0.is_empty() {
+        return Err("bytes after the ClientHello's extensions".into());
+    }
+    let mut name = None;
+    let mut seen = false;
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16("extensions")?;
+        let data = extensions.vec16("extensions")?;
+        if kind != 0 {
+            continue;
+        }
+        if std::mem::replace(&mut seen, true) {
+            return Err("two server_name extensions".into());
+        }
+        let mut data = Fields(data);
+        let mut list = Fields(data.vec16("server_name")?);
+        if !data.0.is_empty() || list.0.is_empty() {
+            return Err("a malformed server_name extension".into());
+        }
+        let mut host = None;
+        while !list.0.is_empty() {
+            let kind = list.u8("server_name")?;
+            let value = list.vec16("server_name")?;
+            if kind == 0 && host.replace(value).is_some() {
+                return Err("two host names in server_name".into());
+            }
+        }
+        name = match host {
+            Some(host) => host_name(host)?,
+            None => None,
+        };
+    }
+    Ok(name)
+}
+
+/// A `host_name` as routes match it (lower case), judged as rustls judges one: an IP
+/// address is no name at all; anything else must be a DNS name.
+fn host_name(raw: &[u8]) -> std::result::Result<Option<String>, String> {
+    let text = std::str::from_utf8(raw)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "the server name {:?} is not a host name",
+                raw.escape_ascii().to_string()
+            )
+        })?;
+    if text.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(None);
+    }
+    match rustls_pki_types::DnsName::try_from(text) {
+        Ok(_) => Ok(Some(text.to_ascii_lowercase())),
+        Err(_) => Err(format!("the server name {text:?} is not a host name")),
+    }
+}
+
 /// Reads from `reader` until `early` plus what follows holds a whole ClientHello,
 /// within `limit`. An error is a phrase for the log: not TLS, a malformed hello, one
 /// larger than [`MAX_HELLO`], a client that closed or stalled.
@@ -181,9 +363,8 @@ pub async fn read_client_hello(
     stats: &Stats,
 ) -> std::result::Result<Hello, String> {
     let deadline = Instant::now() + limit;
-    let mut acceptor = Acceptor::default();
+    let mut parser = HelloParser::default();
     let mut bytes = early;
-    let mut fed = 0;
     let mut chunk = vec![0u8; 4096];
     loop {
         if let Some(&first) = bytes.first()
@@ -193,22 +374,10 @@ pub async fn read_client_hello(
                 "not a TLS ClientHello (first byte {first:#04x}): plain text on a TLS port?"
             ));
         }
-        // The parser takes at most 4 KiB a call, and holds more than one record only
-        // once it has seen a handshake message span records: so feed, parse, feed.
-        while fed < bytes.len() {
-            let n = acceptor
-                .read_tls(&mut &bytes[fed..])
-                .map_err(|e| format!("not a ClientHello: {e}"))?;
-            fed += n;
-            match acceptor.accept() {
-                Ok(Some(accepted)) => {
-                    let sni = accepted.client_hello().server_name().map(str::to_owned);
-                    return Ok(Hello { sni, bytes });
-                }
-                Ok(None) if n > 0 => {}
-                Ok(None) => break,
-                Err((e, _alert)) => return Err(format!("not a valid ClientHello: {e}")),
-            }
+        match parser.feed(&bytes) {
+            Ok(Some(sni)) => return Ok(Hello { sni, bytes }),
+            Ok(None) => {}
+            Err(e) => return Err(format!("not a valid ClientHello: {e}")),
         }
         if bytes.len() >= MAX_HELLO {
             return Err(format!(
@@ -287,6 +456,151 @@ mod tests {
         let strict = routes(&["a.example.com=exact:1"], None);
         assert_eq!(picked(&strict, Some("b.example.com")), None);
         assert_eq!(picked(&strict, None), None);
+    }
+
+    /// A ClientHello as rustls sends one, for `name`.
+    fn rustls_hello(name: &str) -> Vec<u8> {
+        let cfg = crate::net::tls::client_config(&crate::net::tls::Verify::Insecure).unwrap();
+        let name = rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        let mut conn = futures_rustls::rustls::ClientConnection::new(cfg, name).unwrap();
+        let mut hello = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut hello).unwrap();
+        }
+        hello
+    }
+
+    /// A ClientHello with `extensions` (each `(type, data)`), of `version`, in records
+    /// of at most `record` bytes.
+    fn hello_with(version: [u8; 2], extensions: &[(u16, Vec<u8>)], record: usize) -> Vec<u8> {
+        let mut body = version.to_vec();
+        body.extend_from_slice(&[7; 32]);
+        body.push(0);
+        body.extend_from_slice(&[0, 2, 0x00, 0x2f, 1, 0]);
+        let mut ext = Vec::new();
+        for (kind, data) in extensions {
+            ext.extend_from_slice(&kind.to_be_bytes());
+            ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            ext.extend_from_slice(data);
+        }
+        if !extensions.is_empty() {
+            body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+            body.extend_from_slice(&ext);
+        }
+        let mut message = vec![1];
+        message.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        message.extend_from_slice(&body);
+        let mut records = Vec::new();
+        for fragment in message.chunks(record) {
+            records.extend_from_slice(&[0x16, 0x03, 0x01]);
+            records.extend_from_slice(&(fragment.len() as u16).to_be_bytes());
+            records.extend_from_slice(fragment);
+        }
+        records
+    }
+
+    /// A `server_name` extension's data naming each of `names` (type `host_name`).
+    fn names(names: &[&[u8]]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for name in names {
+            list.push(0);
+            list.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            list.extend_from_slice(name);
+        }
+        let mut data = (list.len() as u16).to_be_bytes().to_vec();
+        data.extend_from_slice(&list);
+        data
+    }
+
+    /// What a parser fed `bytes` one byte more at a time makes of them, and how many
+    /// bytes it needed.
+    fn parsed_bytewise(bytes: &[u8]) -> (std::result::Result<Option<String>, String>, usize) {
+        let mut parser = HelloParser::default();
+        for end in 0..=bytes.len() {
+            match parser.feed(&bytes[..end]) {
+                Ok(None) => {}
+                Ok(Some(name)) => return (Ok(name), end),
+                Err(e) => return (Err(e), end),
+            }
+        }
+        (Err("never whole".into()), bytes.len())
+    }
+
+    #[test]
+    fn a_hello_is_whole_at_its_last_byte_however_it_comes() {
+        let mut hello = rustls_hello("A.Example.COM");
+        let len = hello.len();
+        hello.extend_from_slice(b"\x17\x03\x03\x00\x05early");
+        assert_eq!(
+            parsed_bytewise(&hello),
+            (Ok(Some("a.example.com".into())), len)
+        );
+        // Across records of every small size.
+        for record in [1, 2, 3, 5, 100] {
+            let sni = (0u16, names(&[b"a.example.com"]));
+            let split = hello_with([3, 3], &[sni], record);
+            assert_eq!(
+                parsed_bytewise(&split),
+                (Ok(Some("a.example.com".into())), split.len()),
+                "records of {record} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn what_the_upstream_decides_is_not_judged_here() {
+        // TLS 1.0, no signature_algorithms; compression offered; no extensions at all.
+        let old = hello_with([3, 1], &[(0, names(&[b"old.example.com"]))], 1 << 14);
+        assert_eq!(parsed_bytewise(&old).0, Ok(Some("old.example.com".into())));
+        assert_eq!(
+            parsed_bytewise(&hello_with([3, 0], &[], 1 << 14)).0,
+            Ok(None)
+        );
+        // An IP address as the name is no name (rustls's reading too).
+        let ip = hello_with([3, 3], &[(0, names(&[b"127.0.0.1"]))], 1 << 14);
+        assert_eq!(parsed_bytewise(&ip).0, Ok(None));
+    }
+
+    #[test]
+    fn what_cannot_be_routed_by_is_refused() {
+        let sni = |n: &[&[u8]]| (0u16, names(n));
+        for (what, bad) in [
+            (
+                "two host names",
+                hello_with([3, 3], &[sni(&[b"a.test", b"b.test"])], 1 << 14),
+            ),
+            (
+                "two extensions",
+                hello_with([3, 3], &[sni(&[b"a.test"]), sni(&[b"b.test"])], 1 << 14),
+            ),
+            ("empty name", hello_with([3, 3], &[sni(&[b""])], 1 << 14)),
+            ("empty list", hello_with([3, 3], &[sni(&[])], 1 << 14)),
+            (
+                "non-ASCII",
+                hello_with([3, 3], &[sni(&["\u{e4}.test".as_bytes()])], 1 << 14),
+            ),
+            (
+                "a space",
+                hello_with([3, 3], &[sni(&[b"a b.test"])], 1 << 14),
+            ),
+            ("not a hello", vec![0x16, 3, 1, 0, 4, 2, 0, 0, 0]),
+            ("an empty record", vec![0x16, 3, 1, 0, 0]),
+            (
+                "an alert",
+                vec![0x16, 3, 1, 0, 1, 1, 0x15, 3, 3, 0, 2, 2, 40],
+            ),
+            ("too large", vec![0x16, 3, 1, 0, 4, 1, 0xff, 0xff, 0xff]),
+            ("truncated inside", {
+                let mut h = hello_with([3, 3], &[sni(&[b"a.test"])], 1 << 14);
+                // The message and record say 3 bytes fewer than the extensions need.
+                h[4] -= 3;
+                h[8] -= 3;
+                h.truncate(h.len() - 3);
+                h
+            }),
+        ] {
+            assert!(parsed_bytewise(&bad).0.is_err(), "{what} was taken");
+        }
     }
 
     #[test]
