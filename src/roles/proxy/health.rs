@@ -281,17 +281,26 @@ const PHASES: [&str; 3] = [
 
 /// Probes `target` once, as `check` says, within its timeout.
 pub async fn probe(target: &str, check: &HealthCheck, tls: Option<&UpstreamTls>) -> Probe {
-    // Atomics, not cells: the probe runs in a spawned (`Send`) task.
-    let (phase, seen) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    // Shared with the exchange, which the timeout may drop: what it was doing and the
+    // start of what it read, for the message. (Not cells: the probe runs in a spawned,
+    // `Send`, task.)
+    let (phase, seen) = (AtomicUsize::new(0), Mutex::new(Vec::new()));
     match rt::timeout(check.timeout, exchange(target, check, tls, &phase, &seen)).await {
         Some(probe) => probe,
         None => {
-            let (phase, seen) = (phase.load(Relaxed), seen.load(Relaxed));
+            let phase = phase.load(Relaxed);
+            let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
             Probe::Failed(match (phase, &check.expect) {
-                (2, Some(expect)) => format!(
-                    "no {:?} within {:?} ({seen} bytes answered)",
+                (2, Some(expect)) if seen.is_empty() => format!(
+                    "no {:?} within {:?} (nothing answered)",
                     shown(expect),
                     check.timeout
+                ),
+                (2, Some(expect)) => format!(
+                    "no {:?} within {:?} (answered {:?})",
+                    shown(expect),
+                    check.timeout,
+                    shown(&seen)
                 ),
                 _ => format!("timed out after {:?} {}", check.timeout, PHASES[phase]),
             })
@@ -304,7 +313,7 @@ async fn exchange(
     check: &HealthCheck,
     tls: Option<&UpstreamTls>,
     phase: &AtomicUsize,
-    seen: &AtomicUsize,
+    seen: &Mutex<Vec<u8>>,
 ) -> Probe {
     let mut stream = match connect_for_probe(target, check.timeout, tls).await {
         Ok(stream) => stream,
@@ -334,7 +343,7 @@ async fn exchange(
         if answer.len() >= EXPECT_WINDOW {
             return Probe::Failed(format!(
                 "answered {:?}… without {:?} in its first {EXPECT_WINDOW} bytes",
-                shown(&answer[..answer.len().min(64)]),
+                shown(&answer[..SHOWN]),
                 shown(expect)
             ));
         }
@@ -346,13 +355,15 @@ async fn exchange(
             Ok(0) => {
                 return Probe::Failed(format!(
                     "answered {:?} and closed, without {:?}",
-                    shown(&answer[..answer.len().min(64)]),
+                    shown(&answer[..answer.len().min(SHOWN)]),
                     shown(expect)
                 ));
             }
             Ok(n) => {
                 answer.extend_from_slice(&buf[..n]);
-                seen.store(answer.len(), Relaxed);
+                let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                seen.clear();
+                seen.extend_from_slice(&answer[..answer.len().min(SHOWN)]);
             }
             Err(e) => return Probe::Failed(describe(&e)),
         }
@@ -363,7 +374,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Bytes for a log line: text as text, other bytes escaped.
+/// The most of an answer a failed probe's message quotes.
+const SHOWN: usize = 64;
+
+/// Bytes for a log line (quoted with `{:?}`, which escapes what is not printable).
 fn shown(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
