@@ -44,7 +44,7 @@ enum Command {
     /// Sends a greeting to each TCP client and closes.
     Hello(HelloArgs),
     /// Transparent TCP proxy (telnet, HTTP, FTP control, ...) with failover and balancing.
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// Static-file HTTP/1.1 server: GET/HEAD, keep-alive, ranges, conditional requests.
     Http(HttpArgs),
     /// Discard (RFC 863): reads everything, answers nothing (a sink for benchmarks).
@@ -122,7 +122,7 @@ fn main() -> ExitCode {
 async fn run_server(command: Command) -> (&'static str, Result<()>) {
     match command {
         Command::Chat(c) => ("chat", serve_chat(c).await),
-        Command::Proxy(p) => ("proxy", serve_proxy(p).await),
+        Command::Proxy(p) => ("proxy", serve_proxy(*p).await),
         Command::Http(h) => ("http", serve_http(h).await),
         Command::Echo(t) => (
             "echo",

@@ -25,12 +25,13 @@
 //! | `switchboard_chat_deliveries_total` | counter | | lines queued for users (one per recipient) |
 //! | `switchboard_chat_departures_total` | counter | `reason`: `closed`, `reset`, `quit`, `shutdown`, and the evictions `sendq`, `idle`, `udp_timeout` | users who left |
 //! | `switchboard_chat_flood_dropped_total` | counter | | lines dropped by flood control |
-//! | `switchboard_proxy_upstream_up` | gauge | `upstream` | 1 unless in back-off |
+//! | `switchboard_proxy_upstream_up` | gauge | `upstream` | 1 unless in back-off or (`--check-interval`) held down by its health checks |
 //! | `switchboard_proxy_upstream_sessions` | gauge | `upstream` | sessions open to it |
 //! | `switchboard_proxy_upstream_connect_failures_total` | counter | `upstream` | connects it failed |
+//! | `switchboard_proxy_upstream_check_failures_total` | counter | `upstream` | health checks it failed (`--check-interval`; a local shortage of descriptors not counted) |
 //! | `switchboard_proxy_upstream_connect_time_seconds` | histogram | `upstream` | time to connect |
 //! | `switchboard_proxy_sessions_total` | counter | `upstream`, `end`: `client_fin`, `server_fin`, `client_reset`, `server_reset`, `idle_timeout`, `fin_timeout`, `shutdown` | sessions ended, by the session line's `cut_by` when the proxy cut it (a timeout, the drain), else its `closed_first` |
-//! | `switchboard_proxy_unconnected_total` | counter | `reason`: `no_upstream`, `local`, `no_hello`, `no_route` | clients closed without an upstream (the last two: routing by SNI) |
+//! | `switchboard_proxy_unconnected_total` | counter | `reason`: `no_upstream`, `local`, `no_hello`, `no_route` | clients closed without an upstream (`no_upstream`: none answered, or the health checks hold every one down; the last two: routing by SNI) |
 //! | `switchboard_http_responses_total` | counter | `code`: `1xx`…`5xx` | responses written |
 //! | `switchboard_http_response_time_seconds` | histogram | | from the request to its last byte acknowledged |
 //! | `switchboard_http_sendfile_bytes_total` | counter | | body bytes sent from files |

@@ -20,6 +20,7 @@ use crate::roles::chat::{self, broker::ChatConfig};
 use crate::roles::proxy::{
     self, ProxyConfig,
     header::Version,
+    health::{EXPECT_WINDOW, HealthCheck, MIN_INTERVAL, unescape},
     sni::{self, SniRoute, SniRoutes},
     udp::UdpProxyConfig,
     upstreams::{Balance, UpstreamTls, Upstreams},
@@ -235,6 +236,33 @@ pub struct ProxyArgs {
     /// Skip an upstream that failed for this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub backoff: Duration,
+    /// Probe each upstream this often (a TCP connect, and --check-send/--check-expect if
+    /// given); upstreams the checks find down get no sessions [default: off, the
+    /// passive --backoff alone]. At least 10ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub check_interval: Option<Duration>,
+    /// With --check-interval: the most one probe may take (lookup, connect, TLS
+    /// handshake, send, expected answer).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s",
+        requires = "check_interval")]
+    pub check_timeout: Duration,
+    /// With --check-interval: failed probes in a row that mark an upstream down.
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "check_interval",
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub check_fall: u32,
+    /// With --check-interval: passed probes in a row that mark a down upstream up.
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "check_interval",
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub check_rise: u32,
+    /// With --check-interval: bytes each probe sends once connected (escapes: \r \n \t
+    /// \0 \\ \xHH), as HAProxy's `tcp-check send`.
+    #[arg(long, value_name = "STRING", requires = "check_interval")]
+    pub check_send: Option<String>,
+    /// With --check-interval: a probe passes only if this (escapes as --check-send) is
+    /// in the first 4 KiB the upstream answers within --check-timeout, as HAProxy's
+    /// `tcp-check expect string`.
+    #[arg(long, value_name = "STRING", requires = "check_interval")]
+    pub check_expect: Option<String>,
     /// After one side half-closes, close the session if nothing moves for this long (0 = never).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
     pub fin_timeout: Duration,
@@ -284,7 +312,8 @@ pub struct ProxyArgs {
     pub drain: Duration,
     /// Forward UDP datagrams instead of TCP connections: each client address is a flow
     /// with a socket of its own to the upstream --balance picks, so replies find it.
-    #[arg(long, conflicts_with_all = ["accept_proxy", "send_proxy", "tap", "splice", "splice_always", "tls_cert", "tls_listen", "upstream_tls", "sni_route"])]
+    /// (Health checks are TCP probes: --check-* is refused with --udp.)
+    #[arg(long, conflicts_with_all = ["accept_proxy", "send_proxy", "tap", "splice", "splice_always", "tls_cert", "tls_listen", "upstream_tls", "sni_route", "check_interval"])]
     pub udp: bool,
     /// With --udp: a flow ends after this long with no datagram either way.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
@@ -333,6 +362,45 @@ impl ProxyArgs {
         })
     }
 
+    /// With `--check-interval`: how upstreams are probed; an error for values out of
+    /// range or escapes that do not decode.
+    pub fn health_check(&self) -> Result<Option<HealthCheck>> {
+        let Some(interval) = self.check_interval else {
+            return Ok(None);
+        };
+        if interval < MIN_INTERVAL {
+            return Err(format!(
+                "--check-interval must be at least {MIN_INTERVAL:?} (leave it out for no health checks)"
+            )
+            .into());
+        }
+        if self.check_timeout.is_zero() {
+            return Err("--check-timeout must be above 0".into());
+        }
+        let send = match &self.check_send {
+            Some(text) => unescape(text).map_err(|e| format!("--check-send {e}"))?,
+            None => Vec::new(),
+        };
+        let expect = match &self.check_expect {
+            Some(text) => {
+                let expect = unescape(text).map_err(|e| format!("--check-expect {e}"))?;
+                if expect.is_empty() || expect.len() > EXPECT_WINDOW {
+                    return Err(format!("--check-expect must be 1 to {EXPECT_WINDOW} bytes").into());
+                }
+                Some(expect)
+            }
+            None => None,
+        };
+        Ok(Some(HealthCheck {
+            interval,
+            timeout: self.check_timeout,
+            fall: self.check_fall.max(1),
+            rise: self.check_rise.max(1),
+            send,
+            expect,
+        }))
+    }
+
     /// The accept loops' settings and the proxy's; an error for a `--listen` address
     /// given twice.
     pub fn config(&self) -> Result<(ServerConfig, ProxyConfig)> {
@@ -348,6 +416,11 @@ impl ProxyArgs {
             self.backoff,
             self.upstream_tls()?,
         );
+        // Before the SNI routes: their tables are this one's siblings, and share its checks.
+        let upstreams = match self.health_check()? {
+            Some(check) => upstreams.checked(check),
+            None => upstreams,
+        };
         let sni = match self.sni_route.is_empty() {
             true => None,
             false => Some(SniRoutes::new(

@@ -29,6 +29,7 @@
 //! `nc 127.0.0.1 7001`.
 
 pub mod header;
+pub mod health;
 pub mod metrics;
 pub mod sni;
 pub mod udp;
@@ -116,6 +117,9 @@ pub async fn run_many(
     shutdown: Shutdown,
 ) {
     announce(&proxy);
+    // Probes the upstreams (with --check-interval) until the loops below have stopped,
+    // or this generation is retired.
+    let _checker = start_checks(&proxy, &stats, &server);
     let (server, proxy) = (Arc::new(server), Arc::new(proxy));
     let loops = listeners
         .into()
@@ -147,6 +151,7 @@ pub async fn run_pinned(
 ) -> Result<()> {
     let threads = listeners.len();
     announce(&proxy);
+    let _checker = start_checks(&proxy, &stats, &server);
     // Each thread's accept loop logs at debug; each address is announced here, once.
     let (server, proxy) = (Arc::new(server.quiet()), Arc::new(proxy));
     let listeners: Vec<_> = listeners
@@ -220,6 +225,20 @@ fn announce(proxy: &ProxyConfig) {
         log::warn!(role = "proxy", upstreams = targets.join(",").as_str();
             "--upstream-insecure: the upstreams' certificates are NOT verified; anyone in the path can read and change the traffic");
     }
+}
+
+/// Starts the health checker of every upstream table of this proxy (the `--upstream`
+/// one, one per `--sni-route` name), or with checks off clears what an earlier
+/// generation's checks left; see [`health::start`].
+fn start_checks(
+    proxy: &ProxyConfig,
+    stats: &Stats,
+    server: &ServerConfig,
+) -> Option<health::Checker> {
+    let metrics = stats.role_metrics::<ProxyMetrics>();
+    let tables =
+        std::iter::once(&proxy.upstreams).chain(proxy.sni.iter().flat_map(sni::SniRoutes::tables));
+    health::start(tables, &metrics, server.retire.clone())
 }
 
 async fn serve(
@@ -583,6 +602,16 @@ async fn session(
         Err(ConnectError::Upstreams(why)) => {
             metrics.unconnected[0].inc();
             log::warn!(client = src.to_string().as_str(), error = why.as_str(); "proxy: no upstream answered; closing the client");
+            return Ok(());
+        }
+        Err(ConnectError::AllDown) => {
+            // No connect tried: the checks hold every upstream down. A flood of clients
+            // makes one line a second, with how many were closed.
+            metrics.unconnected[0].inc();
+            if let Some(closed) = upstreams.all_down_tick() {
+                log::warn!(client = src.to_string().as_str(), closed = closed;
+                    "proxy: every upstream is DOWN by its health checks; closing clients at once");
+            }
             return Ok(());
         }
         Err(ConnectError::Local(why)) => {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::health::Health;
 use crate::net::stats::meters::{
     Collect, Counter, Family, Gauge, Histogram, Kind, RoleMetrics, Value,
 };
@@ -18,7 +19,7 @@ use crate::net::stats::meters::{
 /// `switchboard_proxy_upstream_up{upstream}`.
 pub static UP: Family = Family {
     name: "switchboard_proxy_upstream_up",
-    help: "Whether new sessions try this upstream in its turn (1), or it is in back-off after a failed connect (0).",
+    help: "Whether new sessions try this upstream in its turn (1), or it is in back-off after a failed connect or (with --check-interval) held down by its health checks (0).",
     kind: Kind::Gauge,
     seconds: false,
 };
@@ -47,6 +48,14 @@ pub static CONNECT_TIME: Family = Family {
     seconds: true,
 };
 
+/// `switchboard_proxy_upstream_check_failures_total{upstream}`.
+pub static CHECK_FAILURES: Family = Family {
+    name: "switchboard_proxy_upstream_check_failures",
+    help: "Health checks of this upstream that failed (refused, reset, timed out, did not resolve, answered without --check-expect); a shortage of descriptors here is not counted.",
+    kind: Kind::Counter,
+    seconds: false,
+};
+
 /// `switchboard_proxy_sessions_total{upstream,end}`.
 pub static SESSIONS: Family = Family {
     name: "switchboard_proxy_sessions",
@@ -58,7 +67,7 @@ pub static SESSIONS: Family = Family {
 /// `switchboard_proxy_unconnected_total{reason}`.
 pub static UNCONNECTED: Family = Family {
     name: "switchboard_proxy_unconnected",
-    help: "Clients closed without a session: no upstream answered, no descriptor to connect with here, or (routing by SNI) no valid ClientHello in time or no route for its name.",
+    help: "Clients closed without a session: no upstream answered (or the health checks hold every one down), no descriptor to connect with here, or (routing by SNI) no valid ClientHello in time or no route for its name.",
     kind: Kind::Counter,
     seconds: false,
 };
@@ -137,6 +146,8 @@ pub struct UpstreamMetrics {
     pub connect_time: Histogram,
     /// By [`ENDS`].
     pub ends: [Counter; 7],
+    /// What the health checks found (`--check-interval`), and their failures.
+    pub health: Health,
 }
 
 impl UpstreamMetrics {
@@ -149,6 +160,7 @@ impl UpstreamMetrics {
             connect_failures: Counter::default(),
             connect_time: Histogram::new(CONNECT_BUCKETS),
             ends: Default::default(),
+            health: Health::default(),
         }
     }
 
@@ -164,6 +176,11 @@ impl UpstreamMetrics {
         let backoff = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
         let until = self.now_ms().saturating_add(backoff);
         self.backoff_until.store(until, Relaxed);
+    }
+
+    /// Out of back-off now (its health checks found it up again).
+    pub(super) fn clear_backoff(&self) {
+        self.backoff_until.store(0, Relaxed);
     }
 
     /// A session to this upstream ended by `end` (the session line's words, one of
@@ -194,7 +211,7 @@ impl RoleMetrics for ProxyMetrics {
             .clone();
         // Family by family: each family's series are written together.
         for u in &list {
-            let up = Value::Gauge(i64::from(u.up()));
+            let up = Value::Gauge(i64::from(u.up() && !u.health.is_down()));
             out.series(&UP, &[("upstream", &u.target)], up);
         }
         for u in &list {
@@ -204,6 +221,10 @@ impl RoleMetrics for ProxyMetrics {
         for u in &list {
             let failed = Value::Counter(u.connect_failures.get());
             out.series(&CONNECT_FAILURES, &[("upstream", &u.target)], failed);
+        }
+        for u in &list {
+            let failed = Value::Counter(u.health.failures.get());
+            out.series(&CHECK_FAILURES, &[("upstream", &u.target)], failed);
         }
         for u in &list {
             let took = Value::Histogram(u.connect_time.snapshot());

@@ -255,6 +255,8 @@ async fn start_flow(
     let (socket, name, addr, guard) = match config.upstreams.open_udp().await {
         Ok(opened) => opened,
         Err(ConnectError::Upstreams(why) | ConnectError::Local(why)) => return Err(why),
+        // Health checks are refused with --udp; a table without them is never all down.
+        Err(ConnectError::AllDown) => return Err("every upstream is down".into()),
     };
     let (end, refused) = crate::net::shutdown::channel();
     let flow = Arc::new(Flow {

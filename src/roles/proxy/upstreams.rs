@@ -12,12 +12,22 @@
 //! session retries with a short back-off for up to the connect timeout, and meanwhile
 //! the accept loop takes no new client ([`Upstreams::descriptor_waiters`]), so the
 //! descriptors that closing sessions free go to the clients already waiting.
+//!
+//! With active health checks (`--check-interval`, [`super::health`]) a table also carries
+//! its [`HealthCheck`]; the checker writes each upstream's state into its
+//! `UpstreamMetrics`, and [`Upstreams::order`] leaves out the upstreams the checks hold
+//! down (one atomic load each). The two kinds of evidence combine: a down-by-check
+//! upstream gets no session at all (not even as a last resort); among the others a
+//! passive failure (a session's connect) still puts one in back-off, at the end of the
+//! order, as without checks. When the checks have every upstream down, a client is
+//! closed at once with no connect tried ([`ConnectError::AllDown`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::health::{HealthCheck, LogLimit};
 use super::metrics::{ProxyMetrics, UpstreamMetrics};
 
 use futures_rustls::rustls;
@@ -70,6 +80,11 @@ pub struct Upstreams {
     descriptor_waiters: Arc<AtomicUsize>,
     /// `--upstream-tls`: each connection's TLS handshake is part of connecting to it.
     tls: Option<Arc<UpstreamTls>>,
+    /// `--check-interval` and the rest: the upstreams are probed, and those the checks
+    /// hold down are skipped.
+    checks: Option<Arc<HealthCheck>>,
+    /// The "every upstream is down" line, at most once a second.
+    all_down_log: LogLimit,
 }
 
 /// `--upstream-tls`: the proxy is the TLS client of its upstreams (*originates* TLS).
@@ -92,6 +107,8 @@ pub enum ConnectError {
     /// This process had no descriptor (or buffer) to connect with for the whole connect
     /// timeout; no upstream was blamed.
     Local(String),
+    /// The health checks hold every upstream down: nothing was tried.
+    AllDown,
 }
 
 /// Counts a session in [`Upstreams::descriptor_waiters`] while it waits.
@@ -174,6 +191,7 @@ impl Upstreams {
             backoff,
             None,
             Arc::new(AtomicUsize::new(0)),
+            None,
         )
     }
 
@@ -190,12 +208,26 @@ impl Upstreams {
             backoff,
             tls.map(Arc::new),
             Arc::new(AtomicUsize::new(0)),
+            None,
         )
     }
 
-    /// Another table with these targets and this one's balance, back-off, TLS and
-    /// descriptor waiters: one proxy's tables (one per `--sni-route` name) hold new
-    /// clients together while any session waits for a descriptor.
+    /// The same table, its upstreams probed as `check` says ([`super::health`]) once the
+    /// proxy starts. (A table is built before the proxy starts, so nothing is lost.)
+    pub fn checked(&self, check: HealthCheck) -> Arc<Self> {
+        Self::build(
+            self.targets().map(str::to_owned).collect(),
+            self.balance,
+            self.backoff,
+            self.tls.clone(),
+            self.descriptor_waiters.clone(),
+            Some(Arc::new(check)),
+        )
+    }
+
+    /// Another table with these targets and this one's balance, back-off, TLS, health
+    /// checks and descriptor waiters: one proxy's tables (one per `--sni-route` name)
+    /// hold new clients together while any session waits for a descriptor.
     pub fn sibling(&self, targets: Vec<String>) -> Arc<Self> {
         Self::build(
             targets,
@@ -203,6 +235,7 @@ impl Upstreams {
             self.backoff,
             self.tls.clone(),
             self.descriptor_waiters.clone(),
+            self.checks.clone(),
         )
     }
 
@@ -212,6 +245,7 @@ impl Upstreams {
         backoff: Duration,
         tls: Option<Arc<UpstreamTls>>,
         descriptor_waiters: Arc<AtomicUsize>,
+        checks: Option<Arc<HealthCheck>>,
     ) -> Arc<Self> {
         let list = targets
             .into_iter()
@@ -230,12 +264,37 @@ impl Upstreams {
             base: Instant::now(),
             descriptor_waiters,
             tls,
+            checks,
+            all_down_log: LogLimit::default(),
         })
     }
 
     /// With `--upstream-tls`: its settings.
     pub fn tls(&self) -> Option<&UpstreamTls> {
         self.tls.as_deref()
+    }
+
+    /// With `--upstream-tls`: its settings, to share (the health checker's probes).
+    pub(super) fn tls_shared(&self) -> Option<Arc<UpstreamTls>> {
+        self.tls.clone()
+    }
+
+    /// With `--check-interval`: how the upstreams are probed.
+    pub fn health_check(&self) -> Option<Arc<HealthCheck>> {
+        self.checks.clone()
+    }
+
+    /// A client was closed because the checks hold every upstream down: `Some(n)` when
+    /// a line is due (at most one a second), telling `n` such clients.
+    pub fn all_down_tick(&self) -> Option<u64> {
+        self.all_down_log.tick()
+    }
+
+    /// Takes `target` out of this table's back-off (its health checks found it up).
+    pub(super) fn clear_backoff(&self, target: &str) {
+        for up in self.list.iter().filter(|up| up.target == target) {
+            up.down_until.store(0, Relaxed);
+        }
     }
 
     /// The targets, as configured.
@@ -256,7 +315,8 @@ impl Upstreams {
     }
 
     /// The order to try upstreams in: the balance policy's order, with those in back-off
-    /// moved to the end (still tried when everything else fails).
+    /// moved to the end (still tried when everything else fails), and those the health
+    /// checks hold down left out.
     pub fn order(&self) -> Vec<usize> {
         let n = self.list.len();
         let mut order: Vec<usize> = match self.balance {
@@ -271,9 +331,21 @@ impl Upstreams {
                 o
             }
         };
+        if self.checks.is_some() {
+            order.retain(|&i| !self.checked_down(i));
+        }
         let now = self.now_ms();
         order.sort_by_key(|&i| self.in_backoff(i, now)); // stable: keeps policy order
         order
+    }
+
+    /// Whether the health checks hold upstream `i` down (they write its service's
+    /// counters, so only once the proxy has started).
+    fn checked_down(&self, i: usize) -> bool {
+        self.list[i]
+            .metrics
+            .get()
+            .is_some_and(|m| m.health.is_down())
     }
 
     /// Sessions open to upstream `i`. Once the proxy has started, its service's count
@@ -306,7 +378,11 @@ impl Upstreams {
     /// `timeout`) instead of being held against the upstream.
     pub async fn connect(self: &Arc<Self>, timeout: Duration) -> Result<Connected, ConnectError> {
         let mut failures = Vec::new();
-        for i in self.order() {
+        let order = self.order();
+        if order.is_empty() && !self.list.is_empty() {
+            return Err(ConnectError::AllDown);
+        }
+        for i in order {
             let up = &self.list[i];
             let mut waiting: Option<(Waiting, Instant)> = None;
             let mut pause = LOCAL_RETRY_MIN;
@@ -443,6 +519,28 @@ async fn open_udp_to(addrs: &[SocketAddr]) -> Result<(rt::UdpSocket, SocketAddr)
         }
     }
     Err(Failure::Remote(last))
+}
+
+/// Why a health check's connect failed.
+pub(super) enum ProbeError {
+    /// Out of descriptors or buffers here: no evidence about the upstream.
+    Local(String),
+    /// The upstream refused, timed out, did not resolve or failed the handshake.
+    Remote(String),
+}
+
+/// Connects to `target` as a session would (resolved again; with `tls`, the handshake
+/// and its verification), for a health check's probe.
+pub(super) async fn connect_for_probe(
+    target: &str,
+    timeout: Duration,
+    tls: Option<&UpstreamTls>,
+) -> Result<Stream, ProbeError> {
+    match connect_one(target, timeout, tls).await {
+        Ok((stream, _, _)) => Ok(stream),
+        Err(Failure::Local(e)) => Err(ProbeError::Local(describe(&e))),
+        Err(Failure::Remote(why)) => Err(ProbeError::Remote(why)),
+    }
 }
 
 /// Connects to `target` (and, with `tls`, runs the client handshake over the
