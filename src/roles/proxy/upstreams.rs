@@ -551,32 +551,45 @@ async fn connect_one(
     timeout: Duration,
     tls: Option<&UpstreamTls>,
 ) -> Result<(Stream, SocketAddr, Option<tls::Peer>), Failure> {
-    let (stream, addr) = connect_tcp(target, timeout).await?;
+    let (stream, addr, tried) = connect_tcp(target, timeout).await?;
     let Some(settings) = tls else {
         return Ok((stream, addr, None));
     };
+    // The connect and its handshake share one attempt's timeout.
+    let left = timeout.saturating_sub(tried.elapsed());
+    if left.is_zero() {
+        return Err(Failure::Remote(format!(
+            "connect and TLS handshake not done within {timeout:?}"
+        )));
+    }
     let name = tls::server_name(target, settings.sni.as_deref()).map_err(|e| {
         Failure::Remote(format!(
             "no TLS name to verify it by ({e}); give --upstream-sni"
         ))
     })?;
-    match tls::connect(settings.config.clone(), name, stream, addr, timeout).await {
+    match tls::connect(settings.config.clone(), name, stream, addr, left).await {
         Ok((stream, peer)) => Ok((stream, addr, Some(peer))),
         Err(e) => Err(Failure::Remote(e.to_string())),
     }
 }
 
-async fn connect_tcp(target: &str, timeout: Duration) -> Result<(Stream, SocketAddr), Failure> {
+/// Connects to the first of `target`'s addresses that answers within `timeout`: the
+/// stream, the address, and when the attempt that succeeded began.
+async fn connect_tcp(
+    target: &str,
+    timeout: Duration,
+) -> Result<(Stream, SocketAddr, Instant), Failure> {
     // A lookup needs descriptors too (the hosts file, a socket to the DNS server); see
     // [`lookup_failure`] for how a lookup that failed for want of one is told apart.
     let (looked_up, errno_left) = resolve(target).await;
     let addrs = looked_up.map_err(|e| lookup_failure(e, errno_left, socket_available))?;
     let mut last = String::from("resolves to no address");
     for addr in addrs {
+        let tried = Instant::now();
         match rt::timeout(timeout, Stream::connect(addr)).await {
             Some(Ok(s)) => {
                 let _ = s.socket().set_nodelay(true);
-                return Ok((s, addr));
+                return Ok((s, addr, tried));
             }
             Some(Err(e)) if is_resource_exhaustion(&e) => return Err(Failure::Local(e)),
             Some(Err(e)) => last = describe(&e),
