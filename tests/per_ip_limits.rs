@@ -581,3 +581,29 @@ conn_rate_per_ip = "0/1s"
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+/// Not a check: what one accept pays for the table (lock, lookup, bucket, release), with
+/// one client, a thousand, and sixty thousand taking turns. Run it with
+/// `cargo test --test per_ip_limits -- --ignored --nocapture`; `benches/RESULTS.md`
+/// has the figures.
+#[test]
+#[ignore]
+fn measure_admit_and_release_cost() {
+    let stats = Stats::new();
+    let limits = PerIpLimits {
+        max_conns: 100_000,
+        rate: Some(parse_rate("100000000/1s").unwrap()),
+        ..PerIpLimits::default()
+    };
+    for clients in [1u32, 1000, 60_000] {
+        let n = 1_000_000u32;
+        let start = Instant::now();
+        for i in 0..n {
+            let ip = std::net::IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i % clients));
+            let guard = switchboard::net::per_ip::admit("bench", &stats, ip, &limits).unwrap();
+            drop(guard);
+        }
+        let per = start.elapsed() / n;
+        eprintln!("clients {clients}: admit + release {per:?} each");
+    }
+}
