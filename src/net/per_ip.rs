@@ -106,7 +106,14 @@ impl Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{:?}", self.count, self.per)
+        // As it would be typed: 10/1s, 100/1m, 5/250ms.
+        let (ms, count) = (self.per.as_millis(), self.count);
+        match ms {
+            ms if ms % 3_600_000 == 0 => write!(f, "{count}/{}h", ms / 3_600_000),
+            ms if ms % 60_000 == 0 => write!(f, "{count}/{}m", ms / 60_000),
+            ms if ms % 1000 == 0 => write!(f, "{count}/{}s", ms / 1000),
+            ms => write!(f, "{count}/{ms}ms"),
+        }
     }
 }
 
@@ -648,6 +655,9 @@ mod tests {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
         assert!(parse_rate("10").unwrap_err().contains("10/1s"));
+        for shown in ["10/1s", "100/1m", "5/250ms", "1/2h", "7/90s"] {
+            assert_eq!(parse_rate(shown).unwrap().to_string(), shown);
+        }
     }
 
     #[test]
