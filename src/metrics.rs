@@ -15,7 +15,7 @@
 //! | `switchboard_start_time_seconds` | gauge | | when it started (Unix time) |
 //! | `switchboard_current_connections` | gauge | | TCP connections open |
 //! | `switchboard_connections_total` | counter | | TCP connections accepted and served |
-//! | `switchboard_refused_connections_total` | counter | `reason`: `max_conns`, `denied`, `emfile` | TCP clients turned away |
+//! | `switchboard_refused_connections_total` | counter | `reason`: `max_conns`, `denied`, `emfile`, `per_ip_conns`, `per_ip_rate` | TCP clients turned away (the last two: `--max-conns-per-ip`, `--conn-rate-per-ip`) |
 //! | `switchboard_bytes_in_total`, `switchboard_bytes_out_total` | counter | | bytes read and written, TCP and UDP (the proxy's both sides) |
 //! | `switchboard_datagrams_received_total` | counter | | UDP datagrams received |
 //! | `switchboard_tls_handshake_failures_total` | counter | `reason`: `timeout`, `plaintext`, `closed`, `refused` | TLS handshakes that did not complete (0 for a service without TLS) |
@@ -100,7 +100,7 @@ pub static CONNECTIONS: Family = Family {
 /// `switchboard_refused_connections_total{reason}`.
 pub static REFUSED: Family = Family {
     name: "switchboard_refused_connections",
-    help: "TCP clients turned away: over --max-conns, denied by an access list, or accepts that failed for want of descriptors.",
+    help: "TCP clients turned away: over --max-conns, denied by an access list, accepts that failed for want of descriptors, or over a per-client limit (--max-conns-per-ip, --conn-rate-per-ip).",
     kind: Kind::Counter,
     seconds: false,
 };
@@ -181,6 +181,8 @@ fn common(service: &ServiceView<'_>, out: &mut dyn Collect) {
         ("max_conns", &refused.max_conns),
         ("denied", &refused.denied),
         ("emfile", &refused.emfile),
+        ("per_ip_conns", &refused.per_ip_conns),
+        ("per_ip_rate", &refused.per_ip_rate),
     ] {
         out.series(&REFUSED, &[("reason", reason)], counter(n));
     }
@@ -324,6 +326,7 @@ mod tests {
         let stats = Stats::new();
         stats.bytes_in.store(7, Relaxed);
         stats.refused.denied.store(2, Relaxed);
+        stats.refused.per_ip_rate.store(5, Relaxed);
         let text = render(&[view("e", "echo", &stats)]);
         let l = r#"service="e",role="echo""#;
         let want = format!(
@@ -344,6 +347,10 @@ mod tests {
         assert!(text.starts_with(&want), "{text}");
         assert!(text.contains(&format!(
             "switchboard_refused_connections_total{{{l},reason=\"denied\"}} 2\n"
+        )));
+        assert!(text.contains(&format!(
+            "switchboard_refused_connections_total{{{l},reason=\"per_ip_conns\"}} 0\n\
+             switchboard_refused_connections_total{{{l},reason=\"per_ip_rate\"}} 5\n"
         )));
         assert!(text.contains(&format!("switchboard_bytes_in_total{{{l}}} 7\n")));
         assert!(text.contains(&format!("switchboard_datagrams_received_total{{{l}}} 0\n")));

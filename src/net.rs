@@ -15,6 +15,7 @@ pub mod idle;
 pub mod limits;
 pub mod lines;
 pub mod listener;
+pub mod per_ip;
 pub mod reader;
 pub mod sendfile;
 pub mod shutdown;

@@ -27,6 +27,7 @@ use crate::net::access::{AccessList, parse_cidr};
 use crate::net::describe::describe;
 use crate::net::duration::{nonzero, parse_duration};
 use crate::net::listener::{Listeners, ServerConfig};
+use crate::net::per_ip::{PerIpLimits, Rate, parse_rate};
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
 use crate::net::tls::Tls;
@@ -215,6 +216,20 @@ pub struct ServerArgs {
     /// Most TCP clients served at once (0 = no limit); over it new clients are closed.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_conns: usize,
+    /// Most TCP connections one client may have open at once (0 = no limit); over it
+    /// its new connections are closed at accept. A client is an IPv4 address or an IPv6
+    /// network (--per-ip-prefix-v6).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_conns_per_ip: usize,
+    /// Most new TCP connections one client may open: N per DURATION, in bursts of up to
+    /// N (a token bucket; 10/1s, 100/1m). Over it they are closed at accept.
+    #[arg(long, value_name = "N/DURATION", value_parser = parse_rate)]
+    pub conn_rate_per_ip: Option<Rate>,
+    /// How many leading bits of an IPv6 address name one client for the per-client
+    /// limits (64: a host's usual /64; 128: each address).
+    #[arg(long, value_name = "BITS", default_value_t = 64,
+        value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub per_ip_prefix_v6: u8,
     /// Close a TCP client after this long without input (30s, 5m; 0 = never).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
     pub idle_timeout: Duration,
@@ -253,6 +268,15 @@ impl ServerArgs {
     pub fn config_owned(&self) -> Result<ServerConfig> {
         Ok(ServerConfig {
             max_conns: self.max_conns,
+            per_ip: PerIpLimits {
+                max_conns: self.max_conns_per_ip,
+                rate: self.conn_rate_per_ip,
+                // (0 only from `ServerArgs::default()`, which clap never gives.)
+                v6_prefix: match self.per_ip_prefix_v6 {
+                    0 => PerIpLimits::default().v6_prefix,
+                    bits => bits,
+                },
+            },
             idle_timeout: nonzero(self.idle_timeout),
             access: AccessList::new(self.allow.clone(), self.deny.clone()),
             tls: self.tls()?,

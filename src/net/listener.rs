@@ -1,4 +1,6 @@
-//! The accept loop: access control, `--max-conns`, EMFILE back-off, and shutdown.
+//! The accept loop: access control, `--max-conns`, the per-client limits
+//! (`--max-conns-per-ip`, `--conn-rate-per-ip`: [`per_ip`](crate::net::per_ip)), EMFILE
+//! back-off, and shutdown.
 //!
 //! The loop owns the listener and a table of the connections it started. It never awaits
 //! anything of one client: each connection runs in its own task through a helper that
@@ -24,6 +26,7 @@ use futures::io::AsyncWriteExt;
 use crate::Result;
 use crate::net::access::AccessList;
 use crate::net::limits::is_resource_exhaustion;
+use crate::net::per_ip::{self, PerIpLimits};
 use crate::net::shutdown::Shutdown;
 use crate::net::socket::Socket;
 use crate::net::stats::Stats;
@@ -53,6 +56,10 @@ pub struct ServerConfig {
     pub max_conns: usize,
     /// Close a connection after this long without input; `None` means never.
     pub idle_timeout: Option<Duration>,
+    /// `--max-conns-per-ip`, `--conn-rate-per-ip`: checked at accept, after `max_conns`,
+    /// against the table in the service's `Stats` (shared by all its accept loops). Over
+    /// either, the client is closed with nothing sent.
+    pub per_ip: PerIpLimits,
     /// Which peers may connect.
     pub access: AccessList,
     /// Bytes written to a client refused by `max_conns` before closing (chat's
@@ -336,6 +343,16 @@ pub async fn serve<H, F>(
             }
             continue;
         }
+        // After the global limit, which refuses everyone alike without a lock; a client
+        // it admits carries `client` (its place in the table) until its task ends.
+        let client = if config.per_ip.is_on() {
+            match per_ip::admit(role, &stats, peer.ip(), &config.per_ip) {
+                Ok(client) => client,
+                Err(_) => continue, // counted and logged (once a second); dropping closes
+            }
+        } else {
+            None
+        };
 
         let _ = stream.socket().set_nodelay(true);
         next_id += 1;
@@ -379,6 +396,7 @@ pub async fn serve<H, F>(
             }
             log::debug!(role = role, peer = peer.to_string().as_str(), ms = started.elapsed().as_millis() as u64; "reader done");
             drop(guard);
+            drop(client);
             let _ = closed_tx.send_async(id).await;
         });
         rt::spawn_connection(work);

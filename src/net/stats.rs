@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use meters::{Collect, RoleMetrics};
 
+use crate::net::per_ip::PerIpTable;
 use crate::net::tls::TlsFailures;
 
 /// Counters shared by one server's accept loop, connections and UDP endpoint.
@@ -26,6 +27,11 @@ pub struct Stats {
     pub refused: Refused,
     /// TLS handshakes that did not complete, by why.
     pub tls: TlsFailures,
+    /// Each client's open connections and token bucket, for `--max-conns-per-ip` and
+    /// `--conn-rate-per-ip`: here so that every accept loop of the service (listeners,
+    /// threads, generations after a reload) shares one table. Untouched (and empty)
+    /// without those limits.
+    pub per_ip: PerIpTable,
     /// UDP datagrams received.
     pub datagrams: AtomicU64,
     /// Bytes read from peers (TCP and UDP).
@@ -56,6 +62,26 @@ pub struct Refused {
     /// ENOMEM). The client stays in the kernel's backlog while the loop pauses, and each
     /// try during the pause that fails again counts again.
     pub emfile: AtomicU64,
+    /// Closed at accept because the client had `--max-conns-per-ip` connections open.
+    pub per_ip_conns: AtomicU64,
+    /// Closed at accept because the client connected faster than `--conn-rate-per-ip`.
+    pub per_ip_rate: AtomicU64,
+}
+
+impl Refused {
+    /// The refusals the summary line adds up: every reason but `emfile` (an accept that
+    /// failed, logged as it happens, and counted again on each retry).
+    pub fn total(&self) -> u64 {
+        [
+            &self.max_conns,
+            &self.denied,
+            &self.per_ip_conns,
+            &self.per_ip_rate,
+        ]
+        .iter()
+        .map(|n| n.load(Relaxed))
+        .sum()
+    }
 }
 
 impl Stats {
@@ -121,18 +147,27 @@ impl Stats {
     }
 
     /// The counters as `key=value` text for the summary log line (`refused` counts
-    /// `--max-conns` and the access lists; accepts that failed for want of descriptors
-    /// are logged as they happen; TLS handshakes that failed are added when there were
-    /// any).
+    /// `--max-conns`, the access lists and the per-client limits, which are also given
+    /// apart when there were any; accepts that failed for want of descriptors are logged
+    /// as they happen; TLS handshakes that failed are added when there were any).
     pub fn summary(&self) -> String {
         let mut line = format!(
             "connections={} refused={} datagrams={} bytes_in={} bytes_out={}",
             self.served.load(Relaxed),
-            self.refused.max_conns.load(Relaxed) + self.refused.denied.load(Relaxed),
+            self.refused.total(),
             self.datagrams.load(Relaxed),
             self.bytes_in.load(Relaxed),
             self.bytes_out.load(Relaxed)
         );
+        for (key, n) in [
+            ("refused_per_ip_conns", &self.refused.per_ip_conns),
+            ("refused_per_ip_rate", &self.refused.per_ip_rate),
+        ] {
+            let n = n.load(Relaxed);
+            if n > 0 {
+                line += &format!(" {key}={n}");
+            }
+        }
         let tls_failed = self.tls.total();
         if tls_failed > 0 {
             line += &format!(" tls_handshake_failures={tls_failed}");

@@ -116,7 +116,7 @@ pub async fn run_many(
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    announce(&proxy);
+    announce(&server, &proxy);
     // Probes the upstreams (with --check-interval) until the loops below have stopped,
     // or this generation is retired.
     let _checker = start_checks(&proxy, &stats, &server);
@@ -150,7 +150,7 @@ pub async fn run_pinned(
     shutdown: Shutdown,
 ) -> Result<()> {
     let threads = listeners.len();
-    announce(&proxy);
+    announce(&server, &proxy);
     let _checker = start_checks(&proxy, &stats, &server);
     // Each thread's accept loop logs at debug; each address is announced here, once.
     let (server, proxy) = (Arc::new(server.quiet()), Arc::new(proxy));
@@ -218,8 +218,13 @@ pub async fn run_pinned(
     Ok(())
 }
 
-/// The start-up lines of what is not said per session: upstreams that are not verified.
-fn announce(proxy: &ProxyConfig) {
+/// The start-up lines of what is not said per session: upstreams that are not verified;
+/// per-client limits that count the balancer.
+fn announce(server: &ServerConfig, proxy: &ProxyConfig) {
+    if proxy.accept_proxy.is_some() && server.per_ip.is_on() {
+        log::warn!(role = "proxy";
+            "--max-conns-per-ip/--conn-rate-per-ip count the peer that connects: with --accept-proxy that is the balancer, so all its clients share one limit");
+    }
     if proxy.upstreams.tls().is_some_and(|t| t.insecure) {
         let targets: Vec<&str> = proxy.upstreams.targets().collect();
         log::warn!(role = "proxy", upstreams = targets.join(",").as_str();
