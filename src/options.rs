@@ -19,6 +19,7 @@ use crate::net::tls::{self, Verify};
 use crate::roles::chat::{self, broker::ChatConfig};
 use crate::roles::proxy::{
     self, ProxyConfig,
+    ftp::{self, FtpConfig},
     header::Version,
     health::{EXPECT_WINDOW, HealthCheck, MIN_INTERVAL, unescape},
     sni::{self, SniRoute, SniRoutes},
@@ -322,6 +323,18 @@ pub struct ProxyArgs {
     /// and counted.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_flows: usize,
+    /// FTP through the proxy: the control connection is read as lines; PASV/EPSV
+    /// replies and PORT/EPRT commands are rewritten to the proxy's own data listeners,
+    /// and the proxy connects the data channels (to the upstream's address, never the
+    /// one a reply names). After `AUTH TLS` the control connection is passed unparsed.
+    #[arg(long, conflicts_with_all = ["udp", "sni_route", "tls_cert", "tls_listen", "upstream_tls"])]
+    pub ftp: bool,
+    /// With --ftp: the ports data listeners bind, LOW-HIGH (for firewalls) [default: any].
+    #[arg(long, value_name = "LOW-HIGH", requires = "ftp", value_parser = ftp::parse_port_range)]
+    pub ftp_data_ports: Option<(u16, u16)>,
+    /// With --ftp: how long a data listener waits for its one connection before closing.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub ftp_data_timeout: Duration,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -443,6 +456,12 @@ impl ProxyArgs {
             splice: (!self.no_splice && (self.splice || SPLICE_BY_DEFAULT))
                 .then_some(self.splice_pipe as usize),
             splice_always: self.splice_always,
+            ftp: self.ftp.then(|| {
+                FtpConfig::new(
+                    self.ftp_data_ports,
+                    self.ftp_data_timeout.max(Duration::from_millis(1)),
+                )
+            }),
         };
         if self.accept_proxy && self.server.tls_cert.is_some() {
             // A balancer's PROXY header comes before the client's TLS handshake, and

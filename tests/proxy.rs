@@ -48,6 +48,7 @@ fn config(upstreams: &[SocketAddr], balance: Balance) -> ProxyConfig {
         tap: false,
         splice: Some(PIPE_CAPACITY),
         splice_always: false,
+        ftp: None,
     }
 }
 

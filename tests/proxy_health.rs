@@ -212,6 +212,7 @@ fn start_proxy(upstreams: &[&Upstream], check: HealthCheck) -> Proxy {
         tap: false,
         splice: Some(PIPE_CAPACITY),
         splice_always: false,
+        ftp: None,
     };
     rt::spawn(proxy::run(
         listener,

@@ -92,6 +92,7 @@ fn config(upstreams: Arc<Upstreams>) -> ProxyConfig {
         tap: false,
         splice: Some(1 << 16),
         splice_always: false,
+        ftp: None,
     }
 }
 

@@ -28,6 +28,7 @@
 //! Try it: `switchboard hello & switchboard proxy --upstream 127.0.0.1:7009`, then
 //! `nc 127.0.0.1 7001`.
 
+pub mod ftp;
 pub mod header;
 pub mod health;
 pub mod metrics;
@@ -93,6 +94,9 @@ pub struct ProxyConfig {
     /// direction copies until a read fills the pipe's capacity, and splices that bulk
     /// ([`Relay::adaptive`]): small messages cost less copied.
     pub splice_always: bool,
+    /// `--ftp`: the control connection is read as lines, and the proxy makes the data
+    /// connections itself ([`ftp`]).
+    pub ftp: Option<ftp::FtpConfig>,
 }
 
 /// Serves the proxy on `listener` until `shutdown` fires; open sessions are left to
@@ -642,9 +646,9 @@ async fn session(
     let up_socket = up.stream.socket().clone();
     let (up_read, up_write) = up.stream.split();
     // Splicing moves bytes between the sockets themselves, so both must be plain.
-    let splice = cfg
-        .splice
-        .filter(|_| !cfg.tap && client_write.raw().is_some() && up_write.raw().is_some());
+    let splice = cfg.splice.filter(|_| {
+        !cfg.tap && cfg.ftp.is_none() && client_write.raw().is_some() && up_write.raw().is_some()
+    });
     // The header is ours, not the client's: it is not part of what the client sent.
     // Client bytes that came with its PROXY header were read, and are forwarded first.
     let mut prefix = match cfg.send_proxy {
@@ -658,32 +662,59 @@ async fn session(
     // One notice per pump at most, so two places: `try_send` never fails for room.
     let (notes_tx, notes_rx) = flume::bounded::<FinNotice>(2);
     // What reaches each socket, counted by whatever writes it; watched until that ends.
-    let (up_pump, to_upstream) = carry(
-        client_read,
-        up_write,
-        prefix,
-        splice,
-        cfg.splice_always,
-        Way {
-            activity: activity.clone(),
-            stats: stats.clone(),
-            fin: ("client FIN", notes_tx.clone()),
-            tap: tap("client->server"),
-        },
-    );
-    let (down_pump, to_client) = carry(
-        up_read,
-        client_write,
-        Vec::new(),
-        splice,
-        cfg.splice_always,
-        Way {
-            activity: activity.clone(),
-            stats: stats.clone(),
-            fin: ("server FIN", notes_tx),
-            tap: tap("server->client"),
-        },
-    );
+    let way_up = Way {
+        activity: activity.clone(),
+        stats: stats.clone(),
+        fin: ("client FIN", notes_tx.clone()),
+        tap: tap("client->server"),
+    };
+    let way_down = Way {
+        activity: activity.clone(),
+        stats: stats.clone(),
+        fin: ("server FIN", notes_tx),
+        tap: tap("server->client"),
+    };
+    // With --ftp the control connection is read as lines by pumps of its own, and the
+    // data channels it opens close when this session ends.
+    let mut ftp = match &cfg.ftp {
+        Some(f) => Some(ftp::Control::new(
+            &cfg,
+            f,
+            ftp::Addresses {
+                client: peer,
+                client_side: local,
+                upstream: up.addr,
+                upstream_side: up_socket.local_addr()?,
+            },
+            &activity,
+            &stats,
+        )),
+        None => None,
+    };
+    let ((up_pump, to_upstream), (down_pump, to_client)) = match &mut ftp {
+        Some(control) => (
+            control.carry(true, client_read, up_write, prefix, way_up),
+            control.carry(false, up_read, client_write, Vec::new(), way_down),
+        ),
+        None => (
+            carry(
+                client_read,
+                up_write,
+                prefix,
+                splice,
+                cfg.splice_always,
+                way_up,
+            ),
+            carry(
+                up_read,
+                client_write,
+                Vec::new(),
+                splice,
+                cfg.splice_always,
+                way_down,
+            ),
+        ),
+    };
 
     let sockets = [&client_socket, &up_socket];
     let (mut up_pump, mut down_pump) = (up_pump.fuse(), down_pump.fuse());
@@ -776,6 +807,11 @@ async fn session(
             }
         }
     }
+    // The data channels end with the control session; their totals go on its line.
+    let ftp_data = match ftp {
+        Some(control) => Some(control.close().await),
+        None => None,
+    };
     // Delivered: what reached the other side's socket. Dropped: read, never written.
     let bytes_up = to_upstream.written().saturating_sub(header_len);
     let bytes_down = to_client.written();
@@ -788,7 +824,13 @@ async fn session(
     );
     // `none`: the sides closed the session themselves.
     let cut_by = cut_by.unwrap_or("none");
-    if dropped_up == 0 && dropped_down == 0 {
+    if let Some(data) = ftp_data {
+        log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
+            bytes_up = bytes_up, bytes_down = bytes_down, dropped_up = dropped_up, dropped_down = dropped_down,
+            ms = ms, closed_first = closed_first, cut_by = cut_by, tls = tls_mode, sni = sni_name.as_str(),
+            ftp_data = data.channels, ftp_data_bytes_up = data.bytes_up, ftp_data_bytes_down = data.bytes_down;
+            "proxy: session closed");
+    } else if dropped_up == 0 && dropped_down == 0 {
         log::info!(client = client.as_str(), upstream = up.name.as_str(), upstream_addr = upstream_addr.as_str(),
             bytes_up = bytes_up, bytes_down = bytes_down, ms = ms, closed_first = closed_first, cut_by = cut_by,
             tls = tls_mode, sni = sni_name.as_str(); "proxy: session closed");
