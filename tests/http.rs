@@ -530,6 +530,7 @@ fn a_keep_alive_exchange_works_through_the_proxy() {
         tap: false,
         splice: Some(switchboard::net::splice::PIPE_CAPACITY),
         splice_always: false,
+        ftp: None,
     };
     rt::spawn(proxy::run(
         listener,

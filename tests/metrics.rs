@@ -388,6 +388,7 @@ fn proxy_config(upstreams: &[SocketAddr]) -> ProxyConfig {
         tap: false,
         splice: Some(PIPE_CAPACITY),
         splice_always: false,
+        ftp: None,
     }
 }
 

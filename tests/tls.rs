@@ -146,6 +146,7 @@ fn the_proxy_terminates_tls_and_copies_to_a_plain_upstream_even_with_splice_aske
         // Every byte spliced, if the session allowed it: a TLS client side must not.
         splice: Some(65536),
         splice_always: true,
+        ftp: None,
     };
     let server = ServerConfig {
         tls: Some(certs.tls(Duration::from_secs(10))),
@@ -836,6 +837,7 @@ fn interop_openssl_s_client_is_routed_by_sni_through_the_proxy() {
         tap: false,
         splice: Some(65536),
         splice_always: false,
+        ftp: None,
     };
     let listener = rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
