@@ -16,6 +16,7 @@ use switchboard::net::lines::{self, Datagram, Frame, LineFramer, Overlong};
 use switchboard::roles::chat::protocol::{self, Command, TelnetFilter};
 use switchboard::roles::http::files::{self, RangeSpec};
 use switchboard::roles::http::request::{self, Request};
+use switchboard::roles::proxy::ftp;
 use switchboard::roles::proxy::header::{self, Header, ParseError, Version};
 
 /// One broken property: which oracle, and what was seen.
@@ -36,6 +37,7 @@ pub const TARGETS: &[(&str, Oracle)] = &[
     ("http_request", http_request),
     ("http_range", http_range),
     ("proxy_header", proxy_header),
+    ("ftp_line", ftp_line),
 ];
 
 /// Collects violations; `check!(v, "name", cond, "fmt", args)`.
@@ -733,4 +735,58 @@ fn round_trip(
 pub fn input_dirs(root: &Path, target: &str) -> [PathBuf; 3] {
     let fuzz = root.join("fuzz");
     ["corpus", "seeds", "regressions"].map(|kind| fuzz.join(kind).join(target))
+}
+
+// ---------------------------------------------------------------------------------------
+// ftp_line
+
+/// The `proxy --ftp` line parsers on one line of anything: an address or port they
+/// find formats back to a line that parses to the same (`227`, `229`, `PORT`, `EPRT`),
+/// and a reply code is three digits.
+pub fn ftp_line(data: &[u8]) -> Vec<Violation> {
+    let mut v = Vec::new();
+    let text = String::from_utf8_lossy(data);
+    if let Some(a) = ftp::parse_227(&text) {
+        let again = ftp::format_227(a, "\r\n");
+        let back = ftp::parse_227(again.trim_end());
+        check!(
+            v,
+            "ftp_227",
+            back == Some(a),
+            "{text:?} -> {a} -> {again:?} -> {back:?}"
+        );
+    }
+    if let Some(p) = ftp::parse_229(&text) {
+        let again = ftp::format_229(p, "\r\n");
+        let back = ftp::parse_229(again.trim_end());
+        check!(
+            v,
+            "ftp_229",
+            back == Some(p),
+            "{text:?} -> {p} -> {again:?} -> {back:?}"
+        );
+    }
+    for (eprt, parsed) in [
+        (false, ftp::parse_port(&text)),
+        (true, ftp::parse_eprt(&text)),
+    ] {
+        if let Some(a) = parsed {
+            let again = ftp::format_active(a, eprt, "\r\n");
+            let (verb, arg) = ftp::split_command(again.as_bytes());
+            let back = match verb.as_str() {
+                "PORT" => ftp::parse_port(&arg),
+                _ => ftp::parse_eprt(&arg),
+            };
+            check!(
+                v,
+                "ftp_active",
+                back == Some(a),
+                "{text:?} -> {a} -> {again:?} -> {back:?}"
+            );
+        }
+    }
+    if let Some((code, _)) = ftp::reply_code(data) {
+        check!(v, "ftp_code", code < 1000, "code {code}");
+    }
+    v
 }

@@ -21,7 +21,7 @@ set -euo pipefail
 
 minutes=${1:?usage: fuzz/run.sh MINUTES [TARGET...]}
 shift
-all=(chat_line lines telnet http_request http_range proxy_header)
+all=(chat_line lines telnet http_request http_range proxy_header ftp_line)
 if (($# > 0)); then targets=("$@"); else targets=("${all[@]}"); fi
 
 cd "$(dirname "$0")/.." # the repository root: cargo fuzz finds fuzz/ from here

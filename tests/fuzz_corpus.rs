@@ -188,6 +188,11 @@ fn proxy_header_corpus() {
     replay("proxy_header");
 }
 
+#[test]
+fn ftp_line_corpus() {
+    replay("ftp_line");
+}
+
 /// Every target in the oracle table has its test above (a new target needs one).
 #[test]
 fn every_target_is_replayed() {
@@ -200,7 +205,8 @@ fn every_target_is_replayed() {
             "telnet",
             "http_request",
             "http_range",
-            "proxy_header"
+            "proxy_header",
+            "ftp_line"
         ]
     );
 }
