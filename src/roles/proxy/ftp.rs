@@ -342,10 +342,12 @@ impl Control {
             cfg: ftp.clone(),
             splice: cfg.splice,
             splice_always: cfg.splice_always,
-            client_ip: addrs.client.ip(),
-            client_side: addrs.client_side.ip(),
-            upstream_ip: addrs.upstream.ip(),
-            upstream_side: addrs.upstream_side.ip(),
+            // IPv4 clients of a dual-stack listener show as `::ffff:a.b.c.d`; a `PORT`
+            // names `a.b.c.d`. Compared in canonical form.
+            client_ip: addrs.client.ip().to_canonical(),
+            client_side: addrs.client_side.ip().to_canonical(),
+            upstream_ip: addrs.upstream.ip().to_canonical(),
+            upstream_side: addrs.upstream_side.ip().to_canonical(),
             activity: activity.clone(),
             stats: stats.clone(),
             counts: counts.clone(),
@@ -598,7 +600,7 @@ fn active(
     let Some(target) = target else {
         return Err(format!("501 proxy: cannot parse that address{eol}"));
     };
-    if target.ip() != data.client_ip || target.port() < 1024 {
+    if target.ip().to_canonical() != data.client_ip || target.port() < 1024 {
         log::info!(client = data.client_ip.to_string().as_str(), asked = target.to_string().as_str();
             "proxy --ftp: refused an active data address (not the control client's, or a port below 1024)");
         return Err(format!(
@@ -831,7 +833,7 @@ async fn channel(data: Arc<Data>, listener: TcpListener, mode: Mode) {
             () = close => return,
         };
         match got {
-            Some(Ok((stream, peer))) if peer.ip() == expect => break stream,
+            Some(Ok((stream, peer))) if peer.ip().to_canonical() == expect => break stream,
             Some(Ok((_, peer))) => {
                 log::warn!(expected = expect.to_string().as_str(), peer = peer.to_string().as_str(), mode = kind;
                     "proxy --ftp: data connection from a stranger refused; still waiting");
