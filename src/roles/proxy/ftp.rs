@@ -539,7 +539,7 @@ async fn control_pump(
         if data.opaque.load(Ordering::Acquire) && !said_opaque {
             said_opaque = true;
             if matches!(side, Side::Replies(_)) {
-                log::info!(role = "proxy"; "proxy --ftp: AUTH accepted (234): the control connection is TLS from here, passed through unparsed; data channels are no longer rewritten");
+                log::info!(role = "proxy", client = data.client_ip.to_string().as_str(); "proxy --ftp: AUTH accepted (234): the control connection is TLS from here, passed through unparsed; data channels are no longer rewritten");
             }
         }
         if out.is_empty() {
