@@ -296,7 +296,7 @@ fn twenty_transfers_in_parallel() {
     }
     let Some(ftp) = vsftpd(test) else { return };
     let proxy = ftp_proxy(ftp.addr, &[]);
-    let data = Arc::new(random_file(&ftp.root.join("f.bin"), 2 << 20, 3));
+    let data = Arc::new(random_file(&ftp.root.join("f.bin"), 32 << 20, 3));
     let src = ftp.dir.join("src.bin");
     std::fs::write(&src, &*data).unwrap();
     let modes = [PASV, EPSV, PORT, EPRT];
@@ -336,7 +336,7 @@ fn twenty_transfers_in_parallel() {
         .iter()
         .map(|s| field(s, "ftp_data_bytes_up").unwrap() + field(s, "ftp_data_bytes_down").unwrap())
         .sum();
-    assert_eq!(moved, 20 * (2 << 20));
+    assert_eq!(moved, 20 * (32 << 20));
 }
 
 /// lftp, passive and active, get and put.
