@@ -294,3 +294,108 @@ fn the_binary_forwards_udp_and_logs_one_line_per_flow() {
     assert!(wait_exit(&mut proc).success());
     upstream.stop();
 }
+
+/// A minimal DNS server for the test: it answers every `A` question with `answer`
+/// (one record, TTL 60) and counts the queries it answered; stops after `DEADLINE`
+/// without a query.
+fn dns_server(answer: [u8; 4]) -> (SocketAddr, std::thread::JoinHandle<usize>) {
+    let sock = StdUdp::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let served = std::thread::spawn(move || {
+        let mut answered = 0;
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let query = &buf[..n];
+            if n < 12 || query[2] & 0x80 != 0 {
+                continue; // too short, or a response
+            }
+            // The question: names as labels up to the zero, then QTYPE and QCLASS.
+            let mut end = 12;
+            while end < n && query[end] != 0 {
+                end += 1 + query[end] as usize;
+            }
+            let end = end + 5;
+            if end > n {
+                continue;
+            }
+            let mut reply = query[..end].to_vec();
+            reply[2] = 0x81; // a response, recursion desired kept
+            reply[3] = 0x80; // recursion available, no error
+            reply[6..12].copy_from_slice(&[0, 1, 0, 0, 0, 0]); // 1 answer, no others
+            reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            reply.extend_from_slice(&answer);
+            sock.send_to(&reply, from).unwrap();
+            answered += 1;
+            if query[end - 4..end - 2] == [0, 255] {
+                break; // an ANY question: the test's signal to stop
+            }
+        }
+        answered
+    });
+    (addr, served)
+}
+
+/// A DNS query for `name`, type `qtype`, with id `id` and recursion desired.
+fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0]);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    q
+}
+
+#[test]
+fn dns_goes_through_and_dig_gets_its_answer_where_installed() {
+    let (dns, served) = dns_server([192, 0, 2, 7]);
+    let proxy = UdpProxy::start(
+        vec![dns.to_string()],
+        Balance::RoundRobin,
+        Duration::from_secs(60),
+        100,
+    );
+    // Our own query: the answer comes back whole, its id and question intact.
+    let c = client();
+    let query = dns_query(0x5a5a, "www.example.test", 1);
+    let reply = ask(&c, proxy.addr, &query);
+    assert_eq!(&reply[..2], &[0x5a, 0x5a]);
+    assert_eq!(&reply[12..query.len()], &query[12..]);
+    assert_eq!(&reply[reply.len() - 4..], &[192, 0, 2, 7]);
+    let mut asked = 1;
+    // dig, where it is installed.
+    let dig = std::process::Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &proxy.addr.port().to_string(),
+            "+short",
+            "+tries=1",
+            "+time=20",
+            "dig.example.test",
+            "A",
+        ])
+        .output();
+    match dig {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "dig: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "192.0.2.7\n");
+            asked += 1;
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: dig is not installed; the DNS check ran with our own query only")
+        }
+    }
+    // The server's signal to stop, through the proxy too.
+    let _ = ask(&c, proxy.addr, &dns_query(1, "stop.example.test", 255));
+    assert_eq!(served.join().unwrap(), asked + 1);
+    proxy.stop();
+}
