@@ -258,8 +258,24 @@ async fn serve_udp_proxy(args: ProxyArgs) -> Result<()> {
     }
     let stats = Stats::new();
     let serve_stats = stats.clone();
+    // One pinned thread runs the receive loops, the flows and the reply sender: a
+    // datagram's hops between them wake no other thread.
     service::run_until_signal("proxy", stats, service::DEFAULT_DRAIN, move |shutdown| {
-        proxy::udp::run_many(sockets, config, serve_stats, shutdown)
+        let (done_tx, done_rx) = flume::bounded::<()>(1);
+        let started = rt::spawn_pinned_thread("proxy-udp".into(), move || async move {
+            proxy::udp::run_many(sockets, config, serve_stats, shutdown).await;
+            let _ = done_tx.send(());
+        });
+        async move {
+            match started {
+                Ok(_) => {
+                    let _ = done_rx.recv_async().await;
+                }
+                Err(e) => {
+                    log::error!(error = e.to_string().as_str(); "proxy: no thread for the UDP proxy")
+                }
+            }
+        }
     })
     .await
 }

@@ -225,6 +225,11 @@ impl UdpSocket {
     }
 
     /// Sends one datagram to `addr`.
+    /// Sends now if the socket takes the datagram; `WouldBlock` if it would have to wait.
+    pub fn try_send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
+        self.0.get_ref().send_to(buf, addr)
+    }
+
     pub async fn send_to(&self, buf: &[u8], addr: SocketAddr) -> io::Result<usize> {
         self.0.send_to(buf, addr).await
     }

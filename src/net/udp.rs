@@ -4,8 +4,9 @@
 //!   socket ──recv_from──▶ receive loop ──▶ role ──sender_tx (payload, peers)──▶ send actor ──send_to──▶ socket
 //! ```
 //!
-//! The send actor is the only task that sends on the socket; anyone holding a
-//! [`DatagramSender`] can queue a job for it: one payload for one peer, or one shared
+//! The send actor sends what is queued; [`DatagramSender::send`] sends on the socket
+//! itself while nothing is queued (a reply then wakes no actor), and anyone holding a
+//! [`DatagramSender`] can queue a job for the actor: one payload for one peer, or one shared
 //! payload for many (a chat line for a room), sent to each in turn. The receive loop runs until
 //! shutdown; a receive error (an ICMP error surfacing, a full buffer) is logged and the
 //! loop goes on, since one peer's trouble must not stop the others.
@@ -82,6 +83,9 @@ struct Shared {
     queued_bytes: AtomicUsize,
     /// Jobs dropped because the queue was full (each is one line, however many peers).
     dropped: AtomicU64,
+    /// Jobs queued and not yet sent in full: while it is 0, [`DatagramSender::send`]
+    /// sends on the socket itself (nothing queued could be overtaken).
+    unsent: AtomicUsize,
 }
 
 /// The handle to a UDP endpoint's send actor.
@@ -89,19 +93,38 @@ struct Shared {
 pub struct DatagramSender {
     sender_tx: flume::Sender<Job>,
     shared: Arc<Shared>,
+    /// The socket and counts, for [`DatagramSender::send`]'s direct path.
+    socket: Arc<UdpSocket>,
+    stats: Arc<Stats>,
     /// Disconnected when the send actor ends (it carries nothing): see [`Self::finish`].
     ended_rx: flume::Receiver<std::convert::Infallible>,
 }
 
 impl DatagramSender {
-    /// Queues a datagram, waiting for room (backpressure on the caller).
+    /// Sends a datagram: on the socket at once when nothing is queued and the socket
+    /// takes it (a reply then wakes no send actor), else queued, waiting for room
+    /// (backpressure on the caller).
     pub async fn send(&self, peer: SocketAddr, payload: Vec<u8>) {
+        // Acquire: pairs with the send actor's Release after a send, so a datagram the
+        // caller queued earlier is on the wire before this one goes direct.
+        if self.shared.unsent.load(Ordering::Acquire) == 0 {
+            match self.socket.try_send_to(&payload, peer) {
+                Ok(n) => return Stats::add(&self.stats.bytes_out, n as u64),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    return log::debug!(peer = peer.to_string().as_str(), error = e.to_string().as_str(); "UDP send failed");
+                }
+            }
+        }
         let job = Job {
             payload: Payload::Owned(payload),
             peers: Peers::One(peer),
             weight: 0,
         };
-        let _ = self.sender_tx.send_async(job).await;
+        self.shared.unsent.fetch_add(1, Ordering::Relaxed);
+        if self.sender_tx.send_async(job).await.is_err() {
+            self.shared.unsent.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Queues one payload for many peers, waiting for room (outside the
@@ -116,7 +139,10 @@ impl DatagramSender {
             peers: Peers::Many(peers),
             weight: 0,
         };
-        let _ = self.sender_tx.send_async(job).await;
+        self.shared.unsent.fetch_add(1, Ordering::Relaxed);
+        if self.sender_tx.send_async(job).await.is_err() {
+            self.shared.unsent.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Queues a datagram if there is room; `false` when the queue is full and it was
@@ -164,9 +190,11 @@ impl DatagramSender {
     }
 
     fn try_queue(&self, job: Job) -> bool {
+        self.shared.unsent.fetch_add(1, Ordering::Relaxed);
         match self.sender_tx.try_send(job) {
             Ok(()) => true,
             Err(e) => {
+                self.shared.unsent.fetch_sub(1, Ordering::Relaxed);
                 let job = e.into_inner();
                 self.shared
                     .queued_bytes
@@ -206,31 +234,34 @@ pub fn spawn_sender(socket: Arc<UdpSocket>, stats: &Arc<Stats>) -> DatagramSende
     let (sender_tx, sender_rx) = flume::bounded::<Job>(SEND_MAILBOX);
     let (ended_tx, ended_rx) = flume::bounded(0);
     let shared = Arc::new(Shared::default());
-    let stats = stats.clone();
+    let (actor_socket, actor_stats) = (socket.clone(), stats.clone());
     let counters = shared.clone();
     // Not counted in `live_tasks`: that counts connection tasks, and this one lives as
     // long as the endpoint. It ends once the receive loop (and every holder) lets go;
     // [`DatagramSender::finish`] waits for that.
-    rt::spawn(async move {
+    rt::spawn_here(async move {
         let _ended_tx: flume::Sender<std::convert::Infallible> = ended_tx;
         while let Ok(job) = sender_rx.recv_async().await {
             let payload = job.payload.bytes();
             match &job.peers {
-                Peers::One(peer) => send_one(&socket, payload, *peer, &stats).await,
+                Peers::One(peer) => send_one(&actor_socket, payload, *peer, &actor_stats).await,
                 Peers::Many(peers) => {
                     for &peer in peers {
-                        send_one(&socket, payload, peer, &stats).await;
+                        send_one(&actor_socket, payload, peer, &actor_stats).await;
                     }
                 }
             }
             counters
                 .queued_bytes
                 .fetch_sub(job.weight, Ordering::Relaxed);
+            counters.unsent.fetch_sub(1, Ordering::Release);
         }
     });
     DatagramSender {
         sender_tx,
         shared,
+        socket,
+        stats: stats.clone(),
         ended_rx,
     }
 }

@@ -281,7 +281,7 @@ async fn start_flow(
         refused,
         task: stats.task(),
     };
-    rt::spawn(task.run());
+    rt::spawn_here(task.run());
     Ok(flow)
 }
 
