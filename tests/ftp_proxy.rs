@@ -681,3 +681,82 @@ fn after_auth_tls_is_accepted_the_control_connection_passes_untouched() {
     assert_eq!(c.line(), reply_227(5000));
     assert!(proxy.log_text().contains("AUTH accepted"));
 }
+
+#[test]
+fn an_overlong_reply_line_split_across_reads_still_answers_its_command() {
+    // The server's reply to SYST is one 5000-byte line, sent in two parts: the second
+    // only once the client has seen the first (so the proxy read them apart). The
+    // 227 that answers the next command, PASV, must still be the proxy's.
+    let data = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = data.local_addr().unwrap().port();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let server = scripted(move |mut s| {
+        s.write_all(b"220 hi\r\n").unwrap();
+        assert_eq!(read_line(&mut s), "SYST\r\n");
+        s.write_all(format!("215 {}", "U".repeat(4500)).as_bytes())
+            .unwrap();
+        go_rx.recv_timeout(DEADLINE).unwrap();
+        s.write_all(format!("{}\r\n", "U".repeat(496)).as_bytes())
+            .unwrap();
+        assert_eq!(read_line(&mut s), "PASV\r\n");
+        s.write_all(reply_227(port).as_bytes()).unwrap();
+        let (mut d, _) = data.accept().unwrap();
+        d.write_all(b"through the proxy").unwrap();
+        drop(d);
+        let _ = read_line(&mut s);
+    });
+    let proxy = ftp_proxy(server, &[]);
+    let mut c = Control::connect(proxy.addr);
+    c.reply("220");
+    c.send("SYST\r\n");
+    let mut head = vec![0; 4504];
+    c.reader.read_exact(&mut head).unwrap();
+    assert_eq!(head, format!("215 {}", "U".repeat(4500)).as_bytes());
+    go_tx.send(()).unwrap();
+    assert_eq!(c.line(), format!("{}\r\n", "U".repeat(496)));
+    c.send("PASV\r\n");
+    let pasv = c.line();
+    assert!(
+        pasv.starts_with("227 ") && !pasv.contains("192,0,2,1"),
+        "{pasv:?}"
+    );
+    let mut d = TcpStream::connect(addr_227(&pasv)).unwrap();
+    assert_eq!(read_to_end(&mut d), b"through the proxy");
+}
+
+#[test]
+fn an_overlong_command_line_is_refused_not_passed() {
+    // A server that splits long lines would read the tail as a command of its own: a
+    // PORT the proxy never checked. The proxy refuses the whole line instead.
+    let data = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = data.local_addr().unwrap().port();
+    let server = scripted(move |mut s| {
+        s.write_all(b"220 hi\r\n").unwrap();
+        for _ in 0..2 {
+            assert_eq!(read_line(&mut s), "NOOP\r\n");
+            s.write_all(b"200 NOOP ok\r\n").unwrap();
+        }
+        assert_eq!(read_line(&mut s), "PASV\r\n");
+        s.write_all(reply_227(port).as_bytes()).unwrap();
+        let _ = read_line(&mut s);
+    });
+    let proxy = ftp_proxy(server, &[]);
+    let mut c = Control::connect(proxy.addr);
+    c.reply("220");
+    let smuggled = "PORT 10,9,8,7,100,100\r\n";
+    // In one write, and in two (the proxy reading the head alone, most likely).
+    c.send(&format!("NOOP{}{smuggled}", " ".repeat(5000)));
+    let refused = c.line();
+    assert!(refused.starts_with("500 "), "{refused:?}");
+    c.send(&format!("NOOP{}", " ".repeat(5000)));
+    c.send(smuggled);
+    let refused = c.line();
+    assert!(refused.starts_with("500 "), "{refused:?}");
+    // Replies still pair with their commands.
+    c.send("PASV\r\n");
+    let pasv = c.line();
+    assert!(
+        pasv.starts_with("227 ") && !pasv.contains("192,0,2,1"),
+        "{pasv:?}"
+    );
+}
