@@ -760,3 +760,46 @@ fn an_overlong_command_line_is_refused_not_passed() {
         "{pasv:?}"
     );
 }
+
+#[test]
+fn a_port_hidden_by_telnet_commands_or_odd_spacing_is_still_checked() {
+    // The control connection is Telnet (RFC 959): servers that honour that strip IAC
+    // sequences (IAC NOP, IAC IP before ABOR) before reading the verb, and some take
+    // a tab or leading blanks as spacing. Each of these is a PORT to such a server,
+    // naming another host: the proxy must refuse it, not pass it as "some other verb".
+    let hidden: [&[u8]; 5] = [
+        b"\xff\xf1PORT 10,9,8,7,100,100\r\n",
+        b"PO\xff\xf1RT 10,9,8,7,100,100\r\n",
+        b"\xff\xfb\x01EPRT |1|10.9.8.7|25700|\r\n",
+        b"PORT\t10,9,8,7,100,100\r\n",
+        b" \tPORT 10,9,8,7,100,100\r\n",
+    ];
+    let server = scripted(move |mut s| {
+        s.write_all(b"220 hi\r\n").unwrap();
+        for _ in 0..5 {
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).unwrap_or(0) == 1 {
+                line.push(b[0]);
+                if b[0] == b'\n' {
+                    break;
+                }
+            }
+            // The refused command never arrives: a NOOP takes its place.
+            let reply: &[u8] = match line == b"NOOP\r\n" {
+                true => b"200 NOOP ok\r\n",
+                false => b"200 PORT command successful\r\n",
+            };
+            s.write_all(reply).unwrap();
+        }
+        let _ = read_line(&mut s);
+    });
+    let proxy = ftp_proxy(server, &[]);
+    let mut c = Control::connect(proxy.addr);
+    c.reply("220");
+    for line in hidden {
+        c.stream.write_all(line).unwrap();
+        let reply = c.line();
+        assert!(reply.starts_with("500 "), "{line:?}: {reply:?}");
+    }
+}

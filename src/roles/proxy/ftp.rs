@@ -212,11 +212,40 @@ pub fn format_active(addr: SocketAddr, eprt: bool, eol: &str) -> String {
     }
 }
 
-/// A command line's verb (upper-cased) and argument, without the line's end.
+/// A command line's verb (upper-cased) and argument, without the line's end, read as
+/// the most lenient server would: Telnet commands (`IAC x`, `IAC WILL|WONT|DO|DONT x`)
+/// taken out, as RFC 959's Telnet control connection has servers do, blanks (spaces,
+/// tabs) before the verb skipped, and the verb ended by a space or a tab. Whatever some
+/// server could run as `PORT` is read as `PORT` here, and checked.
 pub fn split_command(line: &[u8]) -> (String, String) {
-    let text = String::from_utf8_lossy(strip_eol(line));
-    let (verb, arg) = text.split_once(' ').unwrap_or((&text, ""));
+    let text = String::from_utf8_lossy(&strip_telnet(strip_eol(line))).into_owned();
+    let text = text.trim_start_matches([' ', '\t']);
+    let (verb, arg) = text.split_once([' ', '\t']).unwrap_or((text, ""));
     (verb.to_ascii_uppercase(), arg.to_string())
+}
+
+/// `line` without its Telnet commands: `IAC IAC` is a data byte 255, `IAC` and one of
+/// `WILL`/`WONT`/`DO`/`DONT` and its option go, as does `IAC` and any other byte.
+fn strip_telnet(line: &[u8]) -> Vec<u8> {
+    const IAC: u8 = 255;
+    let mut out = Vec::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        if line[i] != IAC {
+            out.push(line[i]);
+            i += 1;
+            continue;
+        }
+        match line.get(i + 1) {
+            Some(&IAC) => {
+                out.push(IAC);
+                i += 2;
+            }
+            Some(251..=254) => i += 3,
+            _ => i += 2,
+        }
+    }
+    out
 }
 
 /// How a reply line starts: its code and whether it opens a multi-line reply (`ddd-`).
@@ -1090,6 +1119,20 @@ mod tests {
             split_command(b"Port 1,2,3,4,5,6\n"),
             ("PORT".into(), "1,2,3,4,5,6".into())
         );
+        // Telnet commands out, blanks before the verb skipped, a tab ends it.
+        assert_eq!(
+            split_command(b"\xff\xf4\xff\xf2ABOR\r\n"),
+            ("ABOR".into(), "".into())
+        );
+        assert_eq!(
+            split_command(b" \tPO\xff\xf1RT\t1,2\xff\xff\n"),
+            ("PORT".into(), "1,2\u{fffd}".into())
+        );
+        assert_eq!(
+            split_command(b"\xff\xfd\x01EPSV\r\n"),
+            ("EPSV".into(), "".into())
+        );
+        assert_eq!(split_command(b"\xff"), ("".into(), "".into()));
         assert_eq!(reply_code(b"227 ok\r\n"), Some((227, false)));
         assert_eq!(reply_code(b"227-first\r\n"), Some((227, true)));
         assert_eq!(reply_code(b"226\n"), Some((226, false)));
