@@ -679,7 +679,10 @@ fn after_auth_tls_is_accepted_the_control_connection_passes_untouched() {
     assert_eq!(c.line(), "234 go ahead\r\n");
     c.send("PORT 10,9,8,7,100,100\r\n");
     assert_eq!(c.line(), reply_227(5000));
-    assert!(proxy.log_text().contains("AUTH accepted"));
+    // The log is read by a thread of its own: the line may not be in yet.
+    wait_until("the AUTH accepted line", || {
+        proxy.log_text().contains("AUTH accepted")
+    });
 }
 
 #[test]
@@ -802,4 +805,41 @@ fn a_port_hidden_by_telnet_commands_or_odd_spacing_is_still_checked() {
         let reply = c.line();
         assert!(reply.starts_with("500 "), "{line:?}: {reply:?}");
     }
+}
+
+#[test]
+fn a_227_answering_no_command_is_not_taken_for_the_next_pasv_reply() {
+    // The server slips a 227 in after its reply to PASS, before the client has sent
+    // anything more: a client takes it for the answer to its next command, the PASV,
+    // and would connect where the server said (10.0.0.99:22) rather than to the proxy.
+    let data = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = data.local_addr().unwrap().port();
+    let server = scripted(move |mut s| {
+        s.write_all(b"220 hi\r\n").unwrap();
+        assert_eq!(read_line(&mut s), "PASS x\r\n");
+        s.write_all(b"230 ok\r\n227 Entering Passive Mode (10,0,0,99,0,22).\r\n")
+            .unwrap();
+        assert_eq!(read_line(&mut s), "PASV\r\n");
+        s.write_all(reply_227(port).as_bytes()).unwrap();
+        let (mut d, _) = data.accept().unwrap();
+        d.write_all(b"via the proxy").unwrap();
+        drop(d);
+        assert_eq!(read_line(&mut s), "QUIT\r\n");
+        s.write_all(b"221 bye\r\n").unwrap();
+    });
+    let proxy = ftp_proxy(server, &[]);
+    let mut c = Control::connect(proxy.addr);
+    c.reply("220");
+    c.send("PASS x\r\n");
+    assert_eq!(c.line(), "230 ok\r\n");
+    c.send("PASV\r\n");
+    let pasv = c.line();
+    assert!(
+        pasv.starts_with("227 ") && !pasv.contains("10,0,0,99") && !pasv.contains("192,0,2,1"),
+        "{pasv:?}"
+    );
+    let mut d = TcpStream::connect(addr_227(&pasv)).unwrap();
+    assert_eq!(read_to_end(&mut d), b"via the proxy");
+    c.send("QUIT\r\n");
+    assert_eq!(c.line(), "221 bye\r\n");
 }
