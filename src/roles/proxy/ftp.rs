@@ -751,7 +751,18 @@ fn on_reply_line(
         out.extend_from_slice(line);
         return false;
     }
-    let sent = sent_rx.try_recv().unwrap_or(Sent::Other);
+    let sent = match sent_rx.try_recv() {
+        Ok(sent) => sent,
+        // "Closing": the client must see it, whatever it answers.
+        Err(_) if code == 421 => Sent::Other,
+        Err(_) => {
+            // A reply to no command: the client would take it for the answer to its
+            // next one (a 227 for its PASV, naming wherever the server likes). Dropped.
+            log::warn!(upstream = data.upstream_ip.to_string().as_str(), code = code;
+                "proxy --ftp: a reply answering no command dropped");
+            return true;
+        }
+    };
     let text = String::from_utf8_lossy(strip_eol(line));
     let eol = eol(line);
     let rewritten = match (sent, code) {
