@@ -679,5 +679,167 @@ fn after_auth_tls_is_accepted_the_control_connection_passes_untouched() {
     assert_eq!(c.line(), "234 go ahead\r\n");
     c.send("PORT 10,9,8,7,100,100\r\n");
     assert_eq!(c.line(), reply_227(5000));
-    assert!(proxy.log_text().contains("AUTH accepted"));
+    // The log is read by a thread of its own: the line may not be in yet.
+    wait_until("the AUTH accepted line", || {
+        proxy.log_text().contains("AUTH accepted")
+    });
+}
+
+#[test]
+fn an_overlong_reply_line_split_across_reads_still_answers_its_command() {
+    // The server's reply to SYST is one 5000-byte line, sent in two parts: the second
+    // only once the client has seen the first (so the proxy read them apart). The
+    // 227 that answers the next command, PASV, must still be the proxy's.
+    let data = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = data.local_addr().unwrap().port();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let server = scripted(move |mut s| {
+        s.write_all(b"220 hi\r\n").unwrap();
+        assert_eq!(read_line(&mut s), "SYST\r\n");
+        s.write_all(format!("215 {}", "U".repeat(4500)).as_bytes())
+            .unwrap();
+        go_rx.recv_timeout(DEADLINE).unwrap();
+        s.write_all(format!("{}\r\n", "U".repeat(496)).as_bytes())
+            .unwrap();
+        assert_eq!(read_line(&mut s), "PASV\r\n");
+        s.write_all(reply_227(port).as_bytes()).unwrap();
+        let (mut d, _) = data.accept().unwrap();
+        d.write_all(b"through the proxy").unwrap();
+        drop(d);
+        let _ = read_line(&mut s);
+    });
+    let proxy = ftp_proxy(server, &[]);
+    let mut c = Control::connect(proxy.addr);
+    c.reply("220");
+    c.send("SYST\r\n");
+    let mut head = vec![0; 4504];
+    c.reader.read_exact(&mut head).unwrap();
+    assert_eq!(head, format!("215 {}", "U".repeat(4500)).as_bytes());
+    go_tx.send(()).unwrap();
+    assert_eq!(c.line(), format!("{}\r\n", "U".repeat(496)));
+    c.send("PASV\r\n");
+    let pasv = c.line();
+    assert!(
+        pasv.starts_with("227 ") && !pasv.contains("192,0,2,1"),
+        "{pasv:?}"
+    );
+    let mut d = TcpStream::connect(addr_227(&pasv)).unwrap();
+    assert_eq!(read_to_end(&mut d), b"through the proxy");
+}
+
+#[test]
+fn an_overlong_command_line_is_refused_not_passed() {
+    // A server that splits long lines would read the tail as a command of its own: a
+    // PORT the proxy never checked. The proxy refuses the whole line instead.
+    let data = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = data.local_addr().unwrap().port();
+    let server = scripted(move |mut s| {
+        s.write_all(b"220 hi\r\n").unwrap();
+        for _ in 0..2 {
+            assert_eq!(read_line(&mut s), "NOOP\r\n");
+            s.write_all(b"200 NOOP ok\r\n").unwrap();
+        }
+        assert_eq!(read_line(&mut s), "PASV\r\n");
+        s.write_all(reply_227(port).as_bytes()).unwrap();
+        let _ = read_line(&mut s);
+    });
+    let proxy = ftp_proxy(server, &[]);
+    let mut c = Control::connect(proxy.addr);
+    c.reply("220");
+    let smuggled = "PORT 10,9,8,7,100,100\r\n";
+    // In one write, and in two (the proxy reading the head alone, most likely).
+    c.send(&format!("NOOP{}{smuggled}", " ".repeat(5000)));
+    let refused = c.line();
+    assert!(refused.starts_with("500 "), "{refused:?}");
+    c.send(&format!("NOOP{}", " ".repeat(5000)));
+    c.send(smuggled);
+    let refused = c.line();
+    assert!(refused.starts_with("500 "), "{refused:?}");
+    // Replies still pair with their commands.
+    c.send("PASV\r\n");
+    let pasv = c.line();
+    assert!(
+        pasv.starts_with("227 ") && !pasv.contains("192,0,2,1"),
+        "{pasv:?}"
+    );
+}
+
+#[test]
+fn a_port_hidden_by_telnet_commands_or_odd_spacing_is_still_checked() {
+    // The control connection is Telnet (RFC 959): servers that honour that strip IAC
+    // sequences (IAC NOP, IAC IP before ABOR) before reading the verb, and some take
+    // a tab or leading blanks as spacing. Each of these is a PORT to such a server,
+    // naming another host: the proxy must refuse it, not pass it as "some other verb".
+    let hidden: [&[u8]; 5] = [
+        b"\xff\xf1PORT 10,9,8,7,100,100\r\n",
+        b"PO\xff\xf1RT 10,9,8,7,100,100\r\n",
+        b"\xff\xfb\x01EPRT |1|10.9.8.7|25700|\r\n",
+        b"PORT\t10,9,8,7,100,100\r\n",
+        b" \tPORT 10,9,8,7,100,100\r\n",
+    ];
+    let server = scripted(move |mut s| {
+        s.write_all(b"220 hi\r\n").unwrap();
+        for _ in 0..5 {
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).unwrap_or(0) == 1 {
+                line.push(b[0]);
+                if b[0] == b'\n' {
+                    break;
+                }
+            }
+            // The refused command never arrives: a NOOP takes its place.
+            let reply: &[u8] = match line == b"NOOP\r\n" {
+                true => b"200 NOOP ok\r\n",
+                false => b"200 PORT command successful\r\n",
+            };
+            s.write_all(reply).unwrap();
+        }
+        let _ = read_line(&mut s);
+    });
+    let proxy = ftp_proxy(server, &[]);
+    let mut c = Control::connect(proxy.addr);
+    c.reply("220");
+    for line in hidden {
+        c.stream.write_all(line).unwrap();
+        let reply = c.line();
+        assert!(reply.starts_with("500 "), "{line:?}: {reply:?}");
+    }
+}
+
+#[test]
+fn a_227_answering_no_command_is_not_taken_for_the_next_pasv_reply() {
+    // The server slips a 227 in after its reply to PASS, before the client has sent
+    // anything more: a client takes it for the answer to its next command, the PASV,
+    // and would connect where the server said (10.0.0.99:22) rather than to the proxy.
+    let data = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = data.local_addr().unwrap().port();
+    let server = scripted(move |mut s| {
+        s.write_all(b"220 hi\r\n").unwrap();
+        assert_eq!(read_line(&mut s), "PASS x\r\n");
+        s.write_all(b"230 ok\r\n227 Entering Passive Mode (10,0,0,99,0,22).\r\n")
+            .unwrap();
+        assert_eq!(read_line(&mut s), "PASV\r\n");
+        s.write_all(reply_227(port).as_bytes()).unwrap();
+        let (mut d, _) = data.accept().unwrap();
+        d.write_all(b"via the proxy").unwrap();
+        drop(d);
+        assert_eq!(read_line(&mut s), "QUIT\r\n");
+        s.write_all(b"221 bye\r\n").unwrap();
+    });
+    let proxy = ftp_proxy(server, &[]);
+    let mut c = Control::connect(proxy.addr);
+    c.reply("220");
+    c.send("PASS x\r\n");
+    assert_eq!(c.line(), "230 ok\r\n");
+    c.send("PASV\r\n");
+    let pasv = c.line();
+    assert!(
+        pasv.starts_with("227 ") && !pasv.contains("10,0,0,99") && !pasv.contains("192,0,2,1"),
+        "{pasv:?}"
+    );
+    let mut d = TcpStream::connect(addr_227(&pasv)).unwrap();
+    assert_eq!(read_to_end(&mut d), b"via the proxy");
+    c.send("QUIT\r\n");
+    assert_eq!(c.line(), "221 bye\r\n");
 }

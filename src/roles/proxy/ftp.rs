@@ -43,8 +43,11 @@ use crate::net::stats::Stats;
 use crate::net::stream::{ReadHalf, Stream, WriteHalf};
 use crate::rt::{self, TcpListener};
 
-/// The longest control line parsed. A longer one (no FTP command or reply needs one)
-/// passes through untouched, as does the rest of its line.
+/// The longest control line parsed. A longer command (no FTP command needs one) is
+/// refused: the server never sees it (a server that splits long lines would take its
+/// tail for a command the proxy never checked). A longer reply is paired by its start
+/// and passes untouched, unless it must be replaced (a `227`/`229` the proxy answers
+/// itself): then the rest of it is dropped.
 pub const MAX_LINE: usize = 4096;
 
 /// The most of one multi-line reply held back until its last line (it may need
@@ -209,11 +212,40 @@ pub fn format_active(addr: SocketAddr, eprt: bool, eol: &str) -> String {
     }
 }
 
-/// A command line's verb (upper-cased) and argument, without the line's end.
+/// A command line's verb (upper-cased) and argument, without the line's end, read as
+/// the most lenient server would: Telnet commands (`IAC x`, `IAC WILL|WONT|DO|DONT x`)
+/// taken out, as RFC 959's Telnet control connection has servers do, blanks (spaces,
+/// tabs) before the verb skipped, and the verb ended by a space or a tab. Whatever some
+/// server could run as `PORT` is read as `PORT` here, and checked.
 pub fn split_command(line: &[u8]) -> (String, String) {
-    let text = String::from_utf8_lossy(strip_eol(line));
-    let (verb, arg) = text.split_once(' ').unwrap_or((&text, ""));
+    let text = String::from_utf8_lossy(&strip_telnet(strip_eol(line))).into_owned();
+    let text = text.trim_start_matches([' ', '\t']);
+    let (verb, arg) = text.split_once([' ', '\t']).unwrap_or((text, ""));
     (verb.to_ascii_uppercase(), arg.to_string())
+}
+
+/// `line` without its Telnet commands: `IAC IAC` is a data byte 255, `IAC` and one of
+/// `WILL`/`WONT`/`DO`/`DONT` and its option go, as does `IAC` and any other byte.
+fn strip_telnet(line: &[u8]) -> Vec<u8> {
+    const IAC: u8 = 255;
+    let mut out = Vec::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        if line[i] != IAC {
+            out.push(line[i]);
+            i += 1;
+            continue;
+        }
+        match line.get(i + 1) {
+            Some(&IAC) => {
+                out.push(IAC);
+                i += 2;
+            }
+            Some(251..=254) => i += 3,
+            _ => i += 2,
+        }
+    }
+    out
 }
 
 /// How a reply line starts: its code and whether it opens a multi-line reply (`ddd-`).
@@ -239,12 +271,13 @@ fn strip_eol(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// The line end `line` used, for a line written in its place.
+/// The line end `line` used, for a line written in its place (`\r\n` for the start
+/// of a line too long to hold).
 fn eol(line: &[u8]) -> &'static str {
-    if line.ends_with(b"\r\n") {
-        "\r\n"
-    } else {
+    if line.ends_with(b"\n") && !line.ends_with(b"\r\n") {
         "\n"
+    } else {
+        "\r\n"
     }
 }
 
@@ -458,8 +491,10 @@ async fn control_pump(
         Side::Commands((d, _)) | Side::Replies((d, _)) => d.clone(),
     };
     let mut buf: Vec<u8> = Vec::new();
-    // Inside a line longer than MAX_LINE: passes through to its end.
+    // Inside a line longer than MAX_LINE: the rest of it passes through to its end,
+    // or, with `dropping`, is dropped (it was refused or replaced).
     let mut overlong = false;
+    let mut dropping = false;
     let mut replies = Replies::default();
     let mut said_opaque = false;
     // The server's writer went away while a command waited for the reply pump.
@@ -486,7 +521,9 @@ async fn control_pump(
                 start += pos + 1;
                 if overlong {
                     overlong = false;
-                    out.extend_from_slice(line);
+                    if !std::mem::take(&mut dropping) {
+                        out.extend_from_slice(line);
+                    }
                     continue;
                 }
                 if data.opaque.load(Ordering::Acquire) {
@@ -496,15 +533,9 @@ async fn control_pump(
                 match &mut side {
                     Side::Commands((data, sent_tx)) => {
                         let (sent, bytes) = on_command(data, line);
-                        if let Err(flume::TrySendError::Full(sent)) = sent_tx.try_send(sent) {
-                            // Let the server see what it must answer before waiting.
-                            if !out.is_empty()
-                                && writer.send(std::mem::take(&mut out)).await.is_err()
-                            {
-                                writer_gone = true;
-                                break;
-                            }
-                            let _ = sent_tx.send_async(sent).await;
+                        if !tell(sent_tx, sent, &mut writer, &mut out).await {
+                            writer_gone = true;
+                            break;
                         }
                         out.extend_from_slice(&bytes);
                     }
@@ -519,21 +550,35 @@ async fn control_pump(
             }
             if data.opaque.load(Ordering::Acquire) {
                 out.append(&mut buf);
-            } else if buf.len() > MAX_LINE || (overlong && !buf.is_empty()) {
-                if !overlong {
-                    overlong = true;
-                    match &mut side {
-                        // The server answers it: the reply pump must expect that.
-                        Side::Commands((_, sent_tx)) => {
-                            let _ = sent_tx.send_async(Sent::Other).await;
+            } else if overlong && !buf.is_empty() {
+                if dropping {
+                    buf.clear();
+                } else {
+                    out.append(&mut buf);
+                }
+            } else if buf.len() > MAX_LINE {
+                // A line too long to hold: judged by its start, now.
+                overlong = true;
+                match &mut side {
+                    Side::Commands((data, sent_tx)) => {
+                        // Refused: a NOOP goes in its place, the rest of it nowhere.
+                        let (sent, bytes) = on_command(data, &buf);
+                        if !tell(sent_tx, sent, &mut writer, &mut out).await {
+                            break End::WriterGone;
                         }
-                        Side::Replies(_) => {
+                        out.extend_from_slice(&bytes);
+                        dropping = true;
+                    }
+                    Side::Replies((data, sent_rx)) => {
+                        dropping = on_reply_line(data, sent_rx, &mut replies, &buf, &mut out);
+                        if !dropping {
+                            // What was held goes now, in order, and the rest as it comes.
                             out.append(&mut replies.held);
                             replies.overflowed |= replies.open.is_some();
                         }
                     }
                 }
-                out.append(&mut buf);
+                buf.clear();
             }
         }
         if data.opaque.load(Ordering::Acquire) && !said_opaque {
@@ -561,12 +606,40 @@ async fn control_pump(
     (reader.bytes, end)
 }
 
-/// One command line from the client: what it is for the reply pump, and the bytes to
-/// forward (the line itself, a rewritten `PORT`/`EPRT`, or a `NOOP` in place of a
-/// refused one).
+/// Tells the reply pump what a command is, before it is forwarded. With the pump's
+/// queue full, first lets the server see what it must answer (`out`), then waits.
+/// False: the server's writer is gone.
+async fn tell(
+    sent_tx: &flume::Sender<Sent>,
+    sent: Sent,
+    writer: &mut Handoff,
+    out: &mut Vec<u8>,
+) -> bool {
+    if let Err(flume::TrySendError::Full(sent)) = sent_tx.try_send(sent) {
+        if !out.is_empty() && writer.send(std::mem::take(out)).await.is_err() {
+            return false;
+        }
+        let _ = sent_tx.send_async(sent).await;
+    }
+    true
+}
+
+/// One command line from the client (or the start of one longer than [`MAX_LINE`]):
+/// what it is for the reply pump, and the bytes to forward (the line itself, a
+/// rewritten `PORT`/`EPRT`, or a `NOOP` in place of a refused one).
 fn on_command(data: &Arc<Data>, line: &[u8]) -> (Sent, Vec<u8>) {
-    let (verb, arg) = split_command(line);
     let eol = eol(line);
+    if line.len() > MAX_LINE {
+        log::info!(client = data.client_ip.to_string().as_str(), bytes_at_least = line.len() as u64;
+            "proxy --ftp: refused a command line longer than the limit");
+        return (
+            Sent::Refused(format!(
+                "500 proxy: command line too long (over {MAX_LINE} bytes){eol}"
+            )),
+            format!("NOOP{eol}").into_bytes(),
+        );
+    }
+    let (verb, arg) = split_command(line);
     match verb.as_str() {
         "PASV" => (Sent::Pasv, line.to_vec()),
         "EPSV" if arg.trim().eq_ignore_ascii_case("ALL") => (Sent::Other, line.to_vec()),
@@ -623,14 +696,16 @@ fn active(
     Ok(format_active(ours, eprt || ours.is_ipv6(), eol))
 }
 
-/// One line from the server, into `out` (held, rewritten, or as it came).
+/// One line from the server (or the start of one longer than [`MAX_LINE`]), into
+/// `out` (held, rewritten, or as it came). True if it was replaced, not passed: the
+/// rest of a long line must then be dropped.
 fn on_reply_line(
     data: &Arc<Data>,
     sent_rx: &flume::Receiver<Sent>,
     st: &mut Replies,
     line: &[u8],
     out: &mut Vec<u8>,
-) {
+) -> bool {
     let code = match st.open {
         Some(open) => match reply_code(line) {
             Some((code, false)) if code == open => Some(code),
@@ -640,13 +715,13 @@ fn on_reply_line(
             Some((code, true)) => {
                 st.open = Some(code);
                 st.held.extend_from_slice(line);
-                return;
+                return false;
             }
             Some((code, false)) => Some(code),
             None => {
                 // Not a reply line outside a reply: nothing to pair, pass it.
                 out.extend_from_slice(line);
-                return;
+                return false;
             }
         },
     };
@@ -659,7 +734,7 @@ fn on_reply_line(
         } else {
             st.held.extend_from_slice(line);
         }
-        return;
+        return false;
     };
     // `line` ends a reply.
     st.open = None;
@@ -668,15 +743,26 @@ fn on_reply_line(
     if code < 200 {
         out.extend_from_slice(&before);
         out.extend_from_slice(line);
-        return;
+        return false;
     }
     if !st.greeted {
         st.greeted = true;
         out.extend_from_slice(&before);
         out.extend_from_slice(line);
-        return;
+        return false;
     }
-    let sent = sent_rx.try_recv().unwrap_or(Sent::Other);
+    let sent = match sent_rx.try_recv() {
+        Ok(sent) => sent,
+        // "Closing": the client must see it, whatever it answers.
+        Err(_) if code == 421 => Sent::Other,
+        Err(_) => {
+            // A reply to no command: the client would take it for the answer to its
+            // next one (a 227 for its PASV, naming wherever the server likes). Dropped.
+            log::warn!(upstream = data.upstream_ip.to_string().as_str(), code = code;
+                "proxy --ftp: a reply answering no command dropped");
+            return true;
+        }
+    };
     let text = String::from_utf8_lossy(strip_eol(line));
     let eol = eol(line);
     let rewritten = match (sent, code) {
@@ -689,7 +775,7 @@ fn on_reply_line(
         (Sent::Epsv, 229) => Some(passive(data, parse_229(&text), true, eol)),
         (Sent::Refused(reply), _) => {
             out.extend_from_slice(reply.as_bytes());
-            return;
+            return true;
         }
         (Sent::Auth, 234) => {
             data.opaque.store(true, Ordering::Release);
@@ -701,12 +787,17 @@ fn on_reply_line(
         Some(Ok(reply)) => {
             out.extend_from_slice(&before);
             out.extend_from_slice(reply.as_bytes());
+            true
         }
         // A refusal is one line: the server's continuation lines go with it.
-        Some(Err(reply)) => out.extend_from_slice(reply.as_bytes()),
+        Some(Err(reply)) => {
+            out.extend_from_slice(reply.as_bytes());
+            true
+        }
         None => {
             out.extend_from_slice(&before);
             out.extend_from_slice(line);
+            false
         }
     }
 }
@@ -1039,6 +1130,20 @@ mod tests {
             split_command(b"Port 1,2,3,4,5,6\n"),
             ("PORT".into(), "1,2,3,4,5,6".into())
         );
+        // Telnet commands out, blanks before the verb skipped, a tab ends it.
+        assert_eq!(
+            split_command(b"\xff\xf4\xff\xf2ABOR\r\n"),
+            ("ABOR".into(), "".into())
+        );
+        assert_eq!(
+            split_command(b" \tPO\xff\xf1RT\t1,2\xff\xff\n"),
+            ("PORT".into(), "1,2\u{fffd}".into())
+        );
+        assert_eq!(
+            split_command(b"\xff\xfd\x01EPSV\r\n"),
+            ("EPSV".into(), "".into())
+        );
+        assert_eq!(split_command(b"\xff"), ("".into(), "".into()));
         assert_eq!(reply_code(b"227 ok\r\n"), Some((227, false)));
         assert_eq!(reply_code(b"227-first\r\n"), Some((227, true)));
         assert_eq!(reply_code(b"226\n"), Some((226, false)));
