@@ -463,6 +463,9 @@ impl ProxyArgs {
                 )
             }),
         };
+        if self.ftp && self.ftp_data_timeout.is_zero() {
+            return Err("--ftp-data-timeout must be more than 0: a data listener that takes no client is useless".into());
+        }
         if self.accept_proxy && self.server.tls_cert.is_some() {
             // A balancer's PROXY header comes before the client's TLS handshake, and
             // the handshake runs before the session reads anything.

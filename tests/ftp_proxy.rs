@@ -843,3 +843,32 @@ fn a_227_answering_no_command_is_not_taken_for_the_next_pasv_reply() {
     c.send("QUIT\r\n");
     assert_eq!(c.line(), "221 bye\r\n");
 }
+
+#[test]
+fn bad_ftp_options_are_refused_at_start_with_the_reason() {
+    for (args, want) in [
+        (
+            &["--ftp-data-timeout", "0s"][..],
+            "--ftp-data-timeout must be more than 0",
+        ),
+        (&["--ftp-data-ports", "2000-1000"][..], "--ftp-data-ports"),
+        (&["--udp"][..], "cannot be used with"),
+    ] {
+        let out = binary()
+            .args([
+                "proxy",
+                "--ftp",
+                "--upstream",
+                "127.0.0.1:21",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was taken");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
