@@ -607,3 +607,45 @@ fn measure_admit_and_release_cost() {
         eprintln!("clients {clients}: admit + release {per:?} each");
     }
 }
+
+#[test]
+fn a_rate_under_a_millisecond_shows_as_typed_not_as_zero_hours() {
+    // Shown in the refusal lines (`conn_rate_per_ip`) and read back the same.
+    for (typed, shown) in [
+        ("1/0.5ms", "1/0.5ms"),
+        ("3/1.5ms", "3/1.5ms"),
+        ("2/0.0001s", "2/0.1ms"),
+        ("10/1s", "10/1s"),
+        ("5/250ms", "5/250ms"),
+    ] {
+        let rate = parse_rate(typed).unwrap();
+        assert_eq!(rate.to_string(), shown, "{typed}");
+        assert_eq!(parse_rate(shown).unwrap(), rate, "{shown}");
+    }
+}
+
+#[test]
+fn a_full_table_that_admits_untracked_says_so_once_a_second() {
+    use switchboard::net::per_ip::{Admission, LOG_EVERY, Table};
+    let limits = PerIpLimits {
+        max_conns: 1,
+        ..PerIpLimits::default()
+    };
+    let mut t = Table::with_capacity(2);
+    let t0 = Instant::now();
+    assert_eq!(t.admit(v4(1), &limits, t0), Admission::Tracked);
+    assert_eq!(t.admit(v4(2), &limits, t0), Admission::Tracked);
+    // Full of clients with connections open: the next ones go unlimited, which the
+    // operator must hear about (once a second, with how many), not find out never.
+    assert_eq!(t.untracked_notice(t0), None, "nothing untracked yet");
+    assert_eq!(t.admit(v4(3), &limits, t0), Admission::Untracked);
+    assert_eq!(t.untracked_notice(t0), Some(1));
+    for i in 4..10 {
+        assert_eq!(t.admit(v4(i), &limits, t0), Admission::Untracked);
+        assert_eq!(t.untracked_notice(t0), None);
+    }
+    let t1 = t0 + LOG_EVERY;
+    assert_eq!(t.admit(v4(10), &limits, t1), Admission::Untracked);
+    assert_eq!(t.untracked_notice(t1), Some(7));
+    assert_eq!(t.untracked, 8);
+}
