@@ -607,3 +607,109 @@ fn measure_admit_and_release_cost() {
         eprintln!("clients {clients}: admit + release {per:?} each");
     }
 }
+
+#[test]
+fn a_rate_under_a_millisecond_shows_as_typed_not_as_zero_hours() {
+    // Shown in the refusal lines (`conn_rate_per_ip`) and read back the same.
+    for (typed, shown) in [
+        ("1/0.5ms", "1/0.5ms"),
+        ("3/1.5ms", "3/1.5ms"),
+        ("2/0.0001s", "2/0.1ms"),
+        ("10/1s", "10/1s"),
+        ("5/250ms", "5/250ms"),
+    ] {
+        let rate = parse_rate(typed).unwrap();
+        assert_eq!(rate.to_string(), shown, "{typed}");
+        assert_eq!(parse_rate(shown).unwrap(), rate, "{shown}");
+    }
+}
+
+#[test]
+fn a_full_table_that_admits_untracked_says_so_once_a_second() {
+    use switchboard::net::per_ip::{Admission, LOG_EVERY, Table};
+    let limits = PerIpLimits {
+        max_conns: 1,
+        ..PerIpLimits::default()
+    };
+    let mut t = Table::with_capacity(2);
+    let t0 = Instant::now();
+    assert_eq!(t.admit(v4(1), &limits, t0), Admission::Tracked);
+    assert_eq!(t.admit(v4(2), &limits, t0), Admission::Tracked);
+    // Full of clients with connections open: the next ones go unlimited, which the
+    // operator must hear about (once a second, with how many), not find out never.
+    assert_eq!(t.untracked_notice(t0), None, "nothing untracked yet");
+    assert_eq!(t.admit(v4(3), &limits, t0), Admission::Untracked);
+    assert_eq!(t.untracked_notice(t0), Some(1));
+    for i in 4..10 {
+        assert_eq!(t.admit(v4(i), &limits, t0), Admission::Untracked);
+        assert_eq!(t.untracked_notice(t0), None);
+    }
+    let t1 = t0 + LOG_EVERY;
+    assert_eq!(t.admit(v4(10), &limits, t1), Admission::Untracked);
+    assert_eq!(t.untracked_notice(t1), Some(7));
+    assert_eq!(t.untracked, 8);
+}
+
+#[test]
+fn a_flood_refused_by_max_conns_or_the_access_list_is_a_few_log_lines_too() {
+    let mut proc = spawn(&[
+        "--log-format",
+        "json",
+        "echo",
+        "--tcp",
+        "127.0.0.1:0",
+        "--max-conns",
+        "1",
+        "--deny",
+        "127.0.0.8/32",
+    ]);
+    let log = json_log(&mut proc);
+    let line = wait_log(&log, "listening", |l| l["msg"] == "listening (TCP)");
+    let addr: SocketAddr = line["addr"].as_str().unwrap().parse().unwrap();
+
+    let mut held = client_from(9, addr);
+    assert!(echoed(&mut held));
+    let flood = 200;
+    let started = Instant::now();
+    for _ in 0..flood {
+        assert!(closed_by_server(&mut client_from(10, addr)));
+        assert!(closed_by_server(&mut client_from(8, addr)));
+    }
+    let full = |l: &serde_json::Value| {
+        l["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("refused: server full"))
+    };
+    let denied = |l: &serde_json::Value| {
+        l["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("refused by access list"))
+    };
+    // Both kinds are logged (the first of each at once)...
+    wait_log(&log, "a server-full line", full);
+    wait_log(&log, "an access-list line", denied);
+    drop(held);
+    signal(&proc, libc::SIGTERM);
+    wait_exit(&mut proc);
+    wait_log(&log, "the summary", |l| {
+        l["msg"].as_str().is_some_and(|m| m.starts_with("stopped:"))
+    });
+    let elapsed = started.elapsed();
+    // ... at most once a second each, each line telling how many since the last.
+    let most = elapsed.as_secs() as usize + 1;
+    let lines_of = |want: &dyn Fn(&serde_json::Value) -> bool| -> Vec<serde_json::Value> {
+        let all = log.lock().unwrap();
+        all.iter().filter(|l| want(l)).cloned().collect()
+    };
+    let (full_lines, denied_lines) = (lines_of(&full), lines_of(&denied));
+    for (what, lines) in [("server full", full_lines), ("access list", denied_lines)] {
+        assert!(
+            lines.len() <= most,
+            "{what}: {} lines in {elapsed:?}",
+            lines.len()
+        );
+        assert_eq!(lines[0]["refused"], 1, "{what}: {lines:#?}");
+        let told: u64 = lines.iter().map(|l| l["refused"].as_u64().unwrap()).sum();
+        assert!(told <= flood, "{what}: {told}");
+    }
+}

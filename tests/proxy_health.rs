@@ -24,7 +24,7 @@ use switchboard::net::listener::ServerConfig;
 use switchboard::net::shutdown::{self, Trigger};
 use switchboard::net::splice::PIPE_CAPACITY;
 use switchboard::net::stats::Stats;
-use switchboard::roles::proxy::health::{HealthCheck, Probe, probe};
+use switchboard::roles::proxy::health::{self, HealthCheck, Probe, probe};
 use switchboard::roles::proxy::metrics::{ProxyMetrics, UpstreamMetrics};
 use switchboard::roles::proxy::upstreams::{Balance, Upstreams};
 use switchboard::roles::proxy::{self, ProxyConfig};
@@ -702,4 +702,49 @@ fn under_serve_a_reload_keeps_the_health_state_and_turning_checks_off_clears_it(
         served.metric("switchboard_proxy_upstream_up", &up) == Some(1.0)
     });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_upstream_a_reload_stops_naming_loses_its_down_mark_and_is_fresh_when_named_again() {
+    // Generation 1 checks `gone` (refusing) and `kept`: `gone` is marked down.
+    let mut gone = Upstream::start(banner(b"G\n"));
+    gone.stop();
+    let kept = Upstream::start(banner(b"K\n"));
+    let metrics = ProxyMetrics::default();
+    let table = |targets: Vec<String>| {
+        Upstreams::new(targets, Balance::First, Duration::from_secs(30)).checked(every_50ms(1, 3))
+    };
+    let first = table(vec![gone.target(), kept.target()]);
+    let checker = health::start([&first], &metrics, None);
+    let health_of = |up: &Upstream| metrics.upstream(&up.target());
+    wait_until("gone marked down", || health_of(&gone).health.is_down());
+
+    // Generation 2 names `kept` alone: nobody checks `gone` any more, so nobody would
+    // ever mark it up again; its mark goes, as when checks are turned off.
+    let second = table(vec![kept.target()]);
+    let checker2 = health::start([&second], &metrics, None);
+    drop(checker);
+    assert!(
+        !health_of(&gone).health.is_down(),
+        "an upstream no generation names keeps a stale DOWN (and /metrics shows it down)"
+    );
+
+    // Generation 3 names it again (it is back meanwhile): it is fresh, up on trust until
+    // its first probe, not held down until --check-rise probes pass.
+    let gone = gone.restart();
+    let third = table(vec![gone.target(), kept.target()]);
+    let _checker3 = health::start([&third], &metrics, None);
+    drop(checker2);
+    assert!(!health_of(&gone).health.is_down());
+    third.count_into(&metrics);
+    assert!(third.order().contains(&0), "{:?}", third.order());
+}
+
+#[test]
+fn check_escapes_take_exactly_two_hex_digits() {
+    assert_eq!(health::unescape("\\x0d\\x0A").unwrap(), b"\r\n");
+    // `u8::from_str_radix` takes a sign: "+f" would decode to 0x0f.
+    for typo in ["\\x+f", "\\x+1PING", "\\x-1"] {
+        assert!(health::unescape(typo).is_err(), "{typo:?} was accepted");
+    }
 }

@@ -49,6 +49,33 @@ const HOLD_CHECK: Duration = Duration::from_millis(10);
 /// in its life, so a small bound only ever delays a finished task, never a live one.
 const CLOSED_MAILBOX: usize = 1024;
 
+/// At most one line per refusal reason (`--max-conns`, the access list) per accept loop
+/// this often: a flood of refused clients must not become a flood of log lines. The
+/// per-client limits keep their own tally ([`per_ip`]).
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The refusals of one reason since its last line, in one accept loop (which alone
+/// touches it: no lock).
+#[derive(Default)]
+struct RefusedLog {
+    last: Option<std::time::Instant>,
+    untold: u64,
+}
+
+impl RefusedLog {
+    /// One more refusal: `Some(n)` when a line is due now, telling `n` refusals (this one
+    /// included) since the last line; what a line does not tell, the next one does.
+    fn tick(&mut self) -> Option<u64> {
+        self.untold += 1;
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|last| now < last + REFUSED_LOG_EVERY) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.untold))
+    }
+}
+
 /// What every server role takes from the command line.
 #[derive(Clone, Debug, Default)]
 pub struct ServerConfig {
@@ -257,6 +284,7 @@ pub async fn serve<H, F>(
     let mut open: HashMap<u64, Socket> = HashMap::new();
     let mut next_id = 0u64;
     let mut backoff = Duration::ZERO;
+    let (mut denied_log, mut full_log) = (RefusedLog::default(), RefusedLog::default());
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -324,13 +352,18 @@ pub async fn serve<H, F>(
 
         if !config.access.permits(peer.ip()) {
             stats.refused.denied.fetch_add(1, Ordering::Relaxed);
-            log::info!(role = role, peer = peer.to_string().as_str(); "refused by access list");
+            if let Some(n) = denied_log.tick() {
+                log::info!(role = role, peer = peer.to_string().as_str(), refused = n;
+                    "refused by access list ({n} since the last line)");
+            }
             continue; // dropping the stream closes it
         }
         if config.max_conns > 0 && stats.active() >= config.max_conns {
             stats.refused.max_conns.fetch_add(1, Ordering::Relaxed);
-            log::warn!(role = role, peer = peer.to_string().as_str(), max_conns = config.max_conns;
-                "refused: server full");
+            if let Some(n) = full_log.tick() {
+                log::warn!(role = role, peer = peer.to_string().as_str(), max_conns = config.max_conns, refused = n;
+                    "refused: server full ({n} since the last line)");
+            }
             if let Some(notice) = config.full_notice.clone().filter(|_| config.tls.is_none()) {
                 // Written from its own task: the loop never waits on a client.
                 let task = stats.task();

@@ -24,7 +24,8 @@
 //! ones whose limit it forgets the least), down to seven eighths. Clients with
 //! connections open are never dropped (their count must stay right). If every tracked
 //! client has connections open, a new client is admitted *untracked* (no per-client
-//! limit for it; `--max-conns` still holds) and the next try at room is a second later:
+//! limit for it; `--max-conns` still holds; a warning says so, at most once a second,
+//! with how many) and the next try at room is a second later:
 //! the table never grows past its bound and never refuses everyone.
 //!
 //! **Refusals.** Closed at accept with nothing sent (unlike `--max-conns`, no role's
@@ -106,8 +107,13 @@ impl Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // As it would be typed: 10/1s, 100/1m, 5/250ms.
+        // As it would be typed: 10/1s, 100/1m, 5/250ms; under a whole millisecond,
+        // 5/0.5ms (not 5/0h: 0 is a multiple of an hour too).
         let (ms, count) = (self.per.as_millis(), self.count);
+        if !self.per.subsec_nanos().is_multiple_of(1_000_000) {
+            let ms = self.per.as_nanos() as f64 / 1e6;
+            return write!(f, "{count}/{ms}ms");
+        }
         match ms {
             ms if ms % 3_600_000 == 0 => write!(f, "{count}/{}h", ms / 3_600_000),
             ms if ms % 60_000 == 0 => write!(f, "{count}/{}m", ms / 60_000),
@@ -337,6 +343,9 @@ pub struct Table {
     tallies: [Tally; 2],
     /// Clients admitted untracked, for the log.
     pub untracked: u64,
+    /// Of those, the ones no line has told of yet, and when the last line was.
+    untracked_untold: u64,
+    untracked_line: Option<Instant>,
 }
 
 impl Default for Table {
@@ -355,6 +364,8 @@ impl Table {
             full_until: None,
             tallies: Default::default(),
             untracked: 0,
+            untracked_untold: 0,
+            untracked_line: None,
         }
     }
 
@@ -378,6 +389,7 @@ impl Table {
     pub fn admit(&mut self, client: Client, limits: &PerIpLimits, now: Instant) -> Admission {
         if !self.clients.contains_key(&client) && !self.make_room(now) {
             self.untracked += 1;
+            self.untracked_untold += 1;
             return Admission::Untracked;
         }
         let entry = self
@@ -461,6 +473,22 @@ impl Table {
                 Flush::Line(Self::line(tally, refusal, now))
             }
         }
+    }
+
+    /// How many clients were admitted untracked (without a per-client limit: the table
+    /// was full of clients with connections open) since the last line, if a line is due:
+    /// the first at once, then at most one per [`LOG_EVERY`]. What a second's line does
+    /// not tell, the next one does.
+    pub fn untracked_notice(&mut self, now: Instant) -> Option<u64> {
+        if self.untracked_untold == 0
+            || self
+                .untracked_line
+                .is_some_and(|last| now < last + LOG_EVERY)
+        {
+            return None;
+        }
+        self.untracked_line = Some(now);
+        Some(std::mem::take(&mut self.untracked_untold))
     }
 
     /// A connection of `client` ended. A client with nothing open and a full bucket is
@@ -555,13 +583,27 @@ pub fn admit(
 ) -> Result<Option<ClientGuard>, Refusal> {
     let client = Client::of(peer, limits.v6_prefix);
     let now = Instant::now();
-    let admission = stats.per_ip.lock().admit(client, limits, now);
+    let (admission, untracked) = {
+        let mut table = stats.per_ip.lock();
+        let admission = table.admit(client, limits, now);
+        let untracked = match admission {
+            Admission::Untracked => table.untracked_notice(now),
+            _ => None,
+        };
+        (admission, untracked)
+    };
     match admission {
         Admission::Tracked => Ok(Some(ClientGuard {
             stats: stats.clone(),
             client,
         })),
-        Admission::Untracked => Ok(None),
+        Admission::Untracked => {
+            if let Some(n) = untracked {
+                log::warn!(role = role, untracked = n, tracked_max = MAX_TRACKED, client = client.to_string().as_str();
+                    "per-client limits: the table is full of clients with connections open; new clients are served WITHOUT a per-client limit ({n} since the last line)");
+            }
+            Ok(None)
+        }
         Admission::Refused {
             refusal,
             notice,

@@ -33,7 +33,8 @@
 //! Only one checker writes an upstream's state: each checker *claims* its upstreams when
 //! it starts (a number of its own), and a checker that finds its claim taken (a reload
 //! started a newer one) stops probing that upstream. A generation without checks claims
-//! with 0, which clears the state: nobody would ever mark it up again.
+//! with 0, which clears the state: nobody would ever mark it up again; so does any
+//! generation for the upstreams it no longer names.
 //!
 //! Try it: `switchboard hello & switchboard proxy --upstream 127.0.0.1:7009
 //! --check-interval 1s --check-expect Hello`, then stop `hello` and watch the log.
@@ -101,10 +102,13 @@ pub fn unescape(text: &str) -> Result<Vec<u8>, String> {
             Some(b'\\') => out.push(b'\\'),
             Some(b'x') => {
                 let hex = [bytes.next(), bytes.next()];
+                // Two hex digits each: `from_str_radix` alone would take a sign (`\x+f`).
                 let value = match hex {
-                    [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
-                        .ok()
-                        .and_then(|s| u8::from_str_radix(s, 16).ok()),
+                    [Some(h), Some(l)] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                        std::str::from_utf8(&[h, l])
+                            .ok()
+                            .and_then(|s| u8::from_str_radix(s, 16).ok())
+                    }
                     _ => None,
                 };
                 out.push(
@@ -408,6 +412,14 @@ pub fn start<'a>(
             if named.insert(target.to_owned()) {
                 targets.push((target.to_owned(), metrics.upstream(target)));
             }
+        }
+    }
+    // An upstream this generation does not name is checked by no one from now on, so
+    // no one would ever mark it up again: its state goes (and a later generation that
+    // names it again finds it fresh), as every upstream's does with checks off.
+    for m in metrics.upstreams() {
+        if !named.contains(m.target()) {
+            m.health.claim(0);
         }
     }
     let check = tables.iter().find_map(|t| t.health_check());

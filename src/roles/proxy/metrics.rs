@@ -129,6 +129,14 @@ impl ProxyMetrics {
         list.push(fresh.clone());
         fresh
     }
+
+    /// The counters of every upstream configured so far.
+    pub fn upstreams(&self) -> Vec<Arc<UpstreamMetrics>> {
+        self.upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// One upstream's counters.
@@ -151,6 +159,11 @@ pub struct UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
+    /// The upstream as configured.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
     fn new(target: &str) -> Self {
         UpstreamMetrics {
             target: target.to_owned(),
