@@ -95,6 +95,26 @@ pub struct ChatArgs {
     /// host cannot take every join --udp-join-rate allows.
     #[arg(long, value_name = "JOINS", default_value_t = 5.0)]
     pub udp_joins_per_ip: f64,
+    /// Join a cluster of chat servers sharing rooms, nicks and /msg through Redis:
+    /// redis://[USER:PASS@]HOST:PORT[/DB] or rediss://… (TLS). The password is never logged.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// This server's name in the cluster (logs, and its node id NAME.RANDOM). Default:
+    /// the host name.
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    pub node_name: Option<String>,
+    /// Prefix of every Redis key and channel the cluster uses (several clusters can
+    /// share one Redis).
+    #[arg(long, value_name = "PREFIX", default_value = chat::cluster::DEFAULT_PREFIX, requires = "cluster")]
+    pub cluster_prefix: String,
+    /// How long nicks and a node's liveness last without renewal: a server that dies
+    /// frees its nicks, and the others announce its users as gone, within about this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", requires = "cluster")]
+    pub cluster_lease: Duration,
+    /// Lines waiting to go to Redis at most; beyond it lines reach only this server's
+    /// users (counted, and the sayer told once).
+    #[arg(long, value_name = "LINES", default_value_t = chat::cluster::DEFAULT_QUEUE, requires = "cluster")]
+    pub cluster_queue: usize,
 }
 
 impl ChatArgs {
@@ -132,10 +152,42 @@ impl ChatArgs {
             udp_join_rate: self.udp_join_rate,
             udp_joins_per_ip: self.udp_joins_per_ip,
             udp_challenge_rate: (2.0 * self.udp_join_rate).max(10.0),
+            cluster: self.cluster_config()?,
         };
         let addrs = self.transports.addrs(chat::DEFAULT_ADDR);
         Ok((addrs, self.transports.server.config_owned()?, config))
     }
+}
+
+impl ChatArgs {
+    fn cluster_config(&self) -> Result<Option<chat::cluster::ClusterConfig>> {
+        let Some(url) = &self.cluster else {
+            return Ok(None);
+        };
+        let config = chat::cluster::ClusterConfig {
+            url: url.clone(),
+            node_name: self.node_name.clone().unwrap_or_else(host_name),
+            prefix: self.cluster_prefix.clone(),
+            lease: self.cluster_lease,
+            queue: self.cluster_queue,
+            max_line: self.max_line,
+        };
+        config.check()?;
+        Ok(Some(config))
+    }
+}
+
+/// This machine's name, as a node name may be written (else `node`).
+fn host_name() -> String {
+    let name = rustix::system::uname();
+    let name: String = name
+        .nodename()
+        .to_string_lossy()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .take(64)
+        .collect();
+    if name.is_empty() { "node".into() } else { name }
 }
 
 /// `switchboard hello`.

@@ -14,6 +14,7 @@
 //! `nc -u 127.0.0.1 7000` for a UDP user in the same room.
 
 pub mod broker;
+pub mod cluster;
 pub mod cookie;
 pub mod metrics;
 pub mod protocol;
@@ -25,9 +26,10 @@ use std::time::Duration;
 use futures::FutureExt;
 
 use broker::{
-    BrokerHandle, BrokerMsg, ChatConfig, LeaveReason, LocalOnly, Outbox, ReceiveGate,
+    BrokerHandle, BrokerMsg, ChatConfig, LeaveReason, LocalOnly, Outbox, ReceiveGate, RoomBus,
     UDP_QUEUED_BYTES, next_client_id,
 };
+use cluster::ClusterBus;
 use protocol::TelnetFilter;
 
 use crate::Result;
@@ -149,11 +151,20 @@ pub async fn run_generation(
             None => {
                 let udp_sender = udp.as_ref().map(|s| udp::spawn_sender(s.clone(), &stats));
                 let metrics = stats.role_metrics::<metrics::ChatMetrics>();
+                let cluster = chat.cluster.clone();
+                let bus_metrics = metrics.clone();
                 let broker = BrokerHandle::spawn(
                     chat.clone(),
                     generation,
                     udp_sender.clone(),
-                    Box::new(LocalOnly),
+                    move |broker_tx| -> Box<dyn RoomBus> {
+                        match cluster {
+                            Some(cluster) => {
+                                Box::new(ClusterBus::spawn(cluster, broker_tx, bus_metrics))
+                            }
+                            None => Box::new(LocalOnly),
+                        }
+                    },
                     metrics,
                 );
                 let tick = (chat.udp_idle / 4).clamp(Duration::from_millis(10), TICK_MAX);

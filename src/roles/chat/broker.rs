@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::channel::oneshot;
 
+use super::cluster::{BusEvent, BusRequest, Query};
 use super::cookie::Cookies;
 use super::metrics::ChatMetrics;
 use super::protocol::{self, Command, HELP, HELP_SHORT};
@@ -126,6 +127,9 @@ pub struct ChatConfig {
     /// make the server send toward a spoofed address, whoever's address it is. 0 turns
     /// the limit off (tests only).
     pub udp_challenge_rate: f64,
+    /// `--cluster` and its options: other chat processes sharing the rooms and nicks
+    /// through Redis. Taken when the broker starts; a reload does not change it.
+    pub cluster: Option<super::cluster::ClusterConfig>,
 }
 
 impl Default for ChatConfig {
@@ -142,6 +146,7 @@ impl Default for ChatConfig {
             udp_join_rate: 50.0,
             udp_joins_per_ip: 5.0,
             udp_challenge_rate: 100.0,
+            cluster: None,
         }
     }
 }
@@ -208,6 +213,8 @@ pub enum BrokerMsg {
     },
     /// Tell everyone, let go of every writer, and stop.
     Shutdown { done: oneshot::Sender<()> },
+    /// What the cluster bus has to tell (boxed: rare, and large).
+    Bus(Box<BusEvent>),
 }
 
 impl BrokerMsg {
@@ -288,12 +295,35 @@ impl Drop for Received {
     }
 }
 
-/// Where published room lines also go. The broker delivers to its own clients and then
-/// hands the line here; a cluster mode would forward it to an external message bus and
-/// feed lines from other processes back in. Readers, writers and the parser never see it.
+/// Where published room lines also go, and what only a cluster knows: the seam between
+/// the broker and other chat processes ([`super::cluster::ClusterBus`] over Redis, or
+/// [`LocalOnly`]). The broker calls it without waiting; answers come back later as
+/// [`BrokerMsg::Bus`]. Readers, writers and the parser never see it.
 pub trait RoomBus: Send + 'static {
-    /// `line` was published to `room` on this process.
-    fn published(&mut self, room: &str, line: &Line);
+    /// `line` was published to `room` by this process. `false`: it was dropped (the
+    /// queue to other processes is full), and they will not see it.
+    fn published(&mut self, room: &str, line: &Line) -> bool;
+    /// Whether other processes can be reached now: if not, the broker answers
+    /// everything from its own users, as a single process.
+    fn linked(&self) -> bool {
+        false
+    }
+    /// Queues a request; `false` if there was no room for it.
+    fn request(&mut self, _request: BusRequest) -> bool {
+        true
+    }
+    /// A guest number no other process will hand out, if one is at hand.
+    fn guest_number(&mut self) -> Option<u64> {
+        None
+    }
+    /// Whether a [`BusRequest::Snapshot`] is wanted now (the broker builds it only then).
+    fn snapshot_due(&mut self, _now: Instant) -> bool {
+        false
+    }
+    /// The broker is stopping: what the bus must do first (say goodbye to the others).
+    fn close(&mut self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Why a client left: what its room is told.
@@ -313,6 +343,8 @@ pub enum LeaveReason {
     UdpTimeout,
     /// `/quit [REASON]`.
     Quit(Option<String>),
+    /// A user of another process whose process stopped renewing its lease (cluster).
+    NodeLost,
 }
 
 impl LeaveReason {
@@ -326,6 +358,7 @@ impl LeaveReason {
             LeaveReason::SendQueue => "send queue exceeded",
             LeaveReason::UdpTimeout => "timeout",
             LeaveReason::Quit(reason) => reason.as_deref().unwrap_or("quit"),
+            LeaveReason::NodeLost => "node lost",
         }
     }
 
@@ -342,7 +375,9 @@ impl LeaveReason {
 pub struct LocalOnly;
 
 impl RoomBus for LocalOnly {
-    fn published(&mut self, _room: &str, _line: &Line) {}
+    fn published(&mut self, _room: &str, _line: &Line) -> bool {
+        true
+    }
 }
 
 /// The handle others hold: cheap to clone, the only way to reach the broker.
@@ -359,10 +394,11 @@ impl BrokerHandle {
         config: ChatConfig,
         generation: u64,
         udp: Option<DatagramSender>,
-        bus: Box<dyn RoomBus>,
+        bus: impl FnOnce(flume::Sender<BrokerMsg>) -> Box<dyn RoomBus>,
         metrics: Arc<ChatMetrics>,
     ) -> Self {
         let (broker_tx, broker_rx) = flume::bounded(BROKER_MAILBOX);
+        let bus = bus(broker_tx.clone());
         let joins = TokenBucket::new(per_second_burst(config.udp_join_rate));
         let challenges = TokenBucket::new(per_second_burst(config.udp_challenge_rate));
         let source_joins = SourceJoins::new(config.udp_joins_per_ip);
@@ -387,6 +423,7 @@ impl BrokerHandle {
             metrics,
             counted: [0; 3],
             delivered: Cell::new(0),
+            link_down_told: false,
         };
         rt::spawn(broker.run(broker_rx));
         BrokerHandle { broker_tx }
@@ -429,6 +466,8 @@ struct Client {
     overflowed: bool,
     /// UDP: bytes the answers to its own commands may still take (TCP: unused).
     replies: ReplyBudget,
+    /// Told since its last line that the cluster is not hearing it (once per burst).
+    cluster_warned: bool,
 }
 
 /// A client that left this turn, not yet announced.
@@ -478,6 +517,8 @@ struct Broker {
     /// Lines queued for users this turn, added to `metrics` when it ends: one atomic add
     /// per turn rather than one per recipient of a room line.
     delivered: Cell<u64>,
+    /// Users were told the cluster link is lost (and will be told when it is back).
+    link_down_told: bool,
 }
 
 impl Drop for Broker {
@@ -511,6 +552,20 @@ async fn yield_now() {
 /// The burst of a per-second rate: one second's worth, at least 1.
 fn per_second_burst(rate: f64) -> u32 {
     rate.ceil().clamp(1.0, f64::from(u32::MAX)) as u32
+}
+
+/// What users are told when the cluster's bus is lost, and when it is back.
+pub const LINK_LOST: &str = "* cluster link lost; only this server's users can hear you";
+pub const LINK_RESTORED: &str = "* cluster link restored";
+
+/// What a user is told (once per burst) when its lines reach only this process.
+pub const CLUSTER_BUSY: &str = "! cluster busy: your lines are reaching only this server's users";
+
+/// What a `/nick` or `/msg` gets when the queue to the cluster is full.
+pub const CLUSTER_BUSY_TRY: &str = "! cluster busy, try again shortly";
+
+fn line_of(text: &str) -> Line {
+    line(&[text])
 }
 
 /// Builds a `\n`-terminated line once, for every recipient.
@@ -687,7 +742,11 @@ impl Broker {
                 BrokerMsg::TooLong { id } => self.line_too_long(id),
                 BrokerMsg::Leave { id, reason } => self.remove(id, reason),
                 BrokerMsg::Datagram { peer, data } => self.on_datagram(peer, &data.datagram),
-                BrokerMsg::Tick => self.expire_udp(),
+                BrokerMsg::Tick => {
+                    self.expire_udp();
+                    self.snapshot();
+                }
+                BrokerMsg::Bus(event) => self.on_bus(*event),
                 BrokerMsg::Reconfigure { config, generation } => {
                     if generation <= self.generation {
                         continue; // an older reload's limits, overtaken
@@ -722,6 +781,8 @@ impl Broker {
                     }
                     // Dropping the clients drops every writer's sender: each flushes and closes.
                     self.clients.clear();
+                    // The other processes hear that this one's users left.
+                    self.bus.close().await;
                     let _ = done.send(());
                     break;
                 }
@@ -760,6 +821,11 @@ impl Broker {
         }
         self.nicks.insert(nick.to_ascii_lowercase(), id);
         self.rooms.entry(LOBBY.to_string()).or_default().push(id);
+        self.bus.request(BusRequest::Hold { nick: nick.clone() });
+        self.bus.request(BusRequest::Member {
+            nick: nick.clone(),
+            room: Some(LOBBY.into()),
+        });
         let bucket = TokenBucket::new(self.config.burst);
         let client = Client {
             nick: nick.clone(),
@@ -770,11 +836,15 @@ impl Broker {
             last_seen: Instant::now(),
             overflowed: false,
             replies: ReplyBudget::new(),
+            cluster_warned: false,
         };
         let tcp = matches!(client.outbox, Outbox::Tcp { .. });
         self.clients.insert(id, client);
         if tcp {
             self.tell(id, welcome);
+        }
+        if self.link_down_told {
+            self.tell(id, line(&[LINK_LOST]));
         }
         self.publish(LOBBY, Some(id), line(&["* ", &nick, " joined"]));
         true
@@ -782,8 +852,13 @@ impl Broker {
 
     fn guest_nick(&mut self) -> String {
         loop {
-            let nick = format!("guest{}", self.next_guest);
-            self.next_guest += 1;
+            // A number from the cluster's shared sequence if there is one at hand (no
+            // other process hands it out), else this process's own.
+            let n = self.bus.guest_number().unwrap_or_else(|| {
+                self.next_guest += 1;
+                self.next_guest - 1
+            });
+            let nick = format!("guest{n}");
             if !self.nicks.contains_key(&nick) {
                 return nick;
             }
@@ -866,10 +941,17 @@ impl Broker {
         }
     }
 
-    /// Sends `line` to everyone in `room` but `except`, then to the bus. The room's UDP
+    /// Sends `line` to everyone in `room` but `except`, then to the bus; whether the bus
+    /// took it (`false`: other processes will not see it).
+    fn publish(&mut self, room: &str, except: Option<ClientId>, line: Line) -> bool {
+        self.deliver_room(room, except, &line);
+        self.bus.published(room, &line)
+    }
+
+    /// Sends `line` to this process's members of `room` but `except`. The room's UDP
     /// users get it as one job for the send actor, so a full UDP queue drops the line for
     /// all of them (counted), never the members after the first thousand.
-    fn publish(&mut self, room: &str, except: Option<ClientId>, line: Line) {
+    fn deliver_room(&mut self, room: &str, except: Option<ClientId>, line: &Line) {
         let mut too_slow = Vec::new();
         let mut peers = Vec::new();
         if let Some(members) = self.rooms.get(room) {
@@ -883,7 +965,7 @@ impl Broker {
                 match &client.outbox {
                     Outbox::Udp { peer } => peers.push(*peer),
                     Outbox::Tcp { .. } => {
-                        if !self.deliver(id, &line) {
+                        if !self.deliver(id, line) {
                             too_slow.push(id);
                         }
                     }
@@ -892,12 +974,32 @@ impl Broker {
             self.unyielded += 1;
         }
         let udp_users = peers.len() as u64;
-        if self.udp_send(peers, &line) {
+        if self.udp_send(peers, line) {
             self.delivered.set(self.delivered.get() + udp_users);
         }
-        self.bus.published(room, &line);
         for id in too_slow {
             self.overflow(id);
+        }
+    }
+
+    /// A line a user said: published, and if the cluster could not take it, the user
+    /// is told once until a line of theirs gets through again.
+    fn say(&mut self, id: ClientId, room: &str, line: Line) {
+        self.metrics.said.inc();
+        let reached = self.publish(room, Some(id), line);
+        let warn = match self.clients.get_mut(&id) {
+            Some(c) if !reached && !c.cluster_warned => {
+                c.cluster_warned = true;
+                true
+            }
+            Some(c) => {
+                c.cluster_warned &= !reached;
+                false
+            }
+            None => false,
+        };
+        if warn {
+            self.reply(id, line_of(CLUSTER_BUSY));
         }
     }
 
@@ -909,6 +1011,13 @@ impl Broker {
         self.nicks.remove(&client.nick.to_ascii_lowercase());
         self.leave_room(id, &client.room);
         self.metrics.departed(&reason);
+        self.bus.request(BusRequest::Release {
+            nick: client.nick.clone(),
+        });
+        self.bus.request(BusRequest::Member {
+            nick: client.nick.clone(),
+            room: None,
+        });
         match &client.outbox {
             Outbox::Tcp { socket, .. } => {
                 if reason == LeaveReason::SendQueue {
@@ -1025,6 +1134,7 @@ impl Broker {
             members.retain(|&m| m != id);
             if members.is_empty() && room != LOBBY {
                 self.rooms.remove(room);
+                self.bus.request(BusRequest::Close { room: room.into() });
             }
         }
     }
@@ -1226,48 +1336,33 @@ impl Broker {
         let room = client.room.clone();
         match protocol::parse(&text) {
             Command::Empty => {}
-            Command::Say(text) => {
-                self.metrics.said.inc();
-                self.publish(&room, Some(id), line(&["<", &nick, "> ", text]));
-            }
-            Command::Me(text) => {
-                self.metrics.said.inc();
-                self.publish(&room, Some(id), line(&["* ", &nick, " ", text]));
-            }
-            Command::Nick(new) => self.rename(id, &nick, &room, new),
+            Command::Say(text) => self.say(id, &room, line(&["<", &nick, "> ", text])),
+            Command::Me(text) => self.say(id, &room, line(&["* ", &nick, " ", text])),
+            Command::Nick(new) => self.rename(id, &nick, new),
             Command::Msg { to, text } => match self.nicks.get(&to.to_ascii_lowercase()) {
                 Some(&target) => {
                     self.metrics.said.inc();
                     self.tell(target, line(&["*", &nick, "* ", text]));
                 }
+                None if self.bus.linked() => {
+                    // Perhaps a user of another process: the bus finds out, and answers
+                    // `! no such nick` if not.
+                    let request = BusRequest::Private {
+                        id,
+                        to: to.to_string(),
+                        line: line(&["*", &nick, "* ", text]),
+                    };
+                    if self.bus.request(request) {
+                        self.metrics.said.inc();
+                    } else {
+                        self.reply(id, line_of(CLUSTER_BUSY_TRY));
+                    }
+                }
                 None => self.reply(id, line(&["! no such nick: ", to])),
             },
-            Command::Who => {
-                let limit = self.reply_limit(id);
-                // (Lookups, not indexing: nothing a client says may panic the broker.)
-                let members = self.rooms.get(&room).map(Vec::as_slice).unwrap_or_default();
-                let mut names: Vec<&str> = members
-                    .iter()
-                    .filter_map(|m| self.clients.get(m).map(|c| c.nick.as_str()))
-                    .collect();
-                names.sort_by_key(|n| n.to_ascii_lowercase());
-                let head = format!("* in #{room}: ");
-                if let Some(who) = fit_list(&head, &names, limit) {
-                    self.reply(id, who);
-                }
-            }
+            Command::Who => self.ask(id, Query::Who { room }),
             Command::Join(new_room) => self.move_room(id, &nick, &room, new_room),
-            Command::Rooms => {
-                let limit = self.reply_limit(id);
-                let mut rooms: Vec<(&String, usize)> =
-                    self.rooms.iter().map(|(r, m)| (r, m.len())).collect();
-                rooms.sort();
-                let list: Vec<String> = rooms.iter().map(|(r, n)| format!("#{r} ({n})")).collect();
-                let list: Vec<&str> = list.iter().map(String::as_str).collect();
-                if let Some(rooms) = fit_list("* rooms: ", &list, limit) {
-                    self.reply(id, rooms);
-                }
-            }
+            Command::Rooms => self.ask(id, Query::Rooms),
             Command::Help if self.is_udp(id) => self.reply(id, line(&[HELP_SHORT])),
             Command::Help => {
                 let text: Vec<u8> = HELP
@@ -1294,7 +1389,7 @@ impl Broker {
         }
     }
 
-    fn rename(&mut self, id: ClientId, old: &str, room: &str, new: &str) {
+    fn rename(&mut self, id: ClientId, old: &str, new: &str) {
         if let Some(problem) = protocol::nick_problem(new) {
             return self.reply(id, line(&[problem]));
         }
@@ -1305,12 +1400,245 @@ impl Broker {
         if self.nicks.get(&key).is_some_and(|&owner| owner != id) {
             return self.reply(id, line(&["! nick taken: ", new]));
         }
-        self.nicks.remove(&old.to_ascii_lowercase());
-        self.nicks.insert(key, id);
-        if let Some(c) = self.clients.get_mut(&id) {
-            c.nick = new.to_string();
+        if key != old.to_ascii_lowercase() && self.bus.linked() {
+            // Another process's user may hold it: the bus asks, and the answer finishes
+            // the rename (`BusEvent::Claimed`).
+            let claim = BusRequest::Claim {
+                id,
+                nick: new.to_string(),
+            };
+            if !self.bus.request(claim) {
+                self.reply(id, line_of(CLUSTER_BUSY_TRY));
+            }
+            return;
         }
-        self.publish(room, None, line(&["* ", old, " is now ", new]));
+        self.bus.request(BusRequest::Hold { nick: new.into() });
+        self.renamed(id, new);
+    }
+
+    /// The rename of `id` to `new`, now that `new` is its: the room hears of it.
+    fn renamed(&mut self, id: ClientId, new: &str) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut c.nick, new.to_string());
+        let room = c.room.clone();
+        let key = new.to_ascii_lowercase();
+        self.nicks.remove(&old.to_ascii_lowercase());
+        self.nicks.insert(key.clone(), id);
+        if old.to_ascii_lowercase() != key {
+            self.bus.request(BusRequest::Release { nick: old.clone() });
+        }
+        self.bus.request(BusRequest::Member {
+            nick: old.clone(),
+            room: None,
+        });
+        self.bus.request(BusRequest::Member {
+            nick: new.to_string(),
+            room: Some(room.clone()),
+        });
+        self.publish(&room, None, line(&["* ", &old, " is now ", new]));
+    }
+
+    /// The cluster's answer to a `/nick`: the rename is made if the client is still here
+    /// and nobody here took the nick meanwhile.
+    fn claimed(&mut self, id: ClientId, nick: &str, granted: bool) {
+        let key = nick.to_ascii_lowercase();
+        let holder = self.nicks.get(&key).copied();
+        if !self.clients.contains_key(&id) {
+            if granted && holder.is_none() {
+                self.bus.request(BusRequest::Release { nick: nick.into() });
+            }
+            return;
+        }
+        match holder {
+            _ if !granted => self.reply(id, line(&["! nick taken: ", nick])),
+            Some(other) if other != id => self.reply(id, line(&["! nick taken: ", nick])),
+            _ => self.renamed(id, nick),
+        }
+    }
+
+    /// `/who` or `/rooms`: answered now from this process's users, or, when other
+    /// processes can be reached, once the bus has their users too.
+    fn ask(&mut self, id: ClientId, query: Query) {
+        if self.bus.linked() {
+            let request = BusRequest::View {
+                id,
+                query: query.clone(),
+            };
+            if self.bus.request(request) {
+                return;
+            }
+        }
+        self.answer(id, &query, &[]);
+    }
+
+    /// Answers a `/who` or `/rooms` from this process's users and `remote` ones (nick,
+    /// room).
+    fn answer(&mut self, id: ClientId, query: &Query, remote: &[(String, String)]) {
+        if !self.clients.contains_key(&id) {
+            return;
+        }
+        let limit = self.reply_limit(id);
+        let reply = match query {
+            Query::Who { room } => {
+                // (Lookups, not indexing: nothing a client says may panic the broker.)
+                let members = self.rooms.get(room).map(Vec::as_slice).unwrap_or_default();
+                let mut names: Vec<&str> = members
+                    .iter()
+                    .filter_map(|m| self.clients.get(m).map(|c| c.nick.as_str()))
+                    .chain(
+                        remote
+                            .iter()
+                            .filter(|(_, r)| r == room)
+                            .map(|(n, _)| n.as_str()),
+                    )
+                    .collect();
+                names.sort_by_key(|n| n.to_ascii_lowercase());
+                names.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+                let head = format!("* in #{room}: ");
+                fit_list(&head, &names, limit)
+            }
+            Query::Rooms => {
+                let mut counts: HashMap<&str, usize> = self
+                    .rooms
+                    .iter()
+                    .map(|(r, m)| (r.as_str(), m.len()))
+                    .collect();
+                for (_, room) in remote {
+                    *counts.entry(room.as_str()).or_default() += 1;
+                }
+                let mut rooms: Vec<(&str, usize)> = counts.into_iter().collect();
+                rooms.sort();
+                let list: Vec<String> = rooms.iter().map(|(r, n)| format!("#{r} ({n})")).collect();
+                let list: Vec<&str> = list.iter().map(String::as_str).collect();
+                fit_list("* rooms: ", &list, limit)
+            }
+        };
+        if let Some(reply) = reply {
+            self.reply(id, reply);
+        }
+    }
+
+    /// What the cluster bus tells.
+    fn on_bus(&mut self, event: BusEvent) {
+        match event {
+            BusEvent::Room { room, line } => self.deliver_room(&room, None, &line),
+            BusEvent::Private { to, line } => {
+                if let Some(&target) = self.nicks.get(&to.to_ascii_lowercase()) {
+                    self.tell(target, line);
+                }
+            }
+            BusEvent::Reply { id, line } => {
+                if self.clients.contains_key(&id) {
+                    self.reply(id, line);
+                }
+            }
+            BusEvent::Claimed { id, nick, granted } => self.claimed(id, &nick, granted),
+            BusEvent::View { asked, remote } => {
+                let remote = remote.unwrap_or_default();
+                for (id, query) in asked {
+                    self.answer(id, &query, &remote);
+                }
+            }
+            BusEvent::NodeLost { node: _, users } => {
+                let mut by_room: Vec<(String, Vec<Departure>)> = Vec::new();
+                for (nick, room) in users {
+                    if self.nicks.contains_key(&nick.to_ascii_lowercase())
+                        || !self.rooms.contains_key(&room)
+                    {
+                        continue; // a local user now, or no one here to tell
+                    }
+                    self.metrics.departed(&LeaveReason::NodeLost);
+                    let departure = Departure {
+                        nick,
+                        room: room.clone(),
+                        reason: LeaveReason::NodeLost,
+                    };
+                    match by_room.iter_mut().find(|(r, _)| *r == room) {
+                        Some((_, list)) => list.push(departure),
+                        None => by_room.push((room, vec![departure])),
+                    }
+                }
+                for (room, departed) in by_room {
+                    self.announce_here(&room, &departed);
+                }
+            }
+            BusEvent::NickLost { nick } => self.nick_lost(&nick),
+            BusEvent::Link { up } => {
+                let notice = if up && self.link_down_told {
+                    self.link_down_told = false;
+                    line_of(LINK_RESTORED)
+                } else if !up && !self.link_down_told {
+                    self.link_down_told = true;
+                    line_of(LINK_LOST)
+                } else {
+                    return;
+                };
+                let ids: Vec<ClientId> = self.clients.keys().copied().collect();
+                for id in ids {
+                    self.tell(id, notice.clone());
+                }
+            }
+        }
+    }
+
+    /// Tells this process's members of `room` who left elsewhere (by name up to
+    /// [`NAMED_DEPARTURES`], else counted), without publishing: every process tells its
+    /// own users.
+    fn announce_here(&mut self, room: &str, departed: &[Departure]) {
+        if departed.len() <= NAMED_DEPARTURES {
+            for d in departed {
+                let notice = line(&["* ", &d.nick, " left (", d.reason.text(), ")"]);
+                self.deliver_room(room, None, &notice);
+            }
+        } else {
+            let n = departed.len().to_string();
+            let notice = line(&["* ", &n, " users left (node lost)"]);
+            self.deliver_room(room, None, &notice);
+        }
+    }
+
+    /// A local user's nick turned out to be held by another process (taken while the
+    /// link was down): the user becomes a guest, and is told.
+    fn nick_lost(&mut self, nick: &str) {
+        let Some(&id) = self.nicks.get(&nick.to_ascii_lowercase()) else {
+            return;
+        };
+        let Some(old) = self.clients.get(&id).map(|c| c.nick.clone()) else {
+            return;
+        };
+        let guest = self.guest_nick();
+        self.tell(
+            id,
+            line(&[
+                "* your nick ",
+                &old,
+                " was taken on another server while the cluster link was down; you are now ",
+                &guest,
+            ]),
+        );
+        self.bus.request(BusRequest::Hold {
+            nick: guest.clone(),
+        });
+        // (Its key is another's: `renamed` releases only what this process holds.)
+        self.renamed(id, &guest);
+    }
+
+    /// Every few seconds, what the bus should hold: every local user and room (so a
+    /// request dropped by a full queue is mended).
+    fn snapshot(&mut self) {
+        if !self.bus.snapshot_due(Instant::now()) {
+            return;
+        }
+        let users = self
+            .clients
+            .values()
+            .filter(|c| !c.overflowed)
+            .map(|c| (c.nick.clone(), c.room.clone()))
+            .collect();
+        let rooms = self.rooms.keys().cloned().collect();
+        self.bus.request(BusRequest::Snapshot { users, rooms });
     }
 
     fn move_room(&mut self, id: ClientId, nick: &str, old: &str, new: &str) {
@@ -1326,8 +1654,16 @@ impl Broker {
         }
         self.leave_room(id, old);
         self.publish(old, None, line(&["* ", nick, " left for #", &new]));
+        if !self.rooms.contains_key(&new) {
+            // The first member here: the bus listens to the room from now on.
+            self.bus.request(BusRequest::Open { room: new.clone() });
+        }
         self.publish(&new, None, line(&["* ", nick, " joined #", &new]));
         self.rooms.entry(new.clone()).or_default().push(id);
+        self.bus.request(BusRequest::Member {
+            nick: nick.into(),
+            room: Some(new.clone()),
+        });
         if let Some(c) = self.clients.get_mut(&id) {
             c.room = new.clone();
         }

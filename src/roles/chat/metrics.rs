@@ -59,8 +59,32 @@ pub static FLOOD_DROPPED: Family = Family {
     seconds: false,
 };
 
+/// `switchboard_chat_cluster_link`.
+pub static CLUSTER_LINK: Family = Family {
+    name: "switchboard_chat_cluster_link",
+    help: "1 while the cluster's Redis is reachable (chat --cluster), else 0.",
+    kind: Kind::Gauge,
+    seconds: false,
+};
+
+/// `switchboard_chat_cluster_messages_total{direction}`.
+pub static CLUSTER_MESSAGES: Family = Family {
+    name: "switchboard_chat_cluster_messages",
+    help: "Lines sent to other cluster nodes (out: room lines and /msg) and taken from them (in).",
+    kind: Kind::Counter,
+    seconds: false,
+};
+
+/// `switchboard_chat_cluster_dropped_total{reason}`.
+pub static CLUSTER_DROPPED: Family = Family {
+    name: "switchboard_chat_cluster_dropped",
+    help: "Cluster lines dropped: queue_full (to Redis), link_down, invalid (from Redis), inbound_full (the broker's mailbox).",
+    kind: Kind::Counter,
+    seconds: false,
+};
+
 /// The `reason` label of each [`LeaveReason`], in [`ChatMetrics::departures`]' order.
-pub const DEPARTURE_REASONS: [&str; 7] = [
+pub const DEPARTURE_REASONS: [&str; 8] = [
     "closed",
     "reset",
     "quit",
@@ -68,6 +92,7 @@ pub const DEPARTURE_REASONS: [&str; 7] = [
     "sendq",
     "idle",
     "udp_timeout",
+    "node_lost",
 ];
 
 /// Where a departure is counted in [`ChatMetrics::departures`].
@@ -80,6 +105,7 @@ fn departure_index(reason: &LeaveReason) -> usize {
         LeaveReason::SendQueue => 4,
         LeaveReason::Idle => 5,
         LeaveReason::UdpTimeout => 6,
+        LeaveReason::NodeLost => 7,
     }
 }
 
@@ -92,8 +118,17 @@ pub struct ChatMetrics {
     pub said: Counter,
     pub deliveries: Counter,
     /// By [`DEPARTURE_REASONS`].
-    pub departures: [Counter; 7],
+    pub departures: [Counter; 8],
     pub flood_dropped: Counter,
+    /// Whether this chat is a cluster node (the cluster series are shown only then).
+    pub clustered: std::sync::atomic::AtomicBool,
+    /// Cluster: 1 while linked.
+    pub cluster_link: Gauge,
+    /// Cluster: lines sent to other nodes, and taken from them.
+    pub cluster_out: Counter,
+    pub cluster_in: Counter,
+    /// Cluster: by [`super::cluster::DROP_REASONS`].
+    pub cluster_dropped: [Counter; 4],
 }
 
 impl ChatMetrics {
@@ -123,5 +158,24 @@ impl RoleMetrics for ChatMetrics {
             &[],
             Value::Counter(self.flood_dropped.get()),
         );
+        if !self.clustered.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        out.series(&CLUSTER_LINK, &[], Value::Gauge(self.cluster_link.get()));
+        for (direction, n) in [("out", &self.cluster_out), ("in", &self.cluster_in)] {
+            out.series(
+                &CLUSTER_MESSAGES,
+                &[("direction", direction)],
+                Value::Counter(n.get()),
+            );
+        }
+        let reasons = super::cluster::DROP_REASONS;
+        for (reason, n) in reasons.into_iter().zip(&self.cluster_dropped) {
+            out.series(
+                &CLUSTER_DROPPED,
+                &[("reason", reason)],
+                Value::Counter(n.get()),
+            );
+        }
     }
 }
