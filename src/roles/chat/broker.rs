@@ -303,6 +303,11 @@ pub trait RoomBus: Send + 'static {
     /// `line` was published to `room` by this process. `false`: it was dropped (the
     /// queue to other processes is full), and they will not see it.
     fn published(&mut self, room: &str, line: &Line) -> bool;
+    /// Whether the queue to other processes was empty before the last line published
+    /// (a sayer told its lines are not getting through is told again only after that).
+    fn caught_up(&self) -> bool {
+        true
+    }
     /// Whether other processes can be reached now: if not, the broker answers
     /// everything from its own users, as a single process.
     fn linked(&self) -> bool {
@@ -983,7 +988,7 @@ impl Broker {
     }
 
     /// A line a user said: published, and if the cluster could not take it, the user
-    /// is told once until a line of theirs gets through again.
+    /// is told, once until the queue to the cluster has drained.
     fn say(&mut self, id: ClientId, room: &str, line: Line) {
         self.metrics.said.inc();
         let reached = self.publish(room, Some(id), line);
@@ -993,7 +998,9 @@ impl Broker {
                 true
             }
             Some(c) => {
-                c.cluster_warned &= !reached;
+                // A burst ends when the queue has drained, not at the first line that
+                // squeezes in while it is still full.
+                c.cluster_warned &= !(reached && self.bus.caught_up());
                 false
             }
             None => false,

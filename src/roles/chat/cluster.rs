@@ -51,6 +51,9 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// lines to other nodes are dropped and counted, and the sayer is told once per burst.
 pub const DEFAULT_QUEUE: usize = 8192;
 
+/// Requests other than lines waiting for the link actor at most.
+pub const CONTROL_QUEUE: usize = 16 * 1024;
+
 /// Guest numbers taken from `P:guest-seq` at once.
 const GUEST_BLOCK: u64 = 1024;
 
@@ -256,10 +259,16 @@ pub enum BusRequest {
 
 /// What the broker holds: the queue to the link actor and what they share.
 pub struct ClusterBus {
-    tx: flume::Sender<BusRequest>,
+    /// Lines to publish (`--cluster-queue`): full, a line is dropped.
+    lines_tx: flume::Sender<BusRequest>,
+    /// Everything else ([`CONTROL_QUEUE`]): full, a `/nick` or `/msg` is told to try
+    /// again, and what else is lost is mended by the next snapshot.
+    control_tx: flume::Sender<BusRequest>,
     shared: Arc<Shared>,
     last_snapshot: Option<Instant>,
     snapshot_every: Duration,
+    /// The queue was empty before the last line published.
+    caught_up: bool,
 }
 
 /// What the broker's side and the link actor share.
@@ -278,7 +287,8 @@ impl ClusterBus {
         broker_tx: flume::Sender<BrokerMsg>,
         metrics: Arc<ChatMetrics>,
     ) -> Self {
-        let (tx, rx) = flume::bounded(config.queue);
+        let (lines_tx, lines) = flume::bounded(config.queue);
+        let (control_tx, control) = flume::bounded(CONTROL_QUEUE);
         metrics.clustered.store(true, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             linked: AtomicBool::new(false),
@@ -294,7 +304,8 @@ impl ClusterBus {
             node,
             config,
             broker_tx,
-            rx,
+            lines,
+            control,
             shared: shared.clone(),
             owned: HashMap::new(),
             users: HashMap::new(),
@@ -312,21 +323,24 @@ impl ClusterBus {
             }
         }
         ClusterBus {
-            tx,
+            lines_tx,
+            control_tx,
             shared,
             last_snapshot: None,
             snapshot_every,
+            caught_up: true,
         }
     }
 }
 
 impl RoomBus for ClusterBus {
     fn published(&mut self, room: &str, line: &Line) -> bool {
+        self.caught_up = self.lines_tx.is_empty();
         let request = BusRequest::Room {
             room: room.to_string(),
             line: line.clone(),
         };
-        let taken = self.tx.try_send(request).is_ok();
+        let taken = self.lines_tx.try_send(request).is_ok();
         if !taken {
             self.shared.metrics.cluster_dropped[DROP_QUEUE].inc();
         }
@@ -337,8 +351,12 @@ impl RoomBus for ClusterBus {
         self.shared.linked.load(Ordering::Relaxed)
     }
 
+    fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+
     fn request(&mut self, request: BusRequest) -> bool {
-        self.tx.try_send(request).is_ok()
+        self.control_tx.try_send(request).is_ok()
     }
 
     fn guest_number(&mut self) -> Option<u64> {
@@ -362,11 +380,21 @@ impl RoomBus for ClusterBus {
 
     fn close(&mut self) -> futures::future::BoxFuture<'static, ()> {
         let (done, wait) = oneshot::channel();
-        let sent = self.tx.try_send(BusRequest::Close_ { done }).is_ok();
+        // (On the lines' queue: after every line already said. Closing waits for room.)
+        let lines_tx = self.lines_tx.clone();
+        let sent = async move {
+            lines_tx
+                .send_async(BusRequest::Close_ { done })
+                .await
+                .is_ok()
+        };
         async move {
-            if sent {
-                let _ = rt::timeout(GOODBYE_TIMEOUT + CONNECT_TIMEOUT, wait).await;
-            }
+            let _ = rt::timeout(GOODBYE_TIMEOUT + CONNECT_TIMEOUT, async {
+                if sent.await {
+                    let _ = wait.await;
+                }
+            })
+            .await;
         }
         .boxed()
     }
@@ -484,7 +512,8 @@ struct Actor {
     node: String,
     keys: Keys,
     broker_tx: flume::Sender<BrokerMsg>,
-    rx: flume::Receiver<BusRequest>,
+    lines: flume::Receiver<BusRequest>,
+    control: flume::Receiver<BusRequest>,
     shared: Arc<Shared>,
     /// Nicks this node holds (lower case) and when each was granted: a fresh grant is
     /// not released by a snapshot taken before the rename it was for.
@@ -625,7 +654,19 @@ impl Actor {
             if left.is_zero() {
                 return true;
             }
-            match rt::timeout(left, self.rx.recv_async()).await {
+            let next = {
+                let lines = self.lines.recv_async().fuse();
+                let control = self.control.recv_async().fuse();
+                futures::pin_mut!(lines, control);
+                let either = async {
+                    futures::select! {
+                        r = control => r,
+                        r = lines => r,
+                    }
+                };
+                rt::timeout(left, either).await
+            };
+            match next {
                 None => return true,
                 Some(Err(_)) => return false,
                 Some(Ok(BusRequest::Close_ { done })) => {
@@ -752,12 +793,14 @@ impl Actor {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let got = {
-                let recv = self.rx.recv_async().fuse();
+                let lines = self.lines.recv_async().fuse();
+                let control = self.control.recv_async().fuse();
                 let ended = link.ended.recv_async().fuse();
                 let timer = rt::sleep(wait).fuse();
-                futures::pin_mut!(recv, ended, timer);
+                futures::pin_mut!(lines, control, ended, timer);
                 futures::select! {
-                    r = recv => Some(r),
+                    r = control => Some(r),
+                    r = lines => Some(r),
                     _ = ended => return Ended::Lost("the subscriber connection closed".into()),
                     () = timer => None,
                 }
@@ -856,7 +899,11 @@ impl Actor {
                 other @ BusRequest::Snapshot { .. } => self.record(other),
             }
             if taken < BATCH {
-                next = self.rx.try_recv().ok();
+                next = self
+                    .control
+                    .try_recv()
+                    .or_else(|_| self.lines.try_recv())
+                    .ok();
             }
         }
         let limit = self.command_timeout();
