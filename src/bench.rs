@@ -86,6 +86,11 @@ pub struct BenchOptions {
     /// chat: how many clients send.
     #[arg(long, default_value_t = 10)]
     pub senders: usize,
+    /// chat: the nodes of a cluster (`chat --cluster`): the clients are spread over
+    /// TARGET and these, round-robin (TARGET named again here counts once), and the
+    /// latency of deliveries from one node to another is reported apart.
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',', value_parser = parse_target)]
+    pub targets: Vec<Target>,
     /// chat: all senders send at the same instants (bursts of one line each), instead of
     /// spreading their lines evenly over each period as independent people do.
     #[arg(long)]
@@ -381,6 +386,9 @@ impl Progress {
 pub async fn run(opts: BenchOptions) -> Result<()> {
     if opts.conns == 0 {
         return Err("--conns must be at least 1".into());
+    }
+    if !opts.targets.is_empty() && opts.mode != Mode::Chat {
+        return Err("--targets is for bench chat (clients spread over a cluster's nodes)".into());
     }
     if opts.tls.tls && opts.mode == Mode::Chat {
         return Err("bench chat does not speak TLS (its receivers read raw sockets with epoll): load the chat's plain port".into());

@@ -27,12 +27,18 @@
 //!
 //! The server's flood control must allow the rate (`switchboard chat --rate 0`); a
 //! `! slow down` from the server is reported as an error.
+//!
+//! With `--targets`, the clients are spread round-robin over the nodes of a cluster
+//! (client `i` on node `i mod K`, so the senders are spread too), and deliveries from a
+//! sender on one node to a client on another are counted and timed apart as well
+//! (`cross-node deliveries`, their p50 and p99).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use futures::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use hdrhistogram::Histogram;
 
 use super::{BenchOptions, GRACE, Part, Progress, REPLY_TIMEOUT, Report, many, open_all};
 use crate::Result;
@@ -58,7 +64,13 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
         return Err("chat needs --rate LINES (per sender per second)".into());
     }
     let senders = opts.senders.clamp(1, opts.conns);
-    let streams = open_all(opts.target.addr, opts.conns).await?;
+    let mut nodes = vec![opts.target.addr];
+    for t in &opts.targets {
+        if !nodes.contains(&t.addr) {
+            nodes.push(t.addr);
+        }
+    }
+    let streams = open_spread(&nodes, opts.conns).await?;
     let sockets: Vec<Socket> = streams.iter().map(|s| s.socket().clone()).collect();
     let (reads, mut writes): (Vec<_>, Vec<_>) = streams.into_iter().map(Stream::split).unzip();
     // Wait for each client's first line (welcome or announce): once the last one has
@@ -93,7 +105,7 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     let receivers: Vec<Receiver> = readers
         .iter()
         .enumerate()
-        .map(|(me, r)| Receiver::new(me, senders, r.buffer().to_vec()))
+        .map(|(me, r)| Receiver::new(me, senders, nodes.len(), r.buffer().to_vec()))
         .collect();
     drop(readers);
     let shared = Shared {
@@ -162,9 +174,15 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     let last = clock + Duration::from_micros(last_delivery.load(Relaxed));
     let measured = last.saturating_duration_since(started).max(opts.duration);
     close_all(&sockets, &ending);
-    let (parts, seen) = reading.await?;
+    let (parts, seen, cross) = reading.await?;
     for part in parts {
         report.merge(part);
+    }
+    if nodes.len() > 1 {
+        report.count("cross-node deliveries", cross.len());
+        for (name, q) in [("cross-node p50 µs", 0.5), ("cross-node p99 µs", 0.99)] {
+            report.count(name, cross.value_at_quantile(q));
+        }
     }
     let mut lost = 0;
     for (i, n) in sent.iter().enumerate() {
@@ -174,6 +192,17 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     report.count("lost", lost);
     report.elapsed = measured;
     Ok(report)
+}
+
+/// Opens `n` clients, client `i` to `nodes[i % K]`.
+async fn open_spread(nodes: &[std::net::SocketAddr], n: usize) -> Result<Vec<Stream>> {
+    let k = nodes.len();
+    let mut per_node = Vec::with_capacity(k);
+    for (j, node) in nodes.iter().enumerate() {
+        let count = n / k + usize::from(j < n % k);
+        per_node.push(open_all(*node, count).await?.into_iter());
+    }
+    Ok((0..n).filter_map(|i| per_node[i % k].next()).collect())
 }
 
 /// Ends the run for every client: marks it ending (so the receiving thread takes the
@@ -241,6 +270,8 @@ async fn send_lines(
 /// One client's side of the deliveries.
 struct Receiver {
     me: usize,
+    /// How many nodes the clients are spread over (client `i` is on node `i mod nodes`).
+    nodes: usize,
     /// The sequence number expected next from each sender.
     next: Vec<u64>,
     /// Cuts what arrives into lines. No limit, as the lines are the server's relay of
@@ -251,9 +282,10 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn new(me: usize, senders: usize, buffered: Vec<u8>) -> Self {
+    fn new(me: usize, senders: usize, nodes: usize, buffered: Vec<u8>) -> Self {
         Receiver {
             me,
+            nodes,
             next: vec![0; senders],
             framer: LineFramer::new(usize::MAX, Overlong::Drop),
             buffered,
@@ -261,11 +293,20 @@ impl Receiver {
     }
 }
 
+/// Which client received a line, and on which node it is.
+#[derive(Clone, Copy)]
+struct Client {
+    me: usize,
+    nodes: usize,
+}
+
 /// What all clients saw together.
 struct Tally {
     part: Part,
     /// Deliveries seen per sender.
     seen: Vec<u64>,
+    /// Latency of deliveries between nodes (`--targets`), in µs.
+    cross: Histogram<u64>,
 }
 
 /// What the receiving threads share with the run.
@@ -286,15 +327,15 @@ struct Shared {
 const MAX_RECEIVING_THREADS: usize = 8;
 
 /// Splits the clients over one receiving thread per core (at most
-/// [`MAX_RECEIVING_THREADS`]); the future returns every thread's part and the deliveries
-/// seen per sender, summed.
+/// [`MAX_RECEIVING_THREADS`]); the future returns every thread's part, the deliveries
+/// seen per sender, summed, and the cross-node latencies.
 fn receive_on_threads(
     sockets: Vec<Socket>,
     mut receivers: Vec<Receiver>,
     senders: usize,
     deadline: Instant,
     shared: Shared,
-) -> impl std::future::Future<Output = Result<(Vec<Part>, Vec<u64>)>> {
+) -> impl std::future::Future<Output = Result<(Vec<Part>, Vec<u64>, Histogram<u64>)>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = cores.clamp(1, MAX_RECEIVING_THREADS).min(sockets.len());
     let mut handles = Vec::new();
@@ -308,14 +349,16 @@ fn receive_on_threads(
     async move {
         let mut parts = Vec::new();
         let mut seen = vec![0; senders];
+        let mut cross = super::histogram();
         for h in handles {
-            let (part, theirs) = h.await?;
+            let (part, theirs, their_cross) = h.await?;
             parts.push(part);
+            cross.add(&their_cross).expect("histograms share bounds");
             for (total, n) in seen.iter_mut().zip(theirs) {
                 *total += n;
             }
         }
-        Ok((parts, seen))
+        Ok((parts, seen, cross))
     }
 }
 
@@ -327,10 +370,11 @@ fn receive_all(
     senders: usize,
     deadline: Instant,
     shared: Shared,
-) -> Result<(Part, Vec<u64>)> {
+) -> Result<(Part, Vec<u64>, Histogram<u64>)> {
     let mut tally = Tally {
         part: Part::timed(),
         seen: vec![0; senders],
+        cross: super::histogram(),
     };
     // What the welcome reads buffered beyond the first line.
     for r in &mut receivers {
@@ -362,7 +406,7 @@ fn receive_all(
             .part
             .error("a client's socket did not close when the run ended");
     }
-    Ok((tally.part, tally.seen))
+    Ok((tally.part, tally.seen, tally.cross))
 }
 
 impl Tally {
@@ -373,17 +417,22 @@ impl Tally {
         let mut rest = data;
         while let Some(frame) = r.framer.next(&mut rest) {
             if let Some(line) = frame.bytes() {
-                delivered += u64::from(self.line(r.me, &mut r.next, line, now));
+                let at = Client {
+                    me: r.me,
+                    nodes: r.nodes,
+                };
+                delivered += u64::from(self.line(at, &mut r.next, line, now));
             }
         }
         self.part.bytes_received += data.len() as u64;
         delivered
     }
 
-    /// Checks one line (with its `\n`) that client `me` received, given the sequence
+    /// Checks one line (with its `\n`) that client `r` received, given the sequence
     /// number it expects next from each sender; true when it was a delivery seen for the
     /// first time.
-    fn line(&mut self, me: usize, next: &mut [u64], line: &[u8], now: Duration) -> bool {
+    fn line(&mut self, r: Client, next: &mut [u64], line: &[u8], now: Duration) -> bool {
+        let me = r.me;
         let text = String::from_utf8_lossy(line);
         if text.starts_with("! slow down") {
             self.part
@@ -419,8 +468,11 @@ impl Tally {
             return false;
         }
         let now = now.as_micros() as u64;
-        self.part
-            .record(Duration::from_micros(now.saturating_sub(micros)));
+        let latency = now.saturating_sub(micros);
+        self.part.record(Duration::from_micros(latency));
+        if r.nodes > 1 && from % r.nodes != me % r.nodes {
+            self.cross.saturating_record(latency);
+        }
         if seq < next[from] {
             self.part.count("duplicated", 1);
             return false;
