@@ -110,6 +110,9 @@ pub struct ChatGeneration {
 struct Running {
     broker: BrokerHandle,
     udp_sender: Option<DatagramSender>,
+    /// The `--cluster` options it started with (`Debug`: the password shown as `***`),
+    /// to warn when a reload changes them.
+    cluster: String,
 }
 
 /// One generation of a chat service: accept and receive loops on the sockets given, on
@@ -139,6 +142,11 @@ pub async fn run_generation(
         let mut running = state.running.lock().unwrap_or_else(|e| e.into_inner());
         match running.as_ref() {
             Some(running) => {
+                if format!("{:?}", chat.cluster) != running.cluster {
+                    log::warn!(
+                        "chat: --cluster options changed by a reload take effect at the next start"
+                    );
+                }
                 let broker = running.broker.clone();
                 let config = Box::new(chat.clone());
                 let reconfigure = broker.clone();
@@ -172,6 +180,7 @@ pub async fn run_generation(
                 *running = Some(Running {
                     broker: broker.clone(),
                     udp_sender,
+                    cluster: format!("{:?}", chat.cluster),
                 });
                 broker
             }
