@@ -712,3 +712,27 @@ fn a_stalled_redis_never_blocks_local_delivery_and_the_sayer_is_told_once() {
     ann.say("/who");
     assert_eq!(ann.line(), who_line("lobby", &["ann", &amy.nick]));
 }
+
+#[test]
+fn a_guest_nick_given_up_at_once_is_released_at_once() {
+    let test = "a_guest_nick_given_up_at_once_is_released_at_once";
+    let Some(redis) = Redis::start(test) else {
+        return;
+    };
+    let prefix = "t-hold";
+    // A long lease: a key left behind would outlast the test.
+    let a = Node::start(&redis.url(), prefix, "a", &["--cluster-lease", "60s"]);
+    a.wait_log("chat: cluster joined");
+    let mut ann = a.user();
+    let guest = ann.nick.clone();
+    let key = format!("{prefix}:nick:{guest}");
+    ann.nick("ann");
+    // The guest nick was held for the user (it used to be taken in Redis but not
+    // recorded as this node's, so the rename did not let go of it).
+    wait_until("the guest nick's key to be released", || {
+        redis.command(&[b"GET", key.as_bytes()]) == b"$-1\r\n"
+    });
+    let b = Node::joined(&redis.url(), prefix, "b");
+    let mut ben = b.user();
+    ben.nick(&guest);
+}

@@ -893,9 +893,15 @@ impl Actor {
                     stop = Some(done);
                     break;
                 }
-                other @ (BusRequest::Claim { .. }
-                | BusRequest::Hold { .. }
-                | BusRequest::Private { .. }) => later.push(other),
+                BusRequest::Hold { nick } => {
+                    // Held from now on (a release later in this run lets go of it, and
+                    // then it is not taken below).
+                    self.owned.insert(nick.to_ascii_lowercase(), Instant::now());
+                    later.push(BusRequest::Hold { nick });
+                }
+                other @ (BusRequest::Claim { .. } | BusRequest::Private { .. }) => {
+                    later.push(other)
+                }
                 other @ BusRequest::Snapshot { .. } => self.record(other),
             }
             if taken < BATCH {
@@ -926,7 +932,11 @@ impl Actor {
         for request in later {
             match request {
                 BusRequest::Claim { id, nick } => self.claim(link, id, nick).await?,
-                BusRequest::Hold { nick } => self.hold(link, vec![nick]).await?,
+                BusRequest::Hold { nick } => {
+                    if self.owned.contains_key(&nick.to_ascii_lowercase()) {
+                        self.hold(link, vec![nick]).await?
+                    }
+                }
                 BusRequest::Private { id, to, line } => self.private(link, id, to, line).await?,
                 other => self.record(other),
             }
