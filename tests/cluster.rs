@@ -891,3 +891,44 @@ return 0
         a.log_text()
     );
 }
+
+#[test]
+fn a_room_left_and_entered_again_at_once_stays_subscribed() {
+    let test = "a_room_left_and_entered_again_at_once_stays_subscribed";
+    let Some(redis) = Redis::start(test) else {
+        return;
+    };
+    let prefix = "t-resub";
+    // Long leases: a stalled Redis is not a lost link within this test.
+    let long = ["--cluster-lease", "60s"];
+    let a = Node::start(&redis.url(), prefix, "a", &long);
+    let b = Node::start(&redis.url(), prefix, "b", &long);
+    a.wait_log("chat: cluster joined");
+    b.wait_log("chat: cluster joined");
+    let mut alice = a.user();
+    let mut bob = b.user();
+    alice.nick("alice");
+    bob.nick("bob");
+    alice.say("/join dev");
+    alice.until("* now in #dev");
+    bob.say("/join dev");
+    alice.until("* bob joined #dev");
+    // Redis stalls while a line is on its way: alice's leaving #dev (its last member
+    // here) and coming back queue up behind it, and reach the link in one run.
+    let pid = redis.proc.as_ref().unwrap().0.id() as i32;
+    // SAFETY: signals a child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    alice.say("stalled");
+    alice.say("/join lobby");
+    alice.until("* now in #lobby");
+    alice.say("/join dev");
+    alice.until("* now in #dev");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    bob.until("* alice joined #dev");
+    // (A /who is answered after the runs before it.)
+    who_until(&mut alice, &who_line("dev", &["alice", "bob"]));
+    // Node a still listens to #dev (it used to subscribe, then unsubscribe).
+    bob.say("still there?");
+    assert_eq!(alice.line(), "<bob> still there?");
+}

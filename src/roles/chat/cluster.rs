@@ -648,6 +648,9 @@ struct Link {
     conn: redis::aio::MultiplexedConnection,
     sink: redis::aio::PubSubSink,
     ended: flume::Receiver<()>,
+    /// The rooms whose channels this connection listens to: brought in line with the
+    /// actor's `rooms` after each run of requests.
+    subscribed: HashSet<String>,
 }
 
 type RedisResult<T> = Result<T, String>;
@@ -893,7 +896,12 @@ impl Actor {
             receiver.run(stream).await;
             drop(ended_tx);
         });
-        Ok(Link { conn, sink, ended })
+        Ok(Link {
+            conn,
+            sink,
+            ended,
+            subscribed: HashSet::new(),
+        })
     }
 
     /// Runs a connected link until it fails or the broker stops.
@@ -944,6 +952,7 @@ impl Actor {
         let mut channels = vec![self.keys.node_channel.clone()];
         channels.extend(self.rooms.iter().map(|r| self.keys.room(r)));
         deadline("subscribe", limit, link.sink.subscribe(&channels)).await?;
+        link.subscribed = self.rooms.clone();
         self.renew(link).await?;
         self.write_users(link).await?;
         self.refill_guests(link).await
@@ -958,8 +967,6 @@ impl Actor {
         let mut published = 0u64;
         let mut later = Vec::new();
         let mut views = Vec::new();
-        let mut subscribe = Vec::new();
-        let mut unsubscribe = Vec::new();
         let mut release = Vec::new();
         let mut stop = None;
         let mut next = Some(first);
@@ -985,16 +992,9 @@ impl Actor {
                     commands += 1;
                     self.record(BusRequest::Member { nick, room });
                 }
-                BusRequest::Open { room } => {
-                    if self.rooms.insert(room.clone()) {
-                        subscribe.push(self.keys.room(&room));
-                    }
-                }
-                BusRequest::Close { room } => {
-                    if room != LOBBY && self.rooms.remove(&room) {
-                        unsubscribe.push(self.keys.room(&room));
-                    }
-                }
+                // (Subscribed or unsubscribed below, by what the rooms are at the end of
+                // the run: a room left and entered again in one run stays subscribed.)
+                other @ (BusRequest::Open { .. } | BusRequest::Close { .. }) => self.record(other),
                 BusRequest::Release { nick } => {
                     let lower = nick.to_ascii_lowercase();
                     if self.owned.remove(&lower).is_some() {
@@ -1027,6 +1027,17 @@ impl Actor {
         }
         let limit = self.command_timeout();
         // Subscribed before the lines go out, so a room's first member hears the answers.
+        let subscribe: Vec<String> = self
+            .rooms
+            .difference(&link.subscribed)
+            .map(|r| self.keys.room(r))
+            .collect();
+        let unsubscribe: Vec<String> = link
+            .subscribed
+            .difference(&self.rooms)
+            .map(|r| self.keys.room(r))
+            .collect();
+        link.subscribed.clone_from(&self.rooms);
         if !subscribe.is_empty() {
             deadline("subscribe", limit, link.sink.subscribe(&subscribe)).await?;
         }
