@@ -32,7 +32,7 @@
 //! users hashes is bounded (`MAX_NODES`, `MAX_NODE_USERS`, `MAX_REMOTE_USERS`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -283,13 +283,16 @@ pub struct ClusterBus {
     shared: Arc<Shared>,
     last_snapshot: Option<Instant>,
     snapshot_every: Duration,
-    /// The queue was empty before the last line published.
+    /// Every line before the last one published had been dealt with by the link.
     caught_up: bool,
 }
 
 /// What the broker's side and the link actor share.
 struct Shared {
     linked: AtomicBool,
+    /// Lines taken for the link and not yet dealt with (published, or dropped): queued,
+    /// or in a pipeline Redis has not answered.
+    unsent: AtomicUsize,
     /// Guest numbers taken from `P:guest-seq` and not yet handed out: `next..end`.
     guests: Mutex<(u64, u64)>,
     metrics: Arc<ChatMetrics>,
@@ -308,6 +311,7 @@ impl ClusterBus {
         metrics.clustered.store(true, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             linked: AtomicBool::new(false),
+            unsent: AtomicUsize::new(0),
             guests: Mutex::new((0, 0)),
             metrics,
         });
@@ -353,13 +357,17 @@ impl ClusterBus {
 
 impl RoomBus for ClusterBus {
     fn published(&mut self, room: &str, line: &Line) -> bool {
-        self.caught_up = self.lines_tx.is_empty();
+        // (Not merely an empty queue: the link may have taken lines that a stalled Redis
+        // has not answered, and the burst is not over.)
+        self.caught_up = self.shared.unsent.load(Ordering::Relaxed) == 0;
         let request = BusRequest::Room {
             room: room.to_string(),
             line: line.clone(),
         };
+        self.shared.unsent.fetch_add(1, Ordering::Relaxed);
         let taken = self.lines_tx.try_send(request).is_ok();
         if !taken {
+            self.shared.unsent.fetch_sub(1, Ordering::Relaxed);
             self.shared.metrics.cluster_dropped[DROP_QUEUE].inc();
         }
         taken
@@ -607,6 +615,15 @@ enum LinkState {
     Down,
 }
 
+/// Lines taken from the queue: no longer unsent once dropped.
+struct Unsent(usize, Arc<Shared>);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        self.1.unsent.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
 /// Why a link ended.
 enum Ended {
     /// Redis failed or went away: reconnect.
@@ -797,7 +814,10 @@ impl Actor {
     /// A request handled without Redis: state is kept for when the link is back.
     async fn alone(&mut self, request: BusRequest) {
         match request {
-            BusRequest::Room { .. } => self.shared.metrics.cluster_dropped[DROP_LINK].inc(),
+            BusRequest::Room { .. } => {
+                self.shared.unsent.fetch_sub(1, Ordering::Relaxed);
+                self.shared.metrics.cluster_dropped[DROP_LINK].inc()
+            }
             BusRequest::Claim { id, nick } => {
                 self.owned.insert(nick.to_ascii_lowercase(), Instant::now());
                 self.tell(BusEvent::Claimed {
@@ -971,6 +991,8 @@ impl Actor {
         let mut stop = None;
         let mut next = Some(first);
         let mut taken = 0;
+        // The lines taken are dealt with when this returns, whether they went out or not.
+        let mut unsent = Unsent(0, self.shared.clone());
         while let Some(request) = next.take() {
             taken += 1;
             match request {
@@ -983,6 +1005,7 @@ impl Actor {
                     pipe.publish(self.keys.room(&room), payload).ignore();
                     commands += 1;
                     published += 1;
+                    unsent.0 += 1;
                 }
                 BusRequest::Member { nick, room } => {
                     match &room {
