@@ -939,11 +939,14 @@ impl Actor {
                 let ended = link.ended.recv_async().fuse();
                 let timer = rt::sleep(wait).fuse();
                 futures::pin_mut!(lines, control, ended, timer);
-                futures::select! {
-                    r = control => Some(r),
-                    r = lines => Some(r),
+                // (Biased: a due tick first, so no load starves the renewal of the leases;
+                // then requests before lines, as the broker sent them: a member write goes
+                // out before the lines about it.)
+                futures::select_biased! {
                     _ = ended => return Ended::Lost("the subscriber connection closed".into()),
                     () = timer => None,
+                    r = control => Some(r),
+                    r = lines => Some(r),
                 }
             };
             let result = match got {
