@@ -712,3 +712,223 @@ fn a_stalled_redis_never_blocks_local_delivery_and_the_sayer_is_told_once() {
     ann.say("/who");
     assert_eq!(ann.line(), who_line("lobby", &["ann", &amy.nick]));
 }
+
+#[test]
+fn a_guest_nick_given_up_at_once_is_released_at_once() {
+    let test = "a_guest_nick_given_up_at_once_is_released_at_once";
+    let Some(redis) = Redis::start(test) else {
+        return;
+    };
+    let prefix = "t-hold";
+    // A long lease: a key left behind would outlast the test.
+    let a = Node::start(&redis.url(), prefix, "a", &["--cluster-lease", "60s"]);
+    a.wait_log("chat: cluster joined");
+    let mut ann = a.user();
+    let guest = ann.nick.clone();
+    let key = format!("{prefix}:nick:{guest}");
+    ann.nick("ann");
+    // The guest nick was held for the user (it used to be taken in Redis but not
+    // recorded as this node's, so the rename did not let go of it).
+    wait_until("the guest nick's key to be released", || {
+        redis.command(&[b"GET", key.as_bytes()]) == b"$-1\r\n"
+    });
+    let b = Node::joined(&redis.url(), prefix, "b");
+    let mut ben = b.user();
+    ben.nick(&guest);
+}
+
+#[test]
+fn junk_in_the_shared_keys_never_breaks_the_link() {
+    let test = "junk_in_the_shared_keys_never_breaks_the_link";
+    let Some(redis) = Redis::start(test) else {
+        return;
+    };
+    let prefix = "t-junk";
+    let key = |k: &str| format!("{prefix}:{k}").into_bytes();
+    // What a compromised node (anyone who can write to Redis) may leave there before a
+    // node starts: a guest sequence INCRBY refuses, node ids that are not UTF-8 or not
+    // names, an alive node whose users "hash" is a string, nick keys of the wrong type
+    // or not UTF-8.
+    redis.command(&[b"SET", &key("guest-seq"), b"not a number"]);
+    redis.command(&[b"SADD", &key("nodes"), b"\xff\xfe", b"x y", b"evil.1"]);
+    redis.command(&[b"SET", &key("alive:evil.1"), b"evil.1"]);
+    redis.command(&[b"SET", &key("users:evil.1"), b"not a hash"]);
+    redis.command(&[b"HSET", &key("nick:bob"), b"a", b"b"]);
+    redis.command(&[b"SET", &key("nick:carol"), b"\xff"]);
+    // The node joins all the same (it used to fail its setup, silently, forever).
+    let a = Node::joined(&redis.url(), prefix, "a");
+    let mut ann = a.user();
+    ann.say("/who");
+    assert_eq!(ann.line(), format!("* in #lobby: {}", ann.nick));
+    ann.say("/msg bob hi");
+    assert_eq!(ann.line(), "! no such nick: bob");
+    ann.say("/msg carol hi");
+    assert_eq!(ann.line(), "! no such nick: carol");
+    ann.say("/nick bob");
+    assert_eq!(ann.line(), "! nick taken: bob");
+    ann.nick("ann");
+    // The junk node ids are taken out of the node set.
+    wait_until("the junk node ids to be removed", || {
+        redis.command(&[b"SISMEMBER", &key("nodes"), b"\xff\xfe"]) == b":0\r\n"
+    });
+    // Junk written while it runs: a nick it holds turned into a hash, the node set into
+    // a string, another non-UTF-8 id. The link stays up through the ticks that read them.
+    redis.command(&[b"DEL", &key("nick:ann")]);
+    redis.command(&[b"HSET", &key("nick:ann"), b"x", b"y"]);
+    redis.command(&[b"DEL", &key("nodes")]);
+    redis.command(&[b"SET", &key("nodes"), b"junk"]);
+    wait_until("the node set to be a set again", || {
+        redis.command(&[b"TYPE", &key("nodes")]) == b"+set\r\n"
+    });
+    redis.command(&[b"SADD", &key("nodes"), b"\xfe"]);
+    wait_until("the junk node id to be removed", || {
+        redis.command(&[b"SISMEMBER", &key("nodes"), b"\xfe"]) == b":0\r\n"
+    });
+    // The nick key that is not this node's any more counts as taken elsewhere.
+    let l = ann.line();
+    let guest = l
+        .split_once("; you are now ")
+        .map(|(_, g)| g.to_string())
+        .unwrap_or_else(|| panic!("unexpected {l:?}"));
+    assert_eq!(
+        l,
+        format!(
+            "* your nick ann was taken on another server while the cluster link was down; you are now {guest}"
+        )
+    );
+    assert_eq!(ann.line(), format!("* ann is now {guest}"));
+    ann.nick = guest;
+    // A real second node sees this one, and lines cross.
+    let b = Node::joined(&redis.url(), prefix, "b");
+    let mut ben = b.user();
+    ben.nick("ben");
+    who_until(&mut ben, &who_line("lobby", &[&ann.nick, "ben"]));
+    ben.say("hi");
+    ann.until("<ben> hi");
+    let log = a.log_text();
+    assert!(!log.contains("cluster link lost"), "{log}");
+    assert!(log.contains("guest sequence is unusable"), "{log}");
+}
+
+#[test]
+fn fake_nodes_cost_a_bounded_amount_and_their_loss_is_one_notice() {
+    let test = "fake_nodes_cost_a_bounded_amount_and_their_loss_is_one_notice";
+    let Some(redis) = Redis::start(test) else {
+        return;
+    };
+    let prefix = "t-fake";
+    let a = Node::joined(&redis.url(), prefix, "a");
+    let mut ann = a.user();
+    ann.nick("ann");
+    // 500 fake nodes, alive, one user each in #lobby; one with a users hash bigger than a
+    // node may have (ignored); and 5,000 dead ones (no keys at all).
+    let setup = r"
+for i = 1, 500 do
+  local n = 'evil.' .. i
+  redis.call('SADD', KEYS[1], n)
+  redis.call('SET', ARGV[1] .. ':alive:' .. n, n)
+  redis.call('HSET', ARGV[1] .. ':users:' .. n, 'eve' .. i, 'lobby')
+end
+redis.call('SADD', KEYS[1], 'huge.1')
+redis.call('SET', ARGV[1] .. ':alive:huge.1', 'huge.1')
+for i = 1, 70000, 1000 do
+  local args = {}
+  for j = i, i + 999 do
+    args[#args + 1] = 'h' .. j
+    args[#args + 1] = 'lobby'
+  end
+  redis.call('HSET', ARGV[1] .. ':users:huge.1', unpack(args))
+end
+for i = 1, 5000 do
+  redis.call('SADD', KEYS[1], 'dead.' .. i)
+end
+return 0
+";
+    let nodes = format!("{prefix}:nodes");
+    assert_eq!(
+        redis.command(&[
+            b"EVAL",
+            setup.as_bytes(),
+            b"1",
+            nodes.as_bytes(),
+            prefix.as_bytes()
+        ]),
+        b":0\r\n"
+    );
+    // The dead ones are forgotten, a bounded number each tick; the link holds.
+    wait_until("the dead fake nodes to be forgotten", || {
+        redis.command(&[b"SCARD", nodes.as_bytes()]) == b":502\r\n"
+    });
+    // Every fake user counts, but not the oversized hash's.
+    wait_until("the fake users to show", || {
+        ann.say("/rooms");
+        let l = loop {
+            let l = ann.line();
+            if l.starts_with("* rooms:") {
+                break l;
+            }
+        };
+        l == "* rooms: #lobby (501)"
+    });
+    // And once every fake node has had a tick to be seen alive, all of them go at once:
+    // one notice, not 500.
+    let mut del: Vec<Vec<u8>> = vec![b"DEL".to_vec()];
+    del.extend((1..=500).map(|i| format!("{prefix}:alive:evil.{i}").into_bytes()));
+    // (A tick that forgets a dead marker node has looked at every node: the set is
+    // small again.)
+    redis.command(&[b"SADD", nodes.as_bytes(), b"marker.1"]);
+    wait_until("a tick over the whole node set", || {
+        redis.command(&[b"SISMEMBER", nodes.as_bytes(), b"marker.1"]) == b":0\r\n"
+    });
+    let del: Vec<&[u8]> = del.iter().map(Vec::as_slice).collect();
+    redis.command(&del);
+    assert_eq!(ann.line(), "* 500 users left (node lost)");
+    ann.say("/rooms");
+    assert_eq!(ann.line(), "* rooms: #lobby (1)");
+    assert!(
+        !a.log_text().contains("cluster link lost"),
+        "{}",
+        a.log_text()
+    );
+}
+
+#[test]
+fn a_room_left_and_entered_again_at_once_stays_subscribed() {
+    let test = "a_room_left_and_entered_again_at_once_stays_subscribed";
+    let Some(redis) = Redis::start(test) else {
+        return;
+    };
+    let prefix = "t-resub";
+    // Long leases: a stalled Redis is not a lost link within this test.
+    let long = ["--cluster-lease", "60s"];
+    let a = Node::start(&redis.url(), prefix, "a", &long);
+    let b = Node::start(&redis.url(), prefix, "b", &long);
+    a.wait_log("chat: cluster joined");
+    b.wait_log("chat: cluster joined");
+    let mut alice = a.user();
+    let mut bob = b.user();
+    alice.nick("alice");
+    bob.nick("bob");
+    alice.say("/join dev");
+    alice.until("* now in #dev");
+    bob.say("/join dev");
+    alice.until("* bob joined #dev");
+    // Redis stalls while a line is on its way: alice's leaving #dev (its last member
+    // here) and coming back queue up behind it, and reach the link in one run.
+    let pid = redis.proc.as_ref().unwrap().0.id() as i32;
+    // SAFETY: signals a child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    alice.say("stalled");
+    alice.say("/join lobby");
+    alice.until("* now in #lobby");
+    alice.say("/join dev");
+    alice.until("* now in #dev");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    bob.until("* alice joined #dev");
+    // (A /who is answered after the runs before it.)
+    who_until(&mut alice, &who_line("dev", &["alice", "bob"]));
+    // Node a still listens to #dev (it used to subscribe, then unsubscribe).
+    bob.say("still there?");
+    assert_eq!(alice.line(), "<bob> still there?");
+}

@@ -1659,6 +1659,12 @@ impl Broker {
         if new == old {
             return self.reply(id, line(&["* already in #", old]));
         }
+        // The bus hears of the move before the lines about it, so another process that
+        // has seen them finds the user in its new room.
+        self.bus.request(BusRequest::Member {
+            nick: nick.into(),
+            room: Some(new.clone()),
+        });
         self.leave_room(id, old);
         self.publish(old, None, line(&["* ", nick, " left for #", &new]));
         if !self.rooms.contains_key(&new) {
@@ -1667,10 +1673,6 @@ impl Broker {
         }
         self.publish(&new, None, line(&["* ", nick, " joined #", &new]));
         self.rooms.entry(new.clone()).or_default().push(id);
-        self.bus.request(BusRequest::Member {
-            nick: nick.into(),
-            room: Some(new.clone()),
-        });
         if let Some(c) = self.clients.get_mut(&id) {
             c.room = new.clone();
         }

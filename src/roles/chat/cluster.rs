@@ -26,9 +26,13 @@
 //! Everything read back is untrusted: a payload over the size cap, a room or nick that
 //! is not a valid name, anything not in these shapes is dropped and counted, and every
 //! line goes through the same sanitiser as a user's own ([`protocol::sanitize`]).
+//! So is every key another node may write: a key of the wrong type, a node id or nick
+//! owner that is not a name, a guest sequence INCRBY refuses, is junk to skip (or, for
+//! the node set, to repair), never a lost link; and what is read of the node set and the
+//! users hashes is bounded (`MAX_NODES`, `MAX_NODE_USERS`, `MAX_REMOTE_USERS`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +67,18 @@ const BATCH: usize = 512;
 /// Nick keys renewed by one script call at most.
 const RENEW_CHUNK: usize = 512;
 
+/// Other nodes looked at in one tick or one `/who` at most: beyond it, a random sample
+/// of the node set (a set filled with fake nodes costs a bounded amount per tick).
+const MAX_NODES: usize = 1024;
+
+/// A node's users read at most (a bigger users hash is ignored, counted invalid), and
+/// all nodes' users read for one answer at most.
+const MAX_NODE_USERS: usize = 65_536;
+const MAX_REMOTE_USERS: usize = 262_144;
+
+/// The longest node id: `--node-name` (64) and `.` and 8 hex digits.
+const MAX_NODE_ID: usize = 64 + 1 + 8;
+
 /// The first wait before reconnecting, doubled after each failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -71,10 +87,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long the receive loop waits for room in the broker's mailbox before it drops a
-/// line (counted): what waits meanwhile in the client library's buffer is what arrives
-/// in that time, so this bounds it.
-const INBOUND_WAIT: Duration = Duration::from_secs(1);
+/// How long the receive loop may wait for room in the broker's mailbox in any second;
+/// beyond it, a line that finds the mailbox full is dropped (counted). The client
+/// library reads the subscriber connection into an unbounded buffer whatever this loop
+/// does: a loop that waited on a broker that cannot keep up let a flood of remote lines
+/// pile up there without limit (10 MB/s in a test); busy at least 90% of the time, it
+/// drains faster than Redis can deliver.
+const INBOUND_WAIT: Duration = Duration::from_millis(100);
 
 /// `--cluster` and the options beside it.
 #[derive(Clone)]
@@ -267,13 +286,16 @@ pub struct ClusterBus {
     shared: Arc<Shared>,
     last_snapshot: Option<Instant>,
     snapshot_every: Duration,
-    /// The queue was empty before the last line published.
+    /// Every line before the last one published had been dealt with by the link.
     caught_up: bool,
 }
 
 /// What the broker's side and the link actor share.
 struct Shared {
     linked: AtomicBool,
+    /// Lines taken for the link and not yet dealt with (published, or dropped): queued,
+    /// or in a pipeline Redis has not answered.
+    unsent: AtomicUsize,
     /// Guest numbers taken from `P:guest-seq` and not yet handed out: `next..end`.
     guests: Mutex<(u64, u64)>,
     metrics: Arc<ChatMetrics>,
@@ -292,6 +314,7 @@ impl ClusterBus {
         metrics.clustered.store(true, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             linked: AtomicBool::new(false),
+            unsent: AtomicUsize::new(0),
             guests: Mutex::new((0, 0)),
             metrics,
         });
@@ -313,6 +336,8 @@ impl ClusterBus {
             seen_alive: HashSet::new(),
             state: LinkState::Starting,
             since_down: None,
+            crowd_logged: None,
+            guests_logged: None,
         };
         match client {
             Ok(client) => {
@@ -335,13 +360,17 @@ impl ClusterBus {
 
 impl RoomBus for ClusterBus {
     fn published(&mut self, room: &str, line: &Line) -> bool {
-        self.caught_up = self.lines_tx.is_empty();
+        // (Not merely an empty queue: the link may have taken lines that a stalled Redis
+        // has not answered, and the burst is not over.)
+        self.caught_up = self.shared.unsent.load(Ordering::Relaxed) == 0;
         let request = BusRequest::Room {
             room: room.to_string(),
             line: line.clone(),
         };
+        self.shared.unsent.fetch_add(1, Ordering::Relaxed);
         let taken = self.lines_tx.try_send(request).is_ok();
         if !taken {
+            self.shared.unsent.fetch_sub(1, Ordering::Relaxed);
             self.shared.metrics.cluster_dropped[DROP_QUEUE].inc();
         }
         taken
@@ -448,9 +477,6 @@ impl Keys {
     fn room(&self, room: &str) -> String {
         format!("{}{room}", self.room_channel_prefix)
     }
-    fn alive_of(&self, node: &str) -> String {
-        format!("{}:alive:{node}", self.prefix)
-    }
     fn users_of(&self, node: &str) -> String {
         format!("{}:users:{node}", self.prefix)
     }
@@ -464,10 +490,17 @@ impl Keys {
 
 /// Takes KEYS (nick keys) for ARGV[1] (this node) for ARGV[2] ms: each one free or
 /// already ours is (re)leased; returns the 1-based positions of those another node holds.
+/// (A key that is not a string is junk another writer left: held by someone else.)
 const HOLD_SCRIPT: &str = r"
 local lost = {}
 for i, k in ipairs(KEYS) do
-  local v = redis.call('GET', k)
+  local t = redis.call('TYPE', k)['ok']
+  local v = false
+  if t == 'string' then
+    v = redis.call('GET', k)
+  elseif t ~= 'none' then
+    v = true
+  end
   if v == ARGV[1] then
     redis.call('PEXPIRE', k, ARGV[2])
   elseif not v then
@@ -483,11 +516,99 @@ return lost
 const RELEASE_SCRIPT: &str = r"
 local n = 0
 for _, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[1] then
+  if redis.call('TYPE', k)['ok'] == 'string' and redis.call('GET', k) == ARGV[1] then
     n = n + redis.call('DEL', k)
   end
 end
 return n
+";
+
+/// The node holding KEYS[1] (a nick key), or nil if it is free or not a string.
+const OWNER_SCRIPT: &str = r"
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' then
+  return redis.call('GET', KEYS[1])
+end
+return false
+";
+
+/// Adds ARGV[1] (a block size) to KEYS[1] (the guest sequence): the new end, or nil if
+/// the key holds something INCRBY refuses (not an integer, or at its limit).
+const GUESTS_SCRIPT: &str = r"
+local v = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+if type(v) == 'number' then
+  return v
+end
+return false
+";
+
+/// This node is alive (KEYS[1] = ARGV[1] for ARGV[2] ms), listed in KEYS[2] (replaced
+/// first if another writer left something that is not a set there), and its users hash
+/// KEYS[3] lasts ARGV[3] ms.
+const RENEW_SCRIPT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'set' and t ~= 'none' then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return 0
+";
+
+/// Up to ARGV[1] members of the node set KEYS[1] (all of them if it holds no more, else a
+/// random sample), each followed by whether `ARGV[2]:alive:NODE` and
+/// `ARGV[2]:users:NODE` exist; the first element is how many the set holds. Members
+/// longer than ARGV[3] are junk: removed. Not a set: nothing.
+const NODES_SCRIPT: &str = r"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'set' then
+  return {0}
+end
+local total = redis.call('SCARD', KEYS[1])
+local cap = tonumber(ARGV[1])
+local members
+if total <= cap then
+  members = redis.call('SMEMBERS', KEYS[1])
+else
+  members = redis.call('SRANDMEMBER', KEYS[1], cap)
+end
+local out = {total}
+for _, n in ipairs(members) do
+  if #n <= tonumber(ARGV[3]) then
+    out[#out + 1] = n
+    out[#out + 1] = redis.call('EXISTS', ARGV[2] .. ':alive:' .. n)
+    out[#out + 1] = redis.call('EXISTS', ARGV[2] .. ':users:' .. n)
+  else
+    redis.call('SREM', KEYS[1], n)
+  end
+end
+return out
+";
+
+/// For each users hash in KEYS, its field-value pairs (flat) whose both sides are at most
+/// ARGV[3] bytes long; a key that is not a hash, holds more than ARGV[1] fields, or would
+/// take the total beyond ARGV[2] fields gives none.
+const MEMBERS_SCRIPT: &str = r"
+local out = {}
+local budget = tonumber(ARGV[2])
+local max = tonumber(ARGV[3])
+for i, k in ipairs(KEYS) do
+  local found = {}
+  if redis.call('TYPE', k)['ok'] == 'hash' then
+    local n = redis.call('HLEN', k)
+    if n <= tonumber(ARGV[1]) and n <= budget then
+      budget = budget - n
+      local all = redis.call('HGETALL', k)
+      for j = 1, #all, 2 do
+        if #all[j] <= max and #all[j + 1] <= max then
+          found[#found + 1] = all[j]
+          found[#found + 1] = all[j + 1]
+        end
+      end
+    end
+  end
+  out[i] = found
+end
+return out
 ";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -495,6 +616,15 @@ enum LinkState {
     Starting,
     Up,
     Down,
+}
+
+/// Lines taken from the queue: no longer unsent once dropped.
+struct Unsent(usize, Arc<Shared>);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        self.1.unsent.fetch_sub(self.0, Ordering::Relaxed);
+    }
 }
 
 /// Why a link ended.
@@ -527,6 +657,9 @@ struct Actor {
     state: LinkState,
     /// When the link went down (for the log line when it is back).
     since_down: Option<Instant>,
+    /// When an oversized node set, or an unusable guest sequence, was last logged.
+    crowd_logged: Option<Instant>,
+    guests_logged: Option<Instant>,
 }
 
 /// One connected link: commands, and the subscriber's sink (its messages are read by
@@ -535,6 +668,9 @@ struct Link {
     conn: redis::aio::MultiplexedConnection,
     sink: redis::aio::PubSubSink,
     ended: flume::Receiver<()>,
+    /// The rooms whose channels this connection listens to: brought in line with the
+    /// actor's `rooms` after each run of requests.
+    subscribed: HashSet<String>,
 }
 
 type RedisResult<T> = Result<T, String>;
@@ -681,7 +817,10 @@ impl Actor {
     /// A request handled without Redis: state is kept for when the link is back.
     async fn alone(&mut self, request: BusRequest) {
         match request {
-            BusRequest::Room { .. } => self.shared.metrics.cluster_dropped[DROP_LINK].inc(),
+            BusRequest::Room { .. } => {
+                self.shared.unsent.fetch_sub(1, Ordering::Relaxed);
+                self.shared.metrics.cluster_dropped[DROP_LINK].inc()
+            }
             BusRequest::Claim { id, nick } => {
                 self.owned.insert(nick.to_ascii_lowercase(), Instant::now());
                 self.tell(BusEvent::Claimed {
@@ -780,7 +919,12 @@ impl Actor {
             receiver.run(stream).await;
             drop(ended_tx);
         });
-        Ok(Link { conn, sink, ended })
+        Ok(Link {
+            conn,
+            sink,
+            ended,
+            subscribed: HashSet::new(),
+        })
     }
 
     /// Runs a connected link until it fails or the broker stops.
@@ -798,11 +942,14 @@ impl Actor {
                 let ended = link.ended.recv_async().fuse();
                 let timer = rt::sleep(wait).fuse();
                 futures::pin_mut!(lines, control, ended, timer);
-                futures::select! {
-                    r = control => Some(r),
-                    r = lines => Some(r),
+                // (Biased: a due tick first, so no load starves the renewal of the leases;
+                // then requests before lines, as the broker sent them: a member write goes
+                // out before the lines about it.)
+                futures::select_biased! {
                     _ = ended => return Ended::Lost("the subscriber connection closed".into()),
                     () = timer => None,
+                    r = control => Some(r),
+                    r = lines => Some(r),
                 }
             };
             let result = match got {
@@ -831,6 +978,7 @@ impl Actor {
         let mut channels = vec![self.keys.node_channel.clone()];
         channels.extend(self.rooms.iter().map(|r| self.keys.room(r)));
         deadline("subscribe", limit, link.sink.subscribe(&channels)).await?;
+        link.subscribed = self.rooms.clone();
         self.renew(link).await?;
         self.write_users(link).await?;
         self.refill_guests(link).await
@@ -845,12 +993,12 @@ impl Actor {
         let mut published = 0u64;
         let mut later = Vec::new();
         let mut views = Vec::new();
-        let mut subscribe = Vec::new();
-        let mut unsubscribe = Vec::new();
         let mut release = Vec::new();
         let mut stop = None;
         let mut next = Some(first);
         let mut taken = 0;
+        // The lines taken are dealt with when this returns, whether they went out or not.
+        let mut unsent = Unsent(0, self.shared.clone());
         while let Some(request) = next.take() {
             taken += 1;
             match request {
@@ -863,6 +1011,7 @@ impl Actor {
                     pipe.publish(self.keys.room(&room), payload).ignore();
                     commands += 1;
                     published += 1;
+                    unsent.0 += 1;
                 }
                 BusRequest::Member { nick, room } => {
                     match &room {
@@ -872,16 +1021,9 @@ impl Actor {
                     commands += 1;
                     self.record(BusRequest::Member { nick, room });
                 }
-                BusRequest::Open { room } => {
-                    if self.rooms.insert(room.clone()) {
-                        subscribe.push(self.keys.room(&room));
-                    }
-                }
-                BusRequest::Close { room } => {
-                    if room != LOBBY && self.rooms.remove(&room) {
-                        unsubscribe.push(self.keys.room(&room));
-                    }
-                }
+                // (Subscribed or unsubscribed below, by what the rooms are at the end of
+                // the run: a room left and entered again in one run stays subscribed.)
+                other @ (BusRequest::Open { .. } | BusRequest::Close { .. }) => self.record(other),
                 BusRequest::Release { nick } => {
                     let lower = nick.to_ascii_lowercase();
                     if self.owned.remove(&lower).is_some() {
@@ -893,9 +1035,15 @@ impl Actor {
                     stop = Some(done);
                     break;
                 }
-                other @ (BusRequest::Claim { .. }
-                | BusRequest::Hold { .. }
-                | BusRequest::Private { .. }) => later.push(other),
+                BusRequest::Hold { nick } => {
+                    // Held from now on (a release later in this run lets go of it, and
+                    // then it is not taken below).
+                    self.owned.insert(nick.to_ascii_lowercase(), Instant::now());
+                    later.push(BusRequest::Hold { nick });
+                }
+                other @ (BusRequest::Claim { .. } | BusRequest::Private { .. }) => {
+                    later.push(other)
+                }
                 other @ BusRequest::Snapshot { .. } => self.record(other),
             }
             if taken < BATCH {
@@ -908,6 +1056,17 @@ impl Actor {
         }
         let limit = self.command_timeout();
         // Subscribed before the lines go out, so a room's first member hears the answers.
+        let subscribe: Vec<String> = self
+            .rooms
+            .difference(&link.subscribed)
+            .map(|r| self.keys.room(r))
+            .collect();
+        let unsubscribe: Vec<String> = link
+            .subscribed
+            .difference(&self.rooms)
+            .map(|r| self.keys.room(r))
+            .collect();
+        link.subscribed.clone_from(&self.rooms);
         if !subscribe.is_empty() {
             deadline("subscribe", limit, link.sink.subscribe(&subscribe)).await?;
         }
@@ -926,14 +1085,17 @@ impl Actor {
         for request in later {
             match request {
                 BusRequest::Claim { id, nick } => self.claim(link, id, nick).await?,
-                BusRequest::Hold { nick } => self.hold(link, vec![nick]).await?,
+                BusRequest::Hold { nick } => {
+                    if self.owned.contains_key(&nick.to_ascii_lowercase()) {
+                        self.hold(link, vec![nick]).await?
+                    }
+                }
                 BusRequest::Private { id, to, line } => self.private(link, id, to, line).await?,
                 other => self.record(other),
             }
         }
         if !views.is_empty() {
-            let remote = self.others(link).await?;
-            let users = remote.into_iter().flat_map(|(_, users)| users).collect();
+            let users = self.others(link).await?;
             let event = BusEvent::View {
                 asked: views,
                 remote: Some(users),
@@ -1006,23 +1168,20 @@ impl Actor {
         // Nicks first: a node seen alive has its users' nicks.
         self.hold(link, nicks).await?;
         let lease = self.lease_ms();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(&self.keys.alive)
-            .arg(&self.node)
-            .arg("PX")
-            .arg(lease)
-            .ignore()
-            .sadd(&self.keys.nodes, &self.node)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&self.keys.users)
-            .arg(3 * lease)
-            .ignore();
+        let keys = [
+            self.keys.alive.clone(),
+            self.keys.nodes.clone(),
+            self.keys.users.clone(),
+        ];
+        let cmd = script_cmd(
+            RENEW_SCRIPT,
+            &keys,
+            &[&self.node, &lease.to_string(), &(3 * lease).to_string()],
+        );
         deadline(
             "renew",
             self.command_timeout(),
-            pipe.query_async::<()>(&mut link.conn),
+            cmd.query_async::<()>(&mut link.conn),
         )
         .await
     }
@@ -1057,14 +1216,36 @@ impl Actor {
         if left >= GUEST_BLOCK / 2 {
             return Ok(());
         }
-        let end: u64 = deadline(
+        let cmd = script_cmd(
+            GUESTS_SCRIPT,
+            &[self.keys.guest_seq()],
+            &[&GUEST_BLOCK.to_string()],
+        );
+        let end: Option<i64> = deadline(
             "guest numbers",
             self.command_timeout(),
-            link.conn.incr(self.keys.guest_seq(), GUEST_BLOCK),
+            cmd.query_async(&mut link.conn),
         )
         .await?;
+        // Junk there (not an integer, at its limit, or not past a block) is another
+        // writer's doing, not a lost link: guests are numbered here meanwhile (a clash with
+        // another node's guest is found and mended like any nick clash).
+        let Some(end) = end
+            .and_then(|e| u64::try_from(e).ok())
+            .filter(|e| *e >= GUEST_BLOCK)
+        else {
+            let now = Instant::now();
+            if self
+                .guests_logged
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+            {
+                self.guests_logged = Some(now);
+                log::warn!(key = self.keys.guest_seq().as_str(); "chat: the cluster's guest sequence is unusable (not a positive integer); numbering guests locally");
+            }
+            return Ok(());
+        };
         let mut g = self.shared.guests.lock().unwrap_or_else(|e| e.into_inner());
-        *g = (end.saturating_sub(GUEST_BLOCK) + 1, end + 1);
+        *g = (end - GUEST_BLOCK + 1, end + 1);
         Ok(())
     }
 
@@ -1078,8 +1259,10 @@ impl Actor {
         line: Line,
     ) -> RedisResult<()> {
         let limit = self.command_timeout();
-        let owner: Option<String> =
-            deadline("nick lookup", limit, link.conn.get(self.keys.nick(&to))).await?;
+        let cmd = script_cmd(OWNER_SCRIPT, &[self.keys.nick(&to)], &[]);
+        let owner: Option<Vec<u8>> =
+            deadline("nick lookup", limit, cmd.query_async(&mut link.conn)).await?;
+        let owner = owner.as_deref().and_then(valid_node);
         let delivered = match owner.filter(|node| *node != self.node) {
             Some(node) => {
                 let body = line.strip_suffix(b"\n").unwrap_or(&line);
@@ -1110,93 +1293,159 @@ impl Actor {
         Ok(())
     }
 
-    /// Every other node Redis knows, whether it is alive, and (alive or not, while the
-    /// hash lasts) its users.
-    async fn others(
+    /// Other nodes in the node set (at most [`MAX_NODES`], a random sample if it holds
+    /// more): each with whether it is alive and whether its users hash exists. Members that
+    /// cannot be node ids are removed from the set (junk), and counted.
+    async fn nodes(&mut self, link: &mut Link) -> RedisResult<Vec<(String, bool, bool)>> {
+        let limit = self.command_timeout();
+        let cmd = script_cmd(
+            NODES_SCRIPT,
+            std::slice::from_ref(&self.keys.nodes),
+            &[
+                &MAX_NODES.to_string(),
+                &self.keys.prefix,
+                &MAX_NODE_ID.to_string(),
+            ],
+        );
+        let reply: Vec<redis::Value> =
+            deadline("nodes", limit, cmd.query_async(&mut link.conn)).await?;
+        let mut reply = reply.into_iter();
+        let total = match reply.next() {
+            Some(redis::Value::Int(n)) => n,
+            _ => 0,
+        };
+        if total > MAX_NODES as i64 {
+            let now = Instant::now();
+            if self
+                .crowd_logged
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+            {
+                self.crowd_logged = Some(now);
+                log::warn!(nodes = total, looked_at = MAX_NODES; "chat: the cluster's node set is oversized (junk?); looking at a random sample each time");
+            }
+        }
+        let mut nodes = Vec::new();
+        let mut junk = Vec::new();
+        let rest: Vec<redis::Value> = reply.collect();
+        for triple in rest.chunks(3) {
+            let [redis::Value::BulkString(name), alive, users] = triple else {
+                continue;
+            };
+            let flag = |v: &redis::Value| matches!(v, redis::Value::Int(1));
+            match valid_node(name) {
+                Some(node) if node == self.node => {}
+                Some(node) => nodes.push((node, flag(alive), flag(users))),
+                None => junk.push(name.clone()),
+            }
+        }
+        if !junk.is_empty() {
+            self.shared.metrics.cluster_dropped[DROP_INVALID].add(junk.len() as u64);
+            deadline(
+                "forget junk nodes",
+                limit,
+                link.conn.srem::<_, _, ()>(&self.keys.nodes, junk),
+            )
+            .await?;
+        }
+        Ok(nodes)
+    }
+
+    /// The users (nick, room) of each of `nodes`, bounded ([`MAX_NODE_USERS`],
+    /// [`MAX_REMOTE_USERS`], names of at most [`protocol::MAX_NAME`] bytes): what is not a
+    /// valid name is left out, and counted.
+    async fn members_of(
         &mut self,
         link: &mut Link,
-    ) -> RedisResult<Vec<(String, Vec<(String, String)>)>> {
-        let limit = self.command_timeout();
-        let nodes: Vec<String> =
-            deadline("nodes", limit, link.conn.smembers(&self.keys.nodes)).await?;
-        let nodes: Vec<String> = nodes.into_iter().filter(|n| *n != self.node).collect();
+        nodes: &[&String],
+    ) -> RedisResult<Vec<Vec<(String, String)>>> {
         if nodes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for node in &nodes {
-            pipe.exists(self.keys.alive_of(node));
-        }
-        let alive: Vec<bool> =
-            deadline("liveness", limit, pipe.query_async(&mut link.conn)).await?;
-        let alive_nodes: Vec<&String> = nodes
-            .iter()
-            .zip(&alive)
-            .filter(|(_, a)| **a)
-            .map(|(n, _)| n)
-            .collect();
-        if alive_nodes.is_empty() {
-            return Ok(Vec::new()); // (an empty pipeline is an error)
-        }
-        let mut pipe = redis::pipe();
-        for node in &alive_nodes {
-            pipe.hgetall(self.keys.users_of(node));
-        }
-        let users: Vec<Vec<(Vec<u8>, Vec<u8>)>> =
-            deadline("members", limit, pipe.query_async(&mut link.conn)).await?;
-        Ok(alive_nodes
+        let keys: Vec<String> = nodes.iter().map(|n| self.keys.users_of(n)).collect();
+        let cmd = script_cmd(
+            MEMBERS_SCRIPT,
+            &keys,
+            &[
+                &MAX_NODE_USERS.to_string(),
+                &MAX_REMOTE_USERS.to_string(),
+                &protocol::MAX_NAME.to_string(),
+            ],
+        );
+        let users: Vec<Vec<(Vec<u8>, Vec<u8>)>> = deadline(
+            "members",
+            self.command_timeout(),
+            cmd.query_async(&mut link.conn),
+        )
+        .await?;
+        Ok(users
             .into_iter()
-            .zip(users)
-            .map(|(node, users)| (node.clone(), valid_members(users, &self.shared.metrics)))
+            .map(|users| valid_members(users, &self.shared.metrics))
             .collect())
     }
 
-    /// Every tick: renew, look for lost nodes, keep guest numbers in stock.
+    /// Every other alive node's users (nick, room).
+    async fn others(&mut self, link: &mut Link) -> RedisResult<Vec<(String, String)>> {
+        let nodes = self.nodes(link).await?;
+        let alive: Vec<&String> = nodes
+            .iter()
+            .filter(|(_, alive, _)| *alive)
+            .map(|(n, _, _)| n)
+            .collect();
+        let users = self.members_of(link, &alive).await?;
+        Ok(users.into_iter().flatten().collect())
+    }
+
+    /// Every tick: renew, look for lost nodes, keep guest numbers in stock. The users of
+    /// every node lost in one tick are told in one [`BusEvent::NodeLost`].
     async fn on_tick(&mut self, link: &mut Link) -> RedisResult<()> {
         self.renew(link).await?;
         let limit = self.command_timeout();
-        let nodes: Vec<String> =
-            deadline("nodes", limit, link.conn.smembers(&self.keys.nodes)).await?;
-        let nodes: Vec<String> = nodes.into_iter().filter(|n| *n != self.node).collect();
-        if !nodes.is_empty() {
-            let mut pipe = redis::pipe();
-            for node in &nodes {
-                pipe.exists(self.keys.alive_of(node));
-                pipe.exists(self.keys.users_of(node));
-            }
-            let found: Vec<bool> =
-                deadline("liveness", limit, pipe.query_async(&mut link.conn)).await?;
-            for (node, pair) in nodes.iter().zip(found.chunks(2)) {
-                let (alive, has_users) = (pair[0], pair.get(1).copied().unwrap_or(false));
-                if alive {
+        let nodes = self.nodes(link).await?;
+        let mut lost = Vec::new();
+        let mut gone = Vec::new();
+        for (node, alive, has_users) in &nodes {
+            if *alive {
+                // (Bounded: beyond it, a node joining now is not watched for its loss.)
+                if self.seen_alive.len() < MAX_NODES || self.seen_alive.contains(node) {
                     self.seen_alive.insert(node.clone());
-                    continue;
                 }
-                if self.seen_alive.remove(node) {
-                    let users: Vec<(Vec<u8>, Vec<u8>)> = deadline(
-                        "lost node's members",
-                        limit,
-                        link.conn.hgetall(self.keys.users_of(node)),
-                    )
-                    .await?;
-                    let users = valid_members(users, &self.shared.metrics);
-                    log::warn!(node = node.as_str(), users = users.len(); "chat: cluster node lost (its lease ran out)");
-                    self.tell(BusEvent::NodeLost {
-                        node: node.clone(),
-                        users,
-                    })
-                    .await;
-                }
-                if !has_users {
-                    // Gone for good: its members' hash has expired too.
-                    deadline(
-                        "forget node",
-                        limit,
-                        link.conn.srem::<_, _, ()>(&self.keys.nodes, node),
-                    )
-                    .await?;
-                }
+                continue;
             }
+            if self.seen_alive.remove(node) {
+                lost.push(node);
+            }
+            if !has_users {
+                // Gone for good: its members' hash has expired too.
+                gone.push(node);
+            }
+        }
+        if !lost.is_empty() {
+            let users: Vec<(String, String)> = self
+                .members_of(link, &lost)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect();
+            for node in &lost {
+                log::warn!(node = node.as_str(); "chat: cluster node lost (its lease ran out)");
+            }
+            self.tell(BusEvent::NodeLost {
+                node: lost
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                users,
+            })
+            .await;
+        }
+        if !gone.is_empty() {
+            deadline(
+                "forget nodes",
+                limit,
+                link.conn.srem::<_, _, ()>(&self.keys.nodes, gone),
+            )
+            .await?;
         }
         self.refill_guests(link).await
     }
@@ -1269,6 +1518,17 @@ fn script_cmd(script: &str, keys: &[String], args: &[&str]) -> redis::Cmd {
     cmd
 }
 
+/// `name` if it can be a node id (`NAME.RANDOM`: letters, digits, `-`, `_`, `.`, at most
+/// [`MAX_NODE_ID`] bytes).
+fn valid_node(name: &[u8]) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NODE_ID
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b));
+    ok.then(|| String::from_utf8_lossy(name).into_owned())
+}
+
 fn no_such_nick(nick: &str) -> Line {
     Line::from(format!("! no such nick: {nick}\n").into_bytes())
 }
@@ -1304,6 +1564,9 @@ struct Receiver {
 impl Receiver {
     async fn run(self, mut stream: redis::aio::PubSubStream) {
         let mut invalid_logged: Option<Instant> = None;
+        // Waited for room in the broker's mailbox since `window` began (a second at most).
+        let mut window = Instant::now();
+        let mut waited = Duration::ZERO;
         while let Some(msg) = stream.next().await {
             let event = self.parse(msg.get_channel_name(), msg.get_payload_bytes());
             let event = match event {
@@ -1325,7 +1588,19 @@ impl Receiver {
                 Err(flume::TrySendError::Disconnected(_)) => break,
                 Err(flume::TrySendError::Full(msg)) => msg,
             };
-            match rt::timeout(INBOUND_WAIT, self.broker_tx.send_async(msg)).await {
+            let now = Instant::now();
+            if now.duration_since(window) >= Duration::from_secs(1) {
+                window = now;
+                waited = Duration::ZERO;
+            }
+            let budget = INBOUND_WAIT.saturating_sub(waited);
+            if budget.is_zero() {
+                self.metrics.cluster_dropped[DROP_INBOUND].inc();
+                continue;
+            }
+            let sent = rt::timeout(budget, self.broker_tx.send_async(msg)).await;
+            waited += now.elapsed();
+            match sent {
                 Some(Ok(())) => {}
                 Some(Err(_)) => break,
                 None => self.metrics.cluster_dropped[DROP_INBOUND].inc(),
