@@ -80,7 +80,13 @@ impl Redis {
             "--appendonly",
             "no",
         ];
-        args.extend(self.extra.iter().map(String::as_str));
+        // (`{port}` in an extra argument is this server's port: `--tls-port {port}`.)
+        let extra: Vec<String> = self
+            .extra
+            .iter()
+            .map(|a| a.replace("{port}", &port))
+            .collect();
+        args.extend(extra.iter().map(String::as_str));
         let child = Command::new(path)
             .args(&args)
             .stdin(Stdio::null())
@@ -132,6 +138,17 @@ impl Node {
     /// Starts `switchboard chat` on free ports in the cluster at `url` (lease 2 s) and
     /// waits until it listens.
     fn start(url: &str, prefix: &str, name: &str, extra: &[&str]) -> Node {
+        Node::start_with_env(url, prefix, name, extra, &[])
+    }
+
+    /// As [`Node::start`], with environment variables set for the process.
+    fn start_with_env(
+        url: &str,
+        prefix: &str,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         let mut args = vec![
             "chat",
             "--tcp",
@@ -151,7 +168,16 @@ impl Node {
             args.extend_from_slice(&["--cluster-lease", "2s"]);
         }
         args.extend_from_slice(extra);
-        let mut proc = spawn(&args);
+        let mut proc = Proc(
+            binary()
+                .args(&args)
+                .envs(env.iter().copied())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let stdout = proc.0.stdout.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
@@ -931,4 +957,85 @@ fn a_room_left_and_entered_again_at_once_stays_subscribed() {
     // Node a still listens to #dev (it used to subscribe, then unsubscribe).
     bob.say("still there?");
     assert_eq!(alice.line(), "<bob> still there?");
+}
+
+#[test]
+fn rediss_verifies_the_server_and_carries_the_cluster() {
+    let test = "rediss_verifies_the_server_and_carries_the_cluster";
+    let certs = common::certs::Certs::new("rediss");
+    let (cert, key, ca) = (
+        common::certs::path(&certs.cert).to_string(),
+        common::certs::path(&certs.key).to_string(),
+        common::certs::path(&certs.ca).to_string(),
+    );
+    // TLS only: the plain port off, the TLS one on the port the helper picked.
+    let tls = [
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ];
+    let Some(redis) = Redis::start_with(test, &tls) else {
+        return;
+    };
+    let url = format!("rediss://localhost:{}", redis.port);
+    let trust = [("SSL_CERT_FILE", ca.as_str())];
+    let a = Node::start_with_env(&url, "t-tls", "a", &[], &trust);
+    let b = Node::start_with_env(&url, "t-tls", "b", &[], &trust);
+    a.wait_log("chat: cluster joined");
+    b.wait_log("chat: cluster joined");
+    let mut ann = a.user();
+    let mut ben = b.user();
+    let guest = ann.nick.clone();
+    ann.nick("ann");
+    ben.until(&format!("* {guest} is now ann"));
+    ann.say("over tls");
+    ben.until("<ann> over tls");
+    // Without the test CA among the roots, the server is not trusted: no plain fallback.
+    let elsewhere = [("SSL_CERT_FILE", "/nonexistent/roots.pem")];
+    let c = Node::start_with_env(&url, "t-tls", "c", &[], &elsewhere);
+    c.wait_log("cannot reach the cluster's Redis");
+    assert!(!c.log_text().contains("cluster joined"), "{}", c.log_text());
+}
+
+#[test]
+fn bench_chat_spreads_its_clients_over_the_nodes_and_times_the_crossings() {
+    let test = "bench_chat_spreads_its_clients_over_the_nodes_and_times_the_crossings";
+    let Some(redis) = Redis::start(test) else {
+        return;
+    };
+    let a = Node::start(&redis.url(), "t-bench", "a", &["--rate", "0"]);
+    let b = Node::start(&redis.url(), "t-bench", "b", &["--rate", "0"]);
+    a.wait_log("chat: cluster joined");
+    b.wait_log("chat: cluster joined");
+    let out = binary()
+        .args(["bench", "chat", &a.tcp.to_string(), "--targets"])
+        .arg(format!("{},{}", a.tcp, b.tcp))
+        .args(["--conns", "20", "--senders", "4", "--rate", "20"])
+        .args(["--duration", "1s", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert!(out.status.success(), "{report}");
+    let count = |name: &str| {
+        report["counts"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {report}"))
+    };
+    let sent = count("lines sent");
+    assert!(sent > 0, "{report}");
+    assert_eq!(count("lost"), 0, "{report}");
+    // Every line reaches the 19 others; the 10 on the other node from each sender cross.
+    assert_eq!(report["ops"].as_u64(), Some(sent * 19), "{report}");
+    assert_eq!(count("cross-node deliveries"), sent * 10, "{report}");
+    assert!(count("cross-node p99 µs") > 0, "{report}");
 }

@@ -409,6 +409,12 @@ impl RoomBus for ClusterBus {
 
     fn close(&mut self) -> futures::future::BoxFuture<'static, ()> {
         let (done, wait) = oneshot::channel();
+        if !self.linked() {
+            // Nothing can be said to the others: the actor stops when it sees this, and
+            // the leases run out. The chat's shutdown does not wait for a connect.
+            let _ = self.lines_tx.try_send(BusRequest::Close_ { done });
+            return Box::pin(async {});
+        }
         // (On the lines' queue: after every line already said. Closing waits for room.)
         let lines_tx = self.lines_tx.clone();
         let sent = async move {
