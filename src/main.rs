@@ -155,11 +155,27 @@ async fn run_role<R: NewSession>(role: R, addrs: Addrs, server: &ServerArgs) -> 
 async fn serve_chat(args: ChatArgs) -> Result<()> {
     let (addrs, server, config) = args.config()?;
     let mut bound = service::bind_with(&addrs, &server).await?;
+    let web = match &args.web {
+        Some(addr) => {
+            let web = service::bind(Some(addr), None).await?;
+            let listener = web.tcp.expect("bound a TCP address");
+            let scheme = if server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            if let Ok(local) = listener.local_addr() {
+                log::info!(role = "chat", addr = local.to_string().as_str(), url = format!("{scheme}://{local}/").as_str(); "listening (web)");
+            }
+            Some(listener)
+        }
+        None => None,
+    };
     let stats = Stats::new();
     let serve_stats = stats.clone();
     let tcp = bound.listeners();
     service::run_until_signal("chat", stats, service::DEFAULT_DRAIN, move |shutdown| {
-        chat::run(tcp, bound.udp, server, config, serve_stats, shutdown)
+        chat::run_with_web(tcp, bound.udp, web, server, config, serve_stats, shutdown)
     })
     .await
 }

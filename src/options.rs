@@ -115,6 +115,17 @@ pub struct ChatArgs {
     /// users (counted, and the sayer told once).
     #[arg(long, value_name = "LINES", default_value_t = chat::cluster::DEFAULT_QUEUE, requires = "cluster")]
     pub cluster_queue: usize,
+    /// Serve the chat to browsers on ADDR: the page at `/` and WebSocket users at `/ws`
+    /// (https:// and wss:// with --tls-cert). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub web: Option<String>,
+    /// An origin besides the page's own allowed to open the WebSocket
+    /// (`https://chat.example.com`); repeatable. Others are refused (403).
+    #[arg(long, value_name = "ORIGIN", requires = "web")]
+    pub web_origin: Vec<String>,
+    /// How long a web request head (and so a WebSocket handshake) may take.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub header_timeout: Duration,
 }
 
 impl ChatArgs {
@@ -153,6 +164,8 @@ impl ChatArgs {
             udp_joins_per_ip: self.udp_joins_per_ip,
             udp_challenge_rate: (2.0 * self.udp_join_rate).max(10.0),
             cluster: self.cluster_config()?,
+            web_origins: self.web_origins()?,
+            web_header_timeout: self.header_timeout.max(Duration::from_millis(1)),
         };
         let addrs = self.transports.addrs(chat::DEFAULT_ADDR);
         Ok((addrs, self.transports.server.config_owned()?, config))
@@ -160,6 +173,23 @@ impl ChatArgs {
 }
 
 impl ChatArgs {
+    /// `--web-origin`s as compared: `scheme://host[:port]`, lower case.
+    fn web_origins(&self) -> Result<Vec<String>> {
+        self.web_origin
+            .iter()
+            .map(|o| {
+                let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+                let rest = o
+                    .strip_prefix("https://")
+                    .or_else(|| o.strip_prefix("http://"));
+                match rest {
+                    Some(host) if !host.is_empty() && !host.contains('/') => Ok(o),
+                    _ => Err(format!("--web-origin {o}: expected http(s)://HOST[:PORT]").into()),
+                }
+            })
+            .collect()
+    }
+
     fn cluster_config(&self) -> Result<Option<chat::cluster::ClusterConfig>> {
         let Some(url) = &self.cluster else {
             return Ok(None);

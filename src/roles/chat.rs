@@ -19,6 +19,7 @@ pub mod cookie;
 pub mod metrics;
 pub mod protocol;
 pub mod unicode_table;
+pub mod web;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,7 +40,7 @@ use crate::net::listener::{self, Conn, Listeners, ServerConfig};
 use crate::net::shutdown::{self, Shutdown};
 use crate::net::stats::Stats;
 use crate::net::udp::{self, DatagramSender};
-use crate::rt::{self, UdpSocket};
+use crate::rt::{self, TcpListener, UdpSocket};
 
 /// Default address for TCP and UDP.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7000";
@@ -65,16 +66,22 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: Shutdown,
 ) {
-    run_generation(
-        tcp,
-        udp,
-        server,
-        chat,
-        stats,
-        shutdown,
-        ChatState::next_generation(Arc::default()),
-    )
-    .await;
+    run_with_web(tcp, udp, None, server, chat, stats, shutdown).await;
+}
+
+/// As [`run`], with a web listener (`--web`: the page and WebSocket users; HTTPS and
+/// WSS when `server` has TLS) beside the TCP and UDP ones.
+pub async fn run_with_web(
+    tcp: impl Into<Listeners>,
+    udp: Option<UdpSocket>,
+    web: Option<TcpListener>,
+    server: ServerConfig,
+    chat: ChatConfig,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+) {
+    let generation = ChatState::next_generation(Arc::default());
+    run_generation(tcp, udp, web, server, chat, stats, shutdown, generation).await;
 }
 
 /// What a chat service keeps across a reload (`serve`): its broker, and with it every
@@ -121,9 +128,14 @@ struct Running {
 /// their [`ChatConfig`], which it takes if no newer one came first, and the one before
 /// stops accepting when its `server.retire` fires, leaving its users where they are. At
 /// `shutdown` everyone is told `* server shutting down` first.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is one of the chat's sockets or settings"
+)]
 pub async fn run_generation(
     tcp: impl Into<Listeners>,
     udp: Option<UdpSocket>,
+    web: Option<TcpListener>,
     server: ServerConfig,
     chat: ChatConfig,
     stats: Arc<Stats>,
@@ -205,7 +217,33 @@ pub async fn run_generation(
             move |conn| serve_client(conn, broker.clone(), sendq, max_line),
         )
     });
-    let tcp_loop = futures::future::join_all(tcp_loops.collect::<Vec<_>>());
+    // The web listener: the page and WebSocket users, with the server's TLS if it has any.
+    let web_loop = web.map(|listener| {
+        let web = Arc::new(web::WebConfig {
+            origins: chat.web_origins.clone(),
+            header_timeout: chat.web_header_timeout,
+            max_line: chat.max_line,
+            sendq: chat.sendq,
+        });
+        let (broker, stats, loops_shutdown) =
+            (broker.clone(), stats.clone(), loops_shutdown.clone());
+        listener::serve(
+            "chat-web",
+            listener,
+            server.clone(),
+            stats,
+            loops_shutdown,
+            move |conn| web::serve(conn, broker.clone(), web.clone()),
+        )
+    });
+    let tcp_loop = futures::future::join(
+        futures::future::join_all(tcp_loops.collect::<Vec<_>>()),
+        async move {
+            if let Some(web_loop) = web_loop {
+                web_loop.await;
+            }
+        },
+    );
     let udp_loop = {
         let broker = broker.clone();
         let stop = match &retire {

@@ -20,6 +20,9 @@ use crate::service::Addrs;
 pub(super) fn register(server: Server) -> Server {
     server
         .service("chat", |args: ChatArgs| {
+            if args.web.is_some() {
+                return Err("web: not yet served under serve; run `switchboard chat --web ADDR` on its own".into());
+            }
             let (addrs, server, chat) = args.config()?;
             Ok(Box::new(Chat {
                 addrs,
@@ -109,6 +112,7 @@ impl Service for Chat {
             chat::run_generation(
                 listeners(g.tcp, &server),
                 g.udp.pop(),
+                None,
                 server,
                 chat,
                 g.stats,

@@ -130,6 +130,10 @@ pub struct ChatConfig {
     /// `--cluster` and its options: other chat processes sharing the rooms and nicks
     /// through Redis. Taken when the broker starts; a reload does not change it.
     pub cluster: Option<super::cluster::ClusterConfig>,
+    /// `--web-origin`: origins besides the page's own allowed to open the WebSocket.
+    pub web_origins: Vec<String>,
+    /// `--header-timeout`: how long a web request head (a WebSocket handshake) may take.
+    pub web_header_timeout: Duration,
 }
 
 impl Default for ChatConfig {
@@ -147,6 +151,8 @@ impl Default for ChatConfig {
             udp_joins_per_ip: 5.0,
             udp_challenge_rate: 100.0,
             cluster: None,
+            web_origins: Vec::new(),
+            web_header_timeout: Duration::from_secs(10),
         }
     }
 }

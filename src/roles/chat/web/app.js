@@ -1,0 +1,123 @@
+// switchboard chat in the browser: one WebSocket, one text frame per line each way.
+// Every line is shown with textContent, never as HTML: what users type shows literally.
+"use strict";
+
+const log = document.getElementById("log");
+const who = document.getElementById("who");
+const state = document.getElementById("state");
+const roomEl = document.getElementById("room");
+const nickEl = document.getElementById("nick");
+const form = document.getElementById("say");
+const input = document.getElementById("line");
+
+let ws = null;
+let nick = "";
+let room = "lobby";
+let wanted = null;        // the nick to take again after a reconnect
+let backoff = 500;        // ms, doubled up to 10 s
+let whoPending = 0;       // /who answers asked by the page itself, shown in the side list
+let quitting = false;     // the user typed /quit: no reconnect
+
+function show(text, kind) {
+  const item = document.createElement("li");
+  item.textContent = text;
+  if (kind) item.className = kind;
+  const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  log.appendChild(item);
+  while (log.childNodes.length > 2000) log.removeChild(log.firstChild);
+  if (atEnd) log.scrollTop = log.scrollHeight;
+}
+
+function setState(name, text) {
+  state.className = name;
+  state.textContent = text;
+}
+
+function send(line) {
+  if (ws && ws.readyState === WebSocket.OPEN) {
+    ws.send(line);
+    return true;
+  }
+  return false;
+}
+
+function askWho() {
+  if (send("/who")) whoPending++;
+}
+
+function setWho(names) {
+  who.replaceChildren(...names.map((n) => {
+    const li = document.createElement("li");
+    li.textContent = n;
+    return li;
+  }));
+}
+
+function received(line) {
+  let m;
+  if (whoPending > 0 && (m = /^\* in #(\S+): (.*)$/.exec(line))) {
+    whoPending--;
+    setWho(m[2].split(", ").filter((n) => n && !n.startsWith("…")));
+    return;
+  }
+  if ((m = /^\* welcome to #(\S+), you are (\S+) /.exec(line))) {
+    room = m[1];
+    nick = m[2];
+    if (wanted && wanted !== nick) send("/nick " + wanted);
+  } else if ((m = /^\* (\S+) is now (\S+)$/.exec(line)) && m[1] === nick) {
+    nick = m[2];
+    wanted = nick;
+  } else if ((m = /^\* now in #(\S+)$/.exec(line))) {
+    room = m[1];
+  }
+  roomEl.textContent = "#" + room;
+  nickEl.textContent = nick;
+  const kind = line.startsWith("! ") ? "error"
+    : /^\*\S+\* /.test(line) ? "private"
+    : line.startsWith("* ") ? "notice"
+    : "";
+  show(line, kind);
+  if (/^\* (\S+ (joined|left)|\S+ is now \S+|now in #|welcome to #)/.test(line)) askWho();
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  ws = new WebSocket(scheme + "//" + location.host + "/ws");
+  setState(backoff > 500 ? "reconnecting" : "connecting", backoff > 500 ? "reconnecting…" : "connecting…");
+  ws.onopen = () => {
+    backoff = 500;
+    whoPending = 0;
+    setState("online", "online");
+  };
+  ws.onmessage = (event) => received(String(event.data));
+  ws.onclose = (event) => {
+    if (event.reason) show("! connection closed: " + event.reason, "error");
+    if (quitting) {
+      setState("offline", "left (reload the page to join again)");
+      return;
+    }
+    setState("reconnecting", "reconnecting…");
+    setTimeout(connect, backoff);
+    backoff = Math.min(backoff * 2, 10000);
+  };
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const line = input.value;
+  if (line === "") return;
+  if (!send(line)) {
+    show("! not connected; try again in a moment", "error");
+    return;
+  }
+  if (/^\/quit\b/i.test(line)) {
+    quitting = true;
+  } else if (!line.startsWith("/") || line.startsWith("//")) {
+    show("<" + nick + "> " + (line.startsWith("//") ? line.slice(1) : line), "mine");
+  } else if (/^\/me /i.test(line)) {
+    show("* " + nick + " " + line.slice(4), "mine");
+  }
+  input.value = "";
+});
+
+connect();
