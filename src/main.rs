@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Multi-client chat: TCP (telnet, nc) and UDP users in the same rooms.
-    Chat(ChatArgs),
+    Chat(Box<ChatArgs>),
     /// Echo server (RFC 862): every byte comes back exactly, over TCP and UDP.
     Echo(Transports),
     /// Upper-cases each line (TCP) or datagram (UDP), Unicode-aware.
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
 
 async fn run_server(command: Command) -> (&'static str, Result<()>) {
     match command {
-        Command::Chat(c) => ("chat", serve_chat(c).await),
+        Command::Chat(c) => ("chat", serve_chat(*c).await),
         Command::Proxy(p) => ("proxy", serve_proxy(*p).await),
         Command::Http(h) => ("http", serve_http(h).await),
         Command::Echo(t) => (
