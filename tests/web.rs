@@ -217,7 +217,7 @@ fn web_tcp_and_udp_users_share_the_rooms_and_every_command() {
     tcp.say("/msg alice back");
     assert_eq!(web.line(), format!("*{}* back", tcp.nick));
     web.say("/who");
-    let mut names = vec!["Alice".to_string(), tcp.nick.clone(), udp_nick.clone()];
+    let mut names = ["Alice".to_string(), tcp.nick.clone(), udp_nick.clone()];
     names.sort_by_key(|n| n.to_ascii_lowercase());
     assert_eq!(web.line(), format!("* in #lobby: {}", names.join(", ")));
     web.say("/join dev");
