@@ -91,6 +91,10 @@ pub struct BenchOptions {
     /// latency of deliveries from one node to another is reported apart.
     #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',', value_parser = parse_target)]
     pub targets: Vec<Target>,
+    /// chat: the clients are WebSocket users of `chat --web` (TARGET is the web
+    /// address): one text frame per line each way.
+    #[arg(long)]
+    pub web: bool,
     /// chat: all senders send at the same instants (bursts of one line each), instead of
     /// spreading their lines evenly over each period as independent people do.
     #[arg(long)]
@@ -386,6 +390,9 @@ impl Progress {
 pub async fn run(opts: BenchOptions) -> Result<()> {
     if opts.conns == 0 {
         return Err("--conns must be at least 1".into());
+    }
+    if opts.web && opts.mode != Mode::Chat {
+        return Err("--web is for bench chat (WebSocket users of chat --web)".into());
     }
     if !opts.targets.is_empty() && opts.mode != Mode::Chat {
         return Err("--targets is for bench chat (clients spread over a cluster's nodes)".into());

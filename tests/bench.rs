@@ -113,6 +113,72 @@ fn chat_mode_counts_every_delivery() {
     assert_eq!(field(&out, "ops"), lines_sent(&out) * 19.0);
 }
 
+#[test]
+fn chat_mode_over_websockets_counts_every_delivery() {
+    let (tcp, web) = rt::block_on(async {
+        (
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        )
+    });
+    let addr = web.local_addr().unwrap();
+    let (_trigger, shutdown) = shutdown::channel();
+    let config = ChatConfig {
+        rate: 0.0,
+        ..Default::default()
+    };
+    rt::spawn(chat::run_with_web(
+        Some(tcp),
+        None,
+        Some(web),
+        ServerConfig::default(),
+        config,
+        Stats::new(),
+        shutdown,
+    ));
+    let (ok, out, err) = bench(&[
+        "chat",
+        &addr.to_string(),
+        "--web",
+        "--conns",
+        "20",
+        "--senders",
+        "4",
+        "--rate",
+        "50",
+        "--size",
+        "300",
+    ]);
+    assert_clean(ok, &out, &err);
+    assert!(out.contains("\"lost\":0"), "{out}");
+    assert_eq!(field(&out, "ops"), lines_sent(&out) * 19.0);
+    // Against a plain chat port, --web is a clear error, not a hang.
+    let (tcp, stats) = (
+        rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap(),
+        Stats::new(),
+    );
+    let plain = tcp.local_addr().unwrap();
+    let (_trigger2, shutdown) = shutdown::channel();
+    rt::spawn(chat::run(
+        Some(tcp),
+        None,
+        ServerConfig::default(),
+        ChatConfig::default(),
+        stats,
+        shutdown,
+    ));
+    let (ok, _, err) = bench(&[
+        "chat",
+        &plain.to_string(),
+        "--web",
+        "--conns",
+        "2",
+        "--rate",
+        "1",
+    ]);
+    assert!(!ok && err.contains("handshake"), "{err}");
+}
+
 /// A relay like `ncat --chat`: it forwards each chunk of whole lines it reads to every
 /// other client, prefixed once with `<userK> `, so only a chunk's first line carries a
 /// nick. The

@@ -70,13 +70,33 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
             nodes.push(t.addr);
         }
     }
-    let streams = open_spread(&nodes, opts.conns).await?;
+    let mut streams = open_spread(&nodes, opts.conns).await?;
+    // WebSocket users: the handshake, and the first frame (the welcome) read here.
+    let mut after_welcome = Vec::new();
+    if opts.web {
+        for (i, s) in streams.iter_mut().enumerate() {
+            let host = nodes[i % nodes.len()].to_string();
+            match rt::timeout(REPLY_TIMEOUT, ws::handshake(s, &host, i)).await {
+                Some(Ok(rest)) => after_welcome.push(rest),
+                Some(Err(e)) => return Err(format!("client {}: {e}", i + 1).into()),
+                None => {
+                    return Err(
+                        format!("client {}: no WebSocket welcome from {host}", i + 1).into(),
+                    );
+                }
+            }
+        }
+    }
     let sockets: Vec<Socket> = streams.iter().map(|s| s.socket().clone()).collect();
     let (reads, mut writes): (Vec<_>, Vec<_>) = streams.into_iter().map(Stream::split).unzip();
     // Wait for each client's first line (welcome or announce): once the last one has
     // arrived, every client is registered and no line can miss a reader.
     let mut readers = Vec::new();
     for (i, s) in reads.into_iter().enumerate() {
+        if opts.web {
+            readers.push(BufReader::with_capacity(64 * 1024, s));
+            continue;
+        }
         let mut r = BufReader::with_capacity(64 * 1024, s);
         let mut line = String::new();
         match rt::timeout(REPLY_TIMEOUT, r.read_line(&mut line)).await {
@@ -105,7 +125,14 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
     let receivers: Vec<Receiver> = readers
         .iter()
         .enumerate()
-        .map(|(me, r)| Receiver::new(me, senders, nodes.len(), r.buffer().to_vec()))
+        .map(|(me, r)| {
+            let mut receiver = match after_welcome.get_mut(me) {
+                Some(rest) => Receiver::new(me, senders, nodes.len(), std::mem::take(rest)),
+                None => Receiver::new(me, senders, nodes.len(), r.buffer().to_vec()),
+            };
+            receiver.ws = opts.web.then(ws::Decoder::default);
+            receiver
+        })
         .collect();
     drop(readers);
     let shared = Shared {
@@ -156,8 +183,8 @@ pub async fn run(opts: &BenchOptions, progress: &Progress) -> Result<Report> {
             started,
             end,
         };
-        let (sent, size) = (sent.clone(), opts.size);
-        sending.push(rt::spawn(send_lines(s, i, sent, schedule, size)));
+        let (sent, size, web) = (sent.clone(), opts.size, opts.web);
+        sending.push(rt::spawn(send_lines(s, i, sent, schedule, size, web)));
     }
     let mut report = Report::new("chat", "deliveries", opts.conns);
     for t in sending {
@@ -240,6 +267,7 @@ async fn send_lines(
     sent: Arc<Vec<AtomicU64>>,
     schedule: Schedule,
     size: usize,
+    web: bool,
 ) -> Part {
     let mut part = Part::default();
     let mut seq = 0u64;
@@ -251,7 +279,14 @@ async fn send_lines(
         batch.clear();
         while seq < due {
             let micros = clock.elapsed().as_micros();
-            batch.extend_from_slice(format!("{index} {seq} {micros} {pad}\n").as_bytes());
+            if web {
+                ws::frame(
+                    format!("{index} {seq} {micros} {pad}").as_bytes(),
+                    &mut batch,
+                );
+            } else {
+                batch.extend_from_slice(format!("{index} {seq} {micros} {pad}\n").as_bytes());
+            }
             seq += 1;
         }
         if !batch.is_empty() {
@@ -279,6 +314,8 @@ struct Receiver {
     framer: LineFramer,
     /// What the welcome's reader took beyond the first line, to be read first.
     buffered: Vec<u8>,
+    /// `--web`: the server's frames, cut into lines before the framer sees them.
+    ws: Option<ws::Decoder>,
 }
 
 impl Receiver {
@@ -289,6 +326,7 @@ impl Receiver {
             next: vec![0; senders],
             framer: LineFramer::new(usize::MAX, Overlong::Drop),
             buffered,
+            ws: None,
         }
     }
 }
@@ -414,7 +452,14 @@ impl Tally {
     /// deliveries they completed.
     fn take(&mut self, r: &mut Receiver, data: &[u8], now: Duration) -> u64 {
         let mut delivered = 0;
-        let mut rest = data;
+        let mut lines = Vec::new();
+        let mut rest = match &mut r.ws {
+            Some(decoder) => {
+                decoder.decode(data, &mut lines);
+                lines.as_slice()
+            }
+            None => data,
+        };
         while let Some(frame) = r.framer.next(&mut rest) {
             if let Some(line) = frame.bytes() {
                 let at = Client {
@@ -484,5 +529,173 @@ impl Tally {
         self.seen[from] += 1;
         self.part.ops += 1;
         true
+    }
+}
+
+/// The WebSocket side of `bench chat --web`: the client's handshake, its masked text
+/// frames, and the server's frames cut back into lines.
+mod ws {
+    use futures::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::Result;
+    use crate::net::stream::Stream;
+
+    /// The opening handshake to `/ws` and the first frame (the welcome); returns what
+    /// was read beyond that frame.
+    pub async fn handshake(stream: &mut Stream, host: &str, i: usize) -> Result<Vec<u8>> {
+        // Any 16 bytes will do for a load generator's key: the client's index.
+        let key = encode_key(i as u128);
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            if buf.len() > 16 * 1024 {
+                return Err("no end to the handshake's response".into());
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err("closed during the handshake (is it chat --web?)".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() >= 5 && !buf.starts_with(b"HTTP/") {
+                return Err(
+                    "the WebSocket handshake got no HTTP answer (is it chat --web's address?)"
+                        .into(),
+                );
+            }
+        };
+        if !buf.starts_with(b"HTTP/1.1 101 ") {
+            let status = String::from_utf8_lossy(&buf[..buf.len().min(40)]).into_owned();
+            return Err(format!(
+                "the handshake was refused: {:?}",
+                status.lines().next().unwrap_or_default()
+            )
+            .into());
+        }
+        let mut rest = buf.split_off(head_end);
+        loop {
+            if let Some((header, len, _)) = parse(&rest) {
+                return Ok(rest.split_off(header + len));
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err("closed before the welcome".into());
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Base64 of 16 bytes.
+    fn encode_key(n: u128) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let bytes = n.to_be_bytes();
+        let mut out = String::with_capacity(24);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for k in 0..4 {
+                if k <= chunk.len() {
+                    out.push(ALPHABET[((v >> (18 - 6 * k)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    /// Appends `line` as a masked text frame (a client's frames are masked; the key
+    /// only has to be there, so a fixed one serves a load generator).
+    pub fn frame(line: &[u8], out: &mut Vec<u8>) {
+        const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+        out.push(0x81);
+        match line.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= usize::from(u16::MAX) => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&KEY);
+        out.extend(line.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
+    }
+
+    /// A complete frame at the start of `buf`: its header's length, its payload's, and
+    /// its opcode. (The server's frames are not masked.)
+    fn parse(buf: &[u8]) -> Option<(usize, usize, u8)> {
+        let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+        let (header, len) = match b1 & 0x7f {
+            126 => (
+                4,
+                usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
+            ),
+            127 => {
+                let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+                (10, usize::try_from(u64::from_be_bytes(bytes)).ok()?)
+            }
+            n => (2, usize::from(n)),
+        };
+        (buf.len() >= header + len).then_some((header, len, b0 & 0x0f))
+    }
+
+    /// Cuts the server's frames back into lines.
+    #[derive(Default)]
+    pub struct Decoder {
+        buf: Vec<u8>,
+    }
+
+    impl Decoder {
+        /// Appends each complete text frame's payload in `data` (and before it) to
+        /// `lines` with a `\n`; control frames are skipped.
+        pub fn decode(&mut self, data: &[u8], lines: &mut Vec<u8>) {
+            self.buf.extend_from_slice(data);
+            let mut at = 0;
+            while let Some((header, len, opcode)) = parse(&self.buf[at..]) {
+                if opcode == 0x1 || opcode == 0x0 {
+                    lines.extend_from_slice(&self.buf[at + header..at + header + len]);
+                    lines.push(b'\n');
+                }
+                at += header + len;
+            }
+            self.buf.drain(..at);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn keys_frames_and_decoding() {
+            assert_eq!(encode_key(0), "AAAAAAAAAAAAAAAAAAAAAA==");
+            assert_eq!(encode_key(u128::MAX).len(), 24);
+            let mut out = Vec::new();
+            frame(b"hi", &mut out);
+            assert_eq!(
+                out,
+                [0x81, 0x82, 0x37, 0xfa, 0x21, 0x3d, b'h' ^ 0x37, b'i' ^ 0xfa]
+            );
+            let mut d = Decoder::default();
+            let mut lines = Vec::new();
+            let server = [0x81, 2, b'a', b'b', 0x89, 0, 0x81, 126, 0, 3, b'x', b'y'];
+            d.decode(&server, &mut lines);
+            assert_eq!(lines, b"ab\n");
+            d.decode(b"z", &mut lines);
+            assert_eq!(lines, b"ab\nxyz\n");
+        }
     }
 }
