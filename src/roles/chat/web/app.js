@@ -102,6 +102,21 @@ function connect() {
   };
 }
 
+// The line others get when this user says `typed`, or null when they get none: the
+// server sends nobody's line back to its sayer, so the page shows its own, and shows it
+// as the server's parse makes it (protocol.rs): controls but tab dropped, the end
+// trimmed, blank lines ignored, `//text` said as `/text`, `/me` (any case, any
+// whitespace after it) with its text trimmed, other commands not said at all.
+function ownLine(typed) {
+  const line = typed.replace(/[\p{Cc}]/gu, (c) => (c === "\t" ? c : "")).trimEnd();
+  if (line.trim() === "") return null;
+  if (!line.startsWith("/")) return "<" + nick + "> " + line;
+  if (line.startsWith("//")) return "<" + nick + "> " + line.slice(1);
+  const m = /^\/(\S+)\s*([\s\S]*)$/.exec(line);
+  if (m && m[1].toLowerCase() === "me" && m[2].trim() !== "") return "* " + nick + " " + m[2].trim();
+  return null;
+}
+
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const line = input.value;
@@ -112,10 +127,9 @@ form.addEventListener("submit", (event) => {
   }
   if (/^\/quit\b/i.test(line)) {
     quitting = true;
-  } else if (!line.startsWith("/") || line.startsWith("//")) {
-    show("<" + nick + "> " + (line.startsWith("//") ? line.slice(1) : line), "mine");
-  } else if (/^\/me /i.test(line)) {
-    show("* " + nick + " " + line.slice(4), "mine");
+  } else {
+    const own = ownLine(line);
+    if (own !== null) show(own, "mine");
   }
   input.value = "";
 });
