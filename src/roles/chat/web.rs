@@ -176,6 +176,9 @@ pub async fn serve(conn: Conn, broker: BrokerHandle, web: Arc<WebConfig>) -> Res
                 .await
             }
         },
+        // Browsers ask for an icon by themselves: there is none, and no error for it
+        // in their console.
+        "/favicon.ico" => respond(&mut stream, "204 No Content", "image/x-icon", b"", &[]).await,
         _ => {
             respond(
                 &mut stream,
