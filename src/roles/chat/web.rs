@@ -28,7 +28,10 @@ use async_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use async_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::{FutureExt, SinkExt, StreamExt};
 
 use super::broker::{BrokerHandle, BrokerMsg, LeaveReason, Outbox, Queued, next_client_id};
@@ -379,7 +382,9 @@ async fn user(
         .write_buffer_size(0)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
-    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
+    let ws =
+        WebSocketStream::from_partially_read(EndIsError(stream), rest, Role::Server, Some(config))
+            .await;
     let (mut sender, mut receiver) = ws.split();
     let (writer_tx, writer_rx) = flume::bounded::<Queued>(web.sendq);
     let (ctl_tx, ctl_rx) = flume::bounded::<Ctl>(4);
@@ -389,13 +394,21 @@ async fn user(
     let writer = rt::spawn(async move {
         loop {
             let next = {
+                // The reader drops its senders when it ends: that is no reason to stop
+                // (what the broker queued goes out first); the broker letting go is.
                 let line = writer_rx.recv_async().fuse();
-                let ctl = ctl_rx.recv_async().fuse();
+                let ctl = async {
+                    match ctl_rx.recv_async().await {
+                        Ok(ctl) => ctl,
+                        Err(_) => std::future::pending().await,
+                    }
+                }
+                .fuse();
                 futures::pin_mut!(line, ctl);
                 // The reader's close code goes before the goodbye the broker's letting
                 // go would send.
                 futures::select_biased! {
-                    c = ctl => c.map(Err).map_err(|_| ()),
+                    c = ctl => Ok(Err(c)),
                     l = line => l.map(Ok).map_err(|_| ()),
                 }
             };
@@ -508,6 +521,11 @@ async fn user(
                 break LeaveReason::Closed;
             }
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => break LeaveReason::Closed,
+            // The end of input (the browser went, or a `/quit` shut the read half): the
+            // writer still says what is queued (`* bye`) and closes.
+            Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                break LeaveReason::Closed;
+            }
             Err(_) => break LeaveReason::Reset,
         }
     };
@@ -518,6 +536,43 @@ async fn user(
     let _ = rt::timeout(Duration::from_secs(2), writer).await;
     let _ = socket.shut_both();
     Ok(())
+}
+
+/// Our stream, with its end of input told as an error. tungstenite takes an end of input
+/// without a close frame for the end of the whole session, writing too: the writer could
+/// then send nothing more, not the `* bye` after a `/quit` (whose reader the broker stops
+/// by shutting the socket's read half) nor the close frame after it.
+struct EndIsError(Stream);
+
+impl AsyncRead for EndIsError {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match ready!(Pin::new(&mut self.get_mut().0).poll_read(cx, buf)) {
+            Ok(0) if !buf.is_empty() => Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into())),
+            other => Poll::Ready(other),
+        }
+    }
+}
+
+impl AsyncWrite for EndIsError {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_close(cx)
+    }
 }
 
 /// Queues one broker line (one or more `\n`-ended lines) as text frames, one per line.
