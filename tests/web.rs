@@ -536,3 +536,38 @@ fn quit_says_bye_then_closes_every_time() {
     }
     assert!(!chat.log_text().contains("broke the protocol"));
 }
+
+#[test]
+fn a_client_that_pings_without_reading_is_not_read_without_bound() {
+    // Every ping is answered with a pong; to a client that reads none of them, the pongs
+    // once piled up in the server's memory, as fast as the client could send pings.
+    let chat = Chat::start(&[]);
+    let mut s = raw_ws(chat.web);
+    s.set_write_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let batch = frame(0x9, &[b'p'; 125], true).repeat(512);
+    // Far more than the socket buffers on both sides hold.
+    let bound = 128 << 20;
+    let mut sent = 0;
+    while sent < bound {
+        match s.write(&batch) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(sent < bound, "the server read {sent} bytes of pings");
+    // No one else notices.
+    let mut web = Web::join(chat.web);
+    let mut tcp = User::join(chat.tcp);
+    web.until(&format!("* {} joined", tcp.nick));
+    tcp.say("still fine");
+    assert_eq!(web.line(), format!("<{}> still fine", tcp.nick));
+}

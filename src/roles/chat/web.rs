@@ -77,6 +77,8 @@ pub struct WebConfig {
 enum Ctl {
     Ping,
     Close(CloseCode, &'static str),
+    /// Write out the pong the reader's ping left queued.
+    Flush,
 }
 
 /// One connection to the web listener: a page request, or a WebSocket user.
@@ -388,6 +390,7 @@ async fn user(
     let (mut sender, mut receiver) = ws.split();
     let (writer_tx, writer_rx) = flume::bounded::<Queued>(web.sendq);
     let (ctl_tx, ctl_rx) = flume::bounded::<Ctl>(4);
+    let (pong_tx, pong_rx) = flume::bounded::<()>(1);
     let queued = Arc::new(AtomicUsize::new(0));
     let id = next_client_id();
     log::info!(peer = peer.to_string().as_str(), id = id; "chat: web client joined");
@@ -404,11 +407,19 @@ async fn user(
                     }
                 }
                 .fuse();
-                futures::pin_mut!(line, ctl);
+                let pong = async {
+                    match pong_rx.recv_async().await {
+                        Ok(()) => Ctl::Flush,
+                        Err(_) => std::future::pending().await,
+                    }
+                }
+                .fuse();
+                futures::pin_mut!(line, ctl, pong);
                 // The reader's close code goes before the goodbye the broker's letting
                 // go would send.
                 futures::select_biased! {
                     c = ctl => Ok(Err(c)),
+                    p = pong => Ok(Err(p)),
                     l = line => l.map(Ok).map_err(|_| ()),
                 }
             };
@@ -424,6 +435,7 @@ async fn user(
                     break;
                 }
                 Ok(Err(Ctl::Ping)) => sender.send(Message::Ping(Vec::new().into())).await,
+                Ok(Err(Ctl::Flush)) => sender.flush().await,
                 Ok(Err(Ctl::Close(code, reason))) => {
                     let frame = CloseFrame {
                         code,
@@ -505,7 +517,23 @@ async fn user(
                 break LeaveReason::Closed;
             }
             Ok(Message::Close(_)) => break LeaveReason::Closed,
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Ok(Message::Ping(_)) => {
+                // tungstenite queues the pong (one at a time) but writes it out only when
+                // it next reads or writes, and to a client that does not read, one more
+                // pong joins the bytes waiting with every ping: memory without bound, and
+                // no line for --sendq to count. The writer flushes it, and the reader
+                // waits for that before reading on, so such a client is no longer read;
+                // one that takes nothing for a minute is gone.
+                match rt::timeout(DEAD_AFTER, pong_tx.send_async(())).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => break LeaveReason::Reset,
+                    None => {
+                        let _ = ctl_tx.try_send(Ctl::Close(CloseCode::Away, "not reading"));
+                        break LeaveReason::Idle;
+                    }
+                }
+            }
+            Ok(Message::Pong(_) | Message::Frame(_)) => {}
             Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
                 broker.send(BrokerMsg::TooLong { id }).await;
                 let _ = ctl_tx.try_send(Ctl::Close(CloseCode::Size, "line too long"));
@@ -530,7 +558,7 @@ async fn user(
         }
     };
     broker.send(BrokerMsg::Leave { id, reason }).await;
-    drop(ctl_tx);
+    drop((ctl_tx, pong_tx));
     // The writer says goodbye (close frame) once the broker has let go; then the socket
     // is closed whatever the browser does.
     let _ = rt::timeout(Duration::from_secs(2), writer).await;
