@@ -571,3 +571,36 @@ fn a_client_that_pings_without_reading_is_not_read_without_bound() {
     tcp.say("still fine");
     assert_eq!(web.line(), format!("<{}> still fine", tcp.nick));
 }
+
+#[test]
+fn lines_in_a_frame_have_the_tcp_limit_and_ends() {
+    // Lines are cut as a TCP client's are: a line of --max-line bytes and its `\r\n` is
+    // one line, one byte more is too long (1009), and a `\n` at the end of a frame starts
+    // no empty line (which would cost a line of the --burst).
+    let chat = Chat::start(&["--max-line", "100", "--rate", "0.01", "--burst", "3"]);
+    let mut tcp = User::join(chat.tcp);
+    let mut web = Web::join(chat.web);
+    tcp.until(&format!("* {} joined", web.nick));
+    let full = "x".repeat(100);
+    web.say(&format!("{full}\r\n"));
+    assert_eq!(tcp.line(), format!("<{}> {full}", web.nick));
+    web.say("two\n");
+    assert_eq!(tcp.line(), format!("<{}> two", web.nick));
+    web.say("three\r\n");
+    assert_eq!(tcp.line(), format!("<{}> three", web.nick));
+    web.say(&"y".repeat(101));
+    assert_eq!(web.close_code(), Some(CloseCode::Size));
+    let mut s = raw_ws(chat.web);
+    let over = format!("ok\n{}", "z".repeat(101));
+    s.write_all(&frame(0x1, over.as_bytes(), true)).unwrap();
+    assert_eq!(close_code_of(&mut s), 1009);
+    // Nothing of either reached the room.
+    tcp.say("/who");
+    loop {
+        let l = tcp.line();
+        if l.starts_with("* in #lobby: ") {
+            break;
+        }
+        assert!(l.starts_with("* guest"), "{l}");
+    }
+}

@@ -36,6 +36,7 @@ use futures::{FutureExt, SinkExt, StreamExt};
 
 use super::broker::{BrokerHandle, BrokerMsg, LeaveReason, Outbox, Queued, next_client_id};
 use crate::Result;
+use crate::net::lines::{Frame, Overlong, datagram_lines};
 use crate::net::listener::Conn;
 use crate::net::stream::Stream;
 use crate::net::writer::Outgoing;
@@ -376,9 +377,10 @@ async fn user(
 ) -> Result<()> {
     let socket = stream.socket().clone();
     let _ = socket.set_keepalive(Duration::from_secs(60));
-    // Frames are judged by their header: one over the line limit is refused before its
-    // payload is read. The read buffer is small: an idle user holds little.
-    let limit = web.max_line + 1;
+    // Frames are judged by their header: one over the line limit (and a line end) is
+    // refused before its payload is read; the lines in a message are then judged as a TCP
+    // client's are. The read buffer is small: an idle user holds little.
+    let limit = web.max_line.saturating_add(2);
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
@@ -501,13 +503,18 @@ async fn user(
         pinged = false;
         match message {
             Ok(Message::Text(text)) => {
-                for line in text.as_str().split('\n') {
-                    let line = line.strip_suffix('\r').unwrap_or(line);
-                    let msg = BrokerMsg::Line {
-                        id,
-                        line: line.as_bytes().to_vec(),
-                    };
-                    if !broker.send(msg).await {
+                // Cut as a TCP client's stream is, by the same framer: a line's limit
+                // leaves out its `\r\n`, and a `\n` at the end ends the last line rather
+                // than starting an empty one. A message with a line over the limit is
+                // refused whole, as one over it altogether is.
+                let lines = datagram_lines(text.as_bytes(), web.max_line, Overlong::Drop);
+                if lines.clone().any(|frame| frame == Frame::TooLong) {
+                    broker.send(BrokerMsg::TooLong { id }).await;
+                    let _ = ctl_tx.try_send(Ctl::Close(CloseCode::Size, "line too long"));
+                    break LeaveReason::Closed;
+                }
+                for frame in lines {
+                    if !broker.send(BrokerMsg::said(id, frame)).await {
                         break;
                     }
                 }
