@@ -589,7 +589,17 @@ fn lines_in_a_frame_have_the_tcp_limit_and_ends() {
     web.say("three\r\n");
     assert_eq!(tcp.line(), format!("<{}> three", web.nick));
     web.say(&"y".repeat(101));
+    // The notice a TCP user gets, then the close (the close once went first, at times).
+    assert_eq!(web.line(), "! line too long (the limit is 100 bytes)");
     assert_eq!(web.close_code(), Some(CloseCode::Size));
+    for _ in 0..20 {
+        let mut s = raw_ws(chat.web);
+        s.write_all(&frame(0x1, &[b'y'; 101], true)).unwrap();
+        let (head, notice) = next_frame(&mut s);
+        assert_eq!(head, 0x81);
+        assert_eq!(notice, b"! line too long (the limit is 100 bytes)");
+        assert_eq!(close_code_of(&mut s), 1009);
+    }
     let mut s = raw_ws(chat.web);
     let over = format!("ok\n{}", "z".repeat(101));
     s.write_all(&frame(0x1, over.as_bytes(), true)).unwrap();

@@ -397,6 +397,13 @@ async fn user(
     let id = next_client_id();
     log::info!(peer = peer.to_string().as_str(), id = id; "chat: web client joined");
     let writer = rt::spawn(async move {
+        // The close frame sent once the broker has let go: the reader's code if it gave
+        // one (after what the broker queued before the user left, such as its `! line
+        // too long`), else a normal closure.
+        let mut close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
         loop {
             let next = {
                 // The reader drops its senders when it ends: that is no reason to stop
@@ -417,8 +424,6 @@ async fn user(
                 }
                 .fuse();
                 futures::pin_mut!(line, ctl, pong);
-                // The reader's close code goes before the goodbye the broker's letting
-                // go would send.
                 futures::select_biased! {
                     c = ctl => Ok(Err(c)),
                     p = pong => Ok(Err(p)),
@@ -426,26 +431,21 @@ async fn user(
                 }
             };
             let sent = match next {
-                // The broker let go: a /quit, an eviction or the shutdown. Say goodbye.
+                // The broker let go: a /quit, an eviction, the shutdown, or the reader
+                // left. Say goodbye.
                 Err(()) => {
-                    let frame = CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "".into(),
-                    };
-                    let _ = sender.close(Some(frame)).await;
+                    let _ = sender.close(Some(close)).await;
                     let _ = sender.flush().await;
                     break;
                 }
                 Ok(Err(Ctl::Ping)) => sender.send(Message::Ping(Vec::new().into())).await,
                 Ok(Err(Ctl::Flush)) => sender.flush().await,
                 Ok(Err(Ctl::Close(code, reason))) => {
-                    let frame = CloseFrame {
+                    close = CloseFrame {
                         code,
                         reason: reason.into(),
                     };
-                    let _ = sender.close(Some(frame)).await;
-                    let _ = sender.flush().await;
-                    break;
+                    Ok(())
                 }
                 Ok(Ok(first)) => {
                     // Everything queued now goes in one flush.
