@@ -350,27 +350,33 @@ fn raw_ws(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// The next server frame: its first byte (FIN, opcode) and its payload.
+fn next_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            u64::from_be_bytes(l) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    (h[0], payload)
+}
+
 /// Reads server frames until a close frame; its code (the first two payload bytes).
 fn close_code_of(s: &mut TcpStream) -> u16 {
     loop {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).unwrap();
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut l = [0u8; 2];
-                s.read_exact(&mut l).unwrap();
-                u16::from_be_bytes(l) as usize
-            }
-            127 => {
-                let mut l = [0u8; 8];
-                s.read_exact(&mut l).unwrap();
-                u64::from_be_bytes(l) as usize
-            }
-            n => n as usize,
-        };
-        let mut payload = vec![0u8; len];
-        s.read_exact(&mut payload).unwrap();
-        if h[0] & 0x0f == 0x8 {
+        let (head, payload) = next_frame(s);
+        if head & 0x0f == 0x8 {
             return u16::from_be_bytes([payload[0], payload[1]]);
         }
     }
@@ -500,5 +506,111 @@ fn until_prefix(user: &mut User, prefix: &str) -> String {
         if l.starts_with(prefix) {
             return l;
         }
+    }
+}
+
+#[test]
+fn quit_says_bye_then_closes_every_time() {
+    // The broker stops a quitting user's reader by shutting the read half; the end of
+    // input that follows once ended the session for the writer too (no `* bye`, no close
+    // frame, or a 1002 "protocol error"), depending on which task ran first.
+    let chat = Chat::start(&[]);
+    for round in 0..40 {
+        let mut s = raw_ws(chat.web);
+        s.write_all(&frame(0x1, b"/quit", true)).unwrap();
+        let mut texts = Vec::new();
+        let code = loop {
+            let (head, payload) = next_frame(&mut s);
+            match head {
+                0x81 => texts.push(String::from_utf8(payload).unwrap()),
+                0x88 => break u16::from_be_bytes([payload[0], payload[1]]),
+                other => panic!("round {round}: frame {other:#x}"),
+            }
+        };
+        assert_eq!(
+            texts.last().map(String::as_str),
+            Some("* bye"),
+            "round {round}"
+        );
+        assert_eq!(code, 1000, "round {round}");
+    }
+    assert!(!chat.log_text().contains("broke the protocol"));
+}
+
+#[test]
+fn a_client_that_pings_without_reading_is_not_read_without_bound() {
+    // Every ping is answered with a pong; to a client that reads none of them, the pongs
+    // once piled up in the server's memory, as fast as the client could send pings.
+    let chat = Chat::start(&[]);
+    let mut s = raw_ws(chat.web);
+    s.set_write_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let batch = frame(0x9, &[b'p'; 125], true).repeat(512);
+    // Far more than the socket buffers on both sides hold.
+    let bound = 128 << 20;
+    let mut sent = 0;
+    while sent < bound {
+        match s.write(&batch) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(sent < bound, "the server read {sent} bytes of pings");
+    // No one else notices.
+    let mut web = Web::join(chat.web);
+    let mut tcp = User::join(chat.tcp);
+    web.until(&format!("* {} joined", tcp.nick));
+    tcp.say("still fine");
+    assert_eq!(web.line(), format!("<{}> still fine", tcp.nick));
+}
+
+#[test]
+fn lines_in_a_frame_have_the_tcp_limit_and_ends() {
+    // Lines are cut as a TCP client's are: a line of --max-line bytes and its `\r\n` is
+    // one line, one byte more is too long (1009), and a `\n` at the end of a frame starts
+    // no empty line (which would cost a line of the --burst).
+    let chat = Chat::start(&["--max-line", "100", "--rate", "0.01", "--burst", "3"]);
+    let mut tcp = User::join(chat.tcp);
+    let mut web = Web::join(chat.web);
+    tcp.until(&format!("* {} joined", web.nick));
+    let full = "x".repeat(100);
+    web.say(&format!("{full}\r\n"));
+    assert_eq!(tcp.line(), format!("<{}> {full}", web.nick));
+    web.say("two\n");
+    assert_eq!(tcp.line(), format!("<{}> two", web.nick));
+    web.say("three\r\n");
+    assert_eq!(tcp.line(), format!("<{}> three", web.nick));
+    web.say(&"y".repeat(101));
+    // The notice a TCP user gets, then the close (the close once went first, at times).
+    assert_eq!(web.line(), "! line too long (the limit is 100 bytes)");
+    assert_eq!(web.close_code(), Some(CloseCode::Size));
+    for _ in 0..20 {
+        let mut s = raw_ws(chat.web);
+        s.write_all(&frame(0x1, &[b'y'; 101], true)).unwrap();
+        let (head, notice) = next_frame(&mut s);
+        assert_eq!(head, 0x81);
+        assert_eq!(notice, b"! line too long (the limit is 100 bytes)");
+        assert_eq!(close_code_of(&mut s), 1009);
+    }
+    let mut s = raw_ws(chat.web);
+    let over = format!("ok\n{}", "z".repeat(101));
+    s.write_all(&frame(0x1, over.as_bytes(), true)).unwrap();
+    assert_eq!(close_code_of(&mut s), 1009);
+    // Nothing of either reached the room.
+    tcp.say("/who");
+    loop {
+        let l = tcp.line();
+        if l.starts_with("* in #lobby: ") {
+            break;
+        }
+        assert!(l.starts_with("* guest"), "{l}");
     }
 }

@@ -28,11 +28,15 @@ use async_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use async_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::{FutureExt, SinkExt, StreamExt};
 
 use super::broker::{BrokerHandle, BrokerMsg, LeaveReason, Outbox, Queued, next_client_id};
 use crate::Result;
+use crate::net::lines::{Frame, Overlong, datagram_lines};
 use crate::net::listener::Conn;
 use crate::net::stream::Stream;
 use crate::net::writer::Outgoing;
@@ -74,6 +78,8 @@ pub struct WebConfig {
 enum Ctl {
     Ping,
     Close(CloseCode, &'static str),
+    /// Write out the pong the reader's ping left queued.
+    Flush,
 }
 
 /// One connection to the web listener: a page request, or a WebSocket user.
@@ -374,54 +380,75 @@ async fn user(
 ) -> Result<()> {
     let socket = stream.socket().clone();
     let _ = socket.set_keepalive(Duration::from_secs(60));
-    // Frames are judged by their header: one over the line limit is refused before its
-    // payload is read. The read buffer is small: an idle user holds little.
-    let limit = web.max_line + 1;
+    // Frames are judged by their header: one over the line limit (and a line end) is
+    // refused before its payload is read; the lines in a message are then judged as a TCP
+    // client's are. The read buffer is small: an idle user holds little.
+    let limit = web.max_line.saturating_add(2);
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
-    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
+    let ws =
+        WebSocketStream::from_partially_read(EndIsError(stream), rest, Role::Server, Some(config))
+            .await;
     let (mut sender, mut receiver) = ws.split();
     let (writer_tx, writer_rx) = flume::bounded::<Queued>(web.sendq);
     let (ctl_tx, ctl_rx) = flume::bounded::<Ctl>(4);
+    let (pong_tx, pong_rx) = flume::bounded::<()>(1);
     let queued = Arc::new(AtomicUsize::new(0));
     let id = next_client_id();
     log::info!(peer = peer.to_string().as_str(), id = id; "chat: web client joined");
     let writer = rt::spawn(async move {
+        // The close frame sent once the broker has let go: the reader's code if it gave
+        // one (after what the broker queued before the user left, such as its `! line
+        // too long`), else a normal closure.
+        let mut close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
         loop {
             let next = {
+                // The reader drops its senders when it ends: that is no reason to stop
+                // (what the broker queued goes out first); the broker letting go is.
                 let line = writer_rx.recv_async().fuse();
-                let ctl = ctl_rx.recv_async().fuse();
-                futures::pin_mut!(line, ctl);
-                // The reader's close code goes before the goodbye the broker's letting
-                // go would send.
+                let ctl = async {
+                    match ctl_rx.recv_async().await {
+                        Ok(ctl) => ctl,
+                        Err(_) => std::future::pending().await,
+                    }
+                }
+                .fuse();
+                let pong = async {
+                    match pong_rx.recv_async().await {
+                        Ok(()) => Ctl::Flush,
+                        Err(_) => std::future::pending().await,
+                    }
+                }
+                .fuse();
+                futures::pin_mut!(line, ctl, pong);
                 futures::select_biased! {
-                    c = ctl => c.map(Err).map_err(|_| ()),
+                    c = ctl => Ok(Err(c)),
+                    p = pong => Ok(Err(p)),
                     l = line => l.map(Ok).map_err(|_| ()),
                 }
             };
             let sent = match next {
-                // The broker let go: a /quit, an eviction or the shutdown. Say goodbye.
+                // The broker let go: a /quit, an eviction, the shutdown, or the reader
+                // left. Say goodbye.
                 Err(()) => {
-                    let frame = CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "".into(),
-                    };
-                    let _ = sender.close(Some(frame)).await;
+                    let _ = sender.close(Some(close)).await;
                     let _ = sender.flush().await;
                     break;
                 }
                 Ok(Err(Ctl::Ping)) => sender.send(Message::Ping(Vec::new().into())).await,
+                Ok(Err(Ctl::Flush)) => sender.flush().await,
                 Ok(Err(Ctl::Close(code, reason))) => {
-                    let frame = CloseFrame {
+                    close = CloseFrame {
                         code,
                         reason: reason.into(),
                     };
-                    let _ = sender.close(Some(frame)).await;
-                    let _ = sender.flush().await;
-                    break;
+                    Ok(())
                 }
                 Ok(Ok(first)) => {
                     // Everything queued now goes in one flush.
@@ -479,13 +506,18 @@ async fn user(
         pinged = false;
         match message {
             Ok(Message::Text(text)) => {
-                for line in text.as_str().split('\n') {
-                    let line = line.strip_suffix('\r').unwrap_or(line);
-                    let msg = BrokerMsg::Line {
-                        id,
-                        line: line.as_bytes().to_vec(),
-                    };
-                    if !broker.send(msg).await {
+                // Cut as a TCP client's stream is, by the same framer: a line's limit
+                // leaves out its `\r\n`, and a `\n` at the end ends the last line rather
+                // than starting an empty one. A message with a line over the limit is
+                // refused whole, as one over it altogether is.
+                let lines = datagram_lines(text.as_bytes(), web.max_line, Overlong::Drop);
+                if lines.clone().any(|frame| frame == Frame::TooLong) {
+                    broker.send(BrokerMsg::TooLong { id }).await;
+                    let _ = ctl_tx.try_send(Ctl::Close(CloseCode::Size, "line too long"));
+                    break LeaveReason::Closed;
+                }
+                for frame in lines {
+                    if !broker.send(BrokerMsg::said(id, frame)).await {
                         break;
                     }
                 }
@@ -495,7 +527,23 @@ async fn user(
                 break LeaveReason::Closed;
             }
             Ok(Message::Close(_)) => break LeaveReason::Closed,
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Ok(Message::Ping(_)) => {
+                // tungstenite queues the pong (one at a time) but writes it out only when
+                // it next reads or writes, and to a client that does not read, one more
+                // pong joins the bytes waiting with every ping: memory without bound, and
+                // no line for --sendq to count. The writer flushes it, and the reader
+                // waits for that before reading on, so such a client is no longer read;
+                // one that takes nothing for a minute is gone.
+                match rt::timeout(DEAD_AFTER, pong_tx.send_async(())).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => break LeaveReason::Reset,
+                    None => {
+                        let _ = ctl_tx.try_send(Ctl::Close(CloseCode::Away, "not reading"));
+                        break LeaveReason::Idle;
+                    }
+                }
+            }
+            Ok(Message::Pong(_) | Message::Frame(_)) => {}
             Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
                 broker.send(BrokerMsg::TooLong { id }).await;
                 let _ = ctl_tx.try_send(Ctl::Close(CloseCode::Size, "line too long"));
@@ -511,16 +559,58 @@ async fn user(
                 break LeaveReason::Closed;
             }
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => break LeaveReason::Closed,
+            // The end of input (the browser went, or a `/quit` shut the read half): the
+            // writer still says what is queued (`* bye`) and closes.
+            Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                break LeaveReason::Closed;
+            }
             Err(_) => break LeaveReason::Reset,
         }
     };
     broker.send(BrokerMsg::Leave { id, reason }).await;
-    drop(ctl_tx);
+    drop((ctl_tx, pong_tx));
     // The writer says goodbye (close frame) once the broker has let go; then the socket
     // is closed whatever the browser does.
     let _ = rt::timeout(Duration::from_secs(2), writer).await;
     let _ = socket.shut_both();
     Ok(())
+}
+
+/// Our stream, with its end of input told as an error. tungstenite takes an end of input
+/// without a close frame for the end of the whole session, writing too: the writer could
+/// then send nothing more, not the `* bye` after a `/quit` (whose reader the broker stops
+/// by shutting the socket's read half) nor the close frame after it.
+struct EndIsError(Stream);
+
+impl AsyncRead for EndIsError {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match ready!(Pin::new(&mut self.get_mut().0).poll_read(cx, buf)) {
+            Ok(0) if !buf.is_empty() => Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into())),
+            other => Poll::Ready(other),
+        }
+    }
+}
+
+impl AsyncWrite for EndIsError {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_close(cx)
+    }
 }
 
 /// Queues one broker line (one or more `\n`-ended lines) as text frames, one per line.
