@@ -119,7 +119,11 @@ impl Web {
 
     /// The next text frame.
     fn line(&mut self) -> String {
+        // (The server's pings, every 20 s of silence, must not keep a wrong
+        // expectation waiting past the deadline.)
+        let start = std::time::Instant::now();
         loop {
+            assert!(start.elapsed() < DEADLINE, "no line within the deadline");
             match self.ws.read().unwrap() {
                 Message::Text(t) => return t.as_str().to_string(),
                 Message::Ping(_) | Message::Pong(_) => {}

@@ -41,8 +41,18 @@ function send(line) {
   return false;
 }
 
+// The side list asks /who after joins, departures and renames, at most once every 2 s
+// (a burst of joins, or lines made to look like them, costs one /who per page).
+let whoTimer = null;
+let whoLast = 0;
 function askWho() {
-  if (send("/who")) whoPending++;
+  if (whoTimer !== null) return;
+  const wait = Math.max(0, whoLast + 2000 - Date.now());
+  whoTimer = setTimeout(() => {
+    whoTimer = null;
+    whoLast = Date.now();
+    if (send("/who")) whoPending++;
+  }, wait);
 }
 
 function setWho(names) {
@@ -55,7 +65,7 @@ function setWho(names) {
 
 function received(line) {
   let m;
-  if (whoPending > 0 && (m = /^\* in #(\S+): (.*)$/.exec(line))) {
+  if (whoPending > 0 && (m = /^\* in #(\S+): (.*)$/.exec(line)) && m[1] === room) {
     whoPending--;
     setWho(m[2].split(", ").filter((n) => n && !n.startsWith("…")));
     return;
@@ -97,7 +107,8 @@ function connect() {
       return;
     }
     setState("reconnecting", "reconnecting…");
-    setTimeout(connect, backoff);
+    // With jitter, so that browsers dropped together do not all come back at once.
+    setTimeout(connect, backoff * (0.5 + Math.random()));
     backoff = Math.min(backoff * 2, 10000);
   };
 }
