@@ -47,6 +47,10 @@ const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/app.js");
 const APP_CSS: &str = include_str!("web/app.css");
 
+/// Lines written in one batch beyond which the writer frees its mailbox's grown queue
+/// (as the TCP writer does).
+const DEEP_BATCH: usize = 32;
+
 /// The longest request head read, in bytes (beyond it: 431).
 pub const MAX_HEAD: usize = 16 * 1024;
 
@@ -382,7 +386,9 @@ async fn user(
     let _ = socket.set_keepalive(Duration::from_secs(60));
     // Frames are judged by their header: one over the line limit (and a line end) is
     // refused before its payload is read; the lines in a message are then judged as a TCP
-    // client's are. The read buffer is small: an idle user holds little.
+    // client's are. The read buffer is small: an idle user holds little. Frames are
+    // gathered up to 8 KiB before a write (and all at the flush), so a batch of lines is
+    // one write, as for a TCP client, not one per line.
     let limit = web.max_line.saturating_add(2);
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -399,7 +405,7 @@ async fn user(
     let queued = Arc::new(AtomicUsize::new(0));
     let id = next_client_id();
     log::info!(peer = peer.to_string().as_str(), id = id; "chat: web client joined");
-    let writer = rt::spawn(async move {
+    let writer = rt::spawn_here(async move {
         // The close frame sent once the broker has let go: the reader's code if it gave
         // one (after what the broker queued before the user left, such as its `! line
         // too long`), else a normal closure.
@@ -454,11 +460,24 @@ async fn user(
                     // Everything queued now goes in one flush.
                     let mut result = feed_lines(&mut sender, &first).await;
                     drop(first);
+                    let mut taken = 1;
                     while result.is_ok() {
                         let Ok(more) = writer_rx.try_recv() else {
                             break;
                         };
                         result = feed_lines(&mut sender, &more).await;
+                        taken += 1;
+                    }
+                    if taken > DEEP_BATCH && result.is_ok() {
+                        // A burst grew the mailbox's queue, and a flume queue never
+                        // shrinks: `drain` swaps it for an empty one (taking what came
+                        // meanwhile), so an idle user does not hold a burst's capacity.
+                        let late: Vec<Queued> = writer_rx.drain().collect();
+                        for item in &late {
+                            if result.is_ok() {
+                                result = feed_lines(&mut sender, item).await;
+                            }
+                        }
                     }
                     match result {
                         Ok(()) => sender.flush().await,
