@@ -405,7 +405,7 @@ async fn user(
     let queued = Arc::new(AtomicUsize::new(0));
     let id = next_client_id();
     log::info!(peer = peer.to_string().as_str(), id = id; "chat: web client joined");
-    let writer = rt::spawn_here(async move {
+    let writer = rt::spawn(async move {
         // The close frame sent once the broker has let go: the reader's code if it gave
         // one (after what the broker queued before the user left, such as its `! line
         // too long`), else a normal closure.
