@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 use common::*;
 
@@ -23,23 +22,7 @@ struct Redis {
 
 /// The redis-server in PATH, or `None` after saying why the test did not run.
 fn redis_server(test: &str) -> Option<String> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("redis-server"))
-            .find(|p| p.is_file())
-    });
-    match found {
-        Some(path) => Some(path.to_string_lossy().into_owned()),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "redis-server is not installed and CI=true: {test} cannot run (.ci/run installs redis-server with apt-get)"
-            )
-        }
-        None => {
-            eprintln!("SKIPPED: redis-server is not installed; {test} did not run");
-            None
-        }
-    }
+    program_on_path("redis-server", test).map(|p| p.to_string_lossy().into_owned())
 }
 
 fn free_port() -> u16 {
@@ -128,10 +111,9 @@ impl Redis {
 
 /// A chat process in the cluster; its log (JSON lines) is collected as it comes.
 struct Node {
-    proc: Proc,
+    proc: Logged,
     tcp: SocketAddr,
     udp: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Node {
@@ -168,54 +150,19 @@ impl Node {
             args.extend_from_slice(&["--cluster-lease", "2s"]);
         }
         args.extend_from_slice(extra);
-        let mut proc = Proc(
-            binary()
-                .args(&args)
-                .envs(env.iter().copied())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let stdout = proc.0.stdout.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut node = Node {
+        let mut cmd = binary();
+        cmd.args(&args).envs(env.iter().copied());
+        let proc = Logged::spawn(cmd);
+        Node {
+            tcp: proc.addr(&["listening (TCP)"]),
+            udp: proc.addr(&["listening (UDP)"]),
             proc,
-            tcp: "0.0.0.0:0".parse().unwrap(),
-            udp: "0.0.0.0:0".parse().unwrap(),
-            log,
-        };
-        node.tcp = node.addr("listening (TCP)");
-        node.udp = node.addr("listening (UDP)");
-        node
-    }
-
-    fn addr(&self, msg: &str) -> SocketAddr {
-        let line = self.wait_log(msg);
-        find_addr(&line).unwrap_or_else(|| panic!("no address in {line}"))
+        }
     }
 
     /// Waits until a log line contains `text`; returns it.
     fn wait_log(&self, text: &str) -> String {
-        let mut found = None;
-        wait_until(&format!("the log line {text:?}"), || {
-            found = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(text))
-                .cloned();
-            found.is_some()
-        });
-        found.unwrap()
+        self.proc.wait_line(&[text])
     }
 
     /// Starts a node and waits until it has joined the cluster.
@@ -230,7 +177,7 @@ impl Node {
     }
 
     fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.proc.text()
     }
 }
 
@@ -460,8 +407,8 @@ fn a_killed_node_frees_its_nicks_and_the_others_announce_its_users() {
     watcher.until(&format!("* {guest} is now doomed"));
     let everyone = who_line("lobby", &["doomed", &other.nick, &watcher.nick]);
     who_until(&mut watcher, &everyone);
-    c.proc.0.kill().unwrap(); // SIGKILL: no goodbye
-    let _ = c.proc.0.wait();
+    c.proc.proc.0.kill().unwrap(); // SIGKILL: no goodbye
+    let _ = c.proc.proc.0.wait();
     // Within the lease (2 s) and a tick, both other nodes tell their users.
     watcher.until("* doomed left (node lost)");
     other.until("* doomed left (node lost)");

@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::*;
 use tungstenite::client::IntoClientRequest;
@@ -14,60 +14,29 @@ use tungstenite::{Message, WebSocket};
 
 /// A chat process serving TCP, UDP and the web on free ports.
 struct Chat {
-    _proc: Proc,
+    proc: Logged,
     tcp: SocketAddr,
     udp: SocketAddr,
     web: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Chat {
     fn start(extra: &[&str]) -> Chat {
-        let mut args = vec![
-            "chat",
-            "--tcp",
-            "127.0.0.1:0",
-            "--udp",
-            "127.0.0.1:0",
-            "--web",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        let mut proc = spawn(&args);
-        let stdout = proc.0.stdout.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let find = |want: &[&str]| {
-            let mut found = None;
-            wait_until(&format!("a log line with {want:?}"), || {
-                found = log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|l| want.iter().all(|w| l.contains(w)))
-                    .and_then(|l| find_addr(l));
-                found.is_some()
-            });
-            found.unwrap()
-        };
+        let mut cmd = binary();
+        cmd.args(["chat", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
+            .args(["--web", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra);
+        let proc = Logged::spawn(cmd);
         Chat {
-            tcp: find(&["listening (TCP)", "\"role\":\"chat\""]),
-            udp: find(&["listening (UDP)"]),
-            web: find(&["listening (web)"]),
-            _proc: proc,
-            log,
+            tcp: proc.addr(&["listening (TCP)", "\"role\":\"chat\""]),
+            udp: proc.addr(&["listening (UDP)"]),
+            web: proc.addr(&["listening (web)"]),
+            proc,
         }
     }
 
     fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.proc.text()
     }
 }
 

@@ -21,72 +21,22 @@ use serde_json::{Value, json};
 use switchboard::roles::chat::web::CSP;
 use tungstenite::{Message, WebSocket};
 
-/// The chromium binary on PATH; `None` (with a SKIPPED notice) when it is absent, a
-/// panic instead under `CI=true`, where it must be there.
-fn chromium(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("chromium"))
-            .find(|p| p.is_file())
-    });
-    match found {
-        Some(path) => Some(path),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "chromium is not installed and CI=true: {test} cannot run (.ci/run installs chromium with apt-get)"
-            )
-        }
-        None => {
-            eprintln!("SKIPPED: chromium is not installed; {test} did not run");
-            None
-        }
-    }
-}
-
 /// A chat process serving TCP, UDP and the web on free ports.
 struct Chat {
-    _proc: Proc,
+    _proc: Logged,
     tcp: SocketAddr,
     web: SocketAddr,
 }
 
 impl Chat {
     fn start() -> Chat {
-        let mut proc = spawn(&[
-            "chat",
-            "--tcp",
-            "127.0.0.1:0",
-            "--udp",
-            "127.0.0.1:0",
-            "--web",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ]);
-        let stdout = proc.0.stdout.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let find = |want: &[&str]| {
-            let mut found = None;
-            wait_until(&format!("a log line with {want:?}"), || {
-                found = log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|l| want.iter().all(|w| l.contains(w)))
-                    .and_then(|l| find_addr(l));
-                found.is_some()
-            });
-            found.unwrap()
-        };
+        let mut cmd = binary();
+        cmd.args(["chat", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
+            .args(["--web", "127.0.0.1:0", "--log-format", "json"]);
+        let proc = Logged::spawn(cmd);
         Chat {
-            tcp: find(&["listening (TCP)", "\"role\":\"chat\""]),
-            web: find(&["listening (web)"]),
+            tcp: proc.addr(&["listening (TCP)", "\"role\":\"chat\""]),
+            web: proc.addr(&["listening (web)"]),
             _proc: proc,
         }
     }
@@ -369,7 +319,7 @@ fn log_has(line: &str, class: Option<&str>) -> String {
 #[test]
 fn the_page_in_chromium_joins_talks_with_a_tcp_user_and_shows_html_as_text() {
     let test = "the_page_in_chromium_joins_talks_with_a_tcp_user_and_shows_html_as_text";
-    let Some(path) = chromium(test) else {
+    let Some(path) = program_on_path("chromium", test) else {
         return;
     };
     let chat = Chat::start();

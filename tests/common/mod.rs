@@ -502,3 +502,82 @@ pub fn raise_open_files(want: usize) -> usize {
     }
     fit.min(want)
 }
+
+/// A program on PATH that an interop test drives (`redis-server`, `chromium`): its path,
+/// or `None` after saying on stderr that `test` did not run. Under CI (`CI=true`, as
+/// `.ci/run` sets it, having installed the program) its absence is a failure instead.
+pub fn program_on_path(name: &str, test: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(path) => Some(path),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "{name} is not installed and CI=true: {test} cannot run (.ci/run installs {name} with apt-get)"
+            )
+        }
+        None => {
+            eprintln!("SKIPPED: {name} is not installed; {test} did not run");
+            None
+        }
+    }
+}
+
+/// A spawned binary whose log (stdout, one line each) is collected as it comes, so a
+/// test can wait for lines and read it all at the end.
+pub struct Logged {
+    pub proc: Proc,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    /// Spawns `cmd` (the binary with its arguments and environment) with piped stdio.
+    pub fn spawn(mut cmd: Command) -> Logged {
+        let mut proc = Proc(
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let stdout = proc.0.stdout.take().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Logged { proc, log }
+    }
+
+    /// Waits until a log line contains every one of `want`; returns it.
+    pub fn wait_line(&self, want: &[&str]) -> String {
+        let mut found = None;
+        wait_until(&format!("a log line with {want:?}"), || {
+            found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| want.iter().all(|w| l.contains(w)))
+                .cloned();
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// The address in the first log line containing every one of `want`.
+    pub fn addr(&self, want: &[&str]) -> SocketAddr {
+        let line = self.wait_line(want);
+        find_addr(&line).unwrap_or_else(|| panic!("no address in {line}"))
+    }
+
+    /// The log so far.
+    pub fn text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
